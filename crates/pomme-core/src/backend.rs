@@ -1,0 +1,289 @@
+//! The small synchronous contract every engine implements.
+//!
+//! A [`Backend`] loads a [`ModelArtifact`] into a [`LoadedModel`]: an immutable,
+//! shareable prepared plan (`Send + Sync`). Each compute worker thread asks it for
+//! its own [`Session`] (mutable per-thread state) and runs batches through that.
+//! Async, queues, deadlines and batching live in the runtime, not here.
+
+use crate::{Error, ModelSignature, Result, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// On-disk model formats pomme knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    /// ONNX protobuf (`.onnx`).
+    Onnx,
+    /// NNEF, as a directory or a `.nnef.tgz` / `.nnef.tar` archive.
+    Nnef,
+    /// Core ML: `.mlmodel`, `.mlpackage` or compiled `.mlmodelc`.
+    CoreMl,
+}
+
+impl fmt::Display for ModelFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModelFormat::Onnx => "onnx",
+            ModelFormat::Nnef => "nnef",
+            ModelFormat::CoreMl => "coreml",
+        })
+    }
+}
+
+/// A model file (or bundle directory) and its detected format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelArtifact {
+    pub path: PathBuf,
+    pub format: ModelFormat,
+}
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// Host CPU.
+    Cpu,
+    /// Apple GPU through Metal.
+    Metal,
+    /// NVIDIA GPU through CUDA.
+    Cuda,
+    /// Apple Neural Engine (through Core ML).
+    Ane,
+    /// Let the backend choose (Core ML's `all` compute units).
+    Auto,
+}
+
+impl DeviceKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Metal => "metal",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Ane => "ane",
+            DeviceKind::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeviceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "cpu" => DeviceKind::Cpu,
+            "metal" | "gpu" => DeviceKind::Metal,
+            "cuda" => DeviceKind::Cuda,
+            "ane" => DeviceKind::Ane,
+            "auto" => DeviceKind::Auto,
+            other => {
+                return Err(Error::invalid_input(format!(
+                    "unknown device '{other}' (expected cpu, metal, gpu, cuda, ane or auto)"
+                )));
+            }
+        })
+    }
+}
+
+/// Numeric precision a model runs at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    Int8,
+    Int4,
+}
+
+impl Precision {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Int8 => "int8",
+            Precision::Int4 => "int4",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "f32" | "fp32" => Precision::F32,
+            "f16" | "fp16" => Precision::F16,
+            "int8" => Precision::Int8,
+            "int4" => Precision::Int4,
+            other => {
+                return Err(Error::UnsupportedPrecision(format!(
+                    "unknown precision '{other}' (expected f32, f16, int8 or int4)"
+                )));
+            }
+        })
+    }
+}
+
+/// How to load a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub device: DeviceKind,
+    /// Intra-op threads for CPU engines; `None` lets the engine decide.
+    pub threads: Option<usize>,
+    pub precision: Precision,
+    /// Backend-specific settings (`compute_units`, `cache_dir`, `dylib`...), as text.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: DeviceKind::Cpu,
+            threads: None,
+            precision: Precision::F32,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// Memory a loaded model needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryEstimate {
+    /// Weights held by the engine (bytes).
+    pub weight_bytes: u64,
+    /// Peak intermediate activations for one batch row (bytes, an estimate).
+    pub activation_bytes_per_item: u64,
+}
+
+impl MemoryEstimate {
+    /// Bytes needed to run a batch of `n` rows.
+    pub fn for_batch(&self, n: usize) -> u64 {
+        self.weight_bytes + self.activation_bytes_per_item * n as u64
+    }
+}
+
+/// Whether a backend can be used here, and why not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "reason", rename_all = "lowercase")]
+pub enum Availability {
+    Available,
+    Unavailable(String),
+}
+
+impl Availability {
+    pub fn is_available(&self) -> bool {
+        matches!(self, Availability::Available)
+    }
+}
+
+/// A device a backend can run on, and whether it is usable now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub kind: DeviceKind,
+    /// Human-readable name (`CPU`, `NVIDIA H100`, ...).
+    pub name: String,
+    pub availability: Availability,
+}
+
+/// What inspection learns about a model without running it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub signature: ModelSignature,
+    /// Number of weight elements.
+    pub parameters: u64,
+    /// Exact bytes of stored weights.
+    pub weight_bytes: u64,
+    /// Estimated peak activation memory for batch 1 (bytes).
+    pub activation_bytes_estimate: u64,
+    /// Operator type → count.
+    pub op_histogram: BTreeMap<String, usize>,
+    /// Free-form facts (producer, opset, author...).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An inference engine. Implementations are cheap to construct; availability
+/// (a missing library, no GPU) is reported, never panicked on.
+pub trait Backend: Send + Sync {
+    /// Short stable name: `tract`, `ort`, `coreml`.
+    fn name(&self) -> &'static str;
+    /// Formats this backend reads.
+    fn formats(&self) -> &[ModelFormat];
+    /// Whether the backend can be used at all on this machine.
+    fn availability(&self) -> Availability;
+    /// Devices this backend can target here.
+    fn devices(&self) -> Vec<DeviceInfo>;
+    /// Reads a model's signature, weights and operators without preparing it.
+    fn inspect(&self, artifact: &ModelArtifact) -> Result<ModelInfo>;
+    /// Loads and prepares a model.
+    fn load(&self, artifact: &ModelArtifact, options: &LoadOptions)
+    -> Result<Arc<dyn LoadedModel>>;
+}
+
+/// A prepared model, shared by all worker threads.
+pub trait LoadedModel: Send + Sync {
+    /// Backend name.
+    fn backend(&self) -> &'static str;
+    /// Inputs and outputs, with symbolic dimensions kept symbolic.
+    fn signature(&self) -> &ModelSignature;
+    /// Memory needed.
+    fn memory(&self) -> MemoryEstimate;
+    /// Where it runs.
+    fn device(&self) -> DeviceKind;
+    /// At what precision.
+    fn precision(&self) -> Precision;
+    /// New per-thread execution state.
+    fn session(&self) -> Result<Box<dyn Session>>;
+}
+
+/// Per-thread execution state of a [`LoadedModel`].
+pub trait Session: Send {
+    /// Runs one batch. Inputs and outputs are in signature order; inputs have
+    /// already been checked against the signature.
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_device_and_precision() {
+        assert_eq!("gpu".parse::<DeviceKind>().unwrap(), DeviceKind::Metal);
+        assert!(
+            "tpu"
+                .parse::<DeviceKind>()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown device 'tpu'")
+        );
+        assert_eq!("int8".parse::<Precision>().unwrap(), Precision::Int8);
+        assert!(matches!(
+            "int3".parse::<Precision>(),
+            Err(Error::UnsupportedPrecision(_))
+        ));
+    }
+
+    #[test]
+    fn memory_for_batch() {
+        let m = MemoryEstimate {
+            weight_bytes: 100,
+            activation_bytes_per_item: 10,
+        };
+        assert_eq!(m.for_batch(8), 180);
+    }
+}

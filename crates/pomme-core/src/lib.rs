@@ -1,0 +1,25 @@
+//! pomme's vocabulary, shared by every other crate.
+//!
+//! This crate owns the data types a request carries ([`Tensor`], [`DType`],
+//! [`Shape`]), what a model promises ([`ModelSignature`]), the small synchronous
+//! [`Backend`] / [`LoadedModel`] / [`Session`] traits every engine implements, and
+//! the single [`Error`] enum with its retryability and its HTTP / gRPC mapping.
+//! It does no I/O, no async, and never names a backend.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod dtype;
+pub mod error;
+pub mod shape;
+pub mod signature;
+pub mod tensor;
+
+pub use backend::{
+    Availability, Backend, DeviceInfo, DeviceKind, LoadOptions, LoadedModel, MemoryEstimate,
+    ModelArtifact, ModelFormat, ModelInfo, Precision, Session,
+};
+pub use dtype::{DType, Element};
+pub use error::{Error, ErrorKind, GrpcCode, Result};
+pub use shape::{Dim, Shape};
+pub use signature::{ModelSignature, TensorSpec};
+pub use tensor::Tensor;

@@ -1,0 +1,181 @@
+//! What a model promises: named, typed, shaped inputs and outputs.
+
+use crate::shape::fmt_dims;
+use crate::{DType, Error, Result, Shape, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// One declared input or output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Shape,
+}
+
+impl TensorSpec {
+    pub fn new(name: impl Into<String>, dtype: DType, shape: Shape) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape,
+        }
+    }
+
+    /// Checks one tensor against this spec, naming the problem on failure.
+    pub fn check(&self, t: &Tensor) -> Result<()> {
+        if t.dtype() != self.dtype {
+            return Err(Error::invalid_input(format!(
+                "input '{}' has datatype {}, expected {}",
+                self.name,
+                t.dtype(),
+                self.dtype
+            )));
+        }
+        if !self.shape.accepts(t.shape()) {
+            return Err(Error::invalid_input(format!(
+                "input '{}' has shape {}, expected {}",
+                self.name,
+                fmt_dims(t.shape()),
+                self.shape
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A model's inputs and outputs, in the model's order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSignature {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+impl ModelSignature {
+    /// Whether every input and output has a symbolic first dimension, so that
+    /// requests can be concatenated along it.
+    pub fn is_batchable(&self) -> bool {
+        !self.inputs.is_empty()
+            && self
+                .inputs
+                .iter()
+                .chain(&self.outputs)
+                .all(|s| s.shape.has_symbolic_batch())
+    }
+
+    /// The output spec named `name`.
+    pub fn output(&self, name: &str) -> Option<&TensorSpec> {
+        self.outputs.iter().find(|s| s.name == name)
+    }
+
+    /// Orders named inputs as the model declares them and checks each one:
+    /// unknown, missing and duplicate names, dtype and shape. When the model is
+    /// batchable, every input must also agree on the batch size.
+    pub fn arrange_inputs(&self, named: Vec<(String, Tensor)>) -> Result<Vec<Tensor>> {
+        let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
+        for (name, tensor) in named {
+            let Some(i) = self.inputs.iter().position(|s| s.name == name) else {
+                let known: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
+                return Err(Error::invalid_input(format!(
+                    "unknown input '{name}' (the model takes {})",
+                    known.join(", ")
+                )));
+            };
+            if slots[i].is_some() {
+                return Err(Error::invalid_input(format!("input '{name}' given twice")));
+            }
+            self.inputs[i].check(&tensor)?;
+            slots[i] = Some(tensor);
+        }
+        let missing: Vec<&str> = self
+            .inputs
+            .iter()
+            .zip(&slots)
+            .filter(|(_, t)| t.is_none())
+            .map(|(s, _)| s.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::invalid_input(format!(
+                "missing input(s): {}",
+                missing.join(", ")
+            )));
+        }
+        let tensors: Vec<Tensor> = slots
+            .into_iter()
+            .map(|t| t.expect("checked above"))
+            .collect();
+        if self.is_batchable() {
+            let b = tensors[0].shape()[0];
+            if let Some((s, t)) = self
+                .inputs
+                .iter()
+                .zip(&tensors)
+                .find(|(_, t)| t.shape()[0] != b)
+            {
+                return Err(Error::invalid_input(format!(
+                    "input '{}' has batch size {}, but '{}' has {}",
+                    s.name,
+                    t.shape()[0],
+                    self.inputs[0].name,
+                    b
+                )));
+            }
+        }
+        Ok(tensors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Dim;
+
+    fn sig() -> ModelSignature {
+        let batch = |n| Shape(vec![Dim::Symbolic("batch".into()), Dim::Fixed(n)]);
+        ModelSignature {
+            inputs: vec![
+                TensorSpec::new("a", DType::F32, batch(2)),
+                TensorSpec::new("b", DType::I64, batch(1)),
+            ],
+            outputs: vec![TensorSpec::new("y", DType::F32, batch(2))],
+        }
+    }
+
+    #[test]
+    fn arranges_in_model_order() {
+        let a = Tensor::zeros(DType::F32, vec![3, 2]).unwrap();
+        let b = Tensor::zeros(DType::I64, vec![3, 1]).unwrap();
+        let out = sig()
+            .arrange_inputs(vec![("b".into(), b.clone()), ("a".into(), a.clone())])
+            .unwrap();
+        assert_eq!(out, vec![a, b]);
+    }
+
+    #[test]
+    fn names_each_problem() {
+        let s = sig();
+        let a = Tensor::zeros(DType::F32, vec![3, 2]).unwrap();
+        let e = s.arrange_inputs(vec![("a".into(), a.clone())]).unwrap_err();
+        assert_eq!(e.to_string(), "invalid input: missing input(s): b");
+        let e = s
+            .arrange_inputs(vec![("zz".into(), a.clone())])
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown input 'zz'"), "{e}");
+        let wrong = Tensor::zeros(DType::F64, vec![3, 2]).unwrap();
+        let e = s.arrange_inputs(vec![("a".into(), wrong)]).unwrap_err();
+        assert!(
+            e.to_string().contains("datatype FP64, expected FP32"),
+            "{e}"
+        );
+        let wrong = Tensor::zeros(DType::F32, vec![3, 5]).unwrap();
+        let e = s.arrange_inputs(vec![("a".into(), wrong)]).unwrap_err();
+        assert!(
+            e.to_string().contains("shape [3,5], expected [batch,2]"),
+            "{e}"
+        );
+        let b = Tensor::zeros(DType::I64, vec![4, 1]).unwrap();
+        let e = s
+            .arrange_inputs(vec![("a".into(), a), ("b".into(), b)])
+            .unwrap_err();
+        assert!(e.to_string().contains("batch size"), "{e}");
+    }
+}
