@@ -1,0 +1,738 @@
+//! The [`Runtime`] façade: load models, run requests, report health and numbers.
+
+use crate::admission::Admission;
+use crate::artifact::detect_artifact;
+use crate::metrics::Metrics;
+use crate::pool::BufferPool;
+use crate::registry::{Instance, ModelStatus, ModelView, Registry};
+use crate::scheduler::{BatchPolicy, ModelQueue, Pending};
+use crate::spec::ModelSpec;
+use crate::stats::{
+    LatencyHistogram, ModelCounters, ModelStats, PerformanceSummary, ThroughputTracker,
+};
+use crate::worker::{self, WorkerContext};
+use parking_lot::Mutex;
+use pomme_core::{Backend, DeviceInfo, Error, LoadedModel, Result, Tensor};
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// An inference request, as both protocols and library users build it.
+#[derive(Clone, Debug, Default)]
+pub struct InferRequest {
+    pub model: String,
+    /// `None`: the newest ready version.
+    pub version: Option<u64>,
+    /// Caller's request id, echoed back and put in the trace span.
+    pub id: Option<String>,
+    pub inputs: Vec<(String, Tensor)>,
+    /// Outputs to return; `None`: all.
+    pub outputs: Option<Vec<String>>,
+    /// 1 is the highest priority; `None`: the model's default.
+    pub priority: Option<u32>,
+    /// Deadline relative to now; `None`: the model's queue timeout or the runtime default.
+    pub timeout: Option<Duration>,
+}
+
+impl InferRequest {
+    /// A request for `model` with named inputs.
+    pub fn new(model: impl Into<String>, inputs: Vec<(String, Tensor)>) -> InferRequest {
+        InferRequest {
+            model: model.into(),
+            inputs,
+            ..Default::default()
+        }
+    }
+}
+
+/// The answer to an [`InferRequest`].
+#[derive(Clone, Debug)]
+pub struct InferResponse {
+    pub model: String,
+    pub version: u64,
+    pub id: Option<String>,
+    /// Named outputs, in the model's order (filtered by the request's selection).
+    pub outputs: Vec<(String, Tensor)>,
+}
+
+impl InferResponse {
+    /// The output named `name`.
+    pub fn output(&self, name: &str) -> Option<&Tensor> {
+        self.outputs.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+}
+
+/// Backends, their devices and the memory budget, for `pomme devices` and health pages.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceStatus {
+    pub backends: Vec<BackendStatus>,
+    pub memory_used_bytes: u64,
+    pub memory_budget_bytes: u64,
+    pub max_concurrency: usize,
+    pub in_flight: usize,
+}
+
+/// One backend's availability and devices.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendStatus {
+    pub name: String,
+    pub availability: pomme_core::Availability,
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// Builds a [`Runtime`].
+pub struct RuntimeBuilder {
+    max_concurrency: usize,
+    memory_budget: u64,
+    default_timeout: Option<Duration>,
+    backends: Vec<Arc<dyn Backend>>,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        RuntimeBuilder {
+            max_concurrency: 1024,
+            memory_budget: u64::MAX,
+            default_timeout: None,
+            backends: Vec::new(),
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// Requests admitted at once (queued or running); beyond it, requests wait
+    /// until their deadline or, without one, are refused at once.
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n.max(1);
+        self
+    }
+
+    /// Memory budget for model weights and activations, in MiB.
+    pub fn memory_budget_mb(mut self, mb: u64) -> Self {
+        self.memory_budget = mb.saturating_mul(1024 * 1024);
+        self
+    }
+
+    /// Memory budget in bytes.
+    pub fn memory_budget_bytes(mut self, bytes: u64) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
+    /// Deadline given to requests that carry none.
+    pub fn default_timeout(mut self, d: Duration) -> Self {
+        self.default_timeout = Some(d);
+        self
+    }
+
+    /// The engines this runtime may use, in default preference order.
+    pub fn backends(mut self, backends: Vec<Arc<dyn Backend>>) -> Self {
+        self.backends = backends;
+        self
+    }
+
+    /// Adds one engine.
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backends.push(backend);
+        self
+    }
+
+    pub fn build(self) -> Result<Runtime> {
+        if self.backends.is_empty() {
+            return Err(Error::Unavailable("no backend given to the runtime".into()));
+        }
+        let metrics = Metrics::new();
+        metrics
+            .memory_budget
+            .set(if self.memory_budget == u64::MAX {
+                -1
+            } else {
+                self.memory_budget as i64
+            });
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                admission: Admission::new(self.max_concurrency, self.memory_budget),
+                backends: self.backends,
+                default_timeout: self.default_timeout,
+                registry: Registry::default(),
+                metrics,
+                pool: BufferPool::new(),
+                shutting_down: AtomicBool::new(false),
+                latency: LatencyHistogram::default(),
+                throughput: ThroughputTracker::default(),
+                ok: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                started: Instant::now(),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    backends: Vec<Arc<dyn Backend>>,
+    admission: Admission,
+    default_timeout: Option<Duration>,
+    registry: Registry,
+    metrics: Metrics,
+    pool: Arc<BufferPool>,
+    shutting_down: AtomicBool,
+    latency: LatencyHistogram,
+    throughput: ThroughputTracker,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    started: Instant,
+}
+
+/// The inference runtime. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl Runtime {
+    /// Starts configuring a runtime.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The engines this runtime knows.
+    pub fn backends(&self) -> &[Arc<dyn Backend>] {
+        &self.inner.backends
+    }
+
+    /// Admission state (limits, in-flight, memory).
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
+    }
+
+    /// Loads a model on a blocking thread; other models keep serving meanwhile.
+    pub async fn load(&self, spec: ModelSpec) -> Result<ModelView> {
+        let rt = self.clone();
+        spawn_blocking(move || rt.load_blocking(spec, false)).await
+    }
+
+    /// Loads a new instance of a model version, replacing the serving one only
+    /// when the new one is ready; on failure the old one keeps serving.
+    pub async fn reload(&self, spec: ModelSpec) -> Result<ModelView> {
+        let rt = self.clone();
+        spawn_blocking(move || rt.load_blocking(spec, true)).await
+    }
+
+    /// Synchronous [`Runtime::load`], for callers outside async code.
+    pub fn load_blocking(&self, spec: ModelSpec, reload: bool) -> Result<ModelView> {
+        self.inner.registry.begin_load(&spec, reload)?;
+        let started = Instant::now();
+        let outcome = self.build_instance(&spec, started);
+        let (name, version) = (spec.name.clone(), spec.version);
+        match outcome {
+            Ok(inst) => {
+                let view = inst.view.clone();
+                self.inner.metrics.loaded(
+                    &name,
+                    version,
+                    &view.backend,
+                    view.device.as_str(),
+                    started.elapsed(),
+                    true,
+                );
+                tracing::info!(model = %name, version, backend = %view.backend, device = %view.device,
+                    ms = view.load_ms, memory_bytes = view.memory_bytes, "model loaded");
+                if let Some(old) = self.inner.registry.finish_load(&name, version, Ok(inst)) {
+                    // The replaced instance finishes its queue in the background.
+                    old.retire();
+                    let _ = std::thread::Builder::new()
+                        .name("pomme-retire".into())
+                        .spawn(move || old.join());
+                }
+                self.update_memory_gauge();
+                Ok(view)
+            }
+            Err(e) => {
+                tracing::warn!(model = %name, version, error = %e, "model load failed");
+                self.inner
+                    .registry
+                    .finish_load(&name, version, Err(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Loads several models concurrently; returns each outcome in order.
+    pub async fn preload(&self, specs: Vec<ModelSpec>) -> Vec<Result<ModelView>> {
+        let tasks: Vec<_> = specs
+            .into_iter()
+            .map(|s| {
+                tokio::spawn({
+                    let rt = self.clone();
+                    async move { rt.load(s).await }
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(
+                t.await
+                    .unwrap_or_else(|e| Err(Error::Internal(format!("load task failed: {e}")))),
+            );
+        }
+        out
+    }
+
+    fn build_instance(&self, spec: &ModelSpec, started: Instant) -> Result<Arc<Instance>> {
+        let artifact = detect_artifact(&spec.path)?;
+        let model = self.load_with_backends(spec, &artifact)?;
+        let memory = model.memory();
+        let reservation = self
+            .inner
+            .admission
+            .reserve_memory(memory.weight_bytes)
+            .map_err(|e| {
+                Error::MemoryBudgetExceeded(format!(
+                    "cannot load '{}': {}",
+                    spec.name,
+                    strip_kind(&e)
+                ))
+            })?;
+        let batchable = model.signature().is_batchable();
+        let max_batch = if batchable && spec.batching.is_some() {
+            spec.max_batch_size.max(1)
+        } else {
+            1
+        };
+        let batching = spec.batching.clone().unwrap_or_default();
+        let policy = BatchPolicy {
+            max_batch,
+            max_delay: batching.max_queue_delay,
+            preferred: batching.preferred_batch_sizes.clone(),
+            max_queue: batching.max_queue_size.max(1),
+            levels: batching.priority_levels.max(1),
+        };
+        let queue = Arc::new(ModelQueue::new(policy));
+        let counters = Arc::new(ModelCounters::default());
+        let ctx = Arc::new(WorkerContext {
+            name: spec.name.clone(),
+            version: spec.version,
+            model: model.clone(),
+            queue: queue.clone(),
+            counters: counters.clone(),
+            metrics: self.inner.metrics.model(&spec.name, spec.version),
+            pool: self.inner.pool.clone(),
+        });
+        let workers = spec.workers.max(1);
+        let mut threads = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let session = model.session()?;
+            threads.push(
+                worker::spawn(ctx.clone(), session, i)
+                    .map_err(|e| Error::Internal(format!("cannot start a worker thread: {e}")))?,
+            );
+        }
+        let view = ModelView {
+            name: spec.name.clone(),
+            version: spec.version,
+            backend: model.backend().to_string(),
+            device: model.device(),
+            signature: model.signature().clone(),
+            max_batch_size: if spec.batching.is_some() {
+                spec.max_batch_size
+            } else {
+                0
+            },
+            batching: spec.batching.clone(),
+            workers,
+            memory_bytes: reservation.bytes(),
+            load_ms: started.elapsed().as_millis() as u64,
+        };
+        Ok(Arc::new(Instance {
+            view,
+            ctx,
+            queue,
+            counters,
+            threads: Mutex::new(threads),
+            reservation: Mutex::new(Some(reservation)),
+            default_priority: batching.default_priority.max(1),
+            default_queue_timeout: spec.batching.as_ref().and_then(|b| b.default_queue_timeout),
+        }))
+    }
+
+    /// Tries the spec's backends (or every backend reading the format) in order.
+    fn load_with_backends(
+        &self,
+        spec: &ModelSpec,
+        artifact: &pomme_core::ModelArtifact,
+    ) -> Result<Arc<dyn LoadedModel>> {
+        let candidates: Vec<&Arc<dyn Backend>> = if spec.backends.is_empty() {
+            self.inner
+                .backends
+                .iter()
+                .filter(|b| b.formats().contains(&artifact.format))
+                .collect()
+        } else {
+            let mut v = Vec::new();
+            for name in &spec.backends {
+                match self.inner.backends.iter().find(|b| b.name() == name) {
+                    Some(b) => v.push(b),
+                    None => {
+                        let known: Vec<&str> =
+                            self.inner.backends.iter().map(|b| b.name()).collect();
+                        return Err(Error::Unavailable(format!(
+                            "backend '{name}' is not compiled in (available: {})",
+                            known.join(", ")
+                        )));
+                    }
+                }
+            }
+            v
+        };
+        if candidates.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "no backend reads {} models",
+                artifact.format
+            )));
+        }
+        let mut reasons = Vec::new();
+        for b in candidates {
+            if !b.formats().contains(&artifact.format) {
+                reasons.push(format!("{} does not read {}", b.name(), artifact.format));
+                continue;
+            }
+            if let pomme_core::Availability::Unavailable(why) = b.availability() {
+                reasons.push(format!("{}: {why}", b.name()));
+                continue;
+            }
+            match b.load(artifact, &spec.load) {
+                Ok(m) => return Ok(m),
+                // A broken model fails the same way everywhere: report it as it is.
+                Err(e @ (Error::InvalidModelFormat(_) | Error::InvalidInput(_))) => return Err(e),
+                Err(e) => reasons.push(format!("{}: {e}", b.name())),
+            }
+        }
+        if reasons.len() == 1 {
+            return Err(Error::Unavailable(reasons.remove(0)));
+        }
+        Err(Error::Unavailable(format!(
+            "no backend could load the model ({})",
+            reasons.join("; ")
+        )))
+    }
+
+    /// Unloads every version of a model. New requests are refused at once;
+    /// queued ones still run, and this returns once they have and the model's
+    /// memory is released.
+    pub async fn unload(&self, name: &str) -> Result<()> {
+        let instances = self.inner.registry.remove(name)?;
+        for inst in &instances {
+            self.inner.metrics.unloaded(
+                name,
+                inst.view.version,
+                &inst.view.backend,
+                inst.view.device.as_str(),
+            );
+            inst.retire();
+        }
+        let _ = tokio::task::spawn_blocking(move || instances.iter().for_each(|i| i.join())).await;
+        self.update_memory_gauge();
+        tracing::info!(model = %name, "model unloaded");
+        Ok(())
+    }
+
+    /// Every model version known, with its state.
+    pub fn models(&self) -> Vec<ModelStatus> {
+        self.inner.registry.statuses()
+    }
+
+    /// A serving model version (newest when `version` is `None`).
+    pub fn model(&self, name: &str, version: Option<u64>) -> Result<ModelView> {
+        Ok(self.inner.registry.get(name, version)?.view.clone())
+    }
+
+    /// Runs one request. Dropping the returned future cancels it: if it has not
+    /// started, it never will.
+    pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
+        let started = Instant::now();
+        let model = req.model.clone();
+        let version = req.version;
+        let span =
+            tracing::info_span!("infer", model = %model, id = req.id.as_deref().unwrap_or(""));
+        let result = self.infer_inner(req, started, span).await;
+        let elapsed = started.elapsed();
+        match &result {
+            Ok(r) => {
+                self.inner.ok.fetch_add(1, Ordering::Relaxed);
+                self.inner.latency.record(elapsed);
+                self.inner.throughput.tick();
+                if let Ok(inst) = self.inner.registry.get(&model, Some(r.version)) {
+                    inst.counters.success.add(elapsed);
+                    inst.ctx.metrics.success.inc();
+                    inst.ctx
+                        .metrics
+                        .request_duration
+                        .observe(elapsed.as_secs_f64());
+                }
+            }
+            Err(e) => {
+                self.inner.failed.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .metrics
+                    .failure(&model, version, e.kind().as_str());
+                if let Ok(inst) = self.inner.registry.get(&model, version) {
+                    inst.counters.fail.add(elapsed);
+                }
+            }
+        }
+        result
+    }
+
+    async fn infer_inner(
+        &self,
+        req: InferRequest,
+        started: Instant,
+        span: tracing::Span,
+    ) -> Result<InferResponse> {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(Error::Unavailable("the server is shutting down".into()));
+        }
+        let inst = self.inner.registry.get(&req.model, req.version)?;
+        let sig = &inst.view.signature;
+        let selected: Option<Vec<usize>> = match &req.outputs {
+            None => None,
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|n| {
+                        sig.outputs
+                            .iter()
+                            .position(|o| &o.name == n)
+                            .ok_or_else(|| {
+                                Error::invalid_input(format!(
+                                    "unknown output '{n}' for model '{}'",
+                                    req.model
+                                ))
+                            })
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        let inputs = sig.arrange_inputs(req.inputs)?;
+        let rows = if sig.is_batchable() {
+            inputs[0].shape()[0]
+        } else {
+            1
+        };
+        let max_batch = inst.queue.policy().max_batch;
+        if max_batch > 1 && rows > max_batch {
+            return Err(Error::invalid_input(format!(
+                "batch of {rows} rows exceeds max_batch_size {max_batch} of model '{}'",
+                req.model
+            )));
+        }
+        let timeout = req
+            .timeout
+            .or(inst.default_queue_timeout)
+            .or(self.inner.default_timeout);
+        let deadline = timeout.map(|t| started + t);
+        let activation = inst
+            .ctx
+            .model
+            .memory()
+            .activation_bytes_per_item
+            .saturating_mul(rows as u64);
+        let activation = activation.min(
+            self.inner
+                .admission
+                .memory_budget()
+                .saturating_sub(self.inner.admission.memory_used()),
+        );
+        let permit = match timeout {
+            Some(t) => {
+                self.inner
+                    .admission
+                    .acquire(
+                        activation,
+                        Some(tokio::time::Instant::now() + t.saturating_sub(started.elapsed())),
+                    )
+                    .await?
+            }
+            None => self.inner.admission.try_acquire(activation)?,
+        };
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            inputs,
+            rows,
+            enqueued: Instant::now(),
+            deadline,
+            reply: tx,
+            permit: Some(permit),
+            span,
+        };
+        let priority = req.priority.unwrap_or(inst.default_priority);
+        inst.queue.push(pending, priority).map_err(|(_, e)| e)?;
+        inst.ctx.metrics.pending.inc();
+        let answer = match timeout {
+            Some(t) => match tokio::time::timeout(t.saturating_sub(started.elapsed()), rx).await {
+                Ok(a) => a,
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "no answer within {} ms",
+                        t.as_millis()
+                    )));
+                }
+            },
+            None => rx.await,
+        };
+        let outputs =
+            answer.map_err(|_| Error::Internal("compute worker dropped the request".into()))??;
+        let named: Vec<(String, Tensor)> = match selected {
+            None => sig
+                .outputs
+                .iter()
+                .map(|s| s.name.clone())
+                .zip(outputs)
+                .collect(),
+            Some(idx) => idx
+                .into_iter()
+                .map(|i| (sig.outputs[i].name.clone(), outputs[i].clone()))
+                .collect(),
+        };
+        Ok(InferResponse {
+            model: req.model,
+            version: inst.view.version,
+            id: req.id,
+            outputs: named,
+        })
+    }
+
+    /// Statistics of one model (all its versions) or of every model.
+    pub fn stats(&self, name: Option<&str>) -> Vec<ModelStats> {
+        self.inner
+            .registry
+            .instances()
+            .into_iter()
+            .filter(|i| name.is_none_or(|n| n == i.view.name))
+            .map(|i| i.counters.snapshot(&i.view.name, i.view.version))
+            .collect()
+    }
+
+    /// Totals, latency percentiles, throughput and memory.
+    pub fn performance_summary(&self) -> PerformanceSummary {
+        let ok = self.inner.ok.load(Ordering::Relaxed);
+        let uptime = self.inner.started.elapsed().as_secs_f64();
+        PerformanceSummary {
+            total_inferences: ok,
+            failed_inferences: self.inner.failed.load(Ordering::Relaxed),
+            mean_latency_us: self.inner.latency.mean_us(),
+            p50_latency_us: self.inner.latency.quantile_us(0.5),
+            p90_latency_us: self.inner.latency.quantile_us(0.9),
+            p99_latency_us: self.inner.latency.quantile_us(0.99),
+            throughput_rps: if uptime > 0.0 {
+                ok as f64 / uptime
+            } else {
+                0.0
+            },
+            recent_throughput_rps: self.inner.throughput.rate(),
+            memory_used_bytes: self.inner.admission.memory_used(),
+            memory_budget_bytes: self.inner.admission.memory_budget(),
+            uptime_s: uptime,
+        }
+    }
+
+    /// Backends, devices and memory.
+    pub fn device_status(&self) -> DeviceStatus {
+        DeviceStatus {
+            backends: self
+                .inner
+                .backends
+                .iter()
+                .map(|b| BackendStatus {
+                    name: b.name().to_string(),
+                    availability: b.availability(),
+                    devices: b.devices(),
+                })
+                .collect(),
+            memory_used_bytes: self.inner.admission.memory_used(),
+            memory_budget_bytes: self.inner.admission.memory_budget(),
+            max_concurrency: self.inner.admission.max_concurrency(),
+            in_flight: self.inner.admission.in_flight(),
+        }
+    }
+
+    /// Live: the process answers. Always true while the runtime exists.
+    pub fn is_live(&self) -> bool {
+        true
+    }
+
+    /// Ready: not shutting down (the server adds "configured models loaded").
+    pub fn is_ready(&self) -> bool {
+        !self.inner.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition of every runtime metric.
+    pub fn encode_metrics(&self) -> String {
+        self.update_memory_gauge();
+        self.inner
+            .metrics
+            .in_flight
+            .set(self.inner.admission.in_flight() as i64);
+        self.inner
+            .metrics
+            .max_concurrency
+            .set(self.inner.admission.max_concurrency() as i64);
+        self.inner.metrics.encode()
+    }
+
+    /// The metrics registry, for other subsystems to add their families.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    fn update_memory_gauge(&self) {
+        self.inner
+            .metrics
+            .memory_used
+            .set(self.inner.admission.memory_used() as i64);
+    }
+
+    /// Readiness goes false and new requests are refused with `Unavailable`.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits up to `grace` for admitted requests to finish, then stops every
+    /// worker. Returns whether everything in flight finished.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.begin_shutdown();
+        let deadline = tokio::time::Instant::now() + grace;
+        let drained = loop {
+            if self.inner.admission.in_flight() == 0 {
+                break true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let instances = self.inner.registry.instances();
+        for inst in &instances {
+            inst.retire();
+        }
+        let _ = tokio::task::spawn_blocking(move || instances.iter().for_each(|i| i.join())).await;
+        drained
+    }
+}
+
+fn strip_kind(e: &Error) -> String {
+    let s = e.to_string();
+    s.split_once(": ")
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or(s)
+}
+
+async fn spawn_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(Error::Internal(format!("blocking task failed: {e}"))))
+}

@@ -1,0 +1,382 @@
+//! A model's bounded priority queue and its dynamic batcher.
+//!
+//! Requests wait here between admission and a compute worker. A worker asks
+//! [`ModelQueue::next_batch`] for work; with batching on, it gathers requests
+//! whose non-batch dimensions match the oldest one's, until the batch is full,
+//! hits a preferred size, or the oldest request has waited `max_queue_delay`.
+//! Requests whose caller went away are dropped unrun; those past their deadline
+//! are answered with `Timeout` unrun. A full queue rejects at once.
+
+use crate::admission::Permit;
+use parking_lot::{Condvar, Mutex};
+use pomme_core::{Error, Result, Tensor};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// What the batcher needs to know to group requests.
+#[derive(Clone, Debug)]
+pub struct BatchPolicy {
+    /// Rows per execution at most; ≤ 1 disables batching.
+    pub max_batch: usize,
+    pub max_delay: Duration,
+    pub preferred: Vec<usize>,
+    pub max_queue: usize,
+    /// Priority levels; level 1 is served first.
+    pub levels: u32,
+}
+
+/// A request waiting to run.
+pub struct Pending {
+    /// Inputs in signature order.
+    pub inputs: Vec<Tensor>,
+    /// Rows along the batch axis (1 for unbatchable models).
+    pub rows: usize,
+    pub enqueued: Instant,
+    pub deadline: Option<Instant>,
+    pub reply: oneshot::Sender<Result<Vec<Tensor>>>,
+    /// Held until the request is answered.
+    pub permit: Option<Permit>,
+    pub span: tracing::Span,
+}
+
+impl Pending {
+    /// Answers the request, releasing its admission permit first so that a
+    /// caller who sees the answer also sees the slot free.
+    pub fn answer(self, result: Result<Vec<Tensor>>) {
+        let Pending { reply, permit, .. } = self;
+        drop(permit);
+        let _ = reply.send(result);
+    }
+
+    /// Whether two requests can share a batch: same dtypes and same dimensions after the first.
+    fn compatible(&self, other: &Pending) -> bool {
+        self.inputs.len() == other.inputs.len()
+            && self
+                .inputs
+                .iter()
+                .zip(&other.inputs)
+                .all(|(a, b)| a.dtype() == b.dtype() && a.shape().get(1..) == b.shape().get(1..))
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+
+    fn is_expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+}
+
+struct State {
+    levels: Vec<VecDeque<Pending>>,
+    len: usize,
+    closed: bool,
+}
+
+/// The queue of one model version, shared by its workers.
+pub struct ModelQueue {
+    state: Mutex<State>,
+    cond: Condvar,
+    policy: BatchPolicy,
+}
+
+/// Why a request was not run; tallied by the caller's metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub cancelled: usize,
+    pub expired: usize,
+}
+
+impl ModelQueue {
+    pub fn new(policy: BatchPolicy) -> ModelQueue {
+        let levels = policy.levels.max(1) as usize;
+        ModelQueue {
+            state: Mutex::new(State {
+                levels: (0..levels).map(|_| VecDeque::new()).collect(),
+                len: 0,
+                closed: false,
+            }),
+            cond: Condvar::new(),
+            policy,
+        }
+    }
+
+    /// The batching policy.
+    pub fn policy(&self) -> &BatchPolicy {
+        &self.policy
+    }
+
+    /// Requests waiting.
+    pub fn len(&self) -> usize {
+        self.state.lock().len
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Enqueues at `priority` (1 = highest; clamped to the configured levels).
+    /// Fails at once when the queue is full or closed, handing the request back.
+    pub fn push(&self, p: Pending, priority: u32) -> std::result::Result<(), (Pending, Error)> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err((p, Error::Unavailable("model is being unloaded".into())));
+        }
+        if st.len >= self.policy.max_queue {
+            let now = Instant::now();
+            purge(&mut st, now);
+            if st.len >= self.policy.max_queue {
+                return Err((
+                    p,
+                    Error::ResourceLimit(format!(
+                        "queue full ({} requests waiting)",
+                        self.policy.max_queue
+                    )),
+                ));
+            }
+        }
+        let level = (priority.max(1) as usize - 1).min(st.levels.len() - 1);
+        st.levels[level].push_back(p);
+        st.len += 1;
+        drop(st);
+        self.cond.notify_one();
+        Ok(())
+    }
+
+    /// Stops accepting; workers finish what is queued, then get `None`.
+    pub fn close(&self) {
+        self.state.lock().closed = true;
+        self.cond.notify_all();
+    }
+
+    /// Blocks until a batch is ready; `None` once closed and drained.
+    pub fn next_batch(&self) -> Option<Vec<Pending>> {
+        let mut st = self.state.lock();
+        loop {
+            let now = Instant::now();
+            purge_fronts(&mut st, now);
+            if st.len == 0 {
+                if st.closed {
+                    return None;
+                }
+                self.cond.wait(&mut st);
+                continue;
+            }
+            if self.policy.max_batch <= 1 {
+                return Some(vec![pop_first(&mut st)]);
+            }
+            let (head_enqueued, rows) = {
+                let head = st.levels.iter().find_map(|q| q.front()).expect("len > 0");
+                let rows: usize = st
+                    .levels
+                    .iter()
+                    .flatten()
+                    .filter(|p| p.compatible(head) && !p.is_cancelled())
+                    .map(|p| p.rows)
+                    .sum();
+                (head.enqueued, rows)
+            };
+            let waited_enough = now.duration_since(head_enqueued) >= self.policy.max_delay;
+            if rows >= self.policy.max_batch
+                || self.policy.preferred.contains(&rows)
+                || waited_enough
+                || st.closed
+            {
+                return Some(take_batch(&mut st, self.policy.max_batch, now));
+            }
+            let wake = head_enqueued + self.policy.max_delay;
+            self.cond.wait_until(&mut st, wake);
+        }
+    }
+}
+
+fn pop_first(st: &mut State) -> Pending {
+    let q = st
+        .levels
+        .iter_mut()
+        .find(|q| !q.is_empty())
+        .expect("len > 0");
+    st.len -= 1;
+    q.pop_front().expect("non-empty")
+}
+
+/// Takes the head and every compatible request after it (priority order) that fits.
+fn take_batch(st: &mut State, max_batch: usize, now: Instant) -> Vec<Pending> {
+    let head = pop_first(st);
+    let mut rows = head.rows;
+    let mut batch = vec![head];
+    for level in 0..st.levels.len() {
+        let mut i = 0;
+        while i < st.levels[level].len() && rows < max_batch {
+            let p = &st.levels[level][i];
+            if p.is_cancelled() || p.is_expired(now) {
+                let p = st.levels[level].remove(i).expect("index in range");
+                st.len -= 1;
+                answer_dead(p, now);
+                continue;
+            }
+            if p.compatible(&batch[0]) && rows + p.rows <= max_batch {
+                let p = st.levels[level].remove(i).expect("index in range");
+                st.len -= 1;
+                rows += p.rows;
+                batch.push(p);
+                continue;
+            }
+            i += 1;
+        }
+    }
+    batch
+}
+
+/// Drops dead requests at the front of each level, so the head is live.
+fn purge_fronts(st: &mut State, now: Instant) {
+    for level in 0..st.levels.len() {
+        while let Some(p) = st.levels[level].front() {
+            if p.is_cancelled() || p.is_expired(now) {
+                let p = st.levels[level].pop_front().expect("front exists");
+                st.len -= 1;
+                answer_dead(p, now);
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+fn purge(st: &mut State, now: Instant) {
+    for level in 0..st.levels.len() {
+        let before = st.levels[level].len();
+        let (dead, live): (Vec<Pending>, Vec<Pending>) = st.levels[level]
+            .drain(..)
+            .partition(|p| p.is_cancelled() || p.is_expired(now));
+        st.levels[level] = live.into();
+        st.len -= before - st.levels[level].len();
+        dead.into_iter().for_each(|p| answer_dead(p, now));
+    }
+}
+
+fn answer_dead(p: Pending, now: Instant) {
+    if !p.is_cancelled() {
+        let waited = now.duration_since(p.enqueued);
+        p.answer(Err(Error::Timeout(format!(
+            "deadline passed after {} ms in the queue",
+            waited.as_millis()
+        ))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pomme_core::DType;
+    use std::sync::Arc;
+
+    fn pending(rows: usize, width: usize) -> (Pending, oneshot::Receiver<Result<Vec<Tensor>>>) {
+        let (tx, rx) = oneshot::channel();
+        let p = Pending {
+            inputs: vec![Tensor::zeros(DType::F32, vec![rows, width]).unwrap()],
+            rows,
+            enqueued: Instant::now(),
+            deadline: None,
+            reply: tx,
+            permit: None,
+            span: tracing::Span::none(),
+        };
+        (p, rx)
+    }
+
+    fn policy(max_batch: usize, delay_ms: u64) -> BatchPolicy {
+        BatchPolicy {
+            max_batch,
+            max_delay: Duration::from_millis(delay_ms),
+            preferred: vec![],
+            max_queue: 8,
+            levels: 2,
+        }
+    }
+
+    #[test]
+    fn full_batch_goes_at_once_and_never_mixes_shapes() {
+        let q = ModelQueue::new(policy(4, 10_000));
+        let mut rxs = vec![];
+        for w in [3, 3, 5, 3, 3] {
+            let (p, rx) = pending(1, w);
+            rxs.push(rx);
+            q.push(p, 1).map_err(|e| e.1).unwrap();
+        }
+        let batch = q.next_batch().unwrap();
+        assert_eq!(batch.len(), 4);
+        assert!(batch.iter().all(|p| p.inputs[0].shape() == [1, 3]));
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn delay_bounds_the_wait() {
+        let q = ModelQueue::new(policy(8, 20));
+        let (p, _rx) = pending(1, 3);
+        q.push(p, 1).map_err(|e| e.1).unwrap();
+        let t = Instant::now();
+        let batch = q.next_batch().unwrap();
+        assert_eq!(batch.len(), 1);
+        assert!(t.elapsed() >= Duration::from_millis(15));
+    }
+
+    #[test]
+    fn priority_one_first_and_full_queue_rejects() {
+        let q = ModelQueue::new(policy(1, 0));
+        let mut keep = vec![];
+        for i in 0..8 {
+            let (mut p, rx) = pending(1, 3);
+            p.rows = i + 1; // tag
+            keep.push(rx);
+            q.push(p, if i == 7 { 1 } else { 2 })
+                .map_err(|e| e.1)
+                .unwrap();
+        }
+        let (p, _rx) = pending(1, 3);
+        let err = q.push(p, 1).unwrap_err().1;
+        assert!(matches!(err, Error::ResourceLimit(_)), "{err}");
+        assert_eq!(q.next_batch().unwrap()[0].rows, 8);
+        assert_eq!(q.next_batch().unwrap()[0].rows, 1);
+    }
+
+    #[test]
+    fn cancelled_requests_are_dropped_and_expired_ones_answered() {
+        let q = ModelQueue::new(policy(4, 0));
+        let (p1, rx1) = pending(1, 3);
+        drop(rx1);
+        q.push(p1, 1).map_err(|e| e.1).unwrap();
+        let (mut p2, mut rx2) = pending(1, 3);
+        p2.deadline = Some(Instant::now());
+        q.push(p2, 1).map_err(|e| e.1).unwrap();
+        let (p3, _rx3) = pending(1, 3);
+        q.push(p3, 1).map_err(|e| e.1).unwrap();
+        let batch = q.next_batch().unwrap();
+        assert_eq!(batch.len(), 1);
+        assert!(matches!(rx2.try_recv(), Ok(Err(Error::Timeout(_)))));
+    }
+
+    #[test]
+    fn close_drains_then_ends() {
+        let q = Arc::new(ModelQueue::new(policy(4, 10_000)));
+        let (p, _rx) = pending(1, 3);
+        q.push(p, 1).map_err(|e| e.1).unwrap();
+        q.close();
+        assert_eq!(q.next_batch().unwrap().len(), 1);
+        assert!(q.next_batch().is_none());
+        let (p, _rx) = pending(1, 3);
+        assert!(matches!(q.push(p, 1).unwrap_err().1, Error::Unavailable(_)));
+    }
+
+    #[test]
+    fn workers_wake_on_push() {
+        let q = Arc::new(ModelQueue::new(policy(1, 0)));
+        let q2 = q.clone();
+        let h = std::thread::spawn(move || q2.next_batch().map(|b| b.len()));
+        let (p, _rx) = pending(1, 3);
+        q.push(p, 1).map_err(|e| e.1).unwrap();
+        assert_eq!(h.join().unwrap(), Some(1));
+    }
+}

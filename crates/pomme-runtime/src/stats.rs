@@ -1,0 +1,260 @@
+//! Latency and throughput trackers: per-model counters (Triton's statistics
+//! extension), an EWMA, and an HDR histogram for percentiles.
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Exponentially weighted moving average of a sampled value.
+#[derive(Clone, Copy, Debug)]
+pub struct Ewma {
+    alpha: f64,
+    value: Option<f64>,
+}
+
+impl Ewma {
+    /// `alpha` in (0, 1]: the weight of each new sample.
+    pub fn new(alpha: f64) -> Ewma {
+        Ewma {
+            alpha: alpha.clamp(f64::MIN_POSITIVE, 1.0),
+            value: None,
+        }
+    }
+
+    /// Adds a sample.
+    #[inline]
+    pub fn update(&mut self, sample: f64) {
+        self.value = Some(match self.value {
+            None => sample,
+            Some(v) => v + self.alpha * (sample - v),
+        });
+    }
+
+    /// Current average, if any sample was seen.
+    pub fn value(&self) -> Option<f64> {
+        self.value
+    }
+}
+
+/// A thread-safe latency histogram in microseconds (1 µs .. 1 h, 3 significant digits).
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    hist: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            hist: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("valid bounds"),
+            ),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// Records one latency.
+    pub fn record(&self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        let _ = self.hist.lock().record(us);
+    }
+
+    /// The `q` quantile (0..=1) in microseconds, 0 if empty.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        self.hist.lock().value_at_quantile(q)
+    }
+
+    /// Mean in microseconds.
+    pub fn mean_us(&self) -> f64 {
+        self.hist.lock().mean()
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.hist.lock().len()
+    }
+}
+
+/// A count and a total duration, as Triton's statistics report them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatDuration {
+    pub count: u64,
+    pub ns: u64,
+}
+
+/// Per-model counters updated on the hot path without locks.
+#[derive(Debug, Default)]
+pub struct ModelCounters {
+    pub(crate) success: DurationCounter,
+    pub(crate) fail: DurationCounter,
+    pub(crate) queue: DurationCounter,
+    pub(crate) compute_input: DurationCounter,
+    pub(crate) compute_infer: DurationCounter,
+    pub(crate) compute_output: DurationCounter,
+    pub(crate) inference_count: AtomicU64,
+    pub(crate) execution_count: AtomicU64,
+    pub(crate) last_inference_ms: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DurationCounter {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl DurationCounter {
+    #[inline]
+    pub(crate) fn add(&self, d: Duration) {
+        self.add_n(1, d);
+    }
+
+    #[inline]
+    pub(crate) fn add_n(&self, n: u64, d: Duration) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+        self.ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> StatDuration {
+        StatDuration {
+            count: self.count.load(Ordering::Relaxed),
+            ns: self.ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl ModelCounters {
+    pub(crate) fn executed(&self, rows: usize) {
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
+        self.inference_count
+            .fetch_add(rows as u64, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        self.last_inference_ms.store(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, name: &str, version: u64) -> ModelStats {
+        ModelStats {
+            name: name.to_string(),
+            version,
+            last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
+            inference_count: self.inference_count.load(Ordering::Relaxed),
+            execution_count: self.execution_count.load(Ordering::Relaxed),
+            success: self.success.get(),
+            fail: self.fail.get(),
+            queue: self.queue.get(),
+            compute_input: self.compute_input.get(),
+            compute_infer: self.compute_infer.get(),
+            compute_output: self.compute_output.get(),
+        }
+    }
+}
+
+/// Statistics of one model version (Triton's `ModelStatistics`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ModelStats {
+    pub name: String,
+    pub version: u64,
+    /// Unix time of the last execution, in milliseconds.
+    pub last_inference_ms: u64,
+    /// Rows inferred (a batch of 8 counts 8).
+    pub inference_count: u64,
+    /// Engine executions (a batch of 8 counts 1).
+    pub execution_count: u64,
+    /// Requests that succeeded, and their total end-to-end time.
+    pub success: StatDuration,
+    /// Requests that failed.
+    pub fail: StatDuration,
+    /// Time spent queued.
+    pub queue: StatDuration,
+    /// Time preparing inputs (batch concatenation).
+    pub compute_input: StatDuration,
+    /// Time in the engine.
+    pub compute_infer: StatDuration,
+    /// Time splitting outputs and answering.
+    pub compute_output: StatDuration,
+}
+
+/// A whole-runtime performance summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PerformanceSummary {
+    pub total_inferences: u64,
+    pub failed_inferences: u64,
+    pub mean_latency_us: f64,
+    pub p50_latency_us: u64,
+    pub p90_latency_us: u64,
+    pub p99_latency_us: u64,
+    /// Requests per second since the runtime started.
+    pub throughput_rps: f64,
+    /// EWMA of the request rate over recent seconds.
+    pub recent_throughput_rps: f64,
+    pub memory_used_bytes: u64,
+    pub memory_budget_bytes: u64,
+    pub uptime_s: f64,
+}
+
+/// Throughput tracker: counts per second folded into an EWMA.
+#[derive(Debug)]
+pub(crate) struct ThroughputTracker {
+    inner: Mutex<(Instant, u64, Ewma)>,
+}
+
+impl Default for ThroughputTracker {
+    fn default() -> Self {
+        ThroughputTracker {
+            inner: Mutex::new((Instant::now(), 0, Ewma::new(0.3))),
+        }
+    }
+}
+
+impl ThroughputTracker {
+    pub(crate) fn tick(&self) {
+        let mut g = self.inner.lock();
+        g.1 += 1;
+        let elapsed = g.0.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            let rate = g.1 as f64 / elapsed.as_secs_f64();
+            g.2.update(rate);
+            g.0 = Instant::now();
+            g.1 = 0;
+        }
+    }
+
+    pub(crate) fn rate(&self) -> f64 {
+        self.inner.lock().2.value().unwrap_or(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ewma_converges() {
+        let mut e = Ewma::new(0.5);
+        assert_eq!(e.value(), None);
+        e.update(10.0);
+        assert_eq!(e.value(), Some(10.0));
+        e.update(20.0);
+        assert_eq!(e.value(), Some(15.0));
+        for _ in 0..50 {
+            e.update(100.0);
+        }
+        assert!((e.value().unwrap() - 100.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn histogram_percentiles() {
+        let h = LatencyHistogram::default();
+        for i in 1..=100 {
+            h.record(Duration::from_micros(i * 10));
+        }
+        assert_eq!(h.count(), 100);
+        let p50 = h.quantile_us(0.5);
+        assert!((495..=505).contains(&p50), "{p50}");
+        assert!(h.quantile_us(0.99) >= 980);
+    }
+}

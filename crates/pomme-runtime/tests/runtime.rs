@@ -1,0 +1,266 @@
+//! The runtime end to end over the scriptable fake backend: batching, deadlines,
+//! cancellation, faults, memory budget, accounting.
+
+use pomme_core::{DType, Error, Tensor};
+use pomme_runtime::{BatchingConfig, InferRequest, ModelSpec, Runtime};
+use pomme_test_support::{Behaviour, FakeBackend};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn model_file() -> std::path::PathBuf {
+    // The fake ignores the file's content, but the runtime checks that it exists.
+    let p = std::env::temp_dir().join(format!("pomme-rt-test-{}.onnx", std::process::id()));
+    std::fs::write(&p, b"\x08\x08").unwrap();
+    p
+}
+
+fn runtime(fake: &FakeBackend) -> Runtime {
+    Runtime::builder()
+        .max_concurrency(64)
+        .memory_budget_mb(1)
+        .backend(Arc::new(fake.clone()))
+        .build()
+        .unwrap()
+}
+
+fn row(v: f32, width: usize) -> Tensor {
+    Tensor::from_vec(vec![1, width], vec![v; width]).unwrap()
+}
+
+fn req(v: f32) -> InferRequest {
+    InferRequest::new("m", vec![("x".into(), row(v, 4))])
+}
+
+#[tokio::test]
+async fn runs_and_reports() {
+    let fake = FakeBackend::new(4);
+    let rt = runtime(&fake);
+    let view = rt.load(ModelSpec::new("m", model_file())).await.unwrap();
+    assert_eq!(view.backend, "fake");
+    let out = rt.infer(req(1.5)).await.unwrap();
+    assert_eq!(
+        out.output("y").unwrap().to_vec::<f32>().unwrap(),
+        vec![3.0; 4]
+    );
+    let stats = rt.stats(Some("m"));
+    assert_eq!(stats[0].inference_count, 1);
+    assert_eq!(stats[0].success.count, 1);
+    let metrics = rt.encode_metrics();
+    assert!(
+        metrics.contains("pomme_request_success_total{model=\"m\",version=\"1\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(rt.performance_summary().total_inferences, 1);
+}
+
+#[tokio::test]
+async fn bad_inputs_are_named() {
+    let fake = FakeBackend::new(4);
+    let rt = runtime(&fake);
+    rt.load(ModelSpec::new("m", model_file())).await.unwrap();
+    let e = rt
+        .infer(InferRequest::new("m", vec![("x".into(), row(1.0, 5))]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("shape [1,5], expected [batch,4]"),
+        "{e}"
+    );
+    let e = rt
+        .infer(InferRequest::new("nope", vec![]))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::ModelNotFound(_)));
+    let mut r = req(1.0);
+    r.outputs = Some(vec!["z".into()]);
+    assert!(
+        rt.infer(r)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("unknown output 'z'")
+    );
+    assert_eq!(
+        fake.script.calls.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing invalid reached the engine"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_batching_groups_and_splits() {
+    let fake = FakeBackend::new(4);
+    // The first call is slow, so the next 8 requests queue up behind it.
+    fake.then(Behaviour::Slow(Duration::from_millis(100)), 1);
+    let rt = runtime(&fake);
+    let cfg = BatchingConfig {
+        max_queue_delay: Duration::from_millis(5),
+        ..Default::default()
+    };
+    rt.load(ModelSpec::new("m", model_file()).batching(8, cfg))
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.infer(req(0.0)).await }
+    });
+    while fake.script.calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let tasks: Vec<_> = (1..=8)
+        .map(|i| {
+            let rt = rt.clone();
+            tokio::spawn(async move { rt.infer(req(i as f32)).await })
+        })
+        .collect();
+    first.await.unwrap().unwrap();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let out = t.await.unwrap().unwrap();
+        let y = out.output("y").unwrap();
+        assert_eq!(y.shape(), &[1, 4]);
+        assert_eq!(
+            y.to_vec::<f32>().unwrap(),
+            vec![(i + 1) as f32 * 2.0; 4],
+            "request {i} got another's rows"
+        );
+    }
+    let batches = fake.script.batches.lock().clone();
+    assert_eq!(batches[0], 1);
+    assert_eq!(batches[1..].iter().sum::<usize>(), 8);
+    assert!(
+        batches.len() <= 3,
+        "expected the 8 queued requests in few batches: {batches:?}"
+    );
+    let s = &rt.stats(Some("m"))[0];
+    assert_eq!(s.inference_count, 9);
+    assert_eq!(s.execution_count as usize, batches.len());
+}
+
+#[tokio::test]
+async fn failures_panics_and_wrong_shapes_become_errors() {
+    let fake = FakeBackend::new(4);
+    fake.then(Behaviour::Fail(Error::InferenceFailed("boom".into())), 1)
+        .then(Behaviour::Panic, 1)
+        .then(Behaviour::WrongShape, 1);
+    let rt = runtime(&fake);
+    rt.load(ModelSpec::new("m", model_file())).await.unwrap();
+    assert!(matches!(rt.infer(req(1.0)).await, Err(Error::InferenceFailed(m)) if m == "boom"));
+    assert!(matches!(rt.infer(req(1.0)).await, Err(Error::Internal(m)) if m.contains("panicked")));
+    assert!(
+        matches!(rt.infer(req(1.0)).await, Err(Error::InferenceFailed(m)) if m.contains("rows"))
+    );
+    // The worker survived all three.
+    assert!(rt.infer(req(1.0)).await.is_ok());
+    assert_eq!(rt.admission().in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_and_cancellation_skip_the_engine() {
+    let fake = FakeBackend::new(4);
+    fake.then(Behaviour::Slow(Duration::from_millis(200)), 1);
+    let rt = runtime(&fake);
+    rt.load(ModelSpec::new("m", model_file())).await.unwrap();
+    let busy = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.infer(req(0.0)).await }
+    });
+    while fake.script.calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // Queued behind the slow call with a short deadline: times out, never runs.
+    let mut late = req(1.0);
+    late.timeout = Some(Duration::from_millis(20));
+    assert!(matches!(rt.infer(late).await, Err(Error::Timeout(_))));
+    // Queued, then abandoned by its caller: never runs.
+    let abandoned = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.infer(req(2.0)).await }
+    });
+    tokio::task::yield_now().await;
+    abandoned.abort();
+    busy.await.unwrap().unwrap();
+    rt.infer(req(3.0)).await.unwrap();
+    let batches = fake.script.batches.lock().clone();
+    assert_eq!(
+        batches.len(),
+        2,
+        "only the slow call and the last one ran: {batches:?}"
+    );
+    assert_eq!(rt.admission().in_flight(), 0);
+}
+
+#[tokio::test]
+async fn memory_budget_refuses_and_releases() {
+    let big = FakeBackend::new(4).weight_bytes(700 * 1024);
+    let rt = runtime(&big);
+    rt.load(ModelSpec::new("a", model_file())).await.unwrap();
+    let e = rt
+        .load(ModelSpec::new("b", model_file()))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::MemoryBudgetExceeded(_)), "{e}");
+    assert!(rt.admission().memory_used() <= 1024 * 1024);
+    rt.unload("a").await.unwrap();
+    assert_eq!(rt.admission().memory_used(), 0);
+    rt.load(ModelSpec::new("b", model_file())).await.unwrap();
+    let e = rt
+        .load(ModelSpec::new("b", model_file()))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::ModelAlreadyLoaded(_)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_rejects_and_every_request_is_accounted() {
+    let fake = FakeBackend::new(4);
+    fake.then(Behaviour::Slow(Duration::from_millis(50)), 1);
+    let rt = runtime(&fake);
+    let cfg = BatchingConfig {
+        max_queue_size: 4,
+        max_queue_delay: Duration::from_millis(1),
+        ..Default::default()
+    };
+    rt.load(ModelSpec::new("m", model_file()).batching(2, cfg))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let rt = rt.clone();
+            tokio::spawn(async move { rt.infer(req(i as f32)).await })
+        })
+        .collect();
+    let (mut ok, mut rejected, mut other) = (0, 0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(Error::ResourceLimit(_)) => rejected += 1,
+            Err(_) => other += 1,
+        }
+    }
+    assert_eq!(ok + rejected + other, 40);
+    assert_eq!(other, 0);
+    assert!(rejected > 0 && ok > 0, "ok {ok}, rejected {rejected}");
+    let s = &rt.stats(Some("m"))[0];
+    assert_eq!(s.success.count, ok);
+    assert_eq!(rt.admission().in_flight(), 0);
+}
+
+#[tokio::test]
+async fn unknown_backend_and_shutdown() {
+    let fake = FakeBackend::new(4);
+    let rt = runtime(&fake);
+    let e = rt
+        .load(ModelSpec::new("m", model_file()).backends(&["cuda-magic"]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not compiled in"), "{e}");
+    rt.load(ModelSpec::new("m2", model_file())).await.unwrap();
+    assert!(rt.drain(Duration::from_secs(1)).await);
+    assert!(!rt.is_ready());
+    assert!(matches!(
+        rt.infer(InferRequest::new("m2", vec![("x".into(), row(1.0, 4))]))
+            .await,
+        Err(Error::Unavailable(_))
+    ));
+    let _ = DType::F32;
+}

@@ -1,0 +1,87 @@
+//! Locating and reading test fixtures.
+//!
+//! Big models live outside the repository; `POMME_TEST_MODELS` points at them
+//! (default: `../shared/models` next to the workspace). Tests that need them
+//! call [`models_dir`] and skip, saying so, when it returns `None`.
+
+use pomme_core::{DType, Tensor};
+use std::path::{Path, PathBuf};
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root exists")
+}
+
+/// Tiny fixtures shipped in the repository (`models/`).
+pub fn repo_models() -> PathBuf {
+    workspace_root().join("models")
+}
+
+/// The shared model directory, or `None` (after printing a SKIP line) when absent.
+pub fn models_dir(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("POMME_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/models"));
+    if dir.join("MODELS.md").is_file() || dir.join("identity_f32.onnx").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIP {test}: shared models not found at {} (set POMME_TEST_MODELS)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// Reads a `.npy` file of f32, f64, i32, i64, u8 or bool into a tensor.
+pub fn read_npy(path: &Path) -> Tensor {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let npy = npyz::NpyFile::new(&bytes[..]).expect("valid npy");
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let descr = npy.dtype().descr();
+    match descr.as_str() {
+        "<f4" => Tensor::from_vec(shape, npy.into_vec::<f32>().unwrap()).unwrap(),
+        "<f8" => Tensor::from_vec(shape, npy.into_vec::<f64>().unwrap()).unwrap(),
+        "<i4" => Tensor::from_vec(shape, npy.into_vec::<i32>().unwrap()).unwrap(),
+        "<i8" => Tensor::from_vec(shape, npy.into_vec::<i64>().unwrap()).unwrap(),
+        "|u1" => Tensor::from_vec(shape, npy.into_vec::<u8>().unwrap()).unwrap(),
+        "|b1" => {
+            let v: Vec<bool> = npy.into_vec::<bool>().unwrap();
+            Tensor::from_bools(shape, &v).unwrap()
+        }
+        other => panic!("{}: unsupported npy dtype {other}", path.display()),
+    }
+}
+
+/// Largest relative error of `got` against `want`, after checking both agree
+/// within `rtol`/`atol` everywhere (panics naming the first bad element).
+pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> f64 {
+    assert_eq!(got.shape(), want.shape(), "{name}: shape");
+    if matches!(
+        want.dtype(),
+        DType::I64 | DType::I32 | DType::Bool | DType::U8
+    ) {
+        assert_eq!(
+            got.to_f64_vec().unwrap(),
+            want.to_f64_vec().unwrap(),
+            "{name}: integer outputs differ"
+        );
+        return 0.0;
+    }
+    let (g, w) = (got.to_f64_vec().unwrap(), want.to_f64_vec().unwrap());
+    let mut worst: f64 = 0.0;
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let err = (a - b).abs();
+        assert!(
+            err <= atol + rtol * b.abs(),
+            "{name}[{i}]: got {a}, want {b}"
+        );
+        if b.abs() > 1e-6 {
+            worst = worst.max(err / b.abs());
+        }
+    }
+    worst
+}
