@@ -1,0 +1,52 @@
+//! The one place that names pomme's backends.
+//!
+//! Everything else (runtime, server, CLI) takes `Arc<dyn Backend>`s from here.
+//! Each backend is a cargo feature; the order of [`compiled`] is the default
+//! preference when a model names none: tract first (pure Rust, always works),
+//! then ONNX Runtime (when its library is found), then Core ML (macOS).
+
+#![forbid(unsafe_code)]
+
+use pomme_core::{Backend, Error, Result};
+use std::sync::Arc;
+
+/// Every backend compiled into this build, in default preference order.
+pub fn compiled() -> Vec<Arc<dyn Backend>> {
+    #[allow(unused_mut)]
+    let mut v: Vec<Arc<dyn Backend>> = Vec::new();
+    #[cfg(feature = "tract")]
+    v.push(Arc::new(pomme_tract::TractBackend::new()));
+    #[cfg(feature = "ort")]
+    v.push(Arc::new(pomme_ort::OrtBackend::new()));
+    #[cfg(feature = "coreml")]
+    v.push(Arc::new(pomme_coreml::CoreMlBackend::new()));
+    v
+}
+
+/// Names of the compiled backends.
+pub fn names() -> Vec<&'static str> {
+    compiled().iter().map(|b| b.name()).collect()
+}
+
+/// The backend called `name`, or an error listing the compiled ones.
+pub fn by_name(name: &str) -> Result<Arc<dyn Backend>> {
+    compiled().into_iter().find(|b| b.name() == name).ok_or_else(|| {
+        Error::Unavailable(format!("backend '{name}' is not compiled in (compiled: {})", names().join(", ")))
+    })
+}
+
+/// Whether the `cuda` feature was compiled in.
+pub const CUDA_COMPILED: bool = cfg!(feature = "cuda");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup() {
+        #[cfg(feature = "tract")]
+        assert_eq!(by_name("tract").unwrap().name(), "tract");
+        let e = by_name("tpu").err().unwrap();
+        assert!(e.to_string().contains("not compiled in"), "{e}");
+    }
+}

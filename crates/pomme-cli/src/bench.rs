@@ -1,0 +1,243 @@
+//! `pomme bench`: latency percentiles and throughput, one row per backend ×
+//! batch size × concurrency, measured through the same `Runtime` path requests take.
+
+use crate::cli::{EngineArgs, tokio_runtime, usage};
+use anyhow::{Result, anyhow};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot_free::Hist;
+use pomme_core::Availability;
+use pomme_runtime::{InferRequest, ModelSpec, Runtime};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model file (local benchmark).
+    pub model: Option<PathBuf>,
+    /// Backends to compare, comma-separated (default: every available one reading the format).
+    #[arg(long, value_delimiter = ',')]
+    pub backend: Vec<String>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
+    /// Concurrent clients, comma-separated (local: one compute worker per client).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub concurrency: Vec<usize>,
+    /// Measurement time per row (e.g. 10s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Warm-up time per row, not measured.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Print JSON rows instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `10s`, `250ms`, `2m`, `1.5s` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => v / 1e3,
+        "us" | "µs" => v / 1e6,
+        "s" => v,
+        "m" | "min" => v * 60.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use us, ms, s or m)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("'{s}' is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// One measured configuration.
+#[derive(Debug, serde::Serialize)]
+pub struct Row {
+    pub backend: String,
+    pub device: String,
+    pub batch: usize,
+    pub concurrency: usize,
+    pub requests: u64,
+    pub errors: u64,
+    pub requests_per_s: f64,
+    pub items_per_s: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let model = args.model.clone().ok_or_else(|| usage("bench needs a MODEL path"))?;
+    let artifact = pomme_runtime::detect_artifact(&model)?;
+    let backends: Vec<_> = if args.backend.is_empty() {
+        pomme_backends::compiled()
+            .into_iter()
+            .filter(|b| b.formats().contains(&artifact.format) && b.availability().is_available())
+            .collect()
+    } else {
+        args.backend.iter().map(|n| pomme_backends::by_name(n)).collect::<pomme_core::Result<_>>()?
+    };
+    if backends.is_empty() {
+        return Err(anyhow!("no available backend reads {} models", artifact.format));
+    }
+    let tokio = tokio_runtime()?;
+    let mut rows = Vec::new();
+    let total = backends.len() * args.batch.len() * args.concurrency.len();
+    for b in &backends {
+        if let Availability::Unavailable(why) = b.availability() {
+            return Err(anyhow!("backend {} is unavailable: {why}", b.name()));
+        }
+        for &conc in &args.concurrency {
+            let rt = Runtime::builder().backends(vec![b.clone()]).build()?;
+            let mut spec = ModelSpec::new("bench", &model).backends(&[b.name()]).workers(conc.max(1));
+            spec.load = args.engine.load_options()?;
+            let view = tokio.block_on(rt.load(spec))?;
+            for &batch in &args.batch {
+                let inputs = crate::infer::synthetic_batch(&view.signature, batch.max(1))?;
+                let label = format!("[{}/{}] {} batch {batch} conc {conc}", rows.len() + 1, total, b.name());
+                let row = tokio.block_on(measure(&rt, inputs, conc.max(1), &args, &label))?;
+                rows.push(Row { backend: b.name().into(), device: view.device.to_string(), batch, ..row });
+            }
+            tokio.block_on(rt.unload("bench"))?;
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_table(&rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn measure(
+    rt: &Runtime,
+    inputs: Vec<(String, pomme_core::Tensor)>,
+    conc: usize,
+    args: &BenchArgs,
+    label: &str,
+) -> Result<Row> {
+    let batch = inputs.first().map(|(_, t)| t.shape().first().copied().unwrap_or(1)).unwrap_or(1);
+    // Warm-up, unmeasured.
+    let warm_end = Instant::now() + args.warmup;
+    while Instant::now() < warm_end {
+        rt.infer(InferRequest::new("bench", inputs.clone())).await?;
+    }
+    let pb = ProgressBar::new(args.duration.as_millis() as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {elapsed}/{duration}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(label.to_string());
+    let hist = Arc::new(Hist::default());
+    let start = Instant::now();
+    let end = start + args.duration;
+    let tasks: Vec<_> = (0..conc)
+        .map(|_| {
+            let rt = rt.clone();
+            let inputs = inputs.clone();
+            let hist = hist.clone();
+            tokio::spawn(async move {
+                let mut errors = 0u64;
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    match rt.infer(InferRequest::new("bench", inputs.clone())).await {
+                        Ok(_) => hist.record(t.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    let ticker = {
+        let pb = pb.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                pb.set_position(start.elapsed().as_millis() as u64);
+            }
+        })
+    };
+    let mut errors = 0;
+    for t in tasks {
+        errors += t.await?;
+    }
+    ticker.abort();
+    pb.finish_and_clear();
+    let elapsed = start.elapsed().as_secs_f64();
+    let (n, p50, p90, p99, mean) = hist.summary();
+    Ok(Row {
+        backend: String::new(),
+        device: String::new(),
+        batch,
+        concurrency: conc,
+        requests: n,
+        errors,
+        requests_per_s: n as f64 / elapsed,
+        items_per_s: (n as f64 * batch as f64) / elapsed,
+        p50_ms: p50,
+        p90_ms: p90,
+        p99_ms: p99,
+        mean_ms: mean,
+    })
+}
+
+pub fn print_table(rows: &[Row]) {
+    println!(
+        "{:<8} {:<6} {:>5} {:>5} {:>9} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "BACKEND", "DEVICE", "BATCH", "CONC", "REQUESTS", "ERRORS", "REQ/S", "ITEMS/S", "P50 ms", "P90 ms", "P99 ms"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:<6} {:>5} {:>5} {:>9} {:>6} {:>10.1} {:>10.1} {:>9.3} {:>9.3} {:>9.3}",
+            r.backend,
+            r.device,
+            r.batch,
+            r.concurrency,
+            r.requests,
+            r.errors,
+            r.requests_per_s,
+            r.items_per_s,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms
+        );
+    }
+}
+
+/// A small lock-protected HDR histogram in microseconds.
+mod parking_lot_free {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    pub struct Hist(Mutex<hdrhistogram::Histogram<u64>>);
+
+    impl Default for Hist {
+        fn default() -> Self {
+            Hist(Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")))
+        }
+    }
+
+    impl Hist {
+        pub fn record(&self, d: Duration) {
+            let us = (d.as_micros() as u64).clamp(1, 600_000_000);
+            let _ = self.0.lock().expect("not poisoned").record(us);
+        }
+
+        /// (count, p50 ms, p90 ms, p99 ms, mean ms)
+        pub fn summary(&self) -> (u64, f64, f64, f64, f64) {
+            let h = self.0.lock().expect("not poisoned");
+            let ms = |us: u64| us as f64 / 1e3;
+            (h.len(), ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.9)), ms(h.value_at_quantile(0.99)), h.mean() / 1e3)
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Command-line definitions (clap derive) and dispatch.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use pomme_core::{DeviceKind, LoadOptions, Precision};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// pomme — ML inference runtime and KServe v2 server (tract, ONNX Runtime, Core ML).
+#[derive(Parser, Debug)]
+#[command(name = "pomme", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text", env = "POMME_LOG_FORMAT")]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show a model's signature, operators, parameters, memory and which backends can run it.
+    Inspect(InspectArgs),
+    /// Run a model once on .npy inputs; write .npy outputs and print a JSON summary.
+    Infer(InferArgs),
+    /// Measure latency and throughput (p50/p90/p99) per backend, batch size and concurrency.
+    Bench(crate::bench::BenchArgs),
+    /// List the backends compiled in and their devices, available or why not.
+    Devices(DevicesArgs),
+}
+
+/// How to load a model (shared by infer and bench).
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Device to run on.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "metal", "gpu", "cuda", "ane", "auto"])]
+    pub device: String,
+    /// Intra-op threads for CPU engines (default: the engine's choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Backend-specific option KEY=VALUE (e.g. compute_units=ane, dylib=/path/libonnxruntime.so).
+    #[arg(long = "backend-option", value_name = "KEY=VALUE")]
+    pub backend_options: Vec<String>,
+}
+
+impl EngineArgs {
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let device: DeviceKind = self.device.parse()?;
+        let mut extra = std::collections::BTreeMap::new();
+        for kv in &self.backend_options {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| usage(format!("--backend-option '{kv}' is not KEY=VALUE")))?;
+            extra.insert(k.to_string(), v.to_string());
+        }
+        Ok(LoadOptions { device, threads: self.threads, precision: Precision::F32, extra })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Model file (.onnx, .nnef/.nnef.tgz, .mlmodel, .mlpackage, .mlmodelc).
+    pub model: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Core ML: print the compute plan (per-operation device placement; macOS 14.4+).
+    #[arg(long)]
+    pub placement: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InferArgs {
+    /// Model file.
+    pub model: PathBuf,
+    /// Input as NAME=FILE.npy (repeat per input). Without any, a deterministic input
+    /// of batch 1 is made for every input, and the summary says so.
+    #[arg(long = "input", short = 'i', value_name = "NAME=FILE.npy")]
+    pub inputs: Vec<String>,
+    /// Backend (default: the first compiled-in backend that reads the format).
+    #[arg(long)]
+    pub backend: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Directory for the outputs as NAME.npy.
+    #[arg(long, short = 'o')]
+    pub output_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DevicesArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A usage/configuration error: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// 2 for usage and configuration errors, 1 for everything else.
+pub fn exit_code_of(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<UsageError>()) { 2 } else { 1 }
+}
+
+impl Cli {
+    pub fn is_serve(&self) -> bool {
+        false
+    }
+
+    pub fn log_json(&self) -> bool {
+        self.log_format == "json"
+    }
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Inspect(a) => crate::inspect::run(a),
+        Command::Infer(a) => crate::infer::run(a),
+        Command::Bench(a) => crate::bench::run(a),
+        Command::Devices(a) => crate::devices::run(a),
+    }
+}
+
+/// A multi-threaded tokio runtime for commands that need one.
+pub fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

@@ -1,0 +1,119 @@
+//! `pomme infer`: one request through the runtime, .npy in and out.
+
+use crate::cli::{InferArgs, tokio_runtime, usage};
+use anyhow::{Context, Result};
+use pomme_core::{DType, ModelSignature, Tensor};
+use pomme_runtime::{InferRequest, ModelSpec, Runtime};
+use std::process::ExitCode;
+use std::time::Instant;
+
+pub fn run(args: InferArgs) -> Result<ExitCode> {
+    let mut named = Vec::new();
+    for spec in &args.inputs {
+        let (name, file) =
+            spec.split_once('=').ok_or_else(|| usage(format!("--input '{spec}' is not NAME=FILE.npy")))?;
+        named.push((name.to_string(), crate::npy::read(std::path::Path::new(file))?));
+    }
+    let rt = Runtime::builder().backends(pomme_backends::compiled()).build()?;
+    let mut spec = ModelSpec::new("model", &args.model);
+    spec.load = args.engine.load_options()?;
+    if let Some(b) = &args.backend {
+        pomme_backends::by_name(b)?;
+        spec.backends = vec![b.clone()];
+    }
+    let tokio = tokio_runtime()?;
+    let t_load = Instant::now();
+    let view = tokio.block_on(rt.load(spec))?;
+    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
+    let generated = named.is_empty();
+    if generated {
+        named = synthetic_inputs(&view.signature)?;
+    }
+    let inputs_summary: Vec<serde_json::Value> = named
+        .iter()
+        .map(|(n, t)| serde_json::json!({"name": n, "datatype": t.dtype().kserve_name(), "shape": t.shape()}))
+        .collect();
+    let t_run = Instant::now();
+    let resp = tokio.block_on(rt.infer(InferRequest::new("model", named)))?;
+    let infer_ms = t_run.elapsed().as_secs_f64() * 1e3;
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (name, t) in &resp.outputs {
+            crate::npy::write(&dir.join(format!("{}.npy", sanitize(name))), t)?;
+        }
+    }
+    let outputs: Vec<serde_json::Value> = resp
+        .outputs
+        .iter()
+        .map(|(n, t)| {
+            let mut o = serde_json::json!({"name": n, "datatype": t.dtype().kserve_name(), "shape": t.shape()});
+            if let Ok(v) = t.to_f64_vec() {
+                let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+                if !finite.is_empty() {
+                    let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
+                    let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let mean = finite.iter().sum::<f64>() / finite.len() as f64;
+                    o["min"] = min.into();
+                    o["max"] = max.into();
+                    o["mean"] = mean.into();
+                }
+                o["head"] = serde_json::json!(v.iter().take(8).collect::<Vec<_>>());
+            }
+            if let Some(dir) = &args.output_dir {
+                o["file"] = serde_json::json!(dir.join(format!("{}.npy", sanitize(n))));
+            }
+            o
+        })
+        .collect();
+    let summary = serde_json::json!({
+        "model": args.model,
+        "backend": view.backend,
+        "device": view.device,
+        "load_ms": round3(load_ms),
+        "infer_ms": round3(infer_ms),
+        "inputs_generated": generated,
+        "inputs": inputs_summary,
+        "outputs": outputs,
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' { c } else { '_' }).collect()
+}
+
+/// Deterministic inputs of batch 1 (symbolic dims → 1; `seq` → 8), for demos and benches.
+pub fn synthetic_inputs(sig: &ModelSignature) -> Result<Vec<(String, Tensor)>> {
+    synthetic_batch(sig, 1)
+}
+
+/// Deterministic inputs with the first symbolic dimension set to `batch`.
+pub fn synthetic_batch(sig: &ModelSignature, batch: usize) -> Result<Vec<(String, Tensor)>> {
+    sig.inputs
+        .iter()
+        .map(|s| {
+            let shape: Vec<usize> = s
+                .shape
+                .dims()
+                .iter()
+                .enumerate()
+                .map(|(i, d)| d.fixed().unwrap_or(if i == 0 { batch } else { 8 }))
+                .collect();
+            let n: usize = shape.iter().product();
+            let t = match s.dtype {
+                DType::F32 => Tensor::from_vec(shape, (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect())?,
+                DType::F64 => Tensor::from_vec(shape, (0..n).map(|i| ((i * 7919) % 1000) as f64 / 1000.0 - 0.5).collect())?,
+                // Integer inputs are usually ids or masks: small values stay valid.
+                DType::I64 => Tensor::from_vec(shape, (0..n).map(|i| (i % 2) as i64 + 1).collect())?,
+                DType::I32 => Tensor::from_vec(shape, (0..n).map(|i| (i % 2) as i32 + 1).collect())?,
+                other => Tensor::zeros(other, shape)?,
+            };
+            Ok((s.name.clone(), t))
+        })
+        .collect()
+}

@@ -1,0 +1,104 @@
+//! `pomme inspect`: what a model is and who can run it.
+
+use crate::cli::InspectArgs;
+use anyhow::{Result, anyhow};
+use pomme_core::{Availability, LoadOptions, ModelInfo};
+use std::process::ExitCode;
+use std::time::Instant;
+
+pub fn run(args: InspectArgs) -> Result<ExitCode> {
+    let artifact = pomme_runtime::detect_artifact(&args.model)?;
+    let backends: Vec<_> =
+        pomme_backends::compiled().into_iter().filter(|b| b.formats().contains(&artifact.format)).collect();
+    if backends.is_empty() {
+        return Err(anyhow!("no compiled-in backend reads {} models", artifact.format));
+    }
+    // The first backend that can inspect this format describes the model.
+    let mut info: Option<(ModelInfo, &'static str)> = None;
+    let mut last_err = None;
+    for b in &backends {
+        match b.inspect(&artifact) {
+            Ok(i) => {
+                info = Some((i, b.name()));
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let Some((info, inspected_by)) = info else {
+        return Err(last_err.map(anyhow::Error::from).unwrap_or_else(|| anyhow!("no backend could inspect the model")));
+    };
+    // Who can run it: try a real load on each available backend.
+    let mut runnable = Vec::new();
+    for b in &backends {
+        let verdict = match b.availability() {
+            Availability::Unavailable(why) => serde_json::json!({"backend": b.name(), "runs": false, "reason": why}),
+            Availability::Available => {
+                let t = Instant::now();
+                match b.load(&artifact, &LoadOptions::default()) {
+                    Ok(_) => serde_json::json!({"backend": b.name(), "runs": true, "load_ms": t.elapsed().as_millis() as u64}),
+                    Err(e) => serde_json::json!({"backend": b.name(), "runs": false, "reason": e.to_string()}),
+                }
+            }
+        };
+        runnable.push(verdict);
+    }
+    let memory_total = info.weight_bytes + info.activation_bytes_estimate;
+    if args.json {
+        let out = serde_json::json!({
+            "model": args.model,
+            "format": artifact.format,
+            "inspected_by": inspected_by,
+            "signature": info.signature,
+            "parameters": info.parameters,
+            "weight_bytes": info.weight_bytes,
+            "activation_bytes_estimate_batch1": info.activation_bytes_estimate,
+            "memory_estimate_batch1": memory_total,
+            "op_histogram": info.op_histogram,
+            "metadata": info.metadata,
+            "backends": runnable,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("model:       {}", args.model.display());
+    println!("format:      {} (inspected by {inspected_by})", artifact.format);
+    for (k, v) in &info.metadata {
+        println!("  {k}: {v}");
+    }
+    println!("inputs:");
+    for s in &info.signature.inputs {
+        println!("  {:<24} {:<6} {}", s.name, s.dtype.kserve_name(), s.shape);
+    }
+    println!("outputs:");
+    for s in &info.signature.outputs {
+        println!("  {:<24} {:<6} {}", s.name, s.dtype.kserve_name(), s.shape);
+    }
+    println!("parameters:  {} ({:.2} M)", info.parameters, info.parameters as f64 / 1e6);
+    println!("weights:     {} bytes ({:.2} MiB)", info.weight_bytes, mib(info.weight_bytes));
+    println!(
+        "memory:      ~{:.2} MiB at batch 1 (weights + {:.2} MiB activations, estimated)",
+        mib(memory_total),
+        mib(info.activation_bytes_estimate)
+    );
+    if !info.op_histogram.is_empty() {
+        let mut ops: Vec<(&String, &usize)> = info.op_histogram.iter().collect();
+        ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let shown: Vec<String> = ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+        println!("operators:   {}", shown.join(" "));
+    }
+    println!("backends:");
+    for r in &runnable {
+        let name = r["backend"].as_str().unwrap_or("?");
+        if r["runs"].as_bool() == Some(true) {
+            println!("  {name:<8} runs it (loaded in {} ms)", r["load_ms"]);
+        } else {
+            println!("  {name:<8} cannot run it: {}", r["reason"].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
