@@ -24,10 +24,18 @@ fn input_for(sig: &pomme_core::ModelSignature) -> Vec<(String, Tensor)> {
     sig.inputs
         .iter()
         .map(|s| {
-            let shape: Vec<usize> = s.shape.dims().iter().map(|d| d.fixed().unwrap_or(1)).collect();
+            let shape: Vec<usize> = s
+                .shape
+                .dims()
+                .iter()
+                .map(|d| d.fixed().unwrap_or(1))
+                .collect();
             let n: usize = shape.iter().product();
             let t = match s.dtype {
-                DType::F32 => Tensor::from_vec(shape, (0..n).map(|i| (i % 255) as f32 / 255.0).collect()).unwrap(),
+                DType::F32 => {
+                    Tensor::from_vec(shape, (0..n).map(|i| (i % 255) as f32 / 255.0).collect())
+                        .unwrap()
+                }
                 DType::I64 => Tensor::from_vec(shape, vec![1i64; n]).unwrap(),
                 other => Tensor::zeros(other, shape).unwrap(),
             };
@@ -39,19 +47,37 @@ fn input_for(sig: &pomme_core::ModelSignature) -> Vec<(String, Tensor)> {
 fn overhead(c: &mut Criterion) {
     let Some(path) = model_path() else { return };
     let backend = pomme_backends::by_name("tract").expect("tract compiled in");
-    let artifact = pomme_core::ModelArtifact { path: path.clone(), format: pomme_core::ModelFormat::Onnx };
-    let model = backend.load(&artifact, &LoadOptions::default()).expect("model loads");
+    let artifact = pomme_core::ModelArtifact {
+        path: path.clone(),
+        format: pomme_core::ModelFormat::Onnx,
+    };
+    let model = backend
+        .load(&artifact, &LoadOptions::default())
+        .expect("model loads");
     let inputs = input_for(model.signature());
     let ordered: Vec<Tensor> = inputs.iter().map(|(_, t)| t.clone()).collect();
     let mut session = model.session().unwrap();
 
-    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let rt = Runtime::builder().backends(vec![backend.clone() as Arc<dyn Backend>]).build().unwrap();
-    tokio.block_on(rt.load(ModelSpec::new("m", &path).backends(&["tract"]))).unwrap();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = Runtime::builder()
+        .backends(vec![backend.clone() as Arc<dyn Backend>])
+        .build()
+        .unwrap();
+    tokio
+        .block_on(rt.load(ModelSpec::new("m", &path).backends(&["tract"])))
+        .unwrap();
 
     let mut group = c.benchmark_group("runtime_overhead");
-    group.sample_size(30).measurement_time(Duration::from_secs(8));
-    group.bench_function("raw_engine", |b| b.iter(|| black_box(session.run(ordered.clone()).unwrap())));
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(8));
+    group.bench_function("raw_engine", |b| {
+        b.iter(|| black_box(session.run(ordered.clone()).unwrap()))
+    });
     group.bench_function("runtime_infer", |b| {
         b.iter(|| {
             let req = InferRequest::new("m", inputs.clone());
@@ -67,7 +93,11 @@ fn overhead(c: &mut Criterion) {
         black_box(session.run(ordered.clone()).unwrap());
         raw.push(t.elapsed());
         let t = Instant::now();
-        black_box(tokio.block_on(rt.infer(InferRequest::new("m", inputs.clone()))).unwrap());
+        black_box(
+            tokio
+                .block_on(rt.infer(InferRequest::new("m", inputs.clone())))
+                .unwrap(),
+        );
         full.push(t.elapsed());
     }
     raw.sort();

@@ -30,9 +30,15 @@ pub fn names() -> Vec<&'static str> {
 
 /// The backend called `name`, or an error listing the compiled ones.
 pub fn by_name(name: &str) -> Result<Arc<dyn Backend>> {
-    compiled().into_iter().find(|b| b.name() == name).ok_or_else(|| {
-        Error::Unavailable(format!("backend '{name}' is not compiled in (compiled: {})", names().join(", ")))
-    })
+    compiled()
+        .into_iter()
+        .find(|b| b.name() == name)
+        .ok_or_else(|| {
+            Error::Unavailable(format!(
+                "backend '{name}' is not compiled in (compiled: {})",
+                names().join(", ")
+            ))
+        })
 }
 
 /// Whether the `cuda` feature was compiled in.

@@ -42,8 +42,13 @@ pub struct BenchArgs {
 /// Parses `10s`, `250ms`, `2m`, `1.5s` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 10s, 500ms, 2m)"))?;
     let secs = match unit {
         "ms" => v / 1e3,
         "us" | "µs" => v / 1e6,
@@ -75,7 +80,10 @@ pub struct Row {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    let model = args.model.clone().ok_or_else(|| usage("bench needs a MODEL path"))?;
+    let model = args
+        .model
+        .clone()
+        .ok_or_else(|| usage("bench needs a MODEL path"))?;
     let artifact = pomme_runtime::detect_artifact(&model)?;
     let backends: Vec<_> = if args.backend.is_empty() {
         pomme_backends::compiled()
@@ -83,10 +91,16 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             .filter(|b| b.formats().contains(&artifact.format) && b.availability().is_available())
             .collect()
     } else {
-        args.backend.iter().map(|n| pomme_backends::by_name(n)).collect::<pomme_core::Result<_>>()?
+        args.backend
+            .iter()
+            .map(|n| pomme_backends::by_name(n))
+            .collect::<pomme_core::Result<_>>()?
     };
     if backends.is_empty() {
-        return Err(anyhow!("no available backend reads {} models", artifact.format));
+        return Err(anyhow!(
+            "no available backend reads {} models",
+            artifact.format
+        ));
     }
     let tokio = tokio_runtime()?;
     let mut rows = Vec::new();
@@ -97,14 +111,26 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         }
         for &conc in &args.concurrency {
             let rt = Runtime::builder().backends(vec![b.clone()]).build()?;
-            let mut spec = ModelSpec::new("bench", &model).backends(&[b.name()]).workers(conc.max(1));
+            let mut spec = ModelSpec::new("bench", &model)
+                .backends(&[b.name()])
+                .workers(conc.max(1));
             spec.load = args.engine.load_options()?;
             let view = tokio.block_on(rt.load(spec))?;
             for &batch in &args.batch {
                 let inputs = crate::infer::synthetic_batch(&view.signature, batch.max(1))?;
-                let label = format!("[{}/{}] {} batch {batch} conc {conc}", rows.len() + 1, total, b.name());
+                let label = format!(
+                    "[{}/{}] {} batch {batch} conc {conc}",
+                    rows.len() + 1,
+                    total,
+                    b.name()
+                );
                 let row = tokio.block_on(measure(&rt, inputs, conc.max(1), &args, &label))?;
-                rows.push(Row { backend: b.name().into(), device: view.device.to_string(), batch, ..row });
+                rows.push(Row {
+                    backend: b.name().into(),
+                    device: view.device.to_string(),
+                    batch,
+                    ..row
+                });
             }
             tokio.block_on(rt.unload("bench"))?;
         }
@@ -124,7 +150,10 @@ async fn measure(
     args: &BenchArgs,
     label: &str,
 ) -> Result<Row> {
-    let batch = inputs.first().map(|(_, t)| t.shape().first().copied().unwrap_or(1)).unwrap_or(1);
+    let batch = inputs
+        .first()
+        .map(|(_, t)| t.shape().first().copied().unwrap_or(1))
+        .unwrap_or(1);
     // Warm-up, unmeasured.
     let warm_end = Instant::now() + args.warmup;
     while Instant::now() < warm_end {
@@ -194,7 +223,17 @@ async fn measure(
 pub fn print_table(rows: &[Row]) {
     println!(
         "{:<8} {:<6} {:>5} {:>5} {:>9} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9}",
-        "BACKEND", "DEVICE", "BATCH", "CONC", "REQUESTS", "ERRORS", "REQ/S", "ITEMS/S", "P50 ms", "P90 ms", "P99 ms"
+        "BACKEND",
+        "DEVICE",
+        "BATCH",
+        "CONC",
+        "REQUESTS",
+        "ERRORS",
+        "REQ/S",
+        "ITEMS/S",
+        "P50 ms",
+        "P90 ms",
+        "P99 ms"
     );
     for r in rows {
         println!(
@@ -223,7 +262,9 @@ mod parking_lot_free {
 
     impl Default for Hist {
         fn default() -> Self {
-            Hist(Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")))
+            Hist(Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+            ))
         }
     }
 
@@ -237,7 +278,13 @@ mod parking_lot_free {
         pub fn summary(&self) -> (u64, f64, f64, f64, f64) {
             let h = self.0.lock().expect("not poisoned");
             let ms = |us: u64| us as f64 / 1e3;
-            (h.len(), ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.9)), ms(h.value_at_quantile(0.99)), h.mean() / 1e3)
+            (
+                h.len(),
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.9)),
+                ms(h.value_at_quantile(0.99)),
+                h.mean() / 1e3,
+            )
         }
     }
 }

@@ -53,7 +53,12 @@ impl EngineArgs {
                 .ok_or_else(|| usage(format!("--backend-option '{kv}' is not KEY=VALUE")))?;
             extra.insert(k.to_string(), v.to_string());
         }
-        Ok(LoadOptions { device, threads: self.threads, precision: Precision::F32, extra })
+        Ok(LoadOptions {
+            device,
+            threads: self.threads,
+            precision: Precision::F32,
+            extra,
+        })
     }
 }
 
@@ -112,7 +117,11 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
 
 /// 2 for usage and configuration errors, 1 for everything else.
 pub fn exit_code_of(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<UsageError>()) { 2 } else { 1 }
+    if e.chain().any(|c| c.is::<UsageError>()) {
+        2
+    } else {
+        1
+    }
 }
 
 impl Cli {
@@ -136,5 +145,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 /// A multi-threaded tokio runtime for commands that need one.
 pub fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

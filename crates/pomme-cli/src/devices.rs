@@ -19,14 +19,28 @@ pub fn run(args: DevicesArgs) -> Result<ExitCode> {
         })
         .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "backends": rows, "cuda_feature": pomme_backends::CUDA_COMPILED }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "backends": rows, "cuda_feature": pomme_backends::CUDA_COMPILED })
+            )?
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<8} {:<8} {:<12} {:<32} STATUS", "BACKEND", "DEVICE", "FORMATS", "NAME");
+    println!(
+        "{:<8} {:<8} {:<12} {:<32} STATUS",
+        "BACKEND", "DEVICE", "FORMATS", "NAME"
+    );
     for b in &backends {
         let formats: Vec<String> = b.formats().iter().map(|f| f.to_string()).collect();
         if let Availability::Unavailable(why) = b.availability() {
-            println!("{:<8} {:<8} {:<12} {:<32} unavailable: {why}", b.name(), "-", formats.join(","), "-");
+            println!(
+                "{:<8} {:<8} {:<12} {:<32} unavailable: {why}",
+                b.name(),
+                "-",
+                formats.join(","),
+                "-"
+            );
             continue;
         }
         for d in b.devices() {
@@ -34,7 +48,13 @@ pub fn run(args: DevicesArgs) -> Result<ExitCode> {
                 Availability::Available => "available".to_string(),
                 Availability::Unavailable(why) => format!("unavailable: {why}"),
             };
-            println!("{:<8} {:<8} {:<12} {:<32} {status}", b.name(), d.kind.as_str(), formats.join(","), d.name);
+            println!(
+                "{:<8} {:<8} {:<12} {:<32} {status}",
+                b.name(),
+                d.kind.as_str(),
+                formats.join(","),
+                d.name
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

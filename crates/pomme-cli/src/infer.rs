@@ -10,11 +10,17 @@ use std::time::Instant;
 pub fn run(args: InferArgs) -> Result<ExitCode> {
     let mut named = Vec::new();
     for spec in &args.inputs {
-        let (name, file) =
-            spec.split_once('=').ok_or_else(|| usage(format!("--input '{spec}' is not NAME=FILE.npy")))?;
-        named.push((name.to_string(), crate::npy::read(std::path::Path::new(file))?));
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--input '{spec}' is not NAME=FILE.npy")))?;
+        named.push((
+            name.to_string(),
+            crate::npy::read(std::path::Path::new(file))?,
+        ));
     }
-    let rt = Runtime::builder().backends(pomme_backends::compiled()).build()?;
+    let rt = Runtime::builder()
+        .backends(pomme_backends::compiled())
+        .build()?;
     let mut spec = ModelSpec::new("model", &args.model);
     spec.load = args.engine.load_options()?;
     if let Some(b) = &args.backend {
@@ -84,7 +90,15 @@ fn round3(v: f64) -> f64 {
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Deterministic inputs of batch 1 (symbolic dims → 1; `seq` → 8), for demos and benches.
@@ -106,11 +120,25 @@ pub fn synthetic_batch(sig: &ModelSignature, batch: usize) -> Result<Vec<(String
                 .collect();
             let n: usize = shape.iter().product();
             let t = match s.dtype {
-                DType::F32 => Tensor::from_vec(shape, (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect())?,
-                DType::F64 => Tensor::from_vec(shape, (0..n).map(|i| ((i * 7919) % 1000) as f64 / 1000.0 - 0.5).collect())?,
+                DType::F32 => Tensor::from_vec(
+                    shape,
+                    (0..n)
+                        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+                        .collect(),
+                )?,
+                DType::F64 => Tensor::from_vec(
+                    shape,
+                    (0..n)
+                        .map(|i| ((i * 7919) % 1000) as f64 / 1000.0 - 0.5)
+                        .collect(),
+                )?,
                 // Integer inputs are usually ids or masks: small values stay valid.
-                DType::I64 => Tensor::from_vec(shape, (0..n).map(|i| (i % 2) as i64 + 1).collect())?,
-                DType::I32 => Tensor::from_vec(shape, (0..n).map(|i| (i % 2) as i32 + 1).collect())?,
+                DType::I64 => {
+                    Tensor::from_vec(shape, (0..n).map(|i| (i % 2) as i64 + 1).collect())?
+                }
+                DType::I32 => {
+                    Tensor::from_vec(shape, (0..n).map(|i| (i % 2) as i32 + 1).collect())?
+                }
                 other => Tensor::zeros(other, shape)?,
             };
             Ok((s.name.clone(), t))

@@ -8,10 +8,15 @@ use std::time::Instant;
 
 pub fn run(args: InspectArgs) -> Result<ExitCode> {
     let artifact = pomme_runtime::detect_artifact(&args.model)?;
-    let backends: Vec<_> =
-        pomme_backends::compiled().into_iter().filter(|b| b.formats().contains(&artifact.format)).collect();
+    let backends: Vec<_> = pomme_backends::compiled()
+        .into_iter()
+        .filter(|b| b.formats().contains(&artifact.format))
+        .collect();
     if backends.is_empty() {
-        return Err(anyhow!("no compiled-in backend reads {} models", artifact.format));
+        return Err(anyhow!(
+            "no compiled-in backend reads {} models",
+            artifact.format
+        ));
     }
     // The first backend that can inspect this format describes the model.
     let mut info: Option<(ModelInfo, &'static str)> = None;
@@ -22,22 +27,32 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
                 info = Some((i, b.name()));
                 break;
             }
+            // A malformed model is malformed for every backend: say so at once.
+            Err(e @ pomme_core::Error::InvalidModelFormat(_)) => return Err(e.into()),
             Err(e) => last_err = Some(e),
         }
     }
     let Some((info, inspected_by)) = info else {
-        return Err(last_err.map(anyhow::Error::from).unwrap_or_else(|| anyhow!("no backend could inspect the model")));
+        return Err(last_err
+            .map(anyhow::Error::from)
+            .unwrap_or_else(|| anyhow!("no backend could inspect the model")));
     };
     // Who can run it: try a real load on each available backend.
     let mut runnable = Vec::new();
     for b in &backends {
         let verdict = match b.availability() {
-            Availability::Unavailable(why) => serde_json::json!({"backend": b.name(), "runs": false, "reason": why}),
+            Availability::Unavailable(why) => {
+                serde_json::json!({"backend": b.name(), "runs": false, "reason": why})
+            }
             Availability::Available => {
                 let t = Instant::now();
                 match b.load(&artifact, &LoadOptions::default()) {
-                    Ok(_) => serde_json::json!({"backend": b.name(), "runs": true, "load_ms": t.elapsed().as_millis() as u64}),
-                    Err(e) => serde_json::json!({"backend": b.name(), "runs": false, "reason": e.to_string()}),
+                    Ok(_) => {
+                        serde_json::json!({"backend": b.name(), "runs": true, "load_ms": t.elapsed().as_millis() as u64})
+                    }
+                    Err(e) => {
+                        serde_json::json!({"backend": b.name(), "runs": false, "reason": e.to_string()})
+                    }
                 }
             }
         };
@@ -62,7 +77,10 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("model:       {}", args.model.display());
-    println!("format:      {} (inspected by {inspected_by})", artifact.format);
+    println!(
+        "format:      {} (inspected by {inspected_by})",
+        artifact.format
+    );
     for (k, v) in &info.metadata {
         println!("  {k}: {v}");
     }
@@ -74,8 +92,16 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
     for s in &info.signature.outputs {
         println!("  {:<24} {:<6} {}", s.name, s.dtype.kserve_name(), s.shape);
     }
-    println!("parameters:  {} ({:.2} M)", info.parameters, info.parameters as f64 / 1e6);
-    println!("weights:     {} bytes ({:.2} MiB)", info.weight_bytes, mib(info.weight_bytes));
+    println!(
+        "parameters:  {} ({:.2} M)",
+        info.parameters,
+        info.parameters as f64 / 1e6
+    );
+    println!(
+        "weights:     {} bytes ({:.2} MiB)",
+        info.weight_bytes,
+        mib(info.weight_bytes)
+    );
     println!(
         "memory:      ~{:.2} MiB at batch 1 (weights + {:.2} MiB activations, estimated)",
         mib(memory_total),
@@ -93,7 +119,10 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         if r["runs"].as_bool() == Some(true) {
             println!("  {name:<8} runs it (loaded in {} ms)", r["load_ms"]);
         } else {
-            println!("  {name:<8} cannot run it: {}", r["reason"].as_str().unwrap_or("?"));
+            println!(
+                "  {name:<8} cannot run it: {}",
+                r["reason"].as_str().unwrap_or("?")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -39,9 +39,12 @@ fn one_line(s: &str) -> String {
 
 fn init_logging(cli: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
-    let default = if cli.is_serve() { "info" } else { "warn" };
+    // One-shot commands report their own errors; logs would repeat them.
+    let default = if cli.is_serve() { "info" } else { "error" };
     let filter = EnvFilter::try_from_env("POMME_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cli.log_json() {
         let _ = builder.json().try_init();
     } else {

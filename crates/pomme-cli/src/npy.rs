@@ -1,19 +1,26 @@
 //! `.npy` files to and from pomme tensors.
 
 use anyhow::{Context, Result, bail};
-use pomme_core::{DType, Tensor};
 use npyz::WriterBuilder;
+use pomme_core::{DType, Tensor};
 use std::path::Path;
 
 /// Reads a `.npy` file (bool, u8, i8, i16, i32, i64, u16, u32, u64, f16, f32, f64).
 pub fn read(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| anyhow::anyhow!("{}: not a valid .npy file: {e}", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..])
+        .map_err(|e| anyhow::anyhow!("{}: not a valid .npy file: {e}", path.display()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     if npy.order() == npyz::Order::Fortran {
-        bail!("{}: Fortran-ordered arrays are not supported; save with np.ascontiguousarray", path.display());
+        bail!(
+            "{}: Fortran-ordered arrays are not supported; save with np.ascontiguousarray",
+            path.display()
+        );
     }
-    let descr = npy.dtype().descr();
+    let descr = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => other.descr(),
+    };
     let bad = |e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
     let t = match descr.as_str() {
         "<f4" => Tensor::from_vec(shape, npy.into_vec::<f32>().map_err(bad)?),
@@ -42,12 +49,17 @@ pub fn read(path: &Path) -> Result<Tensor> {
 /// Writes a tensor as `.npy`.
 pub fn write(path: &Path, t: &Tensor) -> Result<()> {
     let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = std::io::BufWriter::new(file);
     macro_rules! put {
         ($ty:ty) => {{
             let data = t.to_vec::<$ty>()?;
-            let mut writer = npyz::WriteOptions::<$ty>::new().default_dtype().shape(&shape).writer(&mut w).begin_nd()?;
+            let mut writer = npyz::WriteOptions::<$ty>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(&mut w)
+                .begin_nd()?;
             writer.extend(data)?;
             writer.finish()?;
         }};
@@ -64,14 +76,27 @@ pub fn write(path: &Path, t: &Tensor) -> Result<()> {
         DType::U32 => put!(u32),
         DType::U64 => put!(u64),
         DType::Bool => {
-            let data: Vec<bool> = t.raw().expect("bool is raw").iter().map(|&b| b != 0).collect();
-            let mut writer = npyz::WriteOptions::<bool>::new().default_dtype().shape(&shape).writer(&mut w).begin_nd()?;
+            let data: Vec<bool> = t
+                .raw()
+                .expect("bool is raw")
+                .iter()
+                .map(|&b| b != 0)
+                .collect();
+            let mut writer = npyz::WriteOptions::<bool>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(&mut w)
+                .begin_nd()?;
             writer.extend(data)?;
             writer.finish()?;
         }
         DType::F16 | DType::BF16 => {
             let data: Vec<f32> = t.to_f64_vec()?.into_iter().map(|v| v as f32).collect();
-            let mut writer = npyz::WriteOptions::<f32>::new().default_dtype().shape(&shape).writer(&mut w).begin_nd()?;
+            let mut writer = npyz::WriteOptions::<f32>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(&mut w)
+                .begin_nd()?;
             writer.extend(data)?;
             writer.finish()?;
         }

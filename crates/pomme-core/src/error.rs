@@ -178,6 +178,34 @@ impl Error {
         }
     }
 
+    /// The same kind of error with another message.
+    pub fn with_message(&self, msg: impl Into<String>) -> Error {
+        let m = msg.into();
+        match self.kind() {
+            ErrorKind::Unavailable => Error::Unavailable(m),
+            ErrorKind::ModelNotFound => Error::ModelNotFound(m),
+            ErrorKind::InvalidModelFormat => Error::InvalidModelFormat(m),
+            ErrorKind::CompilationFailed => Error::CompilationFailed(m),
+            ErrorKind::InferenceFailed => Error::InferenceFailed(m),
+            ErrorKind::Timeout => Error::Timeout(m),
+            ErrorKind::Cancelled => Error::Cancelled(m),
+            ErrorKind::ResourceLimit => Error::ResourceLimit(m),
+            ErrorKind::MemoryBudgetExceeded => Error::MemoryBudgetExceeded(m),
+            ErrorKind::InvalidInput => Error::InvalidInput(m),
+            ErrorKind::UnsupportedPrecision => Error::UnsupportedPrecision(m),
+            ErrorKind::ModelAlreadyLoaded => Error::ModelAlreadyLoaded(m),
+            ErrorKind::Internal => Error::Internal(m),
+        }
+    }
+
+    /// The message without the kind prefix.
+    pub fn message(&self) -> String {
+        let s = self.to_string();
+        s.split_once(": ")
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or(s)
+    }
+
     /// Shorthand for `InvalidInput(format!(..))`.
     pub fn invalid_input(msg: impl Into<String>) -> Error {
         Error::InvalidInput(msg.into())

@@ -393,6 +393,8 @@ impl Runtime {
             )));
         }
         let mut reasons = Vec::new();
+        // The most preferred backend's real load error (not mere unavailability).
+        let mut first_err: Option<Error> = None;
         for b in candidates {
             if !b.formats().contains(&artifact.format) {
                 reasons.push(format!("{} does not read {}", b.name(), artifact.format));
@@ -406,16 +408,24 @@ impl Runtime {
                 Ok(m) => return Ok(m),
                 // A broken model fails the same way everywhere: report it as it is.
                 Err(e @ (Error::InvalidModelFormat(_) | Error::InvalidInput(_))) => return Err(e),
-                Err(e) => reasons.push(format!("{}: {e}", b.name())),
+                Err(e) => {
+                    reasons.push(format!("{}: {}", b.name(), e.message()));
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        if reasons.len() == 1 {
-            return Err(Error::Unavailable(reasons.remove(0)));
+        match first_err {
+            Some(e) if reasons.len() == 1 => Err(e),
+            Some(e) => Err(e.with_message(format!(
+                "no backend could load the model ({})",
+                reasons.join("; ")
+            ))),
+            None if reasons.len() == 1 => Err(Error::Unavailable(reasons.remove(0))),
+            None => Err(Error::Unavailable(format!(
+                "no backend could load the model ({})",
+                reasons.join("; ")
+            ))),
         }
-        Err(Error::Unavailable(format!(
-            "no backend could load the model ({})",
-            reasons.join("; ")
-        )))
     }
 
     /// Unloads every version of a model. New requests are refused at once;

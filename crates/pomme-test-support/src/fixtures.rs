@@ -41,7 +41,10 @@ pub fn read_npy(path: &Path) -> Tensor {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let npy = npyz::NpyFile::new(&bytes[..]).expect("valid npy");
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let descr = npy.dtype().descr();
+    let descr = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => other.descr(),
+    };
     match descr.as_str() {
         "<f4" => Tensor::from_vec(shape, npy.into_vec::<f32>().unwrap()).unwrap(),
         "<f8" => Tensor::from_vec(shape, npy.into_vec::<f64>().unwrap()).unwrap(),

@@ -1,0 +1,109 @@
+//! The native Core ML backend (macOS only, through objc2 / objc2-core-ml).
+//!
+//! Type-checked for `aarch64-apple-darwin` on Linux; never run (no Apple
+//! hardware was available). Every Objective-C call is `unsafe` in the bindings;
+//! each block says why the call is sound. Selectors newer than the running OS
+//! are gated with [`macos_at_least`] and answer `Error::Unavailable`, because
+//! objc2 does not check availability and a missing selector raises an
+//! Objective-C exception.
+
+pub(crate) mod compile;
+pub(crate) mod model;
+pub(crate) mod plan;
+pub(crate) mod telemetry;
+
+use objc2::rc::Retained;
+use objc2_core_ml::MLComputeUnits;
+use objc2_foundation::{NSError, NSOperatingSystemVersion, NSProcessInfo, NSString, NSURL};
+use pomme_core::{DeviceKind, Error, LoadOptions, Result};
+use std::path::{Path, PathBuf};
+
+pub(crate) use model::load;
+pub(crate) use plan::compute_plan;
+
+/// Whether the running macOS is at least `major.minor`.
+pub(crate) fn macos_at_least(major: isize, minor: isize) -> bool {
+    NSProcessInfo::processInfo().isOperatingSystemAtLeastVersion(NSOperatingSystemVersion {
+        majorVersion: major,
+        minorVersion: minor,
+        patchVersion: 0,
+    })
+}
+
+/// `Error::Unavailable` unless macOS is at least `major.minor`.
+pub(crate) fn require_macos(major: isize, minor: isize, what: &str) -> Result<()> {
+    if macos_at_least(major, minor) {
+        Ok(())
+    } else {
+        Err(Error::Unavailable(format!(
+            "{what} needs macOS {major}.{minor} or later (running {})",
+            NSProcessInfo::processInfo().operatingSystemVersionString()
+        )))
+    }
+}
+
+/// The oldest macOS the backend runs on: `getBytesWithHandler:` (12.3) reads outputs.
+pub(crate) const MIN_MACOS: (isize, isize) = (12, 3);
+
+/// One line from an `NSError`.
+pub(crate) fn ns_error(e: &NSError) -> String {
+    format!(
+        "{} (domain {}, code {})",
+        e.localizedDescription(),
+        e.domain(),
+        e.code()
+    )
+    .replace('\n', " ")
+}
+
+pub(crate) fn file_url(p: &Path) -> Retained<NSURL> {
+    NSURL::fileURLWithPath(&NSString::from_str(&p.to_string_lossy()))
+}
+
+pub(crate) fn url_path(u: &NSURL) -> Option<PathBuf> {
+    u.path().map(|s| PathBuf::from(s.to_string()))
+}
+
+/// Compute units from `extra["compute_units"]` (`all`, `cpuOnly`, `cpuAndGPU`,
+/// `cpuAndNeuralEngine`, also `cpu_only`-style spellings) or else the device.
+pub(crate) fn compute_units(options: &LoadOptions) -> Result<(MLComputeUnits, &'static str)> {
+    if let Some(v) = options.extra.get("compute_units") {
+        let norm = v.to_ascii_lowercase().replace(['_', '-'], "");
+        return Ok(match norm.as_str() {
+            "all" => (MLComputeUnits::All, "all"),
+            "cpuonly" | "cpu" => (MLComputeUnits::CPUOnly, "cpuOnly"),
+            "cpuandgpu" | "gpu" => (MLComputeUnits::CPUAndGPU, "cpuAndGPU"),
+            "cpuandneuralengine" | "ane" => {
+                (MLComputeUnits::CPUAndNeuralEngine, "cpuAndNeuralEngine")
+            }
+            _ => {
+                return Err(Error::invalid_input(format!(
+                    "unknown compute_units '{v}' (expected all, cpuOnly, cpuAndGPU or cpuAndNeuralEngine)"
+                )));
+            }
+        });
+    }
+    units_for_device(options.device)
+}
+
+pub(crate) fn units_for_device(device: DeviceKind) -> Result<(MLComputeUnits, &'static str)> {
+    Ok(match device {
+        DeviceKind::Ane => (MLComputeUnits::CPUAndNeuralEngine, "cpuAndNeuralEngine"),
+        DeviceKind::Metal => (MLComputeUnits::CPUAndGPU, "cpuAndGPU"),
+        DeviceKind::Cpu => (MLComputeUnits::CPUOnly, "cpuOnly"),
+        DeviceKind::Auto => (MLComputeUnits::All, "all"),
+        DeviceKind::Cuda => {
+            return Err(Error::Unavailable(
+                "Core ML runs on cpu, metal (gpu), ane or auto, not cuda".into(),
+            ));
+        }
+    })
+}
+
+/// Gate for the compute units themselves: `CPUAndNeuralEngine` is macOS 13+.
+pub(crate) fn check_units(units: MLComputeUnits) -> Result<()> {
+    if units == MLComputeUnits::CPUAndNeuralEngine {
+        require_macos(13, 0, "compute units cpuAndNeuralEngine")?;
+    }
+    Ok(())
+}

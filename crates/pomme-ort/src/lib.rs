@@ -1,0 +1,319 @@
+//! pomme's ONNX Runtime backend, through the [`ort`] crate with the onnxruntime
+//! shared library loaded at run time (`load-dynamic`: nothing is linked or
+//! downloaded at build time).
+//!
+//! # Finding the library
+//!
+//! The first rule that applies decides; a rule whose setting is present but wrong
+//! is reported, not skipped, so a typo never silently picks up another library:
+//!
+//! 1. `LoadOptions.extra["dylib"]` (for that load) or [`OrtBackend::with_dylib`]:
+//!    that file ([`OrtBackend::with_venv`]: the library inside that venv).
+//! 2. The `ORT_DYLIB_PATH` environment variable: that file.
+//! 3. The `POMME_ORT_VENV` environment variable, a Python virtual environment:
+//!    `lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*`
+//!    (`libonnxruntime*.dylib` on macOS) inside it, as `pip install onnxruntime`
+//!    leaves it.
+//! 4. The same inside `./.venv`, then `$HOME/.venv`, when they have it.
+//!
+//! [`OrtBackend::new`] applies rules 2 to 4 when it is constructed.
+//!
+//! The library is loaded once per process (`ort` keeps it, and the ONNX Runtime
+//! environment, in process globals), on the first call that needs it:
+//! [`Backend::availability`], [`Backend::devices`], [`Backend::inspect`] or
+//! [`Backend::load`]. Afterwards a backend naming a *different* file is
+//! unavailable. A named file is checked to exist before `ort` sees it, and a file
+//! that fails to load is remembered, so probing a bad path has no lasting effect.
+//!
+//! # Availability
+//!
+//! [`Backend::availability`] returns `Available`, or `Unavailable` with one of
+//! these reasons (and [`Backend::load`] / [`Backend::inspect`] return
+//! [`Error::Unavailable`] with the same text; nothing panics):
+//!
+//! - `onnxruntime library not found: set ORT_DYLIB_PATH or pip install onnxruntime into ./.venv`
+//!   (no rule found a library);
+//! - `onnxruntime library not found: <path> (from <source>) does not exist`, where
+//!   `<source>` is `OrtBackend::with_dylib`, `LoadOptions.extra["dylib"]` or
+//!   `ORT_DYLIB_PATH`;
+//! - `onnxruntime library not found: <dir> has no lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*`,
+//!   followed by ` (POMME_ORT_VENV)` when the variable named the venv (without it
+//!   for [`OrtBackend::with_venv`]);
+//! - `onnxruntime library at <path> could not be loaded: <reason>` (not a shared
+//!   library, or older than the ONNX Runtime 1.22 API this crate uses);
+//! - `onnxruntime is already loaded from <path> in this process; <other path> cannot be loaded as well`.
+//!
+//! # Loading
+//!
+//! [`LoadOptions`] are used as follows:
+//!
+//! - `device`: `cpu` runs on the CPU execution provider (EP). `cuda` adds ONNX
+//!   Runtime's CUDA EP (`extra["cuda_device_id"]`, default 0); a library without it
+//!   (the plain `onnxruntime` wheel) gives [`Error::Unavailable`]. `ane`, `metal`
+//!   and `auto` use the Core ML EP on Apple platforms, with
+//!   `extra["compute_units"]` (`ane` → CPU and Neural Engine, `gpu` → CPU and GPU,
+//!   `cpu` → CPU only, `auto` → all; by default from the device: `ane`, `gpu`,
+//!   `auto`), `extra["coreml_model_format"]` (`mlprogram` | `neuralnetwork`) and
+//!   `extra["coreml_cache_dir"]`. Elsewhere `auto` means the CPU and `ane` /
+//!   `metal` are unavailable. The CPU EP is always registered after a device EP,
+//!   for the operators the device EP does not take.
+//! - `threads`: ONNX Runtime's intra-op threads. `None` lets ONNX Runtime decide
+//!   (one per physical core). Inter-op threads are 1 (pomme does not use ORT's
+//!   parallel executor).
+//! - `precision`: only `f32`, meaning "as stored in the file": this backend does
+//!   not convert models; quantize the ONNX file instead.
+//! - `extra["sessions"]`: `per_worker` (default) or `shared`; see below.
+//! - `extra["dylib"]`: the library, as above.
+//!
+//! Model files are checked before ONNX Runtime sees them: a missing path, a
+//! directory and an empty file get a one-line [`Error::InvalidModelFormat`];
+//! ORT's own verdict on a corrupt file is collapsed to one line too.
+//!
+//! # Sessions
+//!
+//! ONNX Runtime's C `Run` may be called concurrently, but `ort`'s `Session::run`
+//! takes `&mut self`, so one ORT session cannot serve several workers at once:
+//!
+//! - `per_worker` (default): each [`LoadedModel::session`] call gets its own ORT
+//!   session. Workers never wait on each other, but **each session holds its own
+//!   copy of the weights and its own intra-op thread pool**: memory is about the
+//!   model size times the number of workers, and `threads` × workers should not
+//!   exceed the cores. The session built at load (to validate the model and read
+//!   its signature) goes to the first worker.
+//! - `shared`: one ORT session behind a mutex; workers take turns. One copy of
+//!   the weights: the choice for large models, or for GPUs.
+//!
+//! [`LoadedModel::memory`] reports the file size as `weight_bytes` (per session)
+//! and the bytes of one batch row of inputs and outputs as a lower bound of
+//! `activation_bytes_per_item`.
+//!
+//! # Running
+//!
+//! Inputs are passed to ONNX Runtime without copying when their buffers are
+//! aligned (pomme's always are); outputs are copied once into pomme tensors.
+//! Every pomme dtype is supported, `BYTES` as ONNX strings (UTF-8, no NUL bytes).
+//! Run errors are [`Error::InferenceFailed`].
+//!
+//! # Inspection
+//!
+//! [`Backend::inspect`] returns the signature and the metadata ONNX Runtime
+//! exposes (`producer`, `graph_name`, `domain`, `model_version`, `description`,
+//! `opset`, custom keys as `custom.<key>`, and `onnxruntime` build info). It
+//! leaves `parameters`, `weight_bytes`, `activation_bytes_estimate` and
+//! `op_histogram` empty: ONNX Runtime does not expose the graph, and the tract
+//! backend computes those from the file.
+#![forbid(unsafe_code)]
+
+pub(crate) mod convert;
+pub(crate) mod dylib;
+pub(crate) mod ep;
+mod model;
+
+use dylib::{Located, Source};
+use model::{OrtModel, SessionConfig, SessionMode};
+use ort::session::builder::GraphOptimizationLevel;
+use pomme_core::{
+    Availability, Backend, DeviceInfo, DeviceKind, Error, LoadOptions, LoadedModel, ModelArtifact,
+    ModelFormat, ModelInfo, Precision, Result,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The ONNX Runtime backend (`ort`). Cheap to construct: the library is looked
+/// for at construction and loaded on first use; see the crate docs.
+#[derive(Clone, Debug)]
+pub struct OrtBackend {
+    located: Located,
+}
+
+impl OrtBackend {
+    /// A backend that finds the library by the discovery rules (`ORT_DYLIB_PATH`,
+    /// `POMME_ORT_VENV`, `./.venv`, `$HOME/.venv`).
+    pub fn new() -> OrtBackend {
+        OrtBackend {
+            located: dylib::discover(),
+        }
+    }
+
+    /// A backend using exactly this library file (no discovery).
+    pub fn with_dylib(path: impl Into<PathBuf>) -> OrtBackend {
+        OrtBackend {
+            located: Located::given(path.into(), Source::Explicit),
+        }
+    }
+
+    /// A backend using the library that `pip install onnxruntime` put in the
+    /// Python virtual environment `venv`; unavailable when there is none.
+    pub fn with_venv(venv: impl AsRef<Path>) -> OrtBackend {
+        let venv = venv.as_ref();
+        OrtBackend {
+            located: match dylib::find_in_venv(venv) {
+                Some(p) => Located::Found(p, Source::Venv),
+                None => Located::Missing(dylib::venv_missing(venv)),
+            },
+        }
+    }
+
+    /// The library this backend will load, or `None` when none was found
+    /// ([`Backend::availability`] then says why).
+    pub fn dylib_path(&self) -> Option<&Path> {
+        self.located.path()
+    }
+
+    fn runtime_for(&self, options: &LoadOptions) -> Result<&'static dylib::OrtRuntime> {
+        let located = match options.extra.get("dylib") {
+            Some(p) => &Located::given(PathBuf::from(p), Source::LoadOption),
+            None => &self.located,
+        };
+        dylib::runtime(located).map_err(Error::Unavailable)
+    }
+}
+
+impl Default for OrtBackend {
+    fn default() -> Self {
+        OrtBackend::new()
+    }
+}
+
+fn check_format(artifact: &ModelArtifact) -> Result<()> {
+    if artifact.format == ModelFormat::Onnx {
+        Ok(())
+    } else {
+        Err(Error::InvalidModelFormat(format!(
+            "{}: the ort backend reads ONNX, not {}",
+            artifact.path.display(),
+            artifact.format
+        )))
+    }
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        "ort"
+    }
+
+    fn formats(&self) -> &[ModelFormat] {
+        &[ModelFormat::Onnx]
+    }
+
+    fn availability(&self) -> Availability {
+        match dylib::runtime(&self.located) {
+            Ok(_) => Availability::Available,
+            Err(reason) => Availability::Unavailable(reason),
+        }
+    }
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        let rt = dylib::runtime(&self.located);
+        let gated = |present: fn() -> bool, missing: &str| match &rt {
+            Err(reason) => Availability::Unavailable(reason.clone()),
+            Ok(_) if present() => Availability::Available,
+            Ok(_) => Availability::Unavailable(missing.to_string()),
+        };
+        let mut devices = vec![DeviceInfo {
+            kind: DeviceKind::Cpu,
+            name: "CPU".into(),
+            availability: gated(|| true, ""),
+        }];
+        #[cfg(not(target_vendor = "apple"))]
+        devices.push(DeviceInfo {
+            kind: DeviceKind::Cuda,
+            name: "CUDA (ONNX Runtime CUDA EP)".into(),
+            availability: gated(
+                ep::has_cuda,
+                "this onnxruntime library has no CUDA execution provider (use the onnxruntime-gpu build)",
+            ),
+        });
+        #[cfg(target_vendor = "apple")]
+        for (kind, name) in [
+            (DeviceKind::Ane, "Neural Engine (Core ML EP)"),
+            (DeviceKind::Metal, "GPU (Core ML EP)"),
+            (DeviceKind::Auto, "Core ML EP, all compute units"),
+        ] {
+            devices.push(DeviceInfo {
+                kind,
+                name: name.into(),
+                availability: gated(
+                    ep::has_coreml,
+                    "this onnxruntime library has no Core ML execution provider",
+                ),
+            });
+        }
+        devices
+    }
+
+    fn inspect(&self, artifact: &ModelArtifact) -> Result<ModelInfo> {
+        check_format(artifact)?;
+        model::check_model_file(&artifact.path)?;
+        let rt = self.runtime_for(&LoadOptions::default())?;
+        // Graph optimisation is skipped: inspection only reads declarations.
+        let cfg = SessionConfig {
+            eps: Vec::new(),
+            intra_threads: Some(1),
+            optimization: GraphOptimizationLevel::Disable,
+        };
+        let session = model::build_session(rt, &artifact.path, &cfg)?;
+        let signature = model::signature_of(&session)?;
+        let mut metadata = std::collections::BTreeMap::new();
+        if let Ok(m) = session.metadata() {
+            let mut put = |k: &str, v: Option<String>| {
+                if let Some(v) = v.filter(|v| !v.is_empty()) {
+                    metadata.insert(k.to_string(), v);
+                }
+            };
+            put("producer", m.producer());
+            put("graph_name", m.name());
+            put("domain", m.domain());
+            put("model_version", m.version().map(|v| v.to_string()));
+            put("description", m.description());
+            put("graph_description", m.graph_description());
+            for key in m.custom_keys().unwrap_or_default() {
+                let value = m.custom(&key);
+                put(&format!("custom.{key}"), value);
+            }
+        }
+        if let Some(opset) = session.opset_for_domain(ort::editor::ONNX_DOMAIN) {
+            metadata.insert("opset".into(), opset.to_string());
+        }
+        metadata.insert("onnxruntime".into(), rt.build_info.clone());
+        Ok(ModelInfo {
+            signature,
+            metadata,
+            ..ModelInfo::default()
+        })
+    }
+
+    fn load(
+        &self,
+        artifact: &ModelArtifact,
+        options: &LoadOptions,
+    ) -> Result<Arc<dyn LoadedModel>> {
+        check_format(artifact)?;
+        let file_bytes = model::check_model_file(&artifact.path)?;
+        if options.precision != Precision::F32 {
+            return Err(Error::UnsupportedPrecision(format!(
+                "the ort backend runs ONNX files as stored and does not convert them to {}; quantize the file and load it with precision f32",
+                options.precision
+            )));
+        }
+        let mode = SessionMode::from_options(options)?;
+        if options.threads == Some(0) {
+            return Err(Error::invalid_input("threads must be at least 1"));
+        }
+        let rt = self.runtime_for(options)?;
+        let plan = ep::plan(options)?;
+        let cfg = SessionConfig {
+            eps: plan.eps,
+            intra_threads: options.threads,
+            optimization: GraphOptimizationLevel::All,
+        };
+        let model = OrtModel::load(rt, &artifact.path, file_bytes, cfg, plan.device, mode)?;
+        tracing::debug!(
+            path = %artifact.path.display(),
+            device = %plan.device,
+            ?mode,
+            "ort model loaded"
+        );
+        Ok(Arc::new(model))
+    }
+}

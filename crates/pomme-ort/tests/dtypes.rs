@@ -1,0 +1,220 @@
+//! Every pomme dtype through ONNX Runtime and back (identity models written by
+//! the tests), symbolic dimensions, and both session modes across threads.
+
+mod common;
+
+use bytes::Bytes;
+use common::D;
+use pomme_core::{Backend, DType, Dim, LoadOptions, Shape, Tensor};
+
+/// ONNX `TensorProto.DataType` numbers.
+fn onnx_type(d: DType) -> u64 {
+    match d {
+        DType::F32 => 1,
+        DType::U8 => 2,
+        DType::I8 => 3,
+        DType::U16 => 4,
+        DType::I16 => 5,
+        DType::I32 => 6,
+        DType::I64 => 7,
+        DType::Bytes => 8,
+        DType::Bool => 9,
+        DType::F16 => 10,
+        DType::F64 => 11,
+        DType::U32 => 12,
+        DType::U64 => 13,
+        DType::BF16 => 16,
+    }
+}
+
+/// A 2x3 tensor of `dtype` with distinct values.
+fn sample(dtype: DType) -> Tensor {
+    let shape = vec![2, 3];
+    let n: usize = 6;
+    match dtype {
+        DType::Bool => Tensor::from_bools(shape, &[true, false, true, true, false, false]),
+        DType::Bytes => Tensor::from_strings(
+            shape,
+            ["a", "", "héllo", "ONNX", "pomme", "x y"]
+                .iter()
+                .map(|s| Bytes::from(s.to_string()))
+                .collect(),
+        ),
+        DType::U8 => Tensor::from_vec(shape, (0..n).map(|i| i as u8 + 250).collect()),
+        DType::U16 => Tensor::from_vec(shape, (0..n).map(|i| i as u16 * 1000).collect()),
+        DType::U32 => Tensor::from_vec(shape, (0..n).map(|i| u32::MAX - i as u32).collect()),
+        DType::U64 => Tensor::from_vec(shape, (0..n).map(|i| u64::MAX - i as u64).collect()),
+        DType::I8 => Tensor::from_vec(shape, (0..n).map(|i| i as i8 - 3).collect()),
+        DType::I16 => Tensor::from_vec(shape, (0..n).map(|i| i as i16 * -300).collect()),
+        DType::I32 => Tensor::from_vec(shape, (0..n).map(|i| i as i32 - 100_000).collect()),
+        DType::I64 => Tensor::from_vec(shape, (0..n).map(|i| i64::MIN + i as i64 * 3).collect()),
+        DType::F16 => Tensor::from_vec(
+            shape,
+            (0..n)
+                .map(|i| half::f16::from_f32(i as f32 * 0.5 - 1.0))
+                .collect(),
+        ),
+        DType::BF16 => Tensor::from_vec(
+            shape,
+            (0..n)
+                .map(|i| half::bf16::from_f32(i as f32 * 0.25))
+                .collect(),
+        ),
+        DType::F32 => Tensor::from_vec(shape, (0..n).map(|i| i as f32 / 3.0).collect()),
+        DType::F64 => Tensor::from_vec(shape, (0..n).map(|i| i as f64 / 7.0).collect()),
+    }
+    .unwrap()
+}
+
+#[test]
+fn every_dtype_round_trips() {
+    let Some(b) = common::backend("every_dtype_round_trips") else {
+        return;
+    };
+    let dir = common::scratch("dtypes");
+    for dtype in DType::ALL {
+        let path = dir.join(format!("identity_{dtype}.onnx"));
+        std::fs::write(
+            &path,
+            common::identity_model(onnx_type(dtype), &[D::Sym("batch"), D::Fixed(3)]),
+        )
+        .unwrap();
+        let m = b
+            .load(&common::onnx(&path), &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{dtype}: {e}"));
+        let sig = m.signature();
+        assert_eq!(sig.inputs[0].dtype, dtype);
+        assert_eq!(sig.outputs[0].dtype, dtype);
+        assert_eq!(sig.inputs[0].shape.to_string(), "[batch,3]");
+        let x = sample(dtype);
+        let y = m
+            .session()
+            .unwrap()
+            .run(vec![x.clone()])
+            .unwrap_or_else(|e| panic!("{dtype}: {e}"));
+        assert_eq!(y, vec![x], "{dtype}");
+    }
+}
+
+#[test]
+fn unaligned_and_empty_inputs() {
+    let Some(b) = common::backend("unaligned_and_empty_inputs") else {
+        return;
+    };
+    let dir = common::scratch("unaligned");
+    let path = dir.join("id.onnx");
+    std::fs::write(
+        &path,
+        common::identity_model(1, &[D::Sym("batch"), D::Fixed(2)]),
+    )
+    .unwrap();
+    let m = b
+        .load(&common::onnx(&path), &LoadOptions::default())
+        .unwrap();
+    let mut s = m.session().unwrap();
+    // Bytes at an odd offset: the input is copied instead of borrowed.
+    let mut raw = vec![0u8; 17];
+    for (i, v) in [1.5f32, -2.0, 3.25, 4.0].iter().enumerate() {
+        raw[1 + 4 * i..5 + 4 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    let unaligned = Bytes::from(raw).slice(1..);
+    let x = Tensor::from_raw(DType::F32, vec![2, 2], unaligned).unwrap();
+    let y = s.run(vec![x]).unwrap();
+    assert_eq!(y[0].to_vec::<f32>().unwrap(), vec![1.5, -2.0, 3.25, 4.0]);
+    // A batch of zero rows.
+    let x = Tensor::zeros(DType::F32, vec![0, 2]).unwrap();
+    let y = s.run(vec![x]).unwrap();
+    assert_eq!(y[0].shape(), &[0, 2]);
+}
+
+#[test]
+fn anonymous_dims_become_question_marks() {
+    let Some(b) = common::backend("anonymous_dims_become_question_marks") else {
+        return;
+    };
+    let dir = common::scratch("anon");
+    let path = dir.join("anon.onnx");
+    std::fs::write(
+        &path,
+        common::identity_model(7, &[D::Anon, D::Sym("seq"), D::Fixed(2)]),
+    )
+    .unwrap();
+    let info = b.inspect(&common::onnx(&path)).unwrap();
+    assert_eq!(
+        info.signature.inputs[0].shape,
+        Shape(vec![
+            Dim::Symbolic("?".into()),
+            Dim::Symbolic("seq".into()),
+            Dim::Fixed(2)
+        ])
+    );
+    assert_eq!(
+        info.metadata.get("producer").map(String::as_str),
+        Some("pomme-tests")
+    );
+    assert_eq!(
+        info.metadata.get("graph_name").map(String::as_str),
+        Some("identity_graph")
+    );
+}
+
+#[test]
+fn invalid_strings_are_rejected() {
+    let Some(b) = common::backend("invalid_strings_are_rejected") else {
+        return;
+    };
+    let dir = common::scratch("strings");
+    let path = dir.join("s.onnx");
+    std::fs::write(&path, common::identity_model(8, &[D::Sym("batch")])).unwrap();
+    let m = b
+        .load(&common::onnx(&path), &LoadOptions::default())
+        .unwrap();
+    let mut s = m.session().unwrap();
+    for bad in [&b"\xff\xfe"[..], &b"a\0b"[..]] {
+        let x = Tensor::from_strings(vec![1], vec![Bytes::copy_from_slice(bad)]).unwrap();
+        let e = s.run(vec![x]).unwrap_err();
+        assert!(matches!(e, pomme_core::Error::InvalidInput(_)), "{e}");
+        eprintln!("{e}");
+    }
+}
+
+fn run_in_threads(mode: &str) {
+    let Some(b) = common::backend(mode) else {
+        return;
+    };
+    let Some(models) = common::models_dir(mode) else {
+        return;
+    };
+    let mut o = LoadOptions {
+        threads: Some(1),
+        ..LoadOptions::default()
+    };
+    o.extra.insert("sessions".into(), mode.into());
+    let m = b
+        .load(&common::onnx(models.join("add_one.onnx")), &o)
+        .unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..3 {
+            let m = &m;
+            scope.spawn(move || {
+                let mut s = m.session().unwrap();
+                for i in 0..50 {
+                    let v = (t * 100 + i) as f32;
+                    let x = Tensor::from_vec(vec![1, 4], vec![v; 4]).unwrap();
+                    let y = s.run(vec![x]).unwrap();
+                    assert_eq!(y[0].to_vec::<f32>().unwrap(), vec![v + 1.0; 4]);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn per_worker_sessions_run_concurrently() {
+    run_in_threads("per_worker");
+}
+
+#[test]
+fn shared_session_runs_concurrently() {
+    run_in_threads("shared");
+}

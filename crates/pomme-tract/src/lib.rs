@@ -1,0 +1,318 @@
+//! pomme's tract backend: ONNX and NNEF models run by [tract](https://github.com/sonos/tract).
+//!
+//! [`TractBackend`] implements [`pomme_core::Backend`]. Loading parses the model,
+//! analyses it into a typed model whose batch dimension stays symbolic (ONNX
+//! `dim_param`s such as `batch` become tract symbols), and prepares it once with
+//! a tract runtime into a shared plan; every [`Session`](pomme_core::Session)
+//! spawns its own tract state over that plan, so one loaded model serves any
+//! batch size from any number of threads.
+//!
+//! Devices map to tract runtimes: `cpu` (and `auto`) → tract's CPU runtime;
+//! `metal` → tract-metal, compiled on Apple targets only; `cuda` → tract-cuda,
+//! behind this crate's `cuda` feature on Linux. A runtime that cannot start
+//! (no feature, no GPU, no driver) yields [`Error::Unavailable`] naming why.
+//!
+//! Threads: `LoadOptions::threads = Some(n)` with `n > 1` gives the model a
+//! private `n`-thread rayon pool that tract uses inside ops (matrix products,
+//! element-wise kernels); `Some(0 | 1)` runs single-threaded; `None` uses
+//! tract's process default executor, single-threaded unless the application
+//! called `tract_linalg::multithread::set_default_executor`.
+//!
+//! Precision: `f32` runs the model as stored; `f16` applies tract's
+//! `f32_to_f16` transform; `int8` / `int4` are refused with
+//! [`Error::UnsupportedPrecision`] (quantize the model file instead).
+//!
+//! `LoadOptions::extra` keys read here: `symbol.<name>` = integer, the value a
+//! model symbol (e.g. `symbol.seq` = `128`) takes in the activation estimate
+//! (every symbol defaults to 1; the estimate is always per batch row).
+//!
+//! For benchmarks against raw tract, [`TractBackend::load_tract`] returns the
+//! concrete [`TractModel`], whose [`TractModel::raw_plan`] is the tract
+//! `Runnable`; the tract crates are re-exported so callers use the same version.
+#![forbid(unsafe_code)]
+
+mod convert;
+mod device;
+mod flatten;
+mod model;
+mod nnef;
+mod onnx;
+
+// Linking a runtime crate is what registers its runtime with tract.
+#[cfg(all(feature = "cuda", target_os = "linux"))]
+extern crate tract_cuda;
+#[cfg(target_vendor = "apple")]
+extern crate tract_metal;
+
+pub use model::{TractModel, TractSession};
+pub use {tract_core, tract_nnef, tract_onnx};
+
+use pomme_core::{
+    Availability, Backend, DeviceInfo, Error, LoadOptions, LoadedModel, MemoryEstimate,
+    ModelArtifact, ModelFormat, ModelInfo, ModelSignature, Precision, Result,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use tract_core::prelude::*;
+use tract_core::runtime::RunOptions;
+use tract_linalg::multithread::Executor;
+use tract_onnx::prelude::InferenceModelExt;
+
+use crate::convert::one_line;
+use crate::device::no_panic;
+
+/// The backend's stable name.
+pub const NAME: &str = "tract";
+
+const FORMATS: [ModelFormat; 2] = [ModelFormat::Onnx, ModelFormat::Nnef];
+
+/// The tract backend. Cheap to construct; holds no state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TractBackend;
+
+/// A model read and analysed, not yet prepared for a device.
+struct Analysed {
+    model: TypedModel,
+    /// ONNX graph input / output names (tract may rename nodes).
+    names: Option<(Vec<String>, Vec<String>)>,
+    parameters: u64,
+    weight_bytes: u64,
+    op_histogram: BTreeMap<String, usize>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl TractBackend {
+    pub fn new() -> TractBackend {
+        TractBackend
+    }
+
+    /// The artifact for a path, by its name: `.onnx` → ONNX; a directory,
+    /// `.nnef.tgz`, `.nnef.tar`, `.tgz` or `.tar` → NNEF.
+    pub fn artifact_for_path(path: impl AsRef<Path>) -> Result<ModelArtifact> {
+        let path = path.as_ref();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let format = if name.ends_with(".onnx") {
+            ModelFormat::Onnx
+        } else if path.is_dir()
+            || [".tgz", ".tar", ".tar.gz"]
+                .iter()
+                .any(|e| name.ends_with(e))
+        {
+            ModelFormat::Nnef
+        } else if !path.exists() {
+            return Err(Error::InvalidModelFormat(format!(
+                "model path {} does not exist",
+                path.display()
+            )));
+        } else {
+            return Err(Error::InvalidModelFormat(format!(
+                "unknown model format for {} (tract reads .onnx, .nnef.tgz, .nnef.tar or an NNEF directory)",
+                path.display()
+            )));
+        };
+        Ok(ModelArtifact {
+            path: path.to_path_buf(),
+            format,
+        })
+    }
+
+    fn analyse(&self, artifact: &ModelArtifact) -> Result<Analysed> {
+        match artifact.format {
+            ModelFormat::Onnx => {
+                let proto = onnx::read_proto(&artifact.path)?;
+                let facts = onnx::proto_facts(&proto);
+                let inference = onnx::parse(&proto, &artifact.path)?;
+                let names = onnx::io_names(&proto);
+                drop(proto);
+                let typed = inference.into_typed().map_err(|e| {
+                    Error::CompilationFailed(format!(
+                        "tract could not analyse the model: {}",
+                        one_line(&e)
+                    ))
+                })?;
+                Ok(Analysed {
+                    model: declutter(typed)?,
+                    names: Some(names),
+                    parameters: facts.parameters,
+                    weight_bytes: facts.weight_bytes,
+                    op_histogram: facts.op_histogram,
+                    metadata: facts.metadata,
+                })
+            }
+            ModelFormat::Nnef => {
+                let model = declutter(nnef::load(&artifact.path)?)?;
+                let (parameters, weight_bytes, op_histogram, metadata) = nnef::typed_facts(&model);
+                Ok(Analysed {
+                    model,
+                    names: None,
+                    parameters,
+                    weight_bytes,
+                    op_histogram,
+                    metadata,
+                })
+            }
+            other => Err(Error::InvalidModelFormat(format!(
+                "tract reads onnx and nnef models, not {other} ({})",
+                artifact.path.display()
+            ))),
+        }
+    }
+
+    /// Loads a model and returns the concrete [`TractModel`] (what
+    /// [`Backend::load`] returns as a trait object).
+    pub fn load_tract(
+        &self,
+        artifact: &ModelArtifact,
+        options: &LoadOptions,
+    ) -> Result<Arc<TractModel>> {
+        let (runtime, device) = device::runtime_for(options.device)?;
+        let symbols = symbol_overrides(options)?;
+        let executor = executor(options.threads)?;
+        let mut a = self.analyse(artifact)?;
+        match options.precision {
+            Precision::F32 => {}
+            Precision::F16 => to_f16(&mut a.model)?,
+            other => {
+                return Err(Error::UnsupportedPrecision(format!(
+                    "tract runs models at f32 or f16, not {other} (quantize the model file instead)"
+                )));
+            }
+        }
+        let signature = model::signature(&a.model, a.names.as_ref())?;
+        let input_types = a
+            .model
+            .inputs
+            .iter()
+            .map(|&o| a.model.outlet_fact(o).map(|f| f.datum_type))
+            .collect::<TractResult<Vec<_>>>()
+            .map_err(|e| Error::Internal(one_line(&e)))?;
+        let memory = MemoryEstimate {
+            weight_bytes: a.weight_bytes,
+            activation_bytes_per_item: model::activation_estimate(&a.model, &symbols),
+        };
+        let run_options = RunOptions {
+            executor,
+            ..RunOptions::default()
+        };
+        let what = format!("tract's {} runtime", runtime.name());
+        let runnable = match no_panic(&what, || {
+            runtime.prepare_with_options(a.model, &run_options)
+        }) {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return Err(Error::CompilationFailed(format!(
+                    "{what} could not prepare the model: {}",
+                    one_line(&e)
+                )));
+            }
+            // A GPU runtime panics when its device context cannot be created.
+            Err(panic) if device != pomme_core::DeviceKind::Cpu => {
+                return Err(Error::Unavailable(panic));
+            }
+            Err(panic) => return Err(Error::CompilationFailed(panic)),
+        };
+        Ok(Arc::new(TractModel::new(
+            Arc::from(runnable),
+            signature,
+            input_types,
+            memory,
+            device,
+            options.precision,
+        )))
+    }
+}
+
+fn declutter(model: TypedModel) -> Result<TypedModel> {
+    model.into_decluttered().map_err(|e| {
+        Error::CompilationFailed(format!(
+            "tract could not simplify the model: {}",
+            one_line(&e)
+        ))
+    })
+}
+
+fn to_f16(model: &mut TypedModel) -> Result<()> {
+    let transform = tract_core::transform::get_transform("f32_to_f16")
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::UnsupportedPrecision("tract has no f32_to_f16 transform".into()))?;
+    transform.transform(model).map_err(|e| {
+        Error::CompilationFailed(format!(
+            "tract could not convert the model to f16: {}",
+            one_line(&e)
+        ))
+    })
+}
+
+fn symbol_overrides(options: &LoadOptions) -> Result<BTreeMap<String, i64>> {
+    options
+        .extra
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("symbol.").map(|name| (name, v)))
+        .map(|(name, v)| match v.trim().parse::<i64>() {
+            Ok(n) if n > 0 => Ok((name.to_string(), n)),
+            _ => Err(Error::invalid_input(format!(
+                "option symbol.{name} = '{v}' is not a positive integer"
+            ))),
+        })
+        .collect()
+}
+
+fn executor(threads: Option<usize>) -> Result<Option<Executor>> {
+    match threads {
+        None => Ok(None),
+        Some(0 | 1) => Ok(Some(Executor::SingleThread)),
+        Some(n) => no_panic("building tract's thread pool", || {
+            Executor::multithread_with_name(n, "pomme-tract")
+        })
+        .map(Some)
+        .map_err(Error::ResourceLimit),
+    }
+}
+
+impl Backend for TractBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn formats(&self) -> &[ModelFormat] {
+        &FORMATS
+    }
+
+    fn availability(&self) -> Availability {
+        Availability::Available
+    }
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        device::devices()
+    }
+
+    /// Reads signature, weights, operators and an activation estimate. For
+    /// ONNX, parameters / weight bytes / op histogram / metadata come from the
+    /// protobuf; the signature and estimate from tract's analysed model
+    /// (parsed and decluttered, not optimized).
+    fn inspect(&self, artifact: &ModelArtifact) -> Result<ModelInfo> {
+        let a = self.analyse(artifact)?;
+        let signature: ModelSignature = model::signature(&a.model, a.names.as_ref())?;
+        Ok(ModelInfo {
+            signature,
+            parameters: a.parameters,
+            weight_bytes: a.weight_bytes,
+            activation_bytes_estimate: model::activation_estimate(&a.model, &BTreeMap::new()),
+            op_histogram: a.op_histogram,
+            metadata: a.metadata,
+        })
+    }
+
+    fn load(
+        &self,
+        artifact: &ModelArtifact,
+        options: &LoadOptions,
+    ) -> Result<Arc<dyn LoadedModel>> {
+        Ok(self.load_tract(artifact, options)?)
+    }
+}

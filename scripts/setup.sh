@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, idempotently: rustfmt/clippy, the Apple
+# target for the type-check, Debian's clang (root only; the Apple check needs a
+# C compiler that can target arm64-apple-macos), and ./.venv with onnxruntime
+# and tritonclient.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target add aarch64-apple-darwin >/dev/null
+
+if ! command -v clang >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null
+  else
+    echo "setup: clang not found and not root; the Apple type-check will be skipped" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import onnxruntime, tritonclient.http, tritonclient.grpc, numpy, pytest" 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
+fi

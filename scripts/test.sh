@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite: setup, formatting, lints (Linux and Apple targets),
+# Rust tests, and interoperability tests with Triton's official Python client.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+bash scripts/setup.sh
+
+# The ort backend loads ONNX Runtime from the venv.
+ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* | head -n1)
+export ORT_DYLIB_PATH
+export POMME_TEST_MODELS=${POMME_TEST_MODELS:-$PWD/../shared/models}
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy (linux)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo check + clippy (aarch64-apple-darwin)"
+if command -v clang >/dev/null 2>&1; then
+  # Every crate with Apple code. Libraries only for those whose dev-dependencies
+  # (criterion, npz) compile C that would need a macOS SDK; pomme-coreml in full.
+  SKIP_SETUP=1 bash scripts/check-apple.sh pomme-coreml
+  SKIP_SETUP=1 APPLE_CHECK_TARGETS=--lib bash scripts/check-apple.sh pomme-core pomme-coreml pomme-tract pomme-ort pomme-backends
+else
+  echo "SKIP apple type-check: clang not installed"
+fi
+
+echo "== cargo test"
+cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+grep -E "^test result:" target/test-output.txt | awk '{p+=$4; f+=$6} END {print "rust tests: " p " passed, " f " failed"}'
+
+if [ -d tests/interop ]; then
+  echo "== interop (tritonclient against a real pomme serve)"
+  cargo build --bin pomme
+  POMME_BIN=$PWD/target/debug/pomme .venv/bin/python -m pytest -q tests/interop
+fi
