@@ -16,11 +16,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .backends(pomme_backends::compiled())
         .build()?;
     let view = rt.load(ModelSpec::new("add_one", model)).await?;
-    println!("loaded {} v{} on {}/{}", view.name, view.version, view.backend, view.device);
+    println!(
+        "loaded {} v{} on {}/{}",
+        view.name, view.version, view.backend, view.device
+    );
     let x = Tensor::from_vec(vec![1, 4], vec![1.0f32, 2.0, 3.0, 4.0])?;
-    let out = rt.infer(InferRequest::new("add_one", vec![("x".into(), x)])).await?;
-    println!("y = {:?}", out.output("y").expect("model has output y").to_vec::<f32>()?);
+    let out = rt
+        .infer(InferRequest::new("add_one", vec![("x".into(), x)]))
+        .await?;
+    println!(
+        "y = {:?}",
+        out.output("y")
+            .expect("model has output y")
+            .to_vec::<f32>()?
+    );
     let s = rt.performance_summary();
-    println!("{} inference(s), p50 {} µs", s.total_inferences, s.p50_latency_us);
+    println!(
+        "{} inference(s), p50 {} µs",
+        s.total_inferences, s.p50_latency_us
+    );
     Ok(())
 }

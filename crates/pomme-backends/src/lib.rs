@@ -11,6 +11,7 @@ use pomme_core::{Backend, Error, Result};
 use std::sync::Arc;
 
 /// Every backend compiled into this build, in default preference order.
+#[allow(clippy::vec_init_then_push)] // each push sits behind its own feature
 pub fn compiled() -> Vec<Arc<dyn Backend>> {
     #[allow(unused_mut)]
     let mut v: Vec<Arc<dyn Backend>> = Vec::new();
@@ -39,6 +40,50 @@ pub fn by_name(name: &str) -> Result<Arc<dyn Backend>> {
                 names().join(", ")
             ))
         })
+}
+
+/// Backend-specific reports that have no place in the generic `Backend` trait.
+pub mod extras {
+    #[cfg(not(feature = "coreml"))]
+    use pomme_core::Error;
+    use pomme_core::{DeviceKind, Result};
+    use std::path::Path;
+
+    /// Neural Engine compatibility findings for a Core ML model (every platform),
+    /// one display line each, warnings first.
+    pub fn ane_precheck(path: &Path) -> Result<Vec<String>> {
+        #[cfg(feature = "coreml")]
+        {
+            let info = pomme_coreml::read(path)?;
+            Ok(pomme_coreml::ane_check::check(&info)
+                .iter()
+                .map(|f| f.to_string())
+                .collect())
+        }
+        #[cfg(not(feature = "coreml"))]
+        {
+            let _ = path;
+            Err(Error::Unavailable(
+                "built without the coreml feature".into(),
+            ))
+        }
+    }
+
+    /// Core ML's compute plan for a model, as a printable table (macOS 14.4+;
+    /// `Unavailable` elsewhere).
+    pub fn coreml_placement(path: &Path, device: DeviceKind) -> Result<String> {
+        #[cfg(feature = "coreml")]
+        {
+            Ok(pomme_coreml::compute_plan(path, device)?.to_string())
+        }
+        #[cfg(not(feature = "coreml"))]
+        {
+            let _ = (path, device);
+            Err(Error::Unavailable(
+                "built without the coreml feature".into(),
+            ))
+        }
+    }
 }
 
 /// Whether the `cuda` feature was compiled in.

@@ -10,15 +10,14 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "pomme", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text", env = "POMME_LOG_FORMAT")]
-    pub log_format: String,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve a model repository over KServe v2 / Open Inference Protocol (HTTP, gRPC) with Prometheus metrics.
+    Serve(pomme_server::ServerArgs),
     /// Show a model's signature, operators, parameters, memory and which backends can run it.
     Inspect(InspectArgs),
     /// Run a model once on .npy inputs; write .npy outputs and print a JSON summary.
@@ -27,6 +26,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// List the backends compiled in and their devices, available or why not.
     Devices(DevicesArgs),
+    /// Quantize an ONNX model to INT8 or INT4 and measure the accuracy cost.
+    Quantize(crate::quantize::QuantizeArgs),
 }
 
 /// How to load a model (shared by infer and bench).
@@ -124,22 +125,14 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
     }
 }
 
-impl Cli {
-    pub fn is_serve(&self) -> bool {
-        false
-    }
-
-    pub fn log_json(&self) -> bool {
-        self.log_format == "json"
-    }
-}
-
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Serve(a) => serve(a),
         Command::Inspect(a) => crate::inspect::run(a),
         Command::Infer(a) => crate::infer::run(a),
         Command::Bench(a) => crate::bench::run(a),
         Command::Devices(a) => crate::devices::run(a),
+        Command::Quantize(a) => crate::quantize::run(a),
     }
 }
 
@@ -148,4 +141,24 @@ pub fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+/// `pomme serve`: configuration is merged and validated before any port is bound.
+fn serve(args: pomme_server::ServerArgs) -> Result<ExitCode> {
+    let config = pomme_server::ServerConfig::load(&args).map_err(|e| usage(e.to_string()))?;
+    crate::init_logging(
+        true,
+        config.log_format == pomme_server::config::LogFormat::Json,
+    );
+    let mut builder = pomme_runtime::Runtime::builder()
+        .max_concurrency(config.runtime.max_concurrency)
+        .default_timeout(config.runtime.default_timeout)
+        .fail_fast(true)
+        .backends(pomme_backends::compiled());
+    if config.runtime.memory_budget_mb > 0 {
+        builder = builder.memory_budget_mb(config.runtime.memory_budget_mb);
+    }
+    let runtime = builder.build()?;
+    tokio_runtime()?.block_on(pomme_server::serve(config, runtime))?;
+    Ok(ExitCode::SUCCESS)
 }

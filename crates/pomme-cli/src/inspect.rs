@@ -59,6 +59,25 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         runnable.push(verdict);
     }
     let memory_total = info.weight_bytes + info.activation_bytes_estimate;
+    let coreml = artifact.format == pomme_core::ModelFormat::CoreMl;
+    let ane = if coreml {
+        pomme_backends::extras::ane_precheck(&args.model).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let placement = if args.placement {
+        if !coreml {
+            return Err(crate::cli::usage(
+                "--placement applies to Core ML models (.mlmodel, .mlpackage, .mlmodelc)",
+            ));
+        }
+        Some(pomme_backends::extras::coreml_placement(
+            &args.model,
+            pomme_core::DeviceKind::Ane,
+        )?)
+    } else {
+        None
+    };
     if args.json {
         let out = serde_json::json!({
             "model": args.model,
@@ -72,6 +91,8 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
             "op_histogram": info.op_histogram,
             "metadata": info.metadata,
             "backends": runnable,
+            "ane_precheck": ane,
+            "placement": placement,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -112,6 +133,16 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let shown: Vec<String> = ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
         println!("operators:   {}", shown.join(" "));
+    }
+    if !ane.is_empty() {
+        println!("neural engine pre-check:");
+        for f in &ane {
+            println!("  {f}");
+        }
+    }
+    if let Some(p) = &placement {
+        println!("placement (Core ML compute plan):");
+        println!("{p}");
     }
     println!("backends:");
     for r in &runnable {

@@ -10,6 +10,7 @@ mod devices;
 mod infer;
 mod inspect;
 mod npy;
+mod quantize;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -23,7 +24,12 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(&cli);
+    if !matches!(cli.command, cli::Command::Serve(_)) {
+        init_logging(
+            false,
+            std::env::var("POMME_LOG_FORMAT").is_ok_and(|f| f == "json"),
+        );
+    }
     match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -37,15 +43,16 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn init_logging(cli: &cli::Cli) {
+/// Structured logs on stderr; `POMME_LOG` filters (default: info for serve,
+/// errors only for one-shot commands, which report their own errors).
+pub fn init_logging(serve: bool, json: bool) {
     use tracing_subscriber::EnvFilter;
-    // One-shot commands report their own errors; logs would repeat them.
-    let default = if cli.is_serve() { "info" } else { "error" };
+    let default = if serve { "info" } else { "error" };
     let filter = EnvFilter::try_from_env("POMME_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if cli.log_json() {
+    if json {
         let _ = builder.json().try_init();
     } else {
         let _ = builder.try_init();

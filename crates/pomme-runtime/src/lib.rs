@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod spec;
 pub mod stats;
+pub mod thermal;
 pub mod worker;
 
 pub use admission::{Admission, Permit};
@@ -30,3 +31,4 @@ pub use registry::{ModelState, ModelStatus, ModelView};
 pub use runtime::{DeviceStatus, InferRequest, InferResponse, Runtime, RuntimeBuilder};
 pub use spec::{BatchingConfig, ModelSpec};
 pub use stats::{Ewma, LatencyHistogram, ModelStats, PerformanceSummary, StatDuration};
+pub use thermal::{ThermalGovernor, ThermalLevel, ThermalPolicy, ThermalSource};

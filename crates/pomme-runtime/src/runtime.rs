@@ -87,6 +87,7 @@ pub struct RuntimeBuilder {
     max_concurrency: usize,
     memory_budget: u64,
     default_timeout: Option<Duration>,
+    fail_fast: bool,
     backends: Vec<Arc<dyn Backend>>,
 }
 
@@ -96,6 +97,7 @@ impl Default for RuntimeBuilder {
             max_concurrency: 1024,
             memory_budget: u64::MAX,
             default_timeout: None,
+            fail_fast: false,
             backends: Vec::new(),
         }
     }
@@ -124,6 +126,13 @@ impl RuntimeBuilder {
     /// Deadline given to requests that carry none.
     pub fn default_timeout(mut self, d: Duration) -> Self {
         self.default_timeout = Some(d);
+        self
+    }
+
+    /// Refuse at once (`ResourceLimit`, HTTP 429) when the concurrency limit is
+    /// reached, instead of waiting until the request's deadline. Servers want this.
+    pub fn fail_fast(mut self, yes: bool) -> Self {
+        self.fail_fast = yes;
         self
     }
 
@@ -156,6 +165,7 @@ impl RuntimeBuilder {
                 admission: Admission::new(self.max_concurrency, self.memory_budget),
                 backends: self.backends,
                 default_timeout: self.default_timeout,
+                fail_fast: self.fail_fast,
                 registry: Registry::default(),
                 metrics,
                 pool: BufferPool::new(),
@@ -174,6 +184,7 @@ struct Inner {
     backends: Vec<Arc<dyn Backend>>,
     admission: Admission,
     default_timeout: Option<Duration>,
+    fail_fast: bool,
     registry: Registry,
     metrics: Metrics,
     pool: Arc<BufferPool>,
@@ -556,7 +567,7 @@ impl Runtime {
                 .saturating_sub(self.inner.admission.memory_used()),
         );
         let permit = match timeout {
-            Some(t) => {
+            Some(t) if !self.inner.fail_fast => {
                 self.inner
                     .admission
                     .acquire(
@@ -565,7 +576,7 @@ impl Runtime {
                     )
                     .await?
             }
-            None => self.inner.admission.try_acquire(activation)?,
+            _ => self.inner.admission.try_acquire(activation)?,
         };
         let (tx, rx) = oneshot::channel();
         let pending = Pending {
@@ -578,7 +589,7 @@ impl Runtime {
             span,
         };
         let priority = req.priority.unwrap_or(inst.default_priority);
-        inst.queue.push(pending, priority).map_err(|(_, e)| e)?;
+        inst.queue.push(pending, priority)?;
         inst.ctx.metrics.pending.inc();
         let answer = match timeout {
             Some(t) => match tokio::time::timeout(t.saturating_sub(started.elapsed()), rx).await {

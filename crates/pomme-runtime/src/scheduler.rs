@@ -118,23 +118,23 @@ impl ModelQueue {
     }
 
     /// Enqueues at `priority` (1 = highest; clamped to the configured levels).
-    /// Fails at once when the queue is full or closed, handing the request back.
-    pub fn push(&self, p: Pending, priority: u32) -> std::result::Result<(), (Pending, Error)> {
+    /// Fails at once when the queue is full or closed (the request is dropped,
+    /// releasing its permit; the caller answers with the error).
+    pub fn push(&self, p: Pending, priority: u32) -> Result<()> {
         let mut st = self.state.lock();
         if st.closed {
-            return Err((p, Error::Unavailable("model is being unloaded".into())));
+            drop(p);
+            return Err(Error::Unavailable("model is being unloaded".into()));
         }
         if st.len >= self.policy.max_queue {
             let now = Instant::now();
             purge(&mut st, now);
             if st.len >= self.policy.max_queue {
-                return Err((
-                    p,
-                    Error::ResourceLimit(format!(
-                        "queue full ({} requests waiting)",
-                        self.policy.max_queue
-                    )),
-                ));
+                drop(p);
+                return Err(Error::ResourceLimit(format!(
+                    "queue full ({} requests waiting)",
+                    self.policy.max_queue
+                )));
             }
         }
         let level = (priority.max(1) as usize - 1).min(st.levels.len() - 1);
@@ -304,7 +304,7 @@ mod tests {
         for w in [3, 3, 5, 3, 3] {
             let (p, rx) = pending(1, w);
             rxs.push(rx);
-            q.push(p, 1).map_err(|e| e.1).unwrap();
+            q.push(p, 1).unwrap();
         }
         let batch = q.next_batch().unwrap();
         assert_eq!(batch.len(), 4);
@@ -316,7 +316,7 @@ mod tests {
     fn delay_bounds_the_wait() {
         let q = ModelQueue::new(policy(8, 20));
         let (p, _rx) = pending(1, 3);
-        q.push(p, 1).map_err(|e| e.1).unwrap();
+        q.push(p, 1).unwrap();
         let t = Instant::now();
         let batch = q.next_batch().unwrap();
         assert_eq!(batch.len(), 1);
@@ -331,12 +331,10 @@ mod tests {
             let (mut p, rx) = pending(1, 3);
             p.rows = i + 1; // tag
             keep.push(rx);
-            q.push(p, if i == 7 { 1 } else { 2 })
-                .map_err(|e| e.1)
-                .unwrap();
+            q.push(p, if i == 7 { 1 } else { 2 }).unwrap();
         }
         let (p, _rx) = pending(1, 3);
-        let err = q.push(p, 1).unwrap_err().1;
+        let err = q.push(p, 1).unwrap_err();
         assert!(matches!(err, Error::ResourceLimit(_)), "{err}");
         assert_eq!(q.next_batch().unwrap()[0].rows, 8);
         assert_eq!(q.next_batch().unwrap()[0].rows, 1);
@@ -347,12 +345,12 @@ mod tests {
         let q = ModelQueue::new(policy(4, 0));
         let (p1, rx1) = pending(1, 3);
         drop(rx1);
-        q.push(p1, 1).map_err(|e| e.1).unwrap();
+        q.push(p1, 1).unwrap();
         let (mut p2, mut rx2) = pending(1, 3);
         p2.deadline = Some(Instant::now());
-        q.push(p2, 1).map_err(|e| e.1).unwrap();
+        q.push(p2, 1).unwrap();
         let (p3, _rx3) = pending(1, 3);
-        q.push(p3, 1).map_err(|e| e.1).unwrap();
+        q.push(p3, 1).unwrap();
         let batch = q.next_batch().unwrap();
         assert_eq!(batch.len(), 1);
         assert!(matches!(rx2.try_recv(), Ok(Err(Error::Timeout(_)))));
@@ -362,12 +360,12 @@ mod tests {
     fn close_drains_then_ends() {
         let q = Arc::new(ModelQueue::new(policy(4, 10_000)));
         let (p, _rx) = pending(1, 3);
-        q.push(p, 1).map_err(|e| e.1).unwrap();
+        q.push(p, 1).unwrap();
         q.close();
         assert_eq!(q.next_batch().unwrap().len(), 1);
         assert!(q.next_batch().is_none());
         let (p, _rx) = pending(1, 3);
-        assert!(matches!(q.push(p, 1).unwrap_err().1, Error::Unavailable(_)));
+        assert!(matches!(q.push(p, 1).unwrap_err(), Error::Unavailable(_)));
     }
 
     #[test]
@@ -376,7 +374,7 @@ mod tests {
         let q2 = q.clone();
         let h = std::thread::spawn(move || q2.next_batch().map(|b| b.len()));
         let (p, _rx) = pending(1, 3);
-        q.push(p, 1).map_err(|e| e.1).unwrap();
+        q.push(p, 1).unwrap();
         assert_eq!(h.join().unwrap(), Some(1));
     }
 }

@@ -1,0 +1,88 @@
+//! Shared helpers: where the models are, which engines exist.
+#![allow(dead_code)]
+
+use pomme_core::Backend;
+use pomme_quant::{QuantizeOptions, QuantizeOutcome, Scheme};
+use std::path::{Path, PathBuf};
+
+/// `POMME_TEST_MODELS`, default `<workspace>/../shared/models`; `None` (with a
+/// visible SKIP line) when absent.
+pub fn models(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("POMME_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"));
+    if dir.join("digits_mlp.onnx").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIP {test}: models not found at {} (set POMME_TEST_MODELS)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// tract always; ONNX Runtime when its library is found.
+pub fn backends() -> Vec<Box<dyn Backend>> {
+    let mut v: Vec<Box<dyn Backend>> = vec![Box::new(pomme_tract::TractBackend::new())];
+    let mut ort = pomme_ort::OrtBackend::new();
+    if !ort.availability().is_available()
+        && let Some(lib) = venv_onnxruntime()
+    {
+        ort = pomme_ort::OrtBackend::with_dylib(lib);
+    }
+    match ort.availability() {
+        pomme_core::Availability::Available => v.push(Box::new(ort)),
+        pomme_core::Availability::Unavailable(why) => {
+            eprintln!("SKIP ort validation: {why}")
+        }
+    }
+    v
+}
+
+pub fn refs(b: &[Box<dyn Backend>]) -> Vec<&dyn Backend> {
+    b.iter().map(|b| b.as_ref()).collect()
+}
+
+/// Quantizes `model` with `options`, validating on digits_test.npz, and prints
+/// the summary and the table.
+pub fn quantize_digits(
+    dir: &Path,
+    model: &str,
+    mut options: QuantizeOptions,
+    out_dir: &Path,
+) -> pomme_quant::Result<QuantizeOutcome> {
+    let b = backends();
+    options.validate = Some(dir.join("digits_test.npz"));
+    let out = out_dir.join(format!("{model}.{}.onnx", options.scheme.name()));
+    let r = pomme_quant::quantize_file(
+        &dir.join(format!("{model}.onnx")),
+        &out,
+        &options,
+        &refs(&b),
+        &pomme_quant::silent,
+    );
+    if let Ok(o) = &r {
+        eprintln!("{}\n{}", o.summary, o.validation.as_ref().unwrap());
+    }
+    r
+}
+
+pub fn scheme_int8(per_channel: bool) -> Scheme {
+    Scheme::Int8 { per_channel }
+}
+
+/// `<workspace>/.venv/lib/python*/site-packages/onnxruntime/capi/libonnxruntime.so*`.
+fn venv_onnxruntime() -> Option<PathBuf> {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
+    for py in std::fs::read_dir(lib).ok()?.flatten() {
+        let capi = py.path().join("site-packages/onnxruntime/capi");
+        for f in std::fs::read_dir(capi).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.starts_with("libonnxruntime.so") || name.starts_with("libonnxruntime.dylib") {
+                return Some(f.path());
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,26 @@
+//! Compiles `proto/grpc_service.proto` with protox (pure Rust, no system
+//! `protoc`) and generates the tonic service and prost messages from it.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["grpc_service.proto", "model_config.proto"];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", proto_dir.join(f).display());
+    }
+    let fds = protox::compile(["grpc_service.proto"], [&proto_dir])?;
+    // Kept for tests that check field numbers against Triton's descriptors.
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("inference_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // Tensor payloads stay reference-counted instead of being copied into Vec<u8>.
+        .bytes(".inference")
+        .compile_fds(fds)?;
+    Ok(())
+}

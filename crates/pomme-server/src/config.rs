@@ -1,0 +1,495 @@
+//! The server's configuration: a `pomme.toml` file, overridden by `POMME_*`
+//! environment variables, overridden by command-line flags.
+//!
+//! [`ServerArgs`] is the clap struct the CLI flattens into `pomme serve`; clap
+//! itself resolves flag-over-environment. [`ServerConfig::load`] then lays the
+//! arguments over the file and validates the result before any port is bound:
+//! every problem is a [`ConfigError`] of one line naming the setting.
+
+use crate::kserve::Limits;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem; the CLI prints it and exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// Which models are loaded, and whether clients may load and unload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ControlMode {
+    /// Load every model in the repository at start; no load/unload API.
+    #[default]
+    None,
+    /// Load only `load_model` at start; clients load and unload through the API.
+    Explicit,
+    /// Like `None`, and rescan the repository every `poll_interval`.
+    Poll,
+}
+
+impl std::str::FromStr for ControlMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(ControlMode::None),
+            "explicit" => Ok(ControlMode::Explicit),
+            "poll" => Ok(ControlMode::Poll),
+            other => Err(format!("'{other}' is not one of none, explicit, poll")),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("'{other}' is not one of text, json")),
+        }
+    }
+}
+
+/// The validated server configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub host: IpAddr,
+    /// Ports; 0 asks the OS for a free one (tests).
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+    pub repository: RepositoryConfig,
+    pub runtime: RuntimeConfig,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub limits: Limits,
+    /// Bearer token required on the repository (load/unload/index) endpoints.
+    pub auth_token: Option<String>,
+}
+
+/// Where models come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepositoryConfig {
+    pub model_repository: Option<PathBuf>,
+    pub control_mode: ControlMode,
+    /// Models to load at start in explicit mode.
+    pub load_model: Vec<String>,
+    pub poll_interval: Duration,
+}
+
+/// Settings handed to `Runtime::builder()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    pub max_concurrency: usize,
+    /// 0: no budget.
+    pub memory_budget_mb: u64,
+    pub default_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: IpAddr::from([0, 0, 0, 0]),
+            http_port: 8000,
+            grpc_port: 8001,
+            metrics_port: 8002,
+            repository: RepositoryConfig {
+                poll_interval: Duration::from_secs(15),
+                ..RepositoryConfig::default()
+            },
+            runtime: RuntimeConfig {
+                max_concurrency: 64,
+                memory_budget_mb: 0,
+                default_timeout: Duration::from_secs(30),
+            },
+            shutdown_grace: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
+            auth_token: None,
+        }
+    }
+}
+
+/// `pomme serve` options. Every field is optional: unset ones fall back to
+/// the config file, then to defaults.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ServerArgs {
+    /// Config file (TOML); defaults to ./pomme.toml when it exists.
+    #[arg(long, env = "POMME_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "POMME_HOST")]
+    pub host: Option<String>,
+    /// HTTP/REST port (KServe v2).
+    #[arg(long, env = "POMME_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// gRPC port (KServe v2).
+    #[arg(long, env = "POMME_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
+    /// Prometheus metrics port.
+    #[arg(long, env = "POMME_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+    /// Model repository directory (`<repo>/<model>/<version>/model.onnx`).
+    #[arg(long, env = "POMME_MODEL_REPOSITORY")]
+    pub model_repository: Option<PathBuf>,
+    /// none (load all at start), explicit (load via API), poll (watch the repository).
+    #[arg(long, env = "POMME_MODEL_CONTROL_MODE")]
+    pub model_control_mode: Option<String>,
+    /// Model to load at start in explicit mode (repeatable, or comma-separated).
+    #[arg(long = "load-model", env = "POMME_LOAD_MODEL", value_delimiter = ',')]
+    pub load_model: Vec<String>,
+    /// Repository rescan interval in poll mode (`15s`, `500ms`).
+    #[arg(long, env = "POMME_POLL_INTERVAL")]
+    pub poll_interval: Option<String>,
+    /// Most requests admitted at once, across models.
+    #[arg(long, env = "POMME_MAX_CONCURRENCY")]
+    pub max_concurrency: Option<usize>,
+    /// Memory budget for loaded models in MiB (0: none).
+    #[arg(long, env = "POMME_MEMORY_BUDGET_MB")]
+    pub memory_budget_mb: Option<u64>,
+    /// Deadline for requests that carry none (`30s`).
+    #[arg(long, env = "POMME_DEFAULT_TIMEOUT")]
+    pub default_timeout: Option<String>,
+    /// How long shutdown waits for in-flight requests (`30s`).
+    #[arg(long, env = "POMME_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "POMME_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "POMME_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Bearer token required on repository control endpoints.
+    #[arg(long, env = "POMME_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+}
+
+/// The config file's contents; every key optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub host: Option<String>,
+    pub http_port: Option<u16>,
+    pub grpc_port: Option<u16>,
+    pub metrics_port: Option<u16>,
+    pub model_repository: Option<PathBuf>,
+    pub model_control_mode: Option<String>,
+    pub load_model: Option<Vec<String>>,
+    pub poll_interval: Option<String>,
+    pub max_concurrency: Option<usize>,
+    pub memory_budget_mb: Option<u64>,
+    pub default_timeout: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub log_format: Option<String>,
+    pub auth_token: Option<String>,
+    pub limits: Option<Limits>,
+}
+
+impl FileConfig {
+    /// Parses a `pomme.toml`.
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            message: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
+    }
+}
+
+/// Parses `30s`, `500ms`, `100us`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (like 30s, 500ms)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}' has an unknown unit (use us, ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is out of range"))
+}
+
+impl ServerConfig {
+    /// Reads the config file named by `args.config` (or `./pomme.toml` if it
+    /// exists), lays the arguments over it and validates the result.
+    pub fn load(args: &ServerArgs) -> Result<ServerConfig, ConfigError> {
+        let path = match &args.config {
+            Some(p) => Some(p.clone()),
+            None => Some(PathBuf::from("pomme.toml")).filter(|p| p.is_file()),
+        };
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|e| ConfigError::File {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?;
+                FileConfig::parse(&text, &p)?
+            }
+            None => FileConfig::default(),
+        };
+        ServerConfig::merge(file, args)
+    }
+
+    /// Lays `args` over `file` over the defaults, then validates.
+    pub fn merge(file: FileConfig, args: &ServerArgs) -> Result<ServerConfig, ConfigError> {
+        let mut c = ServerConfig::default();
+        if let Some(h) = args.host.clone().or(file.host) {
+            c.host = h
+                .parse()
+                .map_err(|_| invalid("host", format!("'{h}' is not an IP address")))?;
+        }
+        c.http_port = args.http_port.or(file.http_port).unwrap_or(c.http_port);
+        c.grpc_port = args.grpc_port.or(file.grpc_port).unwrap_or(c.grpc_port);
+        c.metrics_port = args
+            .metrics_port
+            .or(file.metrics_port)
+            .unwrap_or(c.metrics_port);
+        c.repository.model_repository = args.model_repository.clone().or(file.model_repository);
+        if let Some(m) = args.model_control_mode.clone().or(file.model_control_mode) {
+            c.repository.control_mode = m.parse().map_err(|e| invalid("model_control_mode", e))?;
+        }
+        c.repository.load_model = if args.load_model.is_empty() {
+            file.load_model.unwrap_or_default()
+        } else {
+            args.load_model.clone()
+        };
+        let dur = |setting, v: Option<String>, default| -> Result<Duration, ConfigError> {
+            v.map(|s| parse_duration(&s).map_err(|e| invalid(setting, e)))
+                .unwrap_or(Ok(default))
+        };
+        c.repository.poll_interval = dur(
+            "poll_interval",
+            args.poll_interval.clone().or(file.poll_interval),
+            c.repository.poll_interval,
+        )?;
+        c.runtime.max_concurrency = args
+            .max_concurrency
+            .or(file.max_concurrency)
+            .unwrap_or(c.runtime.max_concurrency);
+        c.runtime.memory_budget_mb = args
+            .memory_budget_mb
+            .or(file.memory_budget_mb)
+            .unwrap_or(c.runtime.memory_budget_mb);
+        c.runtime.default_timeout = dur(
+            "default_timeout",
+            args.default_timeout.clone().or(file.default_timeout),
+            c.runtime.default_timeout,
+        )?;
+        c.shutdown_grace = dur(
+            "shutdown_grace",
+            args.shutdown_grace.clone().or(file.shutdown_grace),
+            c.shutdown_grace,
+        )?;
+        if let Some(f) = args.log_format.clone().or(file.log_format) {
+            c.log_format = f.parse().map_err(|e| invalid("log_format", e))?;
+        }
+        c.auth_token = args.auth_token.clone().or(file.auth_token);
+        if let Some(l) = file.limits {
+            c.limits = l;
+        }
+        if let Some(b) = args.max_body_bytes {
+            c.limits.max_body_bytes = b;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks values that parse but cannot work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ports = [
+            ("http_port", self.http_port),
+            ("grpc_port", self.grpc_port),
+            ("metrics_port", self.metrics_port),
+        ];
+        for (i, (a, pa)) in ports.iter().enumerate() {
+            for (b, pb) in &ports[i + 1..] {
+                if *pa != 0 && pa == pb {
+                    return Err(invalid(a, format!("port {pa} is also {b}")));
+                }
+            }
+        }
+        if self.runtime.max_concurrency == 0 {
+            return Err(invalid("max_concurrency", "must be at least 1"));
+        }
+        if self.runtime.default_timeout.is_zero() {
+            return Err(invalid("default_timeout", "must be more than zero"));
+        }
+        let r = &self.repository;
+        if r.control_mode == ControlMode::Poll && r.poll_interval < Duration::from_millis(100) {
+            return Err(invalid("poll_interval", "must be at least 100ms"));
+        }
+        match &r.model_repository {
+            Some(p) if !p.is_dir() => {
+                return Err(invalid(
+                    "model_repository",
+                    format!("{} is not a directory", p.display()),
+                ));
+            }
+            None if r.control_mode != ControlMode::None || !r.load_model.is_empty() => {
+                return Err(invalid(
+                    "model_repository",
+                    "is required with model_control_mode explicit or poll, or with load_model",
+                ));
+            }
+            _ => {}
+        }
+        if !r.load_model.is_empty() && r.control_mode != ControlMode::Explicit {
+            return Err(invalid(
+                "load_model",
+                "only applies with model_control_mode = explicit (other modes load every model)",
+            ));
+        }
+        for m in &r.load_model {
+            crate::repository::validate_name(m)
+                .map_err(|e| invalid("load_model", e.to_string()))?;
+        }
+        let l = &self.limits;
+        if l.max_body_bytes == 0 || l.max_elements == 0 || l.max_json_depth == 0 {
+            return Err(invalid("limits", "sizes must be more than zero"));
+        }
+        if l.max_json_depth > 120 {
+            return Err(invalid("limits.max_json_depth", "must be at most 120"));
+        }
+        if self.auth_token.as_deref() == Some("") {
+            return Err(invalid("auth_token", "is empty"));
+        }
+        Ok(())
+    }
+
+    /// The address a port binds to.
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.host, port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+
+    fn args(flags: &[&str]) -> ServerArgs {
+        Cli::try_parse_from(std::iter::once("pomme").chain(flags.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ServerConfig::merge(FileConfig::default(), &ServerArgs::default()).unwrap();
+        assert_eq!(
+            (c.http_port, c.grpc_port, c.metrics_port),
+            (8000, 8001, 8002)
+        );
+        assert_eq!(c.repository.control_mode, ControlMode::None);
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = FileConfig::parse(
+            &format!(
+                r#"http_port = 9000
+grpc_port = 9001
+model_repository = "{}"
+model_control_mode = "explicit"
+load_model = ["a"]
+shutdown_grace = "5s"
+[limits]
+max_json_depth = 10
+"#,
+                tmp.path().display()
+            ),
+            Path::new("pomme.toml"),
+        )
+        .unwrap();
+        let c = ServerConfig::merge(file, &args(&["--http-port", "9100", "--load-model", "b,c"]))
+            .unwrap();
+        assert_eq!(c.http_port, 9100);
+        assert_eq!(c.grpc_port, 9001);
+        assert_eq!(c.repository.load_model, vec!["b", "c"]);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.limits.max_json_depth, 10);
+        assert_eq!(c.limits.max_body_bytes, Limits::default().max_body_bytes);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let e = |flags: &[&str]| {
+            ServerConfig::merge(FileConfig::default(), &args(flags))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e(&["--http-port", "8001"]).starts_with("http_port: port 8001 is also grpc_port"));
+        assert!(e(&["--model-control-mode", "auto"]).starts_with("model_control_mode: 'auto'"));
+        assert!(e(&["--host", "nowhere"]).starts_with("host:"));
+        assert!(e(&["--default-timeout", "5 parsecs"]).starts_with("default_timeout:"));
+        assert!(e(&["--max-concurrency", "0"]).starts_with("max_concurrency:"));
+        assert!(
+            e(&["--model-repository", "/definitely/not/here"]).starts_with("model_repository:")
+        );
+        assert!(
+            e(&["--model-control-mode", "explicit"]).starts_with("model_repository: is required")
+        );
+        assert!(e(&["--log-format", "xml"]).starts_with("log_format:"));
+        let f = FileConfig::parse("htp_port = 1", Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            f.starts_with("config file p.toml:") && f.contains("htp_port") && !f.contains('\n'),
+            "{f}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("1d").is_err());
+    }
+}

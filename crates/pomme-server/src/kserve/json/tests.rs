@@ -1,0 +1,415 @@
+use super::*;
+use proptest::prelude::*;
+
+fn decode(body: &str) -> Result<DecodedRequest> {
+    decode_request(Bytes::from(body.to_string()), None, &Limits::default())
+}
+
+fn err(body: &str) -> String {
+    let e = decode(body).unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    let m = e.to_string();
+    assert!(!m.contains('\n'), "multi-line message: {m}");
+    m
+}
+
+#[test]
+fn flat_and_nested_fp32() {
+    let flat =
+        decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}]}"#)
+            .unwrap();
+    let nested = decode(
+        r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(flat, nested);
+    let (name, t) = &flat.inputs[0];
+    assert_eq!(name, "x");
+    assert_eq!(t.shape(), &[2, 2]);
+    assert_eq!(t.to_vec::<f32>().unwrap(), vec![1., 2.5, 3., 4.]);
+    assert_eq!(flat.outputs, None);
+    assert!(!flat.binary_data_output);
+}
+
+#[test]
+fn data_before_datatype_is_parsed_later() {
+    let r = decode(
+        r#"{"inputs":[{"data":[[1,2],[3,4]],"name":"x","datatype":"INT64","shape":[2,2]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(r.inputs[0].1.to_vec::<i64>().unwrap(), vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn every_datatype_decodes() {
+    let cases = [
+        ("BOOL", "[true,false]"),
+        ("UINT8", "[0,255]"),
+        ("UINT16", "[0,65535]"),
+        ("UINT32", "[0,4294967295]"),
+        ("UINT64", "[0,18446744073709551615]"),
+        ("INT8", "[-128,127]"),
+        ("INT16", "[-32768,32767]"),
+        ("INT32", "[-2147483648,2147483647]"),
+        ("INT64", "[-9223372036854775808,9223372036854775807]"),
+        ("FP16", "[0.5,-2]"),
+        ("BF16", "[0.5,-2]"),
+        ("FP32", "[0.5,-2]"),
+        ("FP64", "[0.5,-2]"),
+        ("BYTES", r#"["héllo",""]"#),
+    ];
+    for (dt, data) in cases {
+        let body =
+            format!(r#"{{"inputs":[{{"name":"x","shape":[2],"datatype":"{dt}","data":{data}}}]}}"#);
+        let r = decode(&body).unwrap_or_else(|e| panic!("{dt}: {e}"));
+        let t = &r.inputs[0].1;
+        assert_eq!(t.dtype().kserve_name(), dt);
+        assert_eq!(t.shape(), &[2]);
+    }
+    let r = decode(r#"{"inputs":[{"name":"s","shape":[1],"datatype":"BYTES","data":["héllo"]}]}"#)
+        .unwrap();
+    assert_eq!(
+        r.inputs[0].1.strings().unwrap()[0].as_ref(),
+        "héllo".as_bytes()
+    );
+    let r = decode(
+        r#"{"inputs":[{"name":"b","shape":[3],"datatype":"BOOL","data":[true,false,true]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(r.inputs[0].1.raw().unwrap().as_ref(), &[1, 0, 1]);
+    let r =
+        decode(r#"{"inputs":[{"name":"h","shape":[1],"datatype":"FP16","data":[1.5]}]}"#).unwrap();
+    assert_eq!(r.inputs[0].1.to_f64_vec().unwrap(), vec![1.5]);
+}
+
+#[test]
+fn parameters_outputs_and_id() {
+    let r = decode(
+        r#"{"id":"req-7","parameters":{"binary_data_output":true,"priority":2,"timeout":1500,"other":[1]},
+            "inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],
+            "outputs":[{"name":"a"},{"name":"b","parameters":{"binary_data":false}}]}"#,
+    )
+    .unwrap();
+    assert_eq!(r.id.as_deref(), Some("req-7"));
+    assert_eq!(r.priority, Some(2));
+    assert_eq!(r.timeout, Some(Duration::from_micros(1500)));
+    assert_eq!(
+        r.output_names(),
+        Some(vec!["a".to_string(), "b".to_string()])
+    );
+    let prefs = r.output_prefs();
+    assert!(prefs.is_binary("a"));
+    assert!(!prefs.is_binary("b"));
+}
+
+#[test]
+fn binary_extension_inputs() {
+    let json = r#"{"inputs":[
+        {"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}},
+        {"name":"j","shape":[1],"datatype":"INT32","data":[7]},
+        {"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":11}}]}"#;
+    let mut body = json.as_bytes().to_vec();
+    body.extend_from_slice(&1.5f32.to_le_bytes());
+    body.extend_from_slice(&(-2f32).to_le_bytes());
+    body.extend_from_slice(&3u32.to_le_bytes());
+    body.extend_from_slice(b"abc");
+    body.extend_from_slice(&0u32.to_le_bytes());
+    let len = json.len().to_string();
+    let r = decode_request(Bytes::from(body), Some(&len), &Limits::default()).unwrap();
+    assert_eq!(r.inputs[0].1.to_vec::<f32>().unwrap(), vec![1.5, -2.0]);
+    assert_eq!(r.inputs[1].1.to_vec::<i32>().unwrap(), vec![7]);
+    let s = r.inputs[2].1.strings().unwrap();
+    assert_eq!(s, &[Bytes::from_static(b"abc"), Bytes::new()]);
+}
+
+#[test]
+fn binary_extension_errors() {
+    let l = Limits::default();
+    let json = r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+    let mut body = json.as_bytes().to_vec();
+    body.extend_from_slice(&[0u8; 4]);
+    let len = json.len().to_string();
+    let e = decode_request(Bytes::from(body.clone()), Some(&len), &l).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("binary_data_size 8 is larger than the binary data left (4 bytes)"),
+        "{e}"
+    );
+    let e = decode_request(Bytes::from(body.clone()), Some("abc"), &l).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("bad Inference-Header-Content-Length value 'abc'"),
+        "{e}"
+    );
+    let e = decode_request(Bytes::from(body.clone()), Some("100000"), &l).unwrap_err();
+    assert!(e.to_string().contains("larger than the body"), "{e}");
+    // Binary data nobody claims.
+    let json2 = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#;
+    let mut body2 = json2.as_bytes().to_vec();
+    body2.extend_from_slice(&[0u8; 4]);
+    let e = decode_request(Bytes::from(body2), Some(&json2.len().to_string()), &l).unwrap_err();
+    assert!(e.to_string().contains("no input claims them"), "{e}");
+    // Both data and binary_data_size.
+    let m = err(
+        r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4},"data":[1]}]}"#,
+    );
+    assert!(
+        m.contains("both 'data' and parameters.binary_data_size"),
+        "{m}"
+    );
+    let m = err(
+        r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":"4"}}]}"#,
+    );
+    assert!(
+        m.contains("input 'x' parameters.binary_data_size must be a non-negative integer"),
+        "{m}"
+    );
+}
+
+#[test]
+fn malformed_inputs_are_named() {
+    let cases = [
+        (r#"{"inputs":[{"#, "malformed JSON"),
+        (r#"not json"#, "malformed JSON"),
+        (r#"{"inputs":[]} trailing"#, "malformed JSON"),
+        (r#"{}"#, "request has no 'inputs'"),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#,
+            "unknown datatype 'FLOAT'",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5]}]}"#,
+            "input 'x': 5 elements given for shape [2,3] (6 expected)",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#,
+            "more data elements than its shape holds",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[-2],"datatype":"FP32","data":[1]}]}"#,
+            "negative dimension -2",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[4294967296,4294967296],"datatype":"FP32","data":[1]}]}"#,
+            "overflows",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[300]}]}"#,
+            "value 300 is out of range for UINT8",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#,
+            "non-integer 1.5",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL","data":[1]}]}"#,
+            "expected true or false",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#,
+            "FP32 data holds string",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[null]}]}"#,
+            "holds null",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[{}]}]}"#,
+            "holds an object",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+            "neither 'data' nor",
+        ),
+        (
+            r#"{"inputs":[{"shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            "an input has no 'name'",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","datatype":"FP32","data":[1]}]}"#,
+            "input 'x' has no 'shape'",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"data":[1]}]}"#,
+            "input 'x' has no 'datatype'",
+        ),
+        (
+            r#"{"parameters":{"binary_data_output":1},"inputs":[]}"#,
+            "parameters.binary_data_output must be a boolean",
+        ),
+        (
+            r#"{"parameters":{"priority":-1},"inputs":[]}"#,
+            "parameters.priority must be a non-negative integer",
+        ),
+        (
+            r#"{"inputs":[],"outputs":[{"name":"y","parameters":{"classification":3}}]}"#,
+            "classification",
+        ),
+    ];
+    for (body, want) in cases {
+        let m = err(body);
+        assert!(m.contains(want), "{body}: got '{m}', wanted '{want}'");
+    }
+}
+
+#[test]
+fn limits_are_enforced() {
+    let deep = format!(
+        r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":{}1{}}}]}}"#,
+        "[".repeat(70),
+        "]".repeat(70)
+    );
+    assert!(err(&deep).contains("nested deeper than 64 levels"));
+    let limits = Limits {
+        max_string_bytes: 3,
+        max_elements: 10,
+        max_body_bytes: 200,
+        max_inputs: 1,
+        ..Limits::default()
+    };
+    let d = |b: &str| {
+        decode_request(Bytes::from(b.to_string()), None, &limits)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        d(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":["abcd"]}]}"#)
+            .contains("longer than the limit of 3")
+    );
+    assert!(
+        d(r#"{"inputs":[{"name":"x","shape":[11],"datatype":"FP32","data":[1]}]}"#)
+            .contains("more than the limit of 10")
+    );
+    assert!(d(&" ".repeat(201)).contains("larger than the limit of 200"));
+    assert!(d(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"y","shape":[1],"datatype":"FP32","data":[1]}]}"#).contains("more than 1 inputs"));
+}
+
+#[test]
+fn json_response() {
+    let outputs = vec![
+        (
+            "y".to_string(),
+            Tensor::from_vec(vec![2], vec![1.5f32, -2.0]).unwrap(),
+        ),
+        (
+            "s".to_string(),
+            Tensor::from_strings(vec![1], vec![Bytes::from_static(b"hi")]).unwrap(),
+        ),
+        (
+            "b".to_string(),
+            Tensor::from_bools(vec![2], &[true, false]).unwrap(),
+        ),
+    ];
+    let r = encode_response("m", 3, Some("id1"), &outputs, &OutputPrefs::default()).unwrap();
+    assert_eq!(r.json_len, None);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"model_name":"m","model_version":"3","id":"id1","outputs":[
+            {"name":"y","datatype":"FP32","shape":[2],"data":[1.5,-2.0]},
+            {"name":"s","datatype":"BYTES","shape":[1],"data":["hi"]},
+            {"name":"b","datatype":"BOOL","shape":[2],"data":[true,false]}]})
+    );
+}
+
+#[test]
+fn binary_response() {
+    let outputs = vec![
+        (
+            "y".to_string(),
+            Tensor::from_vec(vec![2], vec![1.5f32, -2.0]).unwrap(),
+        ),
+        (
+            "s".to_string(),
+            Tensor::from_strings(vec![1], vec![Bytes::from_static(b"hi")]).unwrap(),
+        ),
+        (
+            "j".to_string(),
+            Tensor::from_vec(vec![1], vec![5i64]).unwrap(),
+        ),
+    ];
+    let prefs = OutputPrefs {
+        binary_default: true,
+        per_output: vec![("j".into(), false)],
+    };
+    let r = encode_response("m", 1, None, &outputs, &prefs).unwrap();
+    let n = r.json_len.unwrap();
+    let v: Value = serde_json::from_slice(&r.body[..n]).unwrap();
+    assert_eq!(v["outputs"][0]["parameters"]["binary_data_size"], 8);
+    assert_eq!(v["outputs"][1]["parameters"]["binary_data_size"], 6);
+    assert_eq!(v["outputs"][2]["data"], serde_json::json!([5]));
+    let bin = &r.body[n..];
+    assert_eq!(&bin[..4], &1.5f32.to_le_bytes());
+    assert_eq!(&bin[8..], &[2, 0, 0, 0, b'h', b'i']);
+}
+
+/// A request body with `data` written the way a client would write it.
+fn request_json(shape: &[usize], data: &[f32], nested: bool) -> String {
+    let data_json = if nested && shape.len() == 2 && shape[1] > 0 {
+        let rows: Vec<String> = data
+            .chunks(shape[1])
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect();
+        format!("[{}]", rows.join(","))
+    } else {
+        serde_json::to_string(data).unwrap()
+    };
+    format!(
+        r#"{{"inputs":[{{"name":"x","shape":{},"datatype":"FP32","data":{data_json}}}]}}"#,
+        serde_json::to_string(shape).unwrap()
+    )
+}
+
+proptest! {
+    #[test]
+    fn fp32_round_trips((rows, cols, data) in (1usize..6, 1usize..6).prop_flat_map(|(r, c)| {
+        (Just(r), Just(c), proptest::collection::vec(-1e6f32..1e6, r * c))
+    }), nested in any::<bool>()) {
+        let body = request_json(&[rows, cols], &data, nested);
+        let r = decode(&body).unwrap();
+        prop_assert_eq!(r.inputs[0].1.to_vec::<f32>().unwrap(), data.clone());
+        // And back out through the response encoder.
+        let resp = encode_response("m", 1, None, &r.inputs, &OutputPrefs::default()).unwrap();
+        let v: Value = serde_json::from_slice(&resp.body).unwrap();
+        let back: Vec<f32> = serde_json::from_value(v["outputs"][0]["data"].clone()).unwrap();
+        prop_assert_eq!(back, data);
+    }
+
+    #[test]
+    fn binary_response_decodes_as_binary_request(data in proptest::collection::vec(any::<i32>(), 0..20),
+                                                 strings in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..8), 0..6)) {
+        let outputs = vec![
+            ("a".to_string(), Tensor::from_vec(vec![data.len()], data.clone()).unwrap()),
+            ("b".to_string(), Tensor::from_strings(vec![strings.len()], strings.iter().map(|s| Bytes::from(s.clone())).collect()).unwrap()),
+        ];
+        let prefs = OutputPrefs { binary_default: true, per_output: vec![] };
+        let r = encode_response("m", 1, None, &outputs, &prefs).unwrap();
+        let n = r.json_len.unwrap();
+        // The response JSON has the same shape as a request's inputs.
+        let v: Value = serde_json::from_slice(&r.body[..n]).unwrap();
+        let req = serde_json::json!({"inputs": v["outputs"]}).to_string();
+        let mut body = req.clone().into_bytes();
+        body.extend_from_slice(&r.body[n..]);
+        let back = decode_request(Bytes::from(body), Some(&req.len().to_string()), &Limits::default()).unwrap();
+        prop_assert_eq!(back.inputs, outputs);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300), header in proptest::option::of(0usize..400)) {
+        let h = header.map(|h| h.to_string());
+        if let Err(e) = decode_request(Bytes::from(body), h.as_deref(), &Limits::default()) {
+            prop_assert!(matches!(e, Error::InvalidInput(_)));
+            prop_assert!(!e.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn mutated_requests_never_panic(cut in 0usize..120, byte in any::<u8>()) {
+        let mut body = request_json(&[2, 2], &[1.0, 2.0, 3.0, 4.0], true).into_bytes();
+        let at = cut % body.len();
+        body[at] = byte;
+        if let Err(e) = decode_request(Bytes::from(body), None, &Limits::default()) {
+            prop_assert!(matches!(e, Error::InvalidInput(_)));
+        }
+    }
+}

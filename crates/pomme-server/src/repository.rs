@@ -1,0 +1,703 @@
+//! The model repository on disk: `<repo>/<model>/<version>/model.<ext>` with an
+//! optional `<repo>/<model>/config.toml` (pomme's) or `config.pbtxt` (Triton's).
+//!
+//! Scanning turns each model directory into a [`RepoModel`]: the runtime's
+//! [`ModelSpec`] for its newest version plus the declared configuration that
+//! the ModelConfig endpoints report. Model names come from clients on the
+//! load endpoint, so they are checked before touching the file system, and
+//! paths are canonicalized so a symlink cannot lead outside the repository.
+
+use crate::pbtxt;
+use pomme_core::{DType, DeviceKind, LoadOptions, Precision};
+use pomme_runtime::{BatchingConfig, ModelSpec};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A repository problem, naming the model and file.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("invalid model name '{0}': {1}")]
+    InvalidName(String, &'static str),
+    #[error("model '{0}' is not in the repository")]
+    NotFound(String),
+    #[error("model '{model}': {message}")]
+    Invalid { model: String, message: String },
+    #[error("repository {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<RepoError> for pomme_core::Error {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::InvalidName(..) => pomme_core::Error::invalid_input(e.to_string()),
+            RepoError::NotFound(_) => pomme_core::Error::ModelNotFound(e.to_string()),
+            RepoError::Invalid { .. } => pomme_core::Error::InvalidModelFormat(e.to_string()),
+            RepoError::Io { .. } => pomme_core::Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A declared input or output (from `config.toml` / `config.pbtxt`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorDecl {
+    pub name: String,
+    pub dtype: DType,
+    /// Full dims including the batch dimension (-1 for variable).
+    pub dims: Vec<i64>,
+}
+
+/// One model found in the repository.
+#[derive(Clone, Debug)]
+pub struct RepoModel {
+    /// What to hand to `Runtime::load` (the newest version).
+    pub spec: ModelSpec,
+    /// Every version directory found, ascending.
+    pub versions: Vec<u64>,
+    /// Triton `platform` / `backend` as declared, if any.
+    pub platform: Option<String>,
+    pub inputs: Vec<TensorDecl>,
+    pub outputs: Vec<TensorDecl>,
+    /// Per-model memory budget, when declared.
+    pub memory_budget_mb: Option<u64>,
+    /// Modification time of the files that define it, to notice changes when polling.
+    pub fingerprint: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+}
+
+/// Checks a model name from a client or a directory listing.
+pub fn validate_name(name: &str) -> Result<(), RepoError> {
+    let bad = |why| Err(RepoError::InvalidName(name.chars().take(64).collect(), why));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > 255 {
+        return bad("longer than 255 bytes");
+    }
+    if name == "." || name == ".." || name.contains("..") {
+        return bad("contains '..'");
+    }
+    if name.starts_with('.') {
+        return bad("starts with '.'");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return bad("only ASCII letters, digits, '_', '-' and '.' are allowed");
+    }
+    Ok(())
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+    move |source| RepoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One model directory's name and what reading it gave.
+pub type Scanned = (String, Result<RepoModel, RepoError>);
+
+/// Every model in the repository. A model whose directory is broken is
+/// returned as an error in its slot, so one bad model does not hide the rest.
+pub fn scan(repo: &Path) -> Result<Vec<Scanned>, RepoError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(repo).map_err(io(repo))? {
+        let entry = entry.map_err(io(repo))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        names.push(name);
+    }
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|n| {
+            let m = load_model(repo, &n);
+            (n, m)
+        })
+        .collect())
+}
+
+/// Reads one model's directory.
+pub fn load_model(repo: &Path, name: &str) -> Result<RepoModel, RepoError> {
+    validate_name(name)?;
+    let root = repo.canonicalize().map_err(io(repo))?;
+    let dir = repo.join(name);
+    if !dir.exists() {
+        return Err(RepoError::NotFound(name.to_string()));
+    }
+    let dir = dir.canonicalize().map_err(io(&dir))?;
+    if !dir.starts_with(&root) || !dir.is_dir() {
+        return Err(RepoError::InvalidName(
+            name.to_string(),
+            "resolves outside the repository",
+        ));
+    }
+    let invalid = |message: String| RepoError::Invalid {
+        model: name.to_string(),
+        message,
+    };
+
+    let mut versions: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+        let entry = entry.map_err(io(&dir))?;
+        let path = entry.path();
+        if let Some(v) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            && path.is_dir()
+        {
+            versions.push((v, path));
+        }
+    }
+    versions.sort();
+    let Some((version, vdir)) = versions.last().cloned() else {
+        return Err(invalid(
+            "no version directory (expected <model>/1/model.onnx)".into(),
+        ));
+    };
+    let artifact = find_artifact(&vdir).ok_or_else(|| {
+        invalid(format!(
+            "version {version} holds no model file (model.onnx, model.nnef, model.nnef.tgz, model.mlmodel, model.mlpackage or model.mlmodelc)"
+        ))
+    })?;
+    let artifact = artifact.canonicalize().map_err(io(&artifact))?;
+    if !artifact.starts_with(&root) {
+        return Err(invalid("model file resolves outside the repository".into()));
+    }
+
+    let toml_path = dir.join("config.toml");
+    let pbtxt_path = dir.join("config.pbtxt");
+    let mut decl = if toml_path.exists() {
+        let text = std::fs::read_to_string(&toml_path).map_err(io(&toml_path))?;
+        from_toml(&text).map_err(|m| invalid(format!("config.toml: {m}")))?
+    } else if pbtxt_path.exists() {
+        let text = std::fs::read_to_string(&pbtxt_path).map_err(io(&pbtxt_path))?;
+        from_pbtxt(&text, name).map_err(|m| invalid(format!("config.pbtxt: {m}")))?
+    } else {
+        Declared::default()
+    };
+    decl.spec.name = name.to_string();
+    decl.spec.version = version;
+    decl.spec.path = artifact.clone();
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fingerprint = [artifact, toml_path, pbtxt_path]
+        .into_iter()
+        .map(|p| {
+            let t = mtime(&p);
+            (p, t)
+        })
+        .collect();
+    Ok(RepoModel {
+        spec: decl.spec,
+        versions: versions.into_iter().map(|(v, _)| v).collect(),
+        platform: decl.platform,
+        inputs: decl.inputs,
+        outputs: decl.outputs,
+        memory_budget_mb: decl.memory_budget_mb,
+        fingerprint,
+    })
+}
+
+/// The model file of a version directory: `model.*` first, else the single
+/// file or bundle with a known extension.
+fn find_artifact(vdir: &Path) -> Option<PathBuf> {
+    const PREFERRED: [&str; 7] = [
+        "model.onnx",
+        "model.nnef",
+        "model.nnef.tgz",
+        "model.nnef.tar",
+        "model.mlpackage",
+        "model.mlmodelc",
+        "model.mlmodel",
+    ];
+    if let Some(p) = PREFERRED.iter().map(|f| vdir.join(f)).find(|p| p.exists()) {
+        return Some(p);
+    }
+    let known = |n: &str| {
+        [
+            ".onnx",
+            ".nnef",
+            ".nnef.tgz",
+            ".nnef.tar",
+            ".mlpackage",
+            ".mlmodelc",
+            ".mlmodel",
+        ]
+        .iter()
+        .any(|e| n.ends_with(e))
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(vdir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(known))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    (found.len() == 1).then(|| found.remove(0))
+}
+
+#[derive(Clone, Debug)]
+struct Declared {
+    spec: ModelSpec,
+    platform: Option<String>,
+    inputs: Vec<TensorDecl>,
+    outputs: Vec<TensorDecl>,
+    memory_budget_mb: Option<u64>,
+}
+
+impl Default for Declared {
+    fn default() -> Self {
+        Declared {
+            spec: ModelSpec::new("", ""),
+            platform: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            memory_budget_mb: None,
+        }
+    }
+}
+
+/// pomme's `config.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlConfig {
+    #[serde(default)]
+    backends: Vec<String>,
+    #[serde(default)]
+    max_batch_size: usize,
+    dynamic_batching: Option<TomlBatching>,
+    workers: Option<usize>,
+    memory_budget_mb: Option<u64>,
+    device: Option<String>,
+    threads: Option<usize>,
+    precision: Option<String>,
+    #[serde(default)]
+    input: Vec<TomlTensor>,
+    #[serde(default)]
+    output: Vec<TomlTensor>,
+    /// Backend-specific settings (`compute_units`, `cache_dir`...).
+    #[serde(default)]
+    extra: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlBatching {
+    max_queue_delay_us: Option<u64>,
+    #[serde(default)]
+    preferred_batch_sizes: Vec<usize>,
+    max_queue_size: Option<usize>,
+    default_queue_timeout_us: Option<u64>,
+    priority_levels: Option<u32>,
+    default_priority: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlTensor {
+    name: String,
+    #[serde(alias = "datatype")]
+    dtype: String,
+    dims: Vec<i64>,
+}
+
+fn from_toml(text: &str) -> Result<Declared, String> {
+    let c: TomlConfig = toml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+    let mut d = Declared::default();
+    d.spec.backends = c.backends;
+    d.spec.max_batch_size = c.max_batch_size;
+    d.spec.workers = c.workers.unwrap_or(1).max(1);
+    d.memory_budget_mb = c.memory_budget_mb;
+    if let Some(b) = c.dynamic_batching {
+        let def = BatchingConfig::default();
+        d.spec.batching = Some(BatchingConfig {
+            max_queue_delay: b
+                .max_queue_delay_us
+                .map(Duration::from_micros)
+                .unwrap_or(def.max_queue_delay),
+            preferred_batch_sizes: b.preferred_batch_sizes,
+            max_queue_size: b.max_queue_size.unwrap_or(def.max_queue_size),
+            default_queue_timeout: b
+                .default_queue_timeout_us
+                .filter(|&t| t > 0)
+                .map(Duration::from_micros),
+            priority_levels: b.priority_levels.unwrap_or(def.priority_levels),
+            default_priority: b.default_priority.unwrap_or(def.default_priority),
+        });
+    }
+    d.spec.load = LoadOptions {
+        device: match c.device {
+            Some(s) => s.parse::<DeviceKind>().map_err(|e| e.to_string())?,
+            None => DeviceKind::Cpu,
+        },
+        threads: c.threads,
+        precision: match c.precision {
+            Some(s) => s.parse::<Precision>().map_err(|e| e.to_string())?,
+            None => Precision::F32,
+        },
+        extra: c.extra,
+    };
+    let decl = |t: TomlTensor| -> Result<TensorDecl, String> {
+        let dtype = DType::from_kserve(&t.dtype)
+            .or_else(|| DType::from_triton_config(&t.dtype))
+            .ok_or_else(|| format!("tensor '{}' has unknown dtype '{}'", t.name, t.dtype))?;
+        Ok(TensorDecl {
+            name: t.name,
+            dtype,
+            dims: t.dims,
+        })
+    };
+    d.inputs = c.input.into_iter().map(decl).collect::<Result<_, _>>()?;
+    d.outputs = c.output.into_iter().map(decl).collect::<Result<_, _>>()?;
+    check_batching(&d.spec)?;
+    Ok(d)
+}
+
+fn check_batching(spec: &ModelSpec) -> Result<(), String> {
+    if let Some(b) = &spec.batching {
+        if spec.max_batch_size == 0 {
+            return Err("dynamic_batching needs max_batch_size > 0".into());
+        }
+        if let Some(&p) = b
+            .preferred_batch_sizes
+            .iter()
+            .find(|&&p| p == 0 || p > spec.max_batch_size)
+        {
+            return Err(format!(
+                "preferred batch size {p} is not within 1..={}",
+                spec.max_batch_size
+            ));
+        }
+        if b.priority_levels > 0 && b.default_priority > b.priority_levels {
+            return Err(format!(
+                "default priority {} is above priority_levels {}",
+                b.default_priority, b.priority_levels
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Triton's `config.pbtxt`.
+fn from_pbtxt(text: &str, dir_name: &str) -> Result<Declared, String> {
+    let m = pbtxt::parse(text).map_err(|e| e.to_string())?;
+    let mut d = Declared::default();
+    if let Some(n) = m.get("name").and_then(pbtxt::Value::as_str)
+        && n != dir_name
+    {
+        return Err(format!(
+            "name '{n}' does not match the directory '{dir_name}'"
+        ));
+    }
+    let platform = m
+        .get("backend")
+        .or_else(|| m.get("platform"))
+        .and_then(pbtxt::Value::as_str)
+        .map(str::to_string);
+    d.spec.backends = match platform.as_deref() {
+        None | Some("") => Vec::new(),
+        Some("onnxruntime_onnx" | "onnxruntime" | "onnx") => vec!["ort".into(), "tract".into()],
+        Some("tract") => vec!["tract".into()],
+        Some("ort") => vec!["ort".into()],
+        Some("coreml") => vec!["coreml".into()],
+        Some(other) => return Err(format!("platform '{other}' is not supported")),
+    };
+    d.platform = platform;
+    let int = |m: &pbtxt::Message, f: &str| -> Result<Option<i64>, String> {
+        match m.get(f) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| format!("'{f}' must be an integer")),
+        }
+    };
+    let max_batch = int(&m, "max_batch_size")?.unwrap_or(0);
+    d.spec.max_batch_size = usize::try_from(max_batch)
+        .map_err(|_| format!("max_batch_size {max_batch} is negative"))?;
+    let tensors = |field: &str| -> Result<Vec<TensorDecl>, String> {
+        m.all(field)
+            .map(|v| {
+                let t = v
+                    .as_message()
+                    .ok_or_else(|| format!("'{field}' must be a message"))?;
+                let name = t
+                    .get("name")
+                    .and_then(pbtxt::Value::as_str)
+                    .ok_or_else(|| format!("an {field} has no name"))?
+                    .to_string();
+                let dt = t
+                    .get("data_type")
+                    .and_then(pbtxt::Value::as_ident)
+                    .ok_or_else(|| format!("{field} '{name}' has no data_type"))?;
+                let dtype = DType::from_triton_config(dt)
+                    .ok_or_else(|| format!("{field} '{name}' has unknown data_type {dt}"))?;
+                let mut dims = t
+                    .all("dims")
+                    .map(|v| {
+                        v.as_i64()
+                            .ok_or_else(|| format!("{field} '{name}' has a non-integer dim"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                // With max_batch_size > 0, Triton's dims leave out the batch dimension.
+                if max_batch > 0 {
+                    dims.insert(0, -1);
+                }
+                Ok(TensorDecl { name, dtype, dims })
+            })
+            .collect()
+    };
+    d.inputs = tensors("input")?;
+    d.outputs = tensors("output")?;
+    if let Some(db) = m.get("dynamic_batching") {
+        let db = db
+            .as_message()
+            .ok_or("'dynamic_batching' must be a message")?;
+        let def = BatchingConfig::default();
+        let u = |m: &pbtxt::Message, f: &str| -> Result<Option<u64>, String> {
+            match m.get(f) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| format!("'{f}' must be a non-negative integer")),
+            }
+        };
+        let policy = db
+            .get("default_queue_policy")
+            .and_then(pbtxt::Value::as_message);
+        let empty = pbtxt::Message::default();
+        let policy = policy.unwrap_or(&empty);
+        d.spec.batching = Some(BatchingConfig {
+            max_queue_delay: u(db, "max_queue_delay_microseconds")?
+                .map(Duration::from_micros)
+                .unwrap_or(def.max_queue_delay),
+            preferred_batch_sizes: db
+                .all("preferred_batch_size")
+                .map(|v| {
+                    v.as_u64().map(|p| p as usize).ok_or_else(|| {
+                        "preferred_batch_size must be a positive integer".to_string()
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            // Triton: 0 means unbounded; keep the runtime's bound instead.
+            max_queue_size: u(policy, "max_queue_size")?
+                .filter(|&q| q > 0)
+                .map(|q| q as usize)
+                .unwrap_or(def.max_queue_size),
+            default_queue_timeout: u(policy, "default_timeout_microseconds")?
+                .filter(|&t| t > 0)
+                .map(Duration::from_micros),
+            priority_levels: u(db, "priority_levels")?
+                .map(|p| p as u32)
+                .unwrap_or(def.priority_levels),
+            default_priority: u(db, "default_priority_level")?
+                .filter(|&p| p > 0)
+                .map(|p| p as u32)
+                .unwrap_or(def.default_priority),
+        });
+    }
+    let mut workers = 0usize;
+    for g in m.all("instance_group") {
+        let g = g.as_message().ok_or("'instance_group' must be a message")?;
+        workers += int(g, "count")?.unwrap_or(1).max(0) as usize;
+        match g.get("kind").and_then(pbtxt::Value::as_ident) {
+            Some("KIND_GPU") => {
+                d.spec.load.device = if cfg!(target_vendor = "apple") {
+                    DeviceKind::Metal
+                } else {
+                    DeviceKind::Cuda
+                }
+            }
+            Some("KIND_CPU") => d.spec.load.device = DeviceKind::Cpu,
+            _ => {}
+        }
+    }
+    d.spec.workers = workers.max(1);
+    check_batching(&d.spec)?;
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn model(repo: &Path, name: &str, version: u64, config: Option<(&str, &str)>) {
+        let vdir = repo.join(name).join(version.to_string());
+        std::fs::create_dir_all(&vdir).unwrap();
+        std::fs::write(vdir.join("model.onnx"), b"onnx").unwrap();
+        if let Some((file, text)) = config {
+            std::fs::write(repo.join(name).join(file), text).unwrap();
+        }
+    }
+
+    #[test]
+    fn names_are_validated() {
+        for bad in [
+            "", "..", "a/b", "../x", "/abs", ".hidden", "a..b", "sp ace", "a\\b",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+        for good in ["resnet50", "bert-base_v2", "m.v1"] {
+            validate_name(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn scans_newest_version_and_toml() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path();
+        model(repo, "plain", 1, None);
+        model(repo, "plain", 3, None);
+        model(
+            repo,
+            "batched",
+            1,
+            Some((
+                "config.toml",
+                r#"
+backends = ["tract"]
+max_batch_size = 8
+workers = 2
+device = "cpu"
+threads = 2
+precision = "f16"
+[dynamic_batching]
+max_queue_delay_us = 200
+preferred_batch_sizes = [4, 8]
+max_queue_size = 64
+default_queue_timeout_us = 5000
+priority_levels = 2
+default_priority = 2
+[[input]]
+name = "x"
+dtype = "FP32"
+dims = [-1, 3]
+"#,
+            )),
+        );
+        std::fs::create_dir_all(repo.join("empty")).unwrap();
+        let found = scan(repo).unwrap();
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["batched", "empty", "plain"]);
+        let plain = found[2].1.as_ref().unwrap();
+        assert_eq!(plain.spec.version, 3);
+        assert_eq!(plain.versions, vec![1, 3]);
+        assert!(plain.spec.path.ends_with("plain/3/model.onnx"));
+        let b = found[0].1.as_ref().unwrap();
+        assert_eq!(b.spec.backends, vec!["tract"]);
+        assert_eq!(b.spec.workers, 2);
+        assert_eq!(b.spec.load.precision, Precision::F16);
+        let bc = b.spec.batching.as_ref().unwrap();
+        assert_eq!(bc.max_queue_delay, Duration::from_micros(200));
+        assert_eq!(bc.preferred_batch_sizes, vec![4, 8]);
+        assert_eq!(bc.default_queue_timeout, Some(Duration::from_millis(5)));
+        assert_eq!(b.inputs[0].dims, vec![-1, 3]);
+        let e = found[1].1.as_ref().unwrap_err().to_string();
+        assert!(e.contains("no version directory"), "{e}");
+    }
+
+    #[test]
+    fn reads_triton_pbtxt() {
+        let tmp = tempfile::tempdir().unwrap();
+        model(
+            tmp.path(),
+            "resnet",
+            1,
+            Some((
+                "config.pbtxt",
+                r#"name: "resnet"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+input [ { name: "input" data_type: TYPE_FP32 dims: [3, 224, 224] } ]
+output [ { name: "probs" data_type: TYPE_FP32 dims: [1000] } ]
+dynamic_batching { preferred_batch_size: [8, 16] max_queue_delay_microseconds: 100
+  default_queue_policy { max_queue_size: 32 } priority_levels: 3 default_priority_level: 2 }
+instance_group [ { count: 2 kind: KIND_CPU } ]
+optimization { graph { level: 1 } }"#,
+            )),
+        );
+        let m = load_model(tmp.path(), "resnet").unwrap();
+        assert_eq!(m.spec.backends, vec!["ort", "tract"]);
+        assert_eq!(m.spec.max_batch_size, 16);
+        assert_eq!(m.spec.workers, 2);
+        assert_eq!(m.inputs[0].dims, vec![-1, 3, 224, 224]);
+        assert_eq!(m.outputs[0].dtype, DType::F32);
+        let b = m.spec.batching.unwrap();
+        assert_eq!(b.max_queue_size, 32);
+        assert_eq!(b.priority_levels, 3);
+        assert_eq!(b.default_priority, 2);
+        assert_eq!(m.platform.as_deref(), Some("onnxruntime_onnx"));
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let tmp = tempfile::tempdir().unwrap();
+        model(
+            tmp.path(),
+            "a",
+            1,
+            Some(("config.toml", "max_batch_size = 0\n[dynamic_batching]\n")),
+        );
+        model(
+            tmp.path(),
+            "b",
+            1,
+            Some(("config.pbtxt", "platform: \"tensorflow_savedmodel\"")),
+        );
+        model(tmp.path(), "c", 1, Some(("config.toml", "bogus = 1")));
+        model(tmp.path(), "d", 1, Some(("config.pbtxt", "name: \"zzz\"")));
+        let e = |n| load_model(tmp.path(), n).unwrap_err().to_string();
+        assert!(
+            e("a").contains("dynamic_batching needs max_batch_size > 0"),
+            "{}",
+            e("a")
+        );
+        assert!(e("b").contains("platform 'tensorflow_savedmodel' is not supported"));
+        assert!(e("c").contains("config.toml"), "{}", e("c"));
+        assert!(!e("c").contains('\n'));
+        assert!(e("d").contains("does not match the directory"));
+        assert!(matches!(
+            load_model(tmp.path(), "nope"),
+            Err(RepoError::NotFound(_))
+        ));
+        assert!(matches!(
+            load_model(tmp.path(), "../a"),
+            Err(RepoError::InvalidName(..))
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_cannot_escape() {
+        let outside = tempfile::tempdir().unwrap();
+        model(outside.path(), "evil", 1, None);
+        let tmp = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("evil"), tmp.path().join("evil")).unwrap();
+        let e = load_model(tmp.path(), "evil").unwrap_err().to_string();
+        assert!(e.contains("outside the repository"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn pbtxt_configs_never_panic(s in "\\PC{0,120}") {
+            let _ = from_pbtxt(&s, "m");
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! What both protocols do, once: readiness, metadata, model configuration,
+//! statistics, repository control and the conversion of a decoded request
+//! into a runtime call. The HTTP and gRPC handlers only translate wire types
+//! to and from what this module returns.
+
+use crate::config::{ControlMode, ServerConfig};
+use crate::kserve::{DecodedRequest, Limits};
+use crate::proto;
+use crate::repository::{self, RepoModel};
+use pomme_core::{DType, Error, Result};
+use pomme_runtime::{InferRequest, InferResponse, ModelState, ModelStats, Runtime};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Protocol extensions pomme implements (reported by server metadata).
+pub const EXTENSIONS: [&str; 5] = [
+    "binary_tensor_data",
+    "model_repository",
+    "statistics",
+    "model_configuration",
+    "schedule_policy",
+];
+
+/// State shared by the HTTP and gRPC services.
+pub struct Shared {
+    pub runtime: Runtime,
+    pub limits: Limits,
+    auth_token: Option<String>,
+    control_mode: ControlMode,
+    repo: Option<PathBuf>,
+    /// Set once the models configured at start have been loaded (or failed).
+    startup_done: AtomicBool,
+    /// Not ready any more: shutting down.
+    stopping: AtomicBool,
+    /// What the repository declared for each model loaded from it.
+    declared: Mutex<BTreeMap<String, RepoModel>>,
+}
+
+/// One row of the repository index.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IndexEntry {
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A tensor in model metadata.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TensorMeta {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+/// Model metadata (KServe v2).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ModelMeta {
+    pub name: String,
+    pub versions: Vec<String>,
+    pub platform: String,
+    pub inputs: Vec<TensorMeta>,
+    pub outputs: Vec<TensorMeta>,
+}
+
+impl Shared {
+    pub fn new(config: &ServerConfig, runtime: Runtime) -> Shared {
+        Shared {
+            runtime,
+            limits: config.limits.clone(),
+            auth_token: config.auth_token.clone(),
+            control_mode: config.repository.control_mode,
+            repo: config.repository.model_repository.clone(),
+            startup_done: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            declared: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Marks the start-up loads as finished: readiness may turn true.
+    pub fn set_started(&self) {
+        self.startup_done.store(true, Ordering::SeqCst);
+    }
+
+    /// Readiness turns false for good; the runtime refuses new requests.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.runtime.begin_shutdown();
+    }
+
+    pub fn is_live(&self) -> bool {
+        true
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.startup_done.load(Ordering::SeqCst)
+            && !self.stopping.load(Ordering::SeqCst)
+            && self.runtime.is_ready()
+    }
+
+    /// Whether a model (version) is loaded and serving.
+    pub fn model_ready(&self, name: &str, version: Option<u64>) -> bool {
+        self.runtime.models().iter().any(|m| {
+            m.name == name && version.is_none_or(|v| v == m.version) && m.state == ModelState::Ready
+        })
+    }
+
+    /// Checks a bearer token against the configured one (no token configured: open).
+    pub fn authorized(&self, authorization: Option<&str>) -> bool {
+        match &self.auth_token {
+            None => true,
+            Some(want) => authorization
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .is_some_and(|got| constant_time_eq(got.trim().as_bytes(), want.as_bytes())),
+        }
+    }
+
+    /// Runs an inference.
+    pub async fn infer(
+        &self,
+        model: String,
+        version: Option<u64>,
+        d: DecodedRequest,
+    ) -> Result<InferResponse> {
+        let outputs = d.output_names();
+        self.runtime
+            .infer(InferRequest {
+                model,
+                version,
+                id: d.id,
+                inputs: d.inputs,
+                outputs,
+                priority: d.priority,
+                timeout: d.timeout,
+            })
+            .await
+    }
+
+    /// KServe model metadata.
+    pub fn metadata(&self, name: &str, version: Option<u64>) -> Result<ModelMeta> {
+        let view = self.runtime.model(name, version)?;
+        let mut versions: Vec<u64> = self
+            .runtime
+            .models()
+            .into_iter()
+            .filter(|m| m.name == name && m.state == ModelState::Ready)
+            .map(|m| m.version)
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
+        let meta = |s: &pomme_core::TensorSpec| TensorMeta {
+            name: s.name.clone(),
+            datatype: s.dtype.kserve_name().to_string(),
+            shape: s.shape.to_i64(),
+        };
+        Ok(ModelMeta {
+            name: view.name.clone(),
+            versions: versions.iter().map(u64::to_string).collect(),
+            platform: self.platform(name, &view.backend),
+            inputs: view.signature.inputs.iter().map(meta).collect(),
+            outputs: view.signature.outputs.iter().map(meta).collect(),
+        })
+    }
+
+    fn platform(&self, name: &str, backend: &str) -> String {
+        self.declared
+            .lock()
+            .expect("declared lock poisoned")
+            .get(name)
+            .and_then(|m| m.platform.clone())
+            .unwrap_or_else(|| backend.to_string())
+    }
+
+    /// Triton's model configuration, built from what is loaded and what the repository declared.
+    pub fn model_config(&self, name: &str, version: Option<u64>) -> Result<proto::ModelConfig> {
+        let view = self.runtime.model(name, version)?;
+        let declared = self
+            .declared
+            .lock()
+            .expect("declared lock poisoned")
+            .get(name)
+            .cloned();
+        let batched = view.max_batch_size > 0;
+        // Triton's dims leave out the batch dimension when max_batch_size > 0.
+        let dims = |shape: &pomme_core::Shape| -> Vec<i64> {
+            let d = shape.to_i64();
+            if batched && shape.has_symbolic_batch() {
+                d[1..].to_vec()
+            } else {
+                d
+            }
+        };
+        let input = view
+            .signature
+            .inputs
+            .iter()
+            .map(|s| proto::ModelInput {
+                name: s.name.clone(),
+                data_type: triton_type(s.dtype) as i32,
+                dims: dims(&s.shape),
+                ..Default::default()
+            })
+            .collect();
+        let output = view
+            .signature
+            .outputs
+            .iter()
+            .map(|s| proto::ModelOutput {
+                name: s.name.clone(),
+                data_type: triton_type(s.dtype) as i32,
+                dims: dims(&s.shape),
+                ..Default::default()
+            })
+            .collect();
+        let scheduling_choice = view.batching.as_ref().map(|b| {
+            proto::model_config::SchedulingChoice::DynamicBatching(proto::ModelDynamicBatching {
+                preferred_batch_size: b.preferred_batch_sizes.iter().map(|&p| p as i32).collect(),
+                max_queue_delay_microseconds: b.max_queue_delay.as_micros() as u64,
+                priority_levels: b.priority_levels as u64,
+                default_priority_level: b.default_priority as u64,
+                default_queue_policy: Some(proto::ModelQueuePolicy {
+                    max_queue_size: b.max_queue_size as u32,
+                    default_timeout_microseconds: b
+                        .default_queue_timeout
+                        .map(|t| t.as_micros() as u64)
+                        .unwrap_or(0),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        });
+        let kind = match view.device {
+            pomme_core::DeviceKind::Cpu => proto::model_instance_group::Kind::Cpu,
+            pomme_core::DeviceKind::Auto => proto::model_instance_group::Kind::Auto,
+            _ => proto::model_instance_group::Kind::Gpu,
+        };
+        Ok(proto::ModelConfig {
+            name: view.name.clone(),
+            platform: declared
+                .as_ref()
+                .and_then(|d| d.platform.clone())
+                .unwrap_or_default(),
+            backend: view.backend.clone(),
+            max_batch_size: view.max_batch_size as i32,
+            input,
+            output,
+            scheduling_choice,
+            instance_group: vec![proto::ModelInstanceGroup {
+                name: view.name.clone(),
+                kind: kind as i32,
+                count: view.workers as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    /// Statistics of one model (version) or all; an unknown model is `ModelNotFound`.
+    pub fn stats(&self, name: Option<&str>, version: Option<u64>) -> Result<Vec<ModelStats>> {
+        let stats: Vec<ModelStats> = self
+            .runtime
+            .stats(name)
+            .into_iter()
+            .filter(|s| version.is_none_or(|v| v == s.version))
+            .collect();
+        if let Some(n) = name
+            && stats.is_empty()
+        {
+            return Err(Error::ModelNotFound(format!(
+                "'{n}'{}",
+                version.map(|v| format!(" version {v}")).unwrap_or_default()
+            )));
+        }
+        Ok(stats)
+    }
+
+    /// Every model in the repository and the runtime, with its state.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let mut rows: BTreeMap<(String, String), IndexEntry> = BTreeMap::new();
+        if let Some(repo) = &self.repo
+            && let Ok(found) = repository::scan(repo)
+        {
+            for (name, _) in found {
+                rows.insert(
+                    (name.clone(), String::new()),
+                    IndexEntry {
+                        name,
+                        version: String::new(),
+                        state: String::new(),
+                        reason: String::new(),
+                    },
+                );
+            }
+        }
+        for m in self.runtime.models() {
+            rows.remove(&(m.name.clone(), String::new()));
+            let (state, reason) = match m.state {
+                ModelState::Loading => ("LOADING", String::new()),
+                ModelState::Ready => ("READY", String::new()),
+                ModelState::Unavailable(r) => ("UNAVAILABLE", r),
+            };
+            rows.insert(
+                (m.name.clone(), m.version.to_string()),
+                IndexEntry {
+                    name: m.name,
+                    version: m.version.to_string(),
+                    state: state.to_string(),
+                    reason,
+                },
+            );
+        }
+        rows.into_values()
+            .filter(|r| !ready_only || r.state == "READY")
+            .collect()
+    }
+
+    /// Loads (or reloads) a model from the repository at a client's request.
+    pub async fn load_from_api(&self, name: &str) -> Result<()> {
+        if self.control_mode != ControlMode::Explicit {
+            return Err(Error::Unavailable(
+                "explicit model load and unload need model_control_mode = explicit".into(),
+            ));
+        }
+        self.load_from_repo(name).await
+    }
+
+    /// Unloads a model at a client's request.
+    pub async fn unload_from_api(&self, name: &str) -> Result<()> {
+        if self.control_mode != ControlMode::Explicit {
+            return Err(Error::Unavailable(
+                "explicit model load and unload need model_control_mode = explicit".into(),
+            ));
+        }
+        self.unload(name).await
+    }
+
+    /// Loads a model directory; a model already serving is reloaded, and keeps
+    /// serving its old instance if the new one fails.
+    pub async fn load_from_repo(&self, name: &str) -> Result<()> {
+        let repo = self
+            .repo
+            .clone()
+            .ok_or_else(|| Error::Unavailable("no model repository is configured".into()))?;
+        repository::validate_name(name)?;
+        let n = name.to_string();
+        let model = tokio::task::spawn_blocking(move || repository::load_model(&repo, &n))
+            .await
+            .map_err(|e| Error::Internal(format!("repository task: {e}")))??;
+        let loaded = self.runtime.models().iter().any(|m| m.name == name);
+        if loaded {
+            self.runtime.reload(model.spec.clone()).await?;
+        } else {
+            self.runtime.load(model.spec.clone()).await?;
+        }
+        self.declared
+            .lock()
+            .expect("declared lock poisoned")
+            .insert(name.to_string(), model);
+        Ok(())
+    }
+
+    /// Unloads every version of a model.
+    pub async fn unload(&self, name: &str) -> Result<()> {
+        self.runtime.unload(name).await?;
+        self.declared
+            .lock()
+            .expect("declared lock poisoned")
+            .remove(name);
+        Ok(())
+    }
+
+    /// Fingerprints of the models loaded from the repository (poll mode).
+    pub fn declared_fingerprints(&self) -> BTreeMap<String, RepoModel> {
+        self.declared
+            .lock()
+            .expect("declared lock poisoned")
+            .clone()
+    }
+
+    /// Loads a model description already read from the repository.
+    pub async fn load_declared(&self, model: RepoModel, reload: bool) -> Result<()> {
+        let name = model.spec.name.clone();
+        if reload {
+            self.runtime.reload(model.spec.clone()).await?;
+        } else {
+            self.runtime.load(model.spec.clone()).await?;
+        }
+        self.declared
+            .lock()
+            .expect("declared lock poisoned")
+            .insert(name, model);
+        Ok(())
+    }
+
+    pub fn repository(&self) -> Option<&PathBuf> {
+        self.repo.as_ref()
+    }
+
+    pub fn control_mode(&self) -> ControlMode {
+        self.control_mode
+    }
+}
+
+/// Triton's `DataType` for a dtype.
+pub fn triton_type(d: DType) -> proto::DataType {
+    use proto::DataType as T;
+    match d {
+        DType::Bool => T::TypeBool,
+        DType::U8 => T::TypeUint8,
+        DType::U16 => T::TypeUint16,
+        DType::U32 => T::TypeUint32,
+        DType::U64 => T::TypeUint64,
+        DType::I8 => T::TypeInt8,
+        DType::I16 => T::TypeInt16,
+        DType::I32 => T::TypeInt32,
+        DType::I64 => T::TypeInt64,
+        DType::F16 => T::TypeFp16,
+        DType::BF16 => T::TypeBf16,
+        DType::F32 => T::TypeFp32,
+        DType::F64 => T::TypeFp64,
+        DType::Bytes => T::TypeString,
+    }
+}
+
+/// Compares secrets without an early exit that would leak their common prefix length.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Shared state behind an `Arc`, as both servers hold it.
+pub type SharedRef = Arc<Shared>;
