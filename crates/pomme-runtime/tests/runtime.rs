@@ -9,7 +9,9 @@ use std::time::Duration;
 
 fn model_file() -> std::path::PathBuf {
     // The fake ignores the file's content, but the runtime checks that it exists.
-    let p = std::env::temp_dir().join(format!("pomme-rt-test-{}.onnx", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!("pomme-rt-test-{}-{n}.onnx", std::process::id()));
     std::fs::write(&p, b"\x08\x08").unwrap();
     p
 }
