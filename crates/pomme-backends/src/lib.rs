@@ -69,6 +69,20 @@ pub mod extras {
         }
     }
 
+    /// Platform telemetry (chip/CPU, memory, thermal state, GPUs, Neural Engine)
+    /// as display text and JSON; `None` without the coreml feature.
+    pub fn telemetry() -> Option<(String, serde_json::Value)> {
+        #[cfg(feature = "coreml")]
+        {
+            let t = pomme_coreml::telemetry::collect();
+            Some((t.to_string(), serde_json::to_value(&t).unwrap_or_default()))
+        }
+        #[cfg(not(feature = "coreml"))]
+        {
+            None
+        }
+    }
+
     /// Core ML's compute plan for a model, as a printable table (macOS 14.4+;
     /// `Unavailable` elsewhere).
     pub fn coreml_placement(path: &Path, device: DeviceKind) -> Result<String> {

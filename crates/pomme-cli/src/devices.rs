@@ -57,5 +57,12 @@ pub fn run(args: DevicesArgs) -> Result<ExitCode> {
             );
         }
     }
+    if let Some((text, _)) = pomme_backends::extras::telemetry() {
+        println!();
+        println!("platform:");
+        for line in text.lines() {
+            println!("  {line}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
