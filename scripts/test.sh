@@ -30,10 +30,11 @@ fi
 
 echo "== cargo test"
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
-grep -E "^test result:" target/test-output.txt | awk '{p+=$4; f+=$6} END {print "rust tests: " p " passed, " f " failed"}'
+grep -E "^test result:" target/test-output.txt | awk '{p+=$4; f+=$6} END {print "rust: " p " passed, " f " failed"}'
 
 if [ -d tests/interop ]; then
   echo "== interop (tritonclient against a real pomme serve)"
-  cargo build --bin pomme
+  # `cargo test --workspace` above already built target/debug/pomme with the
+  # workspace's unified features; building it alone would recompile dependencies.
   POMME_BIN=$PWD/target/debug/pomme .venv/bin/python -m pytest -q tests/interop
 fi
