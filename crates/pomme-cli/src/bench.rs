@@ -5,9 +5,8 @@ use crate::cli::{EngineArgs, tokio_runtime, usage};
 use anyhow::{Result, anyhow};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use parking_lot_free::Hist;
 use pomme_core::Availability;
-use pomme_runtime::{InferRequest, ModelSpec, Runtime};
+use pomme_runtime::{InferRequest, LatencyHistogram, ModelSpec, Runtime};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -39,28 +38,8 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// Parses `10s`, `250ms`, `2m`, `1.5s` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 10s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => v / 1e3,
-        "us" | "µs" => v / 1e6,
-        "s" => v,
-        "m" | "min" => v * 60.0,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (use us, ms, s or m)")),
-    };
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("'{s}' is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+/// Durations are parsed as in `pomme.toml` (`10s`, `500ms`, `2m`, bare seconds).
+use pomme_server::config::parse_duration;
 
 /// One measured configuration.
 #[derive(Debug, serde::Serialize)]
@@ -166,7 +145,7 @@ async fn measure(
             .progress_chars("=> "),
     );
     pb.set_message(label.to_string());
-    let hist = Arc::new(Hist::default());
+    let hist = Arc::new(LatencyHistogram::default());
     let start = Instant::now();
     let end = start + args.duration;
     let tasks: Vec<_> = (0..conc)
@@ -203,7 +182,14 @@ async fn measure(
     ticker.abort();
     pb.finish_and_clear();
     let elapsed = start.elapsed().as_secs_f64();
-    let (n, p50, p90, p99, mean) = hist.summary();
+    let ms = |us: u64| us as f64 / 1e3;
+    let (n, p50, p90, p99, mean) = (
+        hist.count(),
+        ms(hist.quantile_us(0.5)),
+        ms(hist.quantile_us(0.9)),
+        ms(hist.quantile_us(0.99)),
+        hist.mean_us() / 1e3,
+    );
     Ok(Row {
         backend: String::new(),
         device: String::new(),
@@ -250,41 +236,5 @@ pub fn print_table(rows: &[Row]) {
             r.p90_ms,
             r.p99_ms
         );
-    }
-}
-
-/// A small lock-protected HDR histogram in microseconds.
-mod parking_lot_free {
-    use std::sync::Mutex;
-    use std::time::Duration;
-
-    pub struct Hist(Mutex<hdrhistogram::Histogram<u64>>);
-
-    impl Default for Hist {
-        fn default() -> Self {
-            Hist(Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
-            ))
-        }
-    }
-
-    impl Hist {
-        pub fn record(&self, d: Duration) {
-            let us = (d.as_micros() as u64).clamp(1, 600_000_000);
-            let _ = self.0.lock().expect("not poisoned").record(us);
-        }
-
-        /// (count, p50 ms, p90 ms, p99 ms, mean ms)
-        pub fn summary(&self) -> (u64, f64, f64, f64, f64) {
-            let h = self.0.lock().expect("not poisoned");
-            let ms = |us: u64| us as f64 / 1e3;
-            (
-                h.len(),
-                ms(h.value_at_quantile(0.5)),
-                ms(h.value_at_quantile(0.9)),
-                ms(h.value_at_quantile(0.99)),
-                h.mean() / 1e3,
-            )
-        }
     }
 }

@@ -300,11 +300,7 @@ impl Runtime {
             .admission
             .reserve_memory(memory.weight_bytes)
             .map_err(|e| {
-                Error::MemoryBudgetExceeded(format!(
-                    "cannot load '{}': {}",
-                    spec.name,
-                    strip_kind(&e)
-                ))
+                Error::MemoryBudgetExceeded(format!("cannot load '{}': {}", spec.name, e.message()))
             })?;
         let batchable = model.signature().is_batchable();
         let max_batch = if batchable && spec.batching.is_some() {
@@ -477,14 +473,26 @@ impl Runtime {
         let version = req.version;
         let span =
             tracing::info_span!("infer", model = %model, id = req.id.as_deref().unwrap_or(""));
-        let result = self.infer_inner(req, started, span).await;
+        // One registry lookup per request; the instance then serves the stats too.
+        let lookup = if self.inner.shutting_down.load(Ordering::Relaxed) {
+            Err(Error::Unavailable("the server is shutting down".into()))
+        } else {
+            self.inner.registry.get(&model, version)
+        };
+        let (result, inst) = match lookup {
+            Ok(inst) => (
+                self.infer_inner(&inst, req, started, span).await,
+                Some(inst),
+            ),
+            Err(e) => (Err(e), None),
+        };
         let elapsed = started.elapsed();
         match &result {
-            Ok(r) => {
+            Ok(_) => {
                 self.inner.ok.fetch_add(1, Ordering::Relaxed);
                 self.inner.latency.record(elapsed);
                 self.inner.throughput.tick();
-                if let Ok(inst) = self.inner.registry.get(&model, Some(r.version)) {
+                if let Some(inst) = &inst {
                     inst.counters.success.add(elapsed);
                     inst.ctx.metrics.success.inc();
                     inst.ctx
@@ -498,7 +506,7 @@ impl Runtime {
                 self.inner
                     .metrics
                     .failure(&model, version, e.kind().as_str());
-                if let Ok(inst) = self.inner.registry.get(&model, version) {
+                if let Some(inst) = &inst {
                     inst.counters.fail.add(elapsed);
                 }
             }
@@ -508,14 +516,11 @@ impl Runtime {
 
     async fn infer_inner(
         &self,
+        inst: &Arc<Instance>,
         req: InferRequest,
         started: Instant,
         span: tracing::Span,
     ) -> Result<InferResponse> {
-        if self.inner.shutting_down.load(Ordering::Relaxed) {
-            return Err(Error::Unavailable("the server is shutting down".into()));
-        }
-        let inst = self.inner.registry.get(&req.model, req.version)?;
         let sig = &inst.view.signature;
         let selected: Option<Vec<usize>> = match &req.outputs {
             None => None,
@@ -741,13 +746,6 @@ impl Runtime {
         let _ = tokio::task::spawn_blocking(move || instances.iter().for_each(|i| i.join())).await;
         drained
     }
-}
-
-fn strip_kind(e: &Error) -> String {
-    let s = e.to_string();
-    s.split_once(": ")
-        .map(|(_, rest)| rest.to_string())
-        .unwrap_or(s)
 }
 
 async fn spawn_blocking<T: Send + 'static>(
