@@ -12,6 +12,9 @@ ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/lib
 export ORT_DYLIB_PATH
 export POMME_TEST_MODELS=${POMME_TEST_MODELS:-$PWD/../shared/models}
 
+echo "== deploy: Dockerfile, Kubernetes manifests, Helm chart, KServe, Prometheus, Grafana"
+bash scripts/validate-deploy.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 
