@@ -1,11 +1,20 @@
 //! pomme's tract backend: ONNX and NNEF models run by [tract](https://github.com/sonos/tract).
 //!
-//! [`TractBackend`] implements [`pomme_core::Backend`]. Loading parses the model,
-//! analyses it into a typed model whose batch dimension stays symbolic (ONNX
-//! `dim_param`s such as `batch` become tract symbols), and prepares it once with
-//! a tract runtime into a shared plan; every [`Session`](pomme_core::Session)
-//! spawns its own tract state over that plan, so one loaded model serves any
-//! batch size from any number of threads.
+//! [`TractBackend`] implements [`pomme_core::Backend`]. Loading parses the model
+//! and analyses it into a typed model whose input dimensions stay symbolic
+//! (ONNX `dim_param`s such as `batch` or `seq` become tract symbols), so the
+//! signature reads `[batch,3,224,224]`. Runs use plans *specialized* to the
+//! values those symbols take in the run's inputs (`batch=8, seq=17`), built
+//! on first use and kept in a small LRU cache shared by all sessions of the
+//! model (`src/plans.rs` says why: tract only reaches its fast
+//! kernels with concrete shapes, and some models cannot be optimized with
+//! symbols at all). Every [`Session`](pomme_core::Session) spawns its own
+//! tract state per plan, so one loaded model serves any batch size from any
+//! number of threads. Loading builds one plan (the warm-up, batch 1 by
+//! default), so a model tract cannot prepare fails at load, not at the
+//! first request. Each new shape costs one plan build (tens of ms for
+//! MobileNetV2, about a second for MiniLM in a debug build) on its first
+//! request; clients with free sequence lengths should pad to a few buckets.
 //!
 //! Devices map to tract runtimes: `cpu` (and `auto`) → tract's CPU runtime;
 //! `metal` → tract-metal, compiled on Apple targets only; `cuda` → tract-cuda,
@@ -22,13 +31,22 @@
 //! `f32_to_f16` transform; `int8` / `int4` are refused with
 //! [`Error::UnsupportedPrecision`] (quantize the model file instead).
 //!
-//! `LoadOptions::extra` keys read here: `symbol.<name>` = integer, the value a
-//! model symbol (e.g. `symbol.seq` = `128`) takes in the activation estimate
-//! (every symbol defaults to 1; the estimate is always per batch row).
+//! `LoadOptions::extra` keys read here:
+//! - `symbol.<name>` = positive integer: the value a model symbol (e.g.
+//!   `symbol.seq` = `128`) takes in the activation estimate (every symbol
+//!   defaults to 1; the estimate is always per batch row); also the warm-up
+//!   value when no `warmup.<name>` is given.
+//! - `warmup.<name>` = positive integer: the symbol's value in the plan built
+//!   at load. Default: 1 for a symbol that is axis 0 of an input (the batch),
+//!   8 for any other (e.g. `seq`).
+//! - `plan_cache` = positive integer: how many specialized plans the model
+//!   keeps (default 8; each holds its own packed copy of the weights). Each
+//!   session keeps at most as many tract states.
 //!
 //! For benchmarks against raw tract, [`TractBackend::load_tract`] returns the
-//! concrete [`TractModel`], whose [`TractModel::raw_plan`] is the tract
-//! `Runnable`; the tract crates are re-exported so callers use the same version.
+//! concrete [`TractModel`]; [`TractModel::plan_for`] is the tract `Runnable`
+//! specialized to given inputs and [`TractModel::tract_inputs`] converts them;
+//! the tract crates are re-exported so callers use the same version.
 #![forbid(unsafe_code)]
 
 mod convert;
@@ -37,6 +55,7 @@ mod flatten;
 mod model;
 mod nnef;
 mod onnx;
+mod plans;
 
 // Linking a runtime crate is what registers its runtime with tract.
 #[cfg(all(feature = "cuda", target_os = "linux"))]
@@ -198,41 +217,79 @@ impl TractBackend {
             executor,
             ..RunOptions::default()
         };
-        let what = format!("tract's {} runtime", runtime.name());
-        let runnable = match no_panic(&what, || {
-            runtime.prepare_with_options(a.model, &run_options)
-        }) {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                return Err(Error::CompilationFailed(format!(
-                    "{what} could not prepare the model: {}",
-                    one_line(&e)
-                )));
-            }
-            // A GPU runtime panics when its device context cannot be created.
-            Err(panic) if device != pomme_core::DeviceKind::Cpu => {
-                return Err(Error::Unavailable(panic));
-            }
-            Err(panic) => return Err(Error::CompilationFailed(panic)),
-        };
+        let input_names = signature.inputs.iter().map(|s| s.name.clone()).collect();
+        let plans = plans::Specializer::new(
+            a.model,
+            runtime,
+            run_options,
+            device,
+            input_names,
+            cache_capacity(options)?,
+        )?;
+        let warm_key = warmup_key(&plans, options, &symbols)?;
         Ok(Arc::new(TractModel::new(
-            Arc::from(runnable),
+            plans,
+            warm_key,
             signature,
             input_types,
             memory,
             device,
             options.precision,
-        )))
+        )?))
     }
 }
 
+/// The symbol values of the plan built at load: `warmup.<name>`, else
+/// `symbol.<name>`, else 1 for a leading (batch) dimension and 8 for any
+/// other (a sequence length of 1 is a degenerate case some graphs fold away).
+fn warmup_key(
+    plans: &plans::Specializer,
+    options: &LoadOptions,
+    symbols: &BTreeMap<String, i64>,
+) -> Result<plans::Key> {
+    let warmups = positive_options(options, "warmup.")?;
+    Ok(plans
+        .symbols()
+        .iter()
+        .enumerate()
+        .map(|(at, sym)| {
+            let name = sym.to_string();
+            warmups
+                .get(&name)
+                .or_else(|| symbols.get(&name))
+                .copied()
+                .unwrap_or(if plans.is_leading(at) { 1 } else { 8 })
+        })
+        .collect())
+}
+
+/// `plan_cache` = how many specialized plans to keep (default 8).
+fn cache_capacity(options: &LoadOptions) -> Result<usize> {
+    match options.extra.get("plan_cache") {
+        None => Ok(8),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Error::invalid_input(format!(
+                "option plan_cache = '{v}' is not a positive integer"
+            ))),
+        },
+    }
+}
+
+/// Simplifies the model while its symbols are free. Some graphs cannot be
+/// simplified symbolically (MiniLM: "Undetermined symbol in expression:
+/// seq" in an attention `Mul`); those are kept as analysed, and tract
+/// simplifies each specialized copy once the symbols have values, so a real
+/// error still surfaces at load, from the warm-up plan.
 fn declutter(model: TypedModel) -> Result<TypedModel> {
-    model.into_decluttered().map_err(|e| {
-        Error::CompilationFailed(format!(
+    match model.clone().into_decluttered() {
+        Ok(m) => Ok(m),
+        Err(_) if !model.symbols.all_symbols().is_empty() => Ok(model),
+        Err(e) => Err(Error::CompilationFailed(format!(
             "tract could not simplify the model: {}",
             one_line(&e)
-        ))
-    })
+        ))),
+    }
 }
 
 fn to_f16(model: &mut TypedModel) -> Result<()> {
@@ -249,14 +306,19 @@ fn to_f16(model: &mut TypedModel) -> Result<()> {
 }
 
 fn symbol_overrides(options: &LoadOptions) -> Result<BTreeMap<String, i64>> {
+    positive_options(options, "symbol.")
+}
+
+/// Every `<prefix><name>` = positive integer in `LoadOptions::extra`, by name.
+fn positive_options(options: &LoadOptions, prefix: &str) -> Result<BTreeMap<String, i64>> {
     options
         .extra
         .iter()
-        .filter_map(|(k, v)| k.strip_prefix("symbol.").map(|name| (name, v)))
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|name| (name, v)))
         .map(|(name, v)| match v.trim().parse::<i64>() {
             Ok(n) if n > 0 => Ok((name.to_string(), n)),
             _ => Err(Error::invalid_input(format!(
-                "option symbol.{name} = '{v}' is not a positive integer"
+                "option {prefix}{name} = '{v}' is not a positive integer"
             ))),
         })
         .collect()

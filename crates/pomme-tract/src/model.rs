@@ -1,8 +1,9 @@
-//! The prepared model ([`TractModel`]), its per-thread [`TractSession`], and
+//! The loaded model ([`TractModel`]), its per-thread [`TractSession`], and
 //! what we derive from a typed tract model: signature and activation estimate.
 
 use crate::convert::{dtype_from_tract, from_tract, one_line, shape_from_tract, to_tract};
 use crate::device::no_panic;
+use crate::plans::{Key, Specializer};
 use pomme_core::{
     DeviceKind, Error, LoadedModel, MemoryEstimate, ModelSignature, Precision, Result, Session,
     Tensor, TensorSpec,
@@ -124,27 +125,17 @@ pub(crate) fn activation_estimate(model: &TypedModel, symbols: &BTreeMap<String,
 
 /// What every session of one model shares.
 struct Shared {
-    runnable: Arc<dyn Runnable>,
+    plans: Specializer,
     input_types: Vec<DatumType>,
     signature: ModelSignature,
 }
 
-impl Shared {
-    fn spawn(&self) -> Result<Box<dyn State>> {
-        match no_panic("tract", || self.runnable.spawn()) {
-            Ok(Ok(state)) => Ok(state),
-            Ok(Err(e)) => Err(Error::Internal(format!(
-                "tract could not create a session: {}",
-                one_line(&e)
-            ))),
-            Err(panic) => Err(Error::Unavailable(panic)),
-        }
-    }
-}
-
-/// A model prepared by tract: one shared plan, many sessions.
+/// A model prepared by tract: the analysed model with its symbols, and the
+/// plans specialized to the symbol values seen so far (see [`crate::plans`]).
 pub struct TractModel {
     shared: Arc<Shared>,
+    /// The key of the plan built at load (validation and warm-up).
+    warm_key: Key,
     memory: MemoryEstimate,
     device: DeviceKind,
     precision: Precision,
@@ -154,6 +145,7 @@ impl std::fmt::Debug for TractModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TractModel")
             .field("signature", &self.shared.signature)
+            .field("plans", &self.shared.plans)
             .field("device", &self.device)
             .field("precision", &self.precision)
             .finish_non_exhaustive()
@@ -161,38 +153,91 @@ impl std::fmt::Debug for TractModel {
 }
 
 impl TractModel {
+    /// Wraps the specializer and builds the warm-up plan for `warm_key`, so
+    /// that a model tract cannot prepare fails here, at load.
     pub(crate) fn new(
-        runnable: Arc<dyn Runnable>,
+        plans: Specializer,
+        warm_key: Key,
         signature: ModelSignature,
         input_types: Vec<DatumType>,
         memory: MemoryEstimate,
         device: DeviceKind,
         precision: Precision,
-    ) -> TractModel {
-        TractModel {
+    ) -> Result<TractModel> {
+        plans.plan(&warm_key)?;
+        Ok(TractModel {
             shared: Arc::new(Shared {
-                runnable,
+                plans,
                 input_types,
                 signature,
             }),
+            warm_key,
             memory,
             device,
             precision,
-        }
+        })
     }
 
-    /// The raw tract plan, for running tract directly (benchmarks comparing raw
-    /// tract with pomme): `model.raw_plan().spawn()?.run(tvec![t.into()])`.
-    pub fn raw_plan(&self) -> &Arc<dyn Runnable> {
-        &self.shared.runnable
+    /// The tract plan specialized to the shapes of `inputs` (built and cached
+    /// on first use), for running tract directly, e.g. in benchmarks comparing
+    /// raw tract with pomme:
+    /// `model.plan_for(&inputs)?.spawn()?.run(model.tract_inputs(&inputs)?)`.
+    pub fn plan_for(&self, inputs: &[Tensor]) -> Result<Arc<dyn Runnable>> {
+        self.shared.check_count(inputs.len())?;
+        self.shared.plans.plan(&self.shared.plans.key_for(inputs)?)
+    }
+
+    /// `inputs` as tract values of the model's input types (one copy each).
+    pub fn tract_inputs(&self, inputs: &[Tensor]) -> Result<TVec<TValue>> {
+        self.shared.check_count(inputs.len())?;
+        self.shared.to_tract(inputs)
+    }
+
+    /// How many specialized plans the model's cache holds.
+    pub fn cached_plans(&self) -> usize {
+        self.shared.plans.cached()
     }
 
     /// The concrete [`TractSession`] (what [`LoadedModel::session`] boxes).
+    /// It starts with a state over the warm-up plan.
     pub fn tract_session(&self) -> Result<TractSession> {
+        let plan = self.shared.plans.plan(&self.warm_key)?;
         Ok(TractSession {
-            state: self.shared.spawn()?,
+            states: vec![(self.warm_key.clone(), spawn(plan.as_ref())?)],
             shared: Arc::clone(&self.shared),
         })
+    }
+}
+
+impl Shared {
+    fn check_count(&self, given: usize) -> Result<()> {
+        let want = self.signature.inputs.len();
+        if given != want {
+            return Err(Error::invalid_input(format!(
+                "{given} inputs given, the model takes {want}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn to_tract(&self, inputs: &[Tensor]) -> Result<TVec<TValue>> {
+        inputs
+            .iter()
+            .zip(&self.signature.inputs)
+            .zip(&self.input_types)
+            .map(|((t, spec), &dt)| to_tract(t, dt, &spec.name))
+            .collect()
+    }
+}
+
+fn spawn(plan: &dyn Runnable) -> Result<Box<dyn State>> {
+    match no_panic("tract", || plan.spawn()) {
+        Ok(Ok(state)) => Ok(state),
+        Ok(Err(e)) => Err(Error::Internal(format!(
+            "tract could not create a session: {}",
+            one_line(&e)
+        ))),
+        Err(panic) => Err(Error::Unavailable(panic)),
     }
 }
 
@@ -222,46 +267,59 @@ impl LoadedModel for TractModel {
     }
 }
 
-/// One thread's tract state over the shared plan.
+/// One thread's tract states, one per specialized plan it ran, most recently
+/// used first, as many as the shared cache holds plans.
 pub struct TractSession {
-    state: Box<dyn State>,
+    states: Vec<(Key, Box<dyn State>)>,
     shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for TractSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TractSession").finish_non_exhaustive()
+        f.debug_struct("TractSession")
+            .field("states", &self.states.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TractSession {
+    /// The state for `key`, moved to the front; spawned over the shared
+    /// plan when this session has none.
+    fn state_for(&mut self, key: Key) -> Result<&mut Box<dyn State>> {
+        match self.states.iter().position(|(k, _)| *k == key) {
+            Some(0) => {}
+            Some(p) => {
+                let entry = self.states.remove(p);
+                self.states.insert(0, entry);
+            }
+            None => {
+                let plan = self.shared.plans.plan(&key)?;
+                let state = spawn(plan.as_ref())?;
+                self.states.insert(0, (key, state));
+                self.states.truncate(self.shared.plans.capacity());
+            }
+        }
+        Ok(&mut self.states[0].1)
     }
 }
 
 impl Session for TractSession {
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        let sig = &self.shared.signature;
-        if inputs.len() != sig.inputs.len() {
-            return Err(Error::invalid_input(format!(
-                "{} inputs given, the model takes {}",
-                inputs.len(),
-                sig.inputs.len()
-            )));
-        }
-        let values = inputs
-            .iter()
-            .zip(&sig.inputs)
-            .zip(&self.shared.input_types)
-            .map(|((t, spec), &dt)| to_tract(t, dt, &spec.name))
-            .collect::<Result<TVec<TValue>>>()?;
+        self.shared.check_count(inputs.len())?;
+        let key = self.shared.plans.key_for(&inputs)?;
+        let values = self.shared.to_tract(&inputs)?;
         drop(inputs);
-        let outputs = match no_panic("tract", || self.state.run(values)) {
+        let state = self.state_for(key)?;
+        let outputs = match no_panic("tract", || state.run(values)) {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => return Err(Error::InferenceFailed(one_line(&e))),
             Err(panic) => {
-                // The state may be half-updated: start the next run afresh.
-                if let Ok(state) = self.shared.spawn() {
-                    self.state = state;
-                }
+                // The state may be half-updated: the next run spawns a new one.
+                self.states.remove(0);
                 return Err(Error::InferenceFailed(panic));
             }
         };
+        let sig = &self.shared.signature;
         if outputs.len() != sig.outputs.len() {
             return Err(Error::Internal(format!(
                 "tract returned {} outputs, the signature has {}",
