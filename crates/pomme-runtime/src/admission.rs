@@ -8,6 +8,11 @@
 
 use pomme_core::{Error, Result};
 use std::sync::Arc;
+// Under `--cfg loom` the counters are loom's, so `tests/loom_admission.rs` can
+// explore every interleaving of the compare-and-swap paths (see RELIABILITY.md).
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+#[cfg(not(loom))]
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 use tokio::time::Instant;
