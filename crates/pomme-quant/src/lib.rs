@@ -11,6 +11,8 @@
 //! * [`validate`]: compares any float / quantized pair on data, per engine.
 //! * [`quantize_cached`]: what the runtime calls when a model config asks for
 //!   `precision = "int8"`: quantizes once into a content-addressed cache.
+//! * [`prepare_served`]: the whole served-transparently step (quantize into
+//!   the cache, validate against the float model, enforce the budget).
 //! * [`quantize_model`]: the in-memory core, for callers that hold a proto.
 //!
 //! Engines are passed in as `&dyn pomme_core::Backend` (the first available
@@ -28,6 +30,7 @@ pub mod rewrite;
 mod runner;
 pub mod scheme;
 pub mod sensitivity;
+pub mod serve;
 pub mod validate;
 pub mod weights;
 
@@ -38,6 +41,7 @@ pub use progress::{ProgressEvent, Stage, silent};
 pub use rewrite::{ActivationParams, KeptFloat, Layer, QuantizedWeight};
 pub use scheme::{CalibrationMethod, QuantizeOptions, Scheme};
 pub use sensitivity::LayerSensitivity;
+pub use serve::{ServeQuantization, Served, prepare_served};
 pub use validate::{BackendReport, OutputMetrics, ValidateOptions, ValidationReport, validate};
 
 use onnx::pb;
@@ -275,18 +279,31 @@ pub fn quantize_file(
     backends: &[&dyn Backend],
     progress: &dyn Fn(&ProgressEvent),
 ) -> Result<QuantizeOutcome> {
-    progress(&ProgressEvent::Stage {
-        stage: Stage::Loading,
-    });
-    let (model, float_bytes) = onnx::load_model(input)?;
-    let float_len = float_bytes.len() as u64;
-    drop(float_bytes);
     // Validation data is read up front so a bad file fails before the work.
     let vdata = options
         .validate
         .as_ref()
         .map(|p| Dataset::from_npz(p))
         .transpose()?;
+    quantize_file_with_data(input, output, options, vdata, backends, progress)
+}
+
+/// [`quantize_file`] with the validation data given in memory (it replaces
+/// `options.validate`); the server uses it for synthetic warm-up data.
+pub fn quantize_file_with_data(
+    input: &Path,
+    output: &Path,
+    options: &QuantizeOptions,
+    vdata: Option<Dataset>,
+    backends: &[&dyn Backend],
+    progress: &dyn Fn(&ProgressEvent),
+) -> Result<QuantizeOutcome> {
+    progress(&ProgressEvent::Stage {
+        stage: Stage::Loading,
+    });
+    let (model, float_bytes) = onnx::load_model(input)?;
+    let float_len = float_bytes.len() as u64;
+    drop(float_bytes);
     let prepared = prepare(&model, options, backends, progress)?;
     let all: Vec<&Layer> = prepared.layers.iter().collect();
     let (mut qmodel, mut summary) = build(&model, options, &prepared, &all, progress)?;
@@ -313,7 +330,9 @@ pub fn quantize_file(
         });
         let mut report = validate::validate(input, &tmp, data, &vopts, backends, progress)?;
         if let Some(budget) = options.max_accuracy_drop {
-            if options.auto_exclude && report.check_budget(budget).is_err() {
+            if options.auto_exclude
+                && let Err(whole) = report.check_budget(budget)
+            {
                 let backend = first_available(backends).ok_or_else(|| {
                     Error::Unavailable("the sensitivity search needs an available engine".into())
                 })?;
@@ -329,8 +348,11 @@ pub fn quantize_file(
                     .filter(|l| !search.excluded.contains(&l.weight))
                     .collect();
                 if keep.is_empty() {
+                    // Name the figures of the fully quantized model too.
+                    let whole = whole.to_string();
+                    let whole = whole.trim_end_matches("; nothing written");
                     return Err(Error::UnsupportedPrecision(format!(
-                        "no layer can be quantized with {} within an accuracy drop of {budget} points",
+                        "no layer can be quantized with {} within an accuracy drop of {budget} points (all layers quantized: {whole})",
                         options.scheme.name()
                     ))
                     .into());

@@ -1,0 +1,352 @@
+//! Serving quantized models transparently.
+//!
+//! A model config that asks for `precision = "int8"` (or `"int4"`) gets, at
+//! load, [`prepare_served`]: the float file is quantized once into a
+//! content-addressed cache directory, the quantized model is validated against
+//! the float one on the model's calibration / validation data (or, when the
+//! config names none, on deterministic synthetic warm-up inputs built from the
+//! signature), and the load is refused — with the measured figures in the
+//! error — when the accuracy budget is exceeded. Sensitive layers are kept in
+//! float automatically when that brings the model within budget.
+//!
+//! The validation report is stored beside the cached model
+//! (`<model>.report.json`), so a restart reuses both and still knows the
+//! figures. The cache key covers the model bytes, every option (scheme,
+//! budget, exclusions) and the contents of the data files, so nothing stale is
+//! ever served.
+//!
+//! Synthetic warm-up data is a weak proxy (random inputs say nothing about
+//! accuracy on real data; they do catch a quantization that changes the
+//! model's decisions); configs should name real validation data.
+
+use crate::data::Dataset;
+use crate::progress::silent;
+use crate::scheme::{QuantizeOptions, Scheme};
+use crate::validate::ValidationReport;
+use pomme_core::{
+    Backend, DType, Dim, Error, LoadOptions, ModelArtifact, ModelFormat, ModelSignature, Precision,
+    Result, Tensor,
+};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Default accuracy budget in points (percentage points of accuracy with
+/// labels, else of top-1 disagreement).
+pub const DEFAULT_MAX_ACCURACY_DROP: f64 = 1.0;
+/// Default number of synthetic warm-up rows.
+pub const DEFAULT_WARMUP_SAMPLES: usize = 64;
+
+/// What a model config says about serving it quantized.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServeQuantization {
+    /// `Int8` or `Int4`; float precisions need no quantization.
+    pub precision: Precision,
+    /// A scheme overriding the precision's default (per-channel INT8 weights,
+    /// INT4 blocks of 32), e.g. `int8-static` or another block size.
+    pub scheme: Option<Scheme>,
+    /// Calibration data (`.npz`), needed by `int8-static`.
+    pub calibration: Option<PathBuf>,
+    /// Validation data (`.npz`); defaults to the calibration data, then to
+    /// synthetic warm-up inputs.
+    pub validation: Option<PathBuf>,
+    /// Label array in the validation data (default: `y`/`label`/`labels`).
+    pub labels: Option<String>,
+    /// The budget; over it the model is refused.
+    pub max_accuracy_drop: f64,
+    /// Rows of synthetic warm-up data when no data file is named.
+    pub warmup_samples: usize,
+    /// Where quantized models and their reports are cached.
+    pub cache_dir: PathBuf,
+}
+
+impl ServeQuantization {
+    /// Defaults for `precision`, caching into `cache_dir`.
+    pub fn new(precision: Precision, cache_dir: impl Into<PathBuf>) -> ServeQuantization {
+        ServeQuantization {
+            precision,
+            scheme: None,
+            calibration: None,
+            validation: None,
+            labels: None,
+            max_accuracy_drop: DEFAULT_MAX_ACCURACY_DROP,
+            warmup_samples: DEFAULT_WARMUP_SAMPLES,
+            cache_dir: cache_dir.into(),
+        }
+    }
+}
+
+/// A quantized model ready to serve.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// The quantized ONNX file (in the cache).
+    pub path: PathBuf,
+    /// The validation that admitted it.
+    pub report: ValidationReport,
+    /// Whether it came from the cache (no quantization ran).
+    pub cached: bool,
+    /// What it was validated on, in words.
+    pub data: String,
+}
+
+impl Served {
+    /// A one-line summary of the figures, for logs and metadata.
+    pub fn summary(&self) -> String {
+        let worst = self
+            .report
+            .backends
+            .iter()
+            .filter_map(|b| b.budget_figure().map(|f| (f, b)))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let figure = match worst {
+            Some((f, b)) if b.accuracy_drop.is_some() => {
+                format!("accuracy drop {f:.2} points on {}", b.backend)
+            }
+            Some((f, b)) => format!("top-1 disagreement {f:.2}% on {}", b.backend),
+            None => "no comparable output".into(),
+        };
+        let cosine = self
+            .report
+            .backends
+            .iter()
+            .flat_map(|b| b.outputs.iter())
+            .map(|o| o.cosine_min)
+            .min_by(f64::total_cmp)
+            .map(|c| format!(", worst cosine {c:.5}"))
+            .unwrap_or_default();
+        format!(
+            "{figure}{cosine}, size {:.3}x, validated on {}",
+            self.report.size_ratio, self.data
+        )
+    }
+}
+
+/// Quantizes (or finds in the cache), validates and admits `model` for
+/// serving at `q.precision`. Over budget → `UnsupportedPrecision` whose message
+/// carries the figures; nothing is cached then.
+pub fn prepare_served(
+    model: &Path,
+    q: &ServeQuantization,
+    backends: &[&dyn Backend],
+) -> Result<Served> {
+    let scheme = match (&q.scheme, Scheme::for_precision(q.precision)) {
+        (Some(s), _) => s.clone(),
+        (None, Some(s)) => s,
+        (None, None) => {
+            return Err(Error::UnsupportedPrecision(format!(
+                "precision {} is served as stored, not quantized",
+                q.precision
+            )));
+        }
+    };
+    if q.max_accuracy_drop.is_nan() || q.max_accuracy_drop < 0.0 {
+        return Err(Error::invalid_input(format!(
+            "max_accuracy_drop must be a number ≥ 0, got {}",
+            q.max_accuracy_drop
+        )));
+    }
+    let mut options = QuantizeOptions::new(scheme);
+    options.calibration = q.calibration.clone();
+    options.validate = q.validation.clone().or_else(|| q.calibration.clone());
+    options.labels = q.labels.clone();
+    options.max_accuracy_drop = Some(q.max_accuracy_drop);
+    options.auto_exclude = true;
+    // Latency is not what admission decides on; one timed pass keeps loads short.
+    options.latency_repeats = 1;
+
+    let synthetic = options.validate.is_none();
+    let data_words = match &options.validate {
+        Some(p) => p.display().to_string(),
+        None => format!("{} synthetic warm-up rows", q.warmup_samples.max(1)),
+    };
+    let mut h = Sha256::new();
+    h.update(crate::cache::cache_key(model, &options)?.as_bytes());
+    if synthetic {
+        h.update(format!("synthetic-warmup v1 {}", q.warmup_samples.max(1)).as_bytes());
+    }
+    let key = format!("{:x}", h.finalize());
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let out = q.cache_dir.join(format!(
+        "{stem}.{}.{}.onnx",
+        options.scheme.name(),
+        &key[..16]
+    ));
+    let report_path = out.with_extension("report.json");
+
+    if out.is_file() {
+        if let Some(report) = std::fs::read(&report_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ValidationReport>(&b).ok())
+        {
+            return Ok(Served {
+                path: out,
+                report,
+                cached: true,
+                data: data_words,
+            });
+        }
+    }
+
+    std::fs::create_dir_all(&q.cache_dir).map_err(|e| {
+        Error::Internal(format!(
+            "cannot create the quantization cache {}: {e}",
+            q.cache_dir.display()
+        ))
+    })?;
+    let vdata = match &options.validate {
+        Some(p) => Dataset::from_npz(p)?,
+        None => synthetic_data(model, backends, q.warmup_samples.max(1))?,
+    };
+    let outcome =
+        crate::quantize_file_with_data(model, &out, &options, Some(vdata), backends, &silent)
+            .map_err(|e| {
+                let e: Error = e.into();
+                e.with_message(format!(
+                    "precision {} refused: {}",
+                    q.precision,
+                    e.message()
+                ))
+            })?;
+    let report = outcome.validation.ok_or_else(|| {
+        Error::Internal("quantization finished without the validation it was asked for".into())
+    })?;
+    write_atomic(&report_path, report.to_json().as_bytes())?;
+    Ok(Served {
+        path: out,
+        report,
+        cached: false,
+        data: data_words,
+    })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Deterministic warm-up inputs for every model input: `rows` rows, other
+/// symbolic dimensions 16; floats N(0,1), integers and booleans 0/1 (valid as
+/// token ids, masks and indices alike).
+fn synthetic_data(model: &Path, backends: &[&dyn Backend], rows: usize) -> Result<Dataset> {
+    let backend = backends
+        .iter()
+        .find(|b| b.availability().is_available())
+        .ok_or_else(|| Error::Unavailable("no engine available to read the model".into()))?;
+    let artifact = ModelArtifact {
+        path: model.to_path_buf(),
+        format: ModelFormat::Onnx,
+    };
+    let loaded = backend.load(&artifact, &LoadOptions::default())?;
+    synthetic_for(loaded.signature(), rows)
+}
+
+fn synthetic_for(sig: &ModelSignature, rows: usize) -> Result<Dataset> {
+    let mut rng = SplitMix(0x706f_6d6d_6521);
+    let mut arrays = Vec::with_capacity(sig.inputs.len());
+    for spec in &sig.inputs {
+        let shape: Vec<usize> = spec
+            .shape
+            .dims()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Dim::Fixed(f) => *f,
+                Dim::Symbolic(_) if i == 0 => rows,
+                Dim::Symbolic(_) => 16,
+            })
+            .collect();
+        let n: usize = shape.iter().product();
+        let t = match spec.dtype {
+            DType::F32 => Tensor::from_vec(shape, (0..n).map(|_| rng.normal() as f32).collect())?,
+            DType::F64 => Tensor::from_vec(shape, (0..n).map(|_| rng.normal()).collect())?,
+            DType::I64 => Tensor::from_vec(shape, (0..n).map(|_| rng.bit() as i64).collect())?,
+            DType::I32 => Tensor::from_vec(shape, (0..n).map(|_| rng.bit() as i32).collect())?,
+            DType::Bool => {
+                let v: Vec<bool> = (0..n).map(|_| rng.bit() == 1).collect();
+                Tensor::from_bools(shape, &v)?
+            }
+            other => {
+                return Err(Error::UnsupportedPrecision(format!(
+                    "input '{}' is {other}: synthetic warm-up data cannot be made for it; name validation data in the model config",
+                    spec.name
+                )));
+            }
+        };
+        arrays.push((spec.name.clone(), t));
+    }
+    Ok(Dataset::from_arrays(arrays))
+}
+
+/// SplitMix64: tiny, deterministic, good enough for warm-up inputs.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        // Box–Muller.
+        (-2.0 * self.unit().ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos()
+    }
+    fn bit(&mut self) -> u64 {
+        self.next() >> 63
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pomme_core::{Shape, TensorSpec};
+
+    #[test]
+    fn synthetic_rows_follow_the_signature() {
+        let sig = ModelSignature {
+            inputs: vec![
+                TensorSpec::new(
+                    "ids",
+                    DType::I64,
+                    Shape(vec![
+                        Dim::Symbolic("batch".into()),
+                        Dim::Symbolic("seq".into()),
+                    ]),
+                ),
+                TensorSpec::new(
+                    "x",
+                    DType::F32,
+                    Shape(vec![Dim::Symbolic("batch".into()), Dim::Fixed(3)]),
+                ),
+            ],
+            outputs: vec![],
+        };
+        let d = synthetic_for(&sig, 5).unwrap();
+        assert_eq!(d.get("ids").unwrap().shape(), &[5, 16]);
+        assert_eq!(d.get("x").unwrap().shape(), &[5, 3]);
+        let ids = d.get("ids").unwrap().to_vec::<i64>().unwrap();
+        assert!(ids.iter().all(|&v| v == 0 || v == 1));
+        assert!(ids.contains(&0) && ids.contains(&1));
+        // Deterministic: the cache key assumes the same data every time.
+        let again = synthetic_for(&sig, 5).unwrap();
+        assert_eq!(
+            again.get("x").unwrap().to_vec::<f32>().unwrap(),
+            d.get("x").unwrap().to_vec::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn float_precision_is_not_quantized() {
+        let q = ServeQuantization::new(Precision::F32, "/nonexistent");
+        let e = prepare_served(Path::new("m.onnx"), &q, &[]).unwrap_err();
+        assert!(e.to_string().contains("served as stored"), "{e}");
+    }
+}
