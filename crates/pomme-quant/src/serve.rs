@@ -175,18 +175,17 @@ pub fn prepare_served(
     ));
     let report_path = out.with_extension("report.json");
 
-    if out.is_file() {
-        if let Some(report) = std::fs::read(&report_path)
+    if out.is_file()
+        && let Some(report) = std::fs::read(&report_path)
             .ok()
             .and_then(|b| serde_json::from_slice::<ValidationReport>(&b).ok())
-        {
-            return Ok(Served {
-                path: out,
-                report,
-                cached: true,
-                data: data_words,
-            });
-        }
+    {
+        return Ok(Served {
+            path: out,
+            report,
+            cached: true,
+            data: data_words,
+        });
     }
 
     std::fs::create_dir_all(&q.cache_dir).map_err(|e| {
