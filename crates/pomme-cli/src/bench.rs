@@ -1,5 +1,7 @@
 //! `pomme bench`: latency percentiles and throughput, one row per backend ×
 //! batch size × concurrency, measured through the same `Runtime` path requests take.
+//! With `--url` it is a load generator against a running server instead
+//! (see [`crate::loadgen`]).
 
 use crate::cli::{EngineArgs, tokio_runtime, usage};
 use anyhow::{Result, anyhow};
@@ -16,6 +18,26 @@ use std::time::{Duration, Instant};
 pub struct BenchArgs {
     /// Model file (local benchmark).
     pub model: Option<PathBuf>,
+    /// Load-test a running server instead: http://HOST:PORT or grpc://HOST:PORT.
+    #[arg(long, requires = "model_name", conflicts_with_all = ["model", "backend"])]
+    pub url: Option<String>,
+    /// With --url: the model name on the server.
+    #[arg(long = "model", value_name = "M", requires = "url")]
+    pub model_name: Option<String>,
+    /// With --url: the model version (default: the server's choice).
+    #[arg(long, value_name = "V", requires = "url")]
+    pub model_version: Option<String>,
+    /// With --url: send tensors as raw bytes (HTTP binary tensor extension, gRPC raw_input_contents).
+    #[arg(long, requires = "url")]
+    pub binary: bool,
+    /// With --url: input as NAME=FILE.npy (repeat per input); others are generated from the model's metadata.
+    #[arg(
+        long = "input",
+        short = 'i',
+        value_name = "NAME=FILE.npy",
+        requires = "url"
+    )]
+    pub inputs: Vec<String>,
     /// Backends to compare, comma-separated (default: every available one reading the format).
     #[arg(long, value_delimiter = ',')]
     pub backend: Vec<String>,
@@ -59,6 +81,9 @@ pub struct Row {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    if let Some(url) = &args.url {
+        return run_remote(url, &args);
+    }
     let model = args
         .model
         .clone()
@@ -118,6 +143,32 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print_table(&rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pomme bench --url`: drives a running server; progress on stderr, the
+/// table or the JSON document on stdout.
+fn run_remote(url: &str, args: &BenchArgs) -> Result<ExitCode> {
+    let cfg = crate::loadgen::LoadConfig {
+        url: url.to_string(),
+        model: args
+            .model_name
+            .clone()
+            .ok_or_else(|| usage("--url needs --model M"))?,
+        version: args.model_version.clone(),
+        concurrency: args.concurrency.clone(),
+        batch: args.batch.clone(),
+        duration: args.duration,
+        warmup: args.warmup,
+        binary: args.binary,
+        inputs: args.inputs.clone(),
+    };
+    let report = tokio_runtime()?.block_on(crate::loadgen::run(&cfg))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        crate::loadgen::print_table(&report);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,7 +22,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Run a model once on .npy inputs; write .npy outputs and print a JSON summary.
     Infer(InferArgs),
-    /// Measure latency and throughput (p50/p90/p99) per backend, batch size and concurrency.
+    /// Measure latency and throughput (p50/p90/p99) per backend, batch size and concurrency,
+    /// or load-test a running server with --url.
     Bench(crate::bench::BenchArgs),
     /// List the backends compiled in and their devices, available or why not.
     Devices(DevicesArgs),
