@@ -225,3 +225,100 @@ impl Specializer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_core::ops::math;
+
+    /// `y = a + b` with `a`, `b`: f32 `[B, S]`.
+    fn add_model() -> TypedModel {
+        let mut model = TypedModel::default();
+        let b = TDim::Sym(model.symbols.sym("B"));
+        let s = TDim::Sym(model.symbols.sym("S"));
+        let fact = f32::fact(&[b, s]);
+        let a = model.add_source("a", fact.clone()).unwrap();
+        let c = model.add_source("c", fact).unwrap();
+        let y = model.wire_node("y", math::add(), &[a, c]).unwrap()[0];
+        model.select_output_outlets(&[y]).unwrap();
+        model
+    }
+
+    fn specializer(capacity: usize) -> Specializer {
+        let cpu = tract_core::runtime::runtime_for_name("cpu")
+            .unwrap()
+            .unwrap();
+        Specializer::new(
+            add_model(),
+            cpu,
+            RunOptions::default(),
+            DeviceKind::Cpu,
+            vec!["a".into(), "c".into()],
+            capacity,
+        )
+        .unwrap()
+    }
+
+    fn zeros(shape: &[usize]) -> Tensor {
+        Tensor::zeros(pomme_core::DType::F32, shape.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn key_is_every_symbol_read_from_the_inputs() {
+        let s = specializer(4);
+        assert_eq!(
+            s.symbols()
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+            ["B", "S"]
+        );
+        assert!(s.is_leading(0) && !s.is_leading(1));
+        assert_eq!(
+            s.key_for(&[zeros(&[3, 5]), zeros(&[3, 5])]).unwrap(),
+            vec![3, 5]
+        );
+    }
+
+    #[test]
+    fn disagreeing_inputs_are_an_input_error() {
+        let s = specializer(4);
+        let e = s.key_for(&[zeros(&[3, 5]), zeros(&[2, 5])]).unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        assert!(e.to_string().contains("'B' is 3 in input 'a' but 2"), "{e}");
+        let e = s.key_for(&[zeros(&[3]), zeros(&[3, 5])]).unwrap_err();
+        assert!(e.to_string().contains("rank 1"), "{e}");
+    }
+
+    #[test]
+    fn plans_are_concrete_cached_and_evicted_least_recent_first() {
+        let s = specializer(2);
+        let p35 = s.plan(&vec![3, 5]).unwrap();
+        let again = s.plan(&vec![3, 5]).unwrap();
+        assert!(Arc::ptr_eq(&p35, &again), "a cached key is not rebuilt");
+        // The plan's input fact is concrete: symbols were bound before optimizing.
+        let fact = p35.input_fact(0).unwrap();
+        assert_eq!(fact.shape.as_concrete(), Some(&[3usize, 5][..]));
+        s.plan(&vec![1, 5]).unwrap();
+        s.plan(&vec![3, 5]).unwrap(); // [3,5] becomes most recent
+        s.plan(&vec![2, 2]).unwrap(); // evicts [1,5]
+        assert_eq!(s.cached(), 2);
+        assert!(Arc::ptr_eq(&p35, &s.plan(&vec![3, 5]).unwrap()));
+        let cache = s.cache.lock();
+        let keys: Vec<&Key> = cache.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [&vec![3, 5], &vec![2, 2]]);
+    }
+
+    #[test]
+    fn one_new_key_is_built_once_under_contention() {
+        let s = specializer(4);
+        let plans: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| s.plan(&vec![7, 3]).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(plans.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
+        assert_eq!(s.cached(), 1);
+    }
+}
