@@ -1,8 +1,11 @@
-//! The runtime's overhead: the same model through the raw engine session and
-//! through `Runtime::infer`, in one run; prints the ratio.
+//! The runtime's overhead: the same model through raw tract and through
+//! `Runtime::infer`, in one run; prints the ratio.
 //!
 //! Model: `$POMME_BENCH_MODEL` (default: MobileNetV2 from the shared models),
-//! batch 1, tract CPU backend.
+//! batch 1, tract CPU backend. The raw side runs a tract state over the very
+//! plan pomme runs for these inputs (specialized to batch 1, from
+//! `TractModel::plan_for`) on inputs already converted to tract values, so the
+//! ratio is what pomme adds: admission, queueing, batching, tensor copies.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pomme_core::{Backend, DType, LoadOptions, Tensor};
@@ -51,12 +54,17 @@ fn overhead(c: &mut Criterion) {
         path: path.clone(),
         format: pomme_core::ModelFormat::Onnx,
     };
-    let model = backend
-        .load(&artifact, &LoadOptions::default())
+    let model = pomme_tract::TractBackend::new()
+        .load_tract(&artifact, &LoadOptions::default())
         .expect("model loads");
-    let inputs = input_for(model.signature());
+    let inputs = input_for(pomme_core::LoadedModel::signature(model.as_ref()));
     let ordered: Vec<Tensor> = inputs.iter().map(|(_, t)| t.clone()).collect();
-    let mut session = model.session().unwrap();
+    let values = model.tract_inputs(&ordered).expect("inputs convert");
+    let mut state = model
+        .plan_for(&ordered)
+        .expect("plan for batch 1")
+        .spawn()
+        .expect("tract state");
 
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -76,7 +84,7 @@ fn overhead(c: &mut Criterion) {
         .sample_size(30)
         .measurement_time(Duration::from_secs(8));
     group.bench_function("raw_engine", |b| {
-        b.iter(|| black_box(session.run(ordered.clone()).unwrap()))
+        b.iter(|| black_box(state.run(values.clone()).unwrap()))
     });
     group.bench_function("runtime_infer", |b| {
         b.iter(|| {
@@ -90,7 +98,7 @@ fn overhead(c: &mut Criterion) {
     let (mut raw, mut full) = (Vec::new(), Vec::new());
     for _ in 0..40 {
         let t = Instant::now();
-        black_box(session.run(ordered.clone()).unwrap());
+        black_box(state.run(values.clone()).unwrap());
         raw.push(t.elapsed());
         let t = Instant::now();
         black_box(
