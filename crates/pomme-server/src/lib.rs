@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod http;
 pub mod kserve;
 pub mod lifecycle;
+pub mod node;
 pub mod pbtxt;
 pub mod proto;
 pub mod repository;
