@@ -29,6 +29,6 @@ pub use admission::{Admission, Permit};
 pub use artifact::detect_artifact;
 pub use registry::{ModelState, ModelStatus, ModelView};
 pub use runtime::{DeviceStatus, InferRequest, InferResponse, Runtime, RuntimeBuilder};
-pub use spec::{BatchingConfig, ModelSpec};
+pub use spec::{BatchingConfig, DeclaredTensor, ModelSpec};
 pub use stats::{Ewma, LatencyHistogram, ModelStats, PerformanceSummary, StatDuration};
 pub use thermal::{ThermalGovernor, ThermalLevel, ThermalPolicy, ThermalSource};

@@ -295,6 +295,16 @@ impl Runtime {
         let artifact = detect_artifact(&spec.path)?;
         let model = self.load_with_backends(spec, &artifact)?;
         let memory = model.memory();
+        // The model's own configuration: its memory cap and declared inputs/outputs.
+        spec.check_memory(
+            &memory,
+            if spec.batching.is_some() {
+                spec.max_batch_size
+            } else {
+                1
+            },
+        )?;
+        let signature = spec.apply_declared(model.signature())?;
         let reservation = self
             .inner
             .admission
@@ -341,7 +351,7 @@ impl Runtime {
             version: spec.version,
             backend: model.backend().to_string(),
             device: model.device(),
-            signature: model.signature().clone(),
+            signature,
             max_batch_size: if spec.batching.is_some() {
                 spec.max_batch_size
             } else {

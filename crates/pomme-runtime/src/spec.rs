@@ -1,7 +1,7 @@
 //! How a model is to be served: what the server's repository config and library
 //! users hand to [`crate::Runtime::load`].
 
-use pomme_core::LoadOptions;
+use pomme_core::{DType, Dim, Error, LoadOptions, MemoryEstimate, ModelSignature, Result, Shape};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,6 +52,23 @@ pub struct ModelSpec {
     pub max_batch_size: usize,
     /// Compute threads for this model, each with its own session.
     pub workers: usize,
+    /// Per-model memory cap in MiB: the weights plus the activation estimate
+    /// for the largest batch must fit, or the load fails.
+    pub memory_budget_mb: Option<u64>,
+    /// Inputs a configuration declares: checked against the model's
+    /// signature at load, and their fixed dims narrow its variable ones.
+    pub declared_inputs: Vec<DeclaredTensor>,
+    /// Outputs a configuration declares (checked like the inputs).
+    pub declared_outputs: Vec<DeclaredTensor>,
+}
+
+/// An input or output as a model configuration declares it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclaredTensor {
+    pub name: String,
+    pub dtype: DType,
+    /// Full dims including the batch dimension (-1: variable).
+    pub dims: Vec<i64>,
 }
 
 impl ModelSpec {
@@ -66,7 +83,94 @@ impl ModelSpec {
             batching: None,
             max_batch_size: 0,
             workers: 1,
+            memory_budget_mb: None,
+            declared_inputs: Vec::new(),
+            declared_outputs: Vec::new(),
         }
+    }
+
+    /// Caps this model's memory (weights + activations of its largest batch).
+    pub fn memory_budget_mb(mut self, mb: u64) -> Self {
+        self.memory_budget_mb = Some(mb);
+        self
+    }
+
+    /// Checks the loaded model's memory estimate against the per-model budget.
+    pub fn check_memory(&self, memory: &MemoryEstimate, max_batch: usize) -> Result<()> {
+        let Some(mb) = self.memory_budget_mb else {
+            return Ok(());
+        };
+        let need = memory.for_batch(max_batch.max(1));
+        if need > mb.saturating_mul(1 << 20) {
+            return Err(Error::MemoryBudgetExceeded(format!(
+                "model '{}' version {} needs {:.1} MiB (weights + activations for a batch of {}), above its memory_budget_mb of {mb}",
+                self.name,
+                self.version,
+                need as f64 / (1u64 << 20) as f64,
+                max_batch.max(1)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The signature to serve: the model's, checked against the declared
+    /// inputs and outputs (every declared name must exist with the same
+    /// dtype and rank, and each declared fixed dim must be one the model
+    /// accepts), with declared fixed dims narrowing the model's variable ones.
+    /// The first dim of a model whose first dim is variable stays variable:
+    /// batching depends on it.
+    pub fn apply_declared(&self, sig: &ModelSignature) -> Result<ModelSignature> {
+        let mut out = sig.clone();
+        for (what, declared, specs) in [
+            ("input", &self.declared_inputs, &mut out.inputs),
+            ("output", &self.declared_outputs, &mut out.outputs),
+        ] {
+            for d in declared {
+                let bad = |msg: String| {
+                    Error::InvalidModelFormat(format!(
+                        "model '{}' version {}: the configuration declares {what} '{}' {msg}",
+                        self.name, self.version, d.name
+                    ))
+                };
+                let Some(spec) = specs.iter_mut().find(|s| s.name == d.name) else {
+                    let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                    return Err(bad(format!(
+                        "but the model has no such {what} (it has {})",
+                        known.join(", ")
+                    )));
+                };
+                if spec.dtype != d.dtype {
+                    return Err(bad(format!(
+                        "as {}, but the model's is {}",
+                        d.dtype, spec.dtype
+                    )));
+                }
+                let dims = spec.shape.dims();
+                let mismatch = || {
+                    bad(format!(
+                        "with dims {:?}, but the model's shape is {}",
+                        d.dims, spec.shape
+                    ))
+                };
+                if dims.len() != d.dims.len() {
+                    return Err(mismatch());
+                }
+                let mut narrowed = Vec::with_capacity(dims.len());
+                for (i, (m, &want)) in dims.iter().zip(&d.dims).enumerate() {
+                    let dim = match (m, want) {
+                        (_, w) if w < -1 => return Err(mismatch()),
+                        (m, -1) => m.clone(),
+                        (Dim::Fixed(f), w) if *f as i64 == w => m.clone(),
+                        (Dim::Fixed(_), _) => return Err(mismatch()),
+                        (Dim::Symbolic(_), _) if i == 0 => m.clone(),
+                        (Dim::Symbolic(_), w) => Dim::Fixed(w as usize),
+                    };
+                    narrowed.push(dim);
+                }
+                spec.shape = Shape(narrowed);
+            }
+        }
+        Ok(out)
     }
 
     /// Prefers these backends, in order.
@@ -92,5 +196,91 @@ impl ModelSpec {
     pub fn version(mut self, v: u64) -> Self {
         self.version = v;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pomme_core::TensorSpec;
+
+    fn sig() -> ModelSignature {
+        let shape = Shape(vec![
+            Dim::Symbolic("batch".into()),
+            Dim::Symbolic("seq".into()),
+            Dim::Fixed(4),
+        ]);
+        ModelSignature {
+            inputs: vec![TensorSpec::new("x", DType::F32, shape.clone())],
+            outputs: vec![TensorSpec::new("y", DType::F32, shape)],
+        }
+    }
+
+    fn declared(name: &str, dtype: DType, dims: &[i64]) -> DeclaredTensor {
+        DeclaredTensor {
+            name: name.into(),
+            dtype,
+            dims: dims.to_vec(),
+        }
+    }
+
+    #[test]
+    fn declared_dims_narrow_the_signature() {
+        let mut spec = ModelSpec::new("m", "m.onnx");
+        assert_eq!(spec.apply_declared(&sig()).unwrap(), sig());
+        spec.declared_inputs = vec![declared("x", DType::F32, &[8, 16, 4])];
+        let s = spec.apply_declared(&sig()).unwrap();
+        // The batch dim stays variable; the others take the declared extents.
+        assert_eq!(s.inputs[0].shape.to_i64(), vec![-1, 16, 4]);
+        assert_eq!(s.outputs, sig().outputs);
+    }
+
+    #[test]
+    fn declared_mismatches_are_load_errors() {
+        for (d, needle) in [
+            (
+                declared("z", DType::F32, &[-1, -1, 4]),
+                "no such input (it has x)",
+            ),
+            (
+                declared("x", DType::I64, &[-1, -1, 4]),
+                "as INT64, but the model's is FP32",
+            ),
+            (
+                declared("x", DType::F32, &[-1, -1, 5]),
+                "with dims [-1, -1, 5]",
+            ),
+            (declared("x", DType::F32, &[-1, 4]), "with dims [-1, 4]"),
+            (declared("x", DType::F32, &[-1, -2, 4]), "with dims"),
+        ] {
+            let mut spec = ModelSpec::new("m", "m.onnx");
+            spec.declared_inputs = vec![d];
+            let e = spec.apply_declared(&sig()).unwrap_err();
+            assert_eq!(e.kind(), pomme_core::ErrorKind::InvalidModelFormat);
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        let mut spec = ModelSpec::new("m", "m.onnx");
+        spec.declared_outputs = vec![declared("y", DType::F32, &[-1, 3, 3])];
+        let e = spec.apply_declared(&sig()).unwrap_err().to_string();
+        assert!(e.contains("declares output 'y'"), "{e}");
+    }
+
+    #[test]
+    fn memory_budget() {
+        let mem = MemoryEstimate {
+            weight_bytes: 3 << 20,
+            activation_bytes_per_item: 1 << 20,
+        };
+        let spec = ModelSpec::new("m", "m.onnx");
+        spec.check_memory(&mem, 8).unwrap();
+        let spec = spec.memory_budget_mb(8);
+        spec.check_memory(&mem, 1).unwrap();
+        spec.check_memory(&mem, 5).unwrap();
+        let e = spec.check_memory(&mem, 6).unwrap_err();
+        assert_eq!(e.kind(), pomme_core::ErrorKind::MemoryBudgetExceeded);
+        assert!(
+            e.to_string().contains("above its memory_budget_mb of 8"),
+            "{e}"
+        );
     }
 }

@@ -1,15 +1,17 @@
 //! The model repository on disk: `<repo>/<model>/<version>/model.<ext>` with an
 //! optional `<repo>/<model>/config.toml` (pomme's) or `config.pbtxt` (Triton's).
 //!
-//! Scanning turns each model directory into a [`RepoModel`]: the runtime's
-//! [`ModelSpec`] for its newest version plus the declared configuration that
-//! the ModelConfig endpoints report. Model names come from clients on the
+//! Scanning turns each model directory into a [`RepoModel`]: one runtime
+//! [`ModelSpec`] per version its version policy selects (Triton's default:
+//! the newest one) plus the declared configuration that the ModelConfig
+//! endpoints report. Declared inputs/outputs and the per-model memory budget
+//! travel in the spec, and the runtime checks them against the model at load. Model names come from clients on the
 //! load endpoint, so they are checked before touching the file system, and
 //! paths are canonicalized so a symlink cannot lead outside the repository.
 
 use crate::pbtxt;
 use pomme_core::{DType, DeviceKind, LoadOptions, Precision};
-use pomme_runtime::{BatchingConfig, ModelSpec};
+use pomme_runtime::{BatchingConfig, ModelSpec, Runtime};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,22 +45,73 @@ impl From<RepoError> for pomme_core::Error {
     }
 }
 
-/// A declared input or output (from `config.toml` / `config.pbtxt`).
+/// A declared input or output (from `config.toml` / `config.pbtxt`); full
+/// dims including the batch dimension, -1 for variable.
+pub type TensorDecl = pomme_runtime::DeclaredTensor;
+
+/// Which version directories are served (Triton's `version_policy`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TensorDecl {
-    pub name: String,
-    pub dtype: DType,
-    /// Full dims including the batch dimension (-1 for variable).
-    pub dims: Vec<i64>,
+pub enum VersionPolicy {
+    /// The newest N versions (Triton's default is 1).
+    Latest(u64),
+    /// Every version directory.
+    All,
+    /// Exactly these versions; each must exist.
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those found (ascending).
+    pub fn select(&self, found: &[u64]) -> Result<Vec<u64>, String> {
+        match self {
+            VersionPolicy::Latest(0) => Err("version_policy latest must be at least 1".into()),
+            VersionPolicy::Latest(n) => {
+                let skip = found.len().saturating_sub(*n as usize);
+                Ok(found[skip..].to_vec())
+            }
+            VersionPolicy::All => Ok(found.to_vec()),
+            VersionPolicy::Specific(want) => {
+                if want.is_empty() {
+                    return Err("version_policy specific lists no version".into());
+                }
+                let mut out = Vec::new();
+                for v in want {
+                    if !found.contains(v) {
+                        return Err(format!(
+                            "version_policy asks for version {v}, which has no directory (found: {})",
+                            found
+                                .iter()
+                                .map(u64::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                    }
+                    out.push(*v);
+                }
+                out.sort_unstable();
+                out.dedup();
+                Ok(out)
+            }
+        }
+    }
 }
 
 /// One model found in the repository.
 #[derive(Clone, Debug)]
 pub struct RepoModel {
-    /// What to hand to `Runtime::load` (the newest version).
+    /// The newest selected version's spec (what single-version callers load).
     pub spec: ModelSpec,
+    /// One spec per version the policy selects, ascending; load them with [`load_versions`].
+    pub specs: Vec<ModelSpec>,
     /// Every version directory found, ascending.
     pub versions: Vec<u64>,
+    pub version_policy: VersionPolicy,
     /// Triton `platform` / `backend` as declared, if any.
     pub platform: Option<String>,
     pub inputs: Vec<TensorDecl>,
@@ -161,19 +214,10 @@ pub fn load_model(repo: &Path, name: &str) -> Result<RepoModel, RepoError> {
         }
     }
     versions.sort();
-    let Some((version, vdir)) = versions.last().cloned() else {
+    if versions.is_empty() {
         return Err(invalid(
             "no version directory (expected <model>/1/model.onnx)".into(),
         ));
-    };
-    let artifact = find_artifact(&vdir).ok_or_else(|| {
-        invalid(format!(
-            "version {version} holds no model file (model.onnx, model.nnef, model.nnef.tgz, model.mlmodel, model.mlpackage or model.mlmodelc)"
-        ))
-    })?;
-    let artifact = artifact.canonicalize().map_err(io(&artifact))?;
-    if !artifact.starts_with(&root) {
-        return Err(invalid("model file resolves outside the repository".into()));
     }
 
     let toml_path = dir.join("config.toml");
@@ -188,19 +232,47 @@ pub fn load_model(repo: &Path, name: &str) -> Result<RepoModel, RepoError> {
         Declared::default()
     };
     decl.spec.name = name.to_string();
-    decl.spec.version = version;
-    decl.spec.path = artifact.clone();
+    decl.spec.memory_budget_mb = decl.memory_budget_mb;
+    decl.spec.declared_inputs = decl.inputs.clone();
+    decl.spec.declared_outputs = decl.outputs.clone();
+    let found: Vec<u64> = versions.iter().map(|(v, _)| *v).collect();
+    let selected = decl.version_policy.select(&found).map_err(invalid)?;
+    let mut specs = Vec::with_capacity(selected.len());
+    for (version, vdir) in versions.iter().filter(|(v, _)| selected.contains(v)) {
+        let artifact = find_artifact(vdir).ok_or_else(|| {
+            invalid(format!(
+                "version {version} holds no model file (model.onnx, model.nnef, model.nnef.tgz, model.mlmodel, model.mlpackage or model.mlmodelc)"
+            ))
+        })?;
+        let artifact = artifact.canonicalize().map_err(io(&artifact))?;
+        if !artifact.starts_with(&root) {
+            return Err(invalid(format!(
+                "version {version}: model file resolves outside the repository"
+            )));
+        }
+        let mut spec = decl.spec.clone();
+        spec.version = *version;
+        spec.path = artifact;
+        specs.push(spec);
+    }
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let fingerprint = [artifact, toml_path, pbtxt_path]
-        .into_iter()
+    let fingerprint = specs
+        .iter()
+        .map(|s| s.path.clone())
+        .chain([toml_path, pbtxt_path])
         .map(|p| {
             let t = mtime(&p);
             (p, t)
         })
         .collect();
     Ok(RepoModel {
-        spec: decl.spec,
-        versions: versions.into_iter().map(|(v, _)| v).collect(),
+        spec: specs
+            .last()
+            .cloned()
+            .expect("a policy selects at least one version"),
+        specs,
+        version_policy: decl.version_policy,
+        versions: found,
         platform: decl.platform,
         inputs: decl.inputs,
         outputs: decl.outputs,
@@ -254,6 +326,7 @@ struct Declared {
     inputs: Vec<TensorDecl>,
     outputs: Vec<TensorDecl>,
     memory_budget_mb: Option<u64>,
+    version_policy: VersionPolicy,
 }
 
 impl Default for Declared {
@@ -264,6 +337,7 @@ impl Default for Declared {
             inputs: Vec::new(),
             outputs: Vec::new(),
             memory_budget_mb: None,
+            version_policy: VersionPolicy::default(),
         }
     }
 }
@@ -279,6 +353,8 @@ struct TomlConfig {
     dynamic_batching: Option<TomlBatching>,
     workers: Option<usize>,
     memory_budget_mb: Option<u64>,
+    /// `"all"`, `"latest"`, `{ latest = N }`, `{ all = true }` or `{ specific = [1, 3] }`.
+    version_policy: Option<TomlPolicy>,
     device: Option<String>,
     threads: Option<usize>,
     precision: Option<String>,
@@ -289,6 +365,42 @@ struct TomlConfig {
     /// Backend-specific settings (`compute_units`, `cache_dir`...).
     #[serde(default)]
     extra: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TomlPolicy {
+    Name(String),
+    Table(TomlPolicyTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlPolicyTable {
+    latest: Option<u64>,
+    all: Option<bool>,
+    specific: Option<Vec<u64>>,
+}
+
+impl TomlPolicy {
+    fn resolve(self) -> Result<VersionPolicy, String> {
+        match self {
+            TomlPolicy::Name(n) if n == "all" => Ok(VersionPolicy::All),
+            TomlPolicy::Name(n) if n == "latest" => Ok(VersionPolicy::Latest(1)),
+            TomlPolicy::Name(n) => Err(format!(
+                "version_policy '{n}' is not one of \"all\", \"latest\", {{ latest = N }}, {{ specific = [..] }}"
+            )),
+            TomlPolicy::Table(t) => match (t.latest, t.all, t.specific) {
+                (Some(n), None, None) => Ok(VersionPolicy::Latest(n)),
+                (None, Some(true), None) => Ok(VersionPolicy::All),
+                (None, None, Some(v)) => Ok(VersionPolicy::Specific(v)),
+                _ => Err(
+                    "version_policy must set exactly one of latest = N, all = true, specific = [..]"
+                        .into(),
+                ),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,6 +431,9 @@ fn from_toml(text: &str) -> Result<Declared, String> {
     d.spec.max_batch_size = c.max_batch_size;
     d.spec.workers = c.workers.unwrap_or(1).max(1);
     d.memory_budget_mb = c.memory_budget_mb;
+    if let Some(p) = c.version_policy {
+        d.version_policy = p.resolve()?;
+    }
     if let Some(b) = c.dynamic_batching {
         let def = BatchingConfig::default();
         d.spec.batching = Some(BatchingConfig {
@@ -529,8 +644,109 @@ fn from_pbtxt(text: &str, dir_name: &str) -> Result<Declared, String> {
         }
     }
     d.spec.workers = workers.max(1);
+    if let Some(p) = m.get("version_policy") {
+        d.version_policy = pbtxt_policy(p)?;
+    }
+    // Not in Triton's schema: pomme's per-model budget, also accepted in a
+    // pbtxt as `parameters { key: "memory_budget_mb" value { string_value: "64" } }`.
+    for p in m.all("parameters") {
+        let p = p.as_message().ok_or("'parameters' must be a message")?;
+        if p.get("key").and_then(pbtxt::Value::as_str) == Some("memory_budget_mb") {
+            let v = p
+                .get("value")
+                .and_then(pbtxt::Value::as_message)
+                .and_then(|v| v.get("string_value"))
+                .and_then(pbtxt::Value::as_str)
+                .ok_or("parameter memory_budget_mb needs value { string_value: \"N\" }")?;
+            d.memory_budget_mb = Some(
+                v.trim()
+                    .parse()
+                    .map_err(|_| format!("parameter memory_budget_mb '{v}' is not a number"))?,
+            );
+        }
+    }
     check_batching(&d.spec)?;
     Ok(d)
+}
+
+/// Triton's `version_policy: { latest { num_versions: N } }`, `{ all {} }`
+/// or `{ specific { versions: [..] } }`.
+fn pbtxt_policy(v: &pbtxt::Value) -> Result<VersionPolicy, String> {
+    let p = v.as_message().ok_or("'version_policy' must be a message")?;
+    let [(kind, body)] = p.fields.as_slice() else {
+        return Err("version_policy must hold exactly one of latest, all, specific".into());
+    };
+    let body = body
+        .as_message()
+        .ok_or_else(|| format!("version_policy {kind} must be a message"))?;
+    match kind.as_str() {
+        "latest" => Ok(VersionPolicy::Latest(
+            body.get("num_versions")
+                .map(|n| {
+                    n.as_u64()
+                        .ok_or("version_policy latest num_versions must be a non-negative integer")
+                })
+                .transpose()?
+                .unwrap_or(1),
+        )),
+        "all" => Ok(VersionPolicy::All),
+        "specific" => Ok(VersionPolicy::Specific(
+            body.all("versions")
+                .map(|n| {
+                    n.as_u64()
+                        .ok_or("version_policy specific versions must be non-negative integers")
+                })
+                .collect::<Result<_, _>>()?,
+        )),
+        other => Err(format!(
+            "version_policy '{other}' is not one of latest, all, specific"
+        )),
+    }
+}
+
+/// Loads every version a repository model selects. Versions already serving
+/// are reloaded when `reload` is true (the old instance keeps serving if the
+/// new one fails) and left alone otherwise. If versions are serving that the
+/// policy no longer selects, the model is unloaded first and every selected
+/// version loaded again: the runtime unloads whole models only, so the model
+/// is briefly unavailable in that (rare, administrative) case. Every version
+/// is tried; the first error is returned.
+pub async fn load_versions(
+    runtime: &Runtime,
+    model: &RepoModel,
+    reload: bool,
+) -> pomme_core::Result<()> {
+    let name = &model.spec.name;
+    let mut serving: Vec<u64> = runtime
+        .models()
+        .into_iter()
+        .filter(|m| &m.name == name && m.state == pomme_runtime::ModelState::Ready)
+        .map(|m| m.version)
+        .collect();
+    let selected: Vec<u64> = model.specs.iter().map(|s| s.version).collect();
+    if serving.iter().any(|v| !selected.contains(v)) {
+        tracing::info!(model = %name, ?serving, ?selected, "version policy changed; reloading every version");
+        runtime.unload(name).await?;
+        serving.clear();
+    }
+    let mut first_err = None;
+    for spec in &model.specs {
+        let outcome = if serving.contains(&spec.version) {
+            if !reload {
+                continue;
+            }
+            runtime.reload(spec.clone()).await
+        } else {
+            runtime.load(spec.clone()).await
+        };
+        if let Err(e) = outcome {
+            first_err.get_or_insert(e);
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -692,6 +908,162 @@ optimization { graph { level: 1 } }"#,
         std::os::unix::fs::symlink(outside.path().join("evil"), tmp.path().join("evil")).unwrap();
         let e = load_model(tmp.path(), "evil").unwrap_err().to_string();
         assert!(e.contains("outside the repository"), "{e}");
+    }
+
+    #[test]
+    fn version_policies_select_versions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path();
+        let cases: [(&str, &str, &str, Vec<u64>); 8] = [
+            ("dflt", "config.toml", "", vec![5]),
+            (
+                "all",
+                "config.toml",
+                "version_policy = \"all\"\n",
+                vec![1, 2, 5],
+            ),
+            (
+                "lat2",
+                "config.toml",
+                "[version_policy]\nlatest = 2\n",
+                vec![2, 5],
+            ),
+            (
+                "spec",
+                "config.toml",
+                "version_policy = { specific = [5, 1] }\n",
+                vec![1, 5],
+            ),
+            (
+                "tall",
+                "config.pbtxt",
+                "version_policy: { all: {} }",
+                vec![1, 2, 5],
+            ),
+            (
+                "tlat",
+                "config.pbtxt",
+                "version_policy { latest { num_versions: 2 } }",
+                vec![2, 5],
+            ),
+            (
+                "tspec",
+                "config.pbtxt",
+                "version_policy: { specific: { versions: [2] } }",
+                vec![2],
+            ),
+            ("tdflt", "config.pbtxt", "max_batch_size: 0", vec![5]),
+        ];
+        for (name, file, text, want) in &cases {
+            for v in [1, 2, 5] {
+                model(repo, name, v, Some((file, text)));
+            }
+            let m = load_model(repo, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got: Vec<u64> = m.specs.iter().map(|s| s.version).collect();
+            assert_eq!(&got, want, "{name}");
+            assert_eq!(m.spec.version, *want.last().unwrap());
+            assert_eq!(m.versions, vec![1, 2, 5]);
+            for s in &m.specs {
+                assert!(s.path.ends_with(format!("{name}/{}/model.onnx", s.version)));
+                assert_eq!(s.name, *name);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_version_policies_name_the_problem() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path();
+        let cases = [
+            (
+                "a",
+                "config.toml",
+                "version_policy = { specific = [3] }",
+                "version 3, which has no directory",
+            ),
+            (
+                "b",
+                "config.toml",
+                "version_policy = { latest = 0 }",
+                "latest must be at least 1",
+            ),
+            (
+                "c",
+                "config.toml",
+                "version_policy = { latest = 1, all = true }",
+                "exactly one",
+            ),
+            (
+                "d",
+                "config.toml",
+                "version_policy = \"newest\"",
+                "'newest' is not one of",
+            ),
+            (
+                "e",
+                "config.pbtxt",
+                "version_policy { sometimes {} }",
+                "'sometimes' is not one of",
+            ),
+            (
+                "f",
+                "config.pbtxt",
+                "version_policy { specific { versions: [9] } }",
+                "version 9",
+            ),
+            (
+                "g",
+                "config.toml",
+                "version_policy = { specific = [] }",
+                "lists no version",
+            ),
+        ];
+        for (name, file, text, needle) in cases {
+            model(repo, name, 1, Some((file, text)));
+            let e = load_model(repo, name).unwrap_err().to_string();
+            assert!(e.contains(needle), "{name}: {e}");
+            assert!(!e.contains('\n'), "{name}: {e}");
+        }
+        // A selected version without a model file is an error naming it.
+        model(
+            repo,
+            "h",
+            1,
+            Some(("config.toml", "version_policy = \"all\"")),
+        );
+        std::fs::create_dir_all(repo.join("h/2")).unwrap();
+        let e = load_model(repo, "h").unwrap_err().to_string();
+        assert!(e.contains("version 2 holds no model file"), "{e}");
+    }
+
+    #[test]
+    fn budget_and_declared_tensors_reach_the_spec() {
+        let tmp = tempfile::tempdir().unwrap();
+        model(
+            tmp.path(),
+            "t",
+            1,
+            Some((
+                "config.toml",
+                "memory_budget_mb = 64\n[[input]]\nname = \"x\"\ndtype = \"FP32\"\ndims = [-1, 4]\n[[output]]\nname = \"y\"\ndtype = \"TYPE_FP32\"\ndims = [-1, 4]\n",
+            )),
+        );
+        let m = load_model(tmp.path(), "t").unwrap();
+        assert_eq!(m.spec.memory_budget_mb, Some(64));
+        assert_eq!(m.spec.declared_inputs[0].dims, vec![-1, 4]);
+        assert_eq!(m.spec.declared_outputs[0].name, "y");
+        model(
+            tmp.path(),
+            "p",
+            1,
+            Some((
+                "config.pbtxt",
+                "max_batch_size: 8\ninput [ { name: \"x\" data_type: TYPE_FP32 dims: [ 4 ] } ]\nparameters { key: \"memory_budget_mb\" value { string_value: \"16\" } }",
+            )),
+        );
+        let m = load_model(tmp.path(), "p").unwrap();
+        assert_eq!(m.spec.memory_budget_mb, Some(16));
+        assert_eq!(m.spec.declared_inputs[0].dims, vec![-1, 4]);
     }
 
     proptest! {

@@ -353,11 +353,8 @@ impl Shared {
             .await
             .map_err(|e| Error::Internal(format!("repository task: {e}")))??;
         let loaded = self.runtime.models().iter().any(|m| m.name == name);
-        if loaded {
-            self.runtime.reload(model.spec.clone()).await?;
-        } else {
-            self.runtime.load(model.spec.clone()).await?;
-        }
+        // Every version the model's version policy selects.
+        repository::load_versions(&self.runtime, &model, loaded).await?;
         self.declared
             .lock()
             .expect("declared lock poisoned")
@@ -386,11 +383,7 @@ impl Shared {
     /// Loads a model description already read from the repository.
     pub async fn load_declared(&self, model: RepoModel, reload: bool) -> Result<()> {
         let name = model.spec.name.clone();
-        if reload {
-            self.runtime.reload(model.spec.clone()).await?;
-        } else {
-            self.runtime.load(model.spec.clone()).await?;
-        }
+        repository::load_versions(&self.runtime, &model, reload).await?;
         self.declared
             .lock()
             .expect("declared lock poisoned")
