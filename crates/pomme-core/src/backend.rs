@@ -161,6 +161,21 @@ impl Default for LoadOptions {
     }
 }
 
+/// The share of a model's work a backend planned on one compute device (Core
+/// ML's `MLComputePlan`: Neural Engine, GPU, CPU). Backends without such a plan
+/// report none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlacementShare {
+    /// `ane`, `gpu` or `cpu`.
+    pub device: String,
+    /// Operations whose preferred device this is.
+    pub ops: usize,
+    /// Fraction of placed operations.
+    pub op_share: f64,
+    /// Fraction of the estimated cost, when the plan gives costs.
+    pub cost_share: Option<f64>,
+}
+
 /// Memory a loaded model needs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryEstimate {
@@ -248,6 +263,11 @@ pub trait LoadedModel: Send + Sync {
     fn precision(&self) -> Precision;
     /// New per-thread execution state.
     fn session(&self) -> Result<Box<dyn Session>>;
+    /// Where the backend planned the work, per device (empty when it has no
+    /// such plan).
+    fn placement(&self) -> Vec<PlacementShare> {
+        Vec::new()
+    }
 }
 
 /// Per-thread execution state of a [`LoadedModel`].

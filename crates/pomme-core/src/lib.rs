@@ -16,7 +16,7 @@ pub mod tensor;
 
 pub use backend::{
     Availability, Backend, DeviceInfo, DeviceKind, LoadOptions, LoadedModel, MemoryEstimate,
-    ModelArtifact, ModelFormat, ModelInfo, Precision, Session,
+    ModelArtifact, ModelFormat, ModelInfo, PlacementShare, Precision, Session,
 };
 pub use dtype::{DType, Element};
 pub use error::{Error, ErrorKind, GrpcCode, Result};

@@ -180,6 +180,75 @@ impl fmt::Display for PlacementReport {
     }
 }
 
+/// The `LoadOptions::extra` key of a model's minimum Neural Engine share.
+pub const MIN_ANE_SHARE_KEY: &str = "min_ane_share";
+
+/// Reads `min_ane_share` (a fraction in [0, 1] of the placed ops, or of the
+/// estimated cost when Core ML gives costs) from a model's extra settings.
+pub fn min_ane_share(extra: &BTreeMap<String, String>) -> Result<Option<f64>> {
+    let Some(v) = extra.get(MIN_ANE_SHARE_KEY) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(Some(f)),
+        _ => Err(pomme_core::Error::invalid_input(format!(
+            "{MIN_ANE_SHARE_KEY} must be a fraction between 0 and 1, got '{v}'"
+        ))),
+    }
+}
+
+impl PlacementReport {
+    /// The Neural Engine's share used for the minimum: of estimated cost when
+    /// the plan has costs (that is where the time goes), else of placed ops.
+    pub fn ane_share(&self) -> f64 {
+        let ane = self.shares()[0];
+        ane.cost_share.unwrap_or(ane.op_share)
+    }
+
+    /// Refuses a plan whose Neural Engine share is below `min`, naming the
+    /// figures and the op types planned elsewhere.
+    pub fn require_ane_share(&self, min: f64) -> Result<()> {
+        let share = self.ane_share();
+        if share + 1e-12 >= min {
+            return Ok(());
+        }
+        let mut off: BTreeMap<&str, usize> = BTreeMap::new();
+        for o in self.off_ane() {
+            *off.entry(o.op_type.as_str()).or_default() += 1;
+        }
+        let off: Vec<String> = off.iter().map(|(t, n)| format!("{t}×{n}")).collect();
+        let basis = if self.shares()[0].cost_share.is_some() {
+            "estimated cost"
+        } else {
+            "ops"
+        };
+        Err(pomme_core::Error::CompilationFailed(format!(
+            "Core ML plans {} of the {basis} on the Neural Engine (compute units {}), below the configured {MIN_ANE_SHARE_KEY} of {}; planned elsewhere: {}",
+            pct(share),
+            self.compute_units,
+            pct(min),
+            if off.is_empty() {
+                "-".into()
+            } else {
+                off.join(", ")
+            }
+        )))
+    }
+
+    /// The shares in the backend-neutral form runtimes export as metrics.
+    pub fn placement_shares(&self) -> Vec<pomme_core::PlacementShare> {
+        self.shares()
+            .into_iter()
+            .map(|s| pomme_core::PlacementShare {
+                device: s.device.as_str().to_ascii_lowercase(),
+                ops: s.ops,
+                op_share: s.op_share,
+                cost_share: s.cost_share,
+            })
+            .collect()
+    }
+}
+
 /// Core ML's compute-units name for a pomme device (`Ane` → `cpuAndNeuralEngine`,
 /// `Metal` → `cpuAndGPU`, `Cpu` → `cpuOnly`, `Auto` → `all`); `None` for CUDA.
 pub fn compute_units_name(device: DeviceKind) -> Option<&'static str> {
@@ -294,5 +363,41 @@ mod tests {
     fn unavailable_off_macos() {
         let e = compute_plan(Path::new("m.mlpackage"), DeviceKind::Ane).unwrap_err();
         assert!(matches!(e, pomme_core::Error::Unavailable(_)), "{e}");
+    }
+
+    #[test]
+    fn minimum_ane_share_admits_and_refuses_with_figures() {
+        let r = report();
+        let share = r.ane_share();
+        assert!(share > 0.0 && share < 1.0, "{share}");
+        r.require_ane_share(share).unwrap();
+        r.require_ane_share(0.0).unwrap();
+        let e = r.require_ane_share(0.99).unwrap_err().to_string();
+        assert!(
+            e.contains("below the configured min_ane_share of 99.0%"),
+            "{e}"
+        );
+        assert!(e.contains("planned elsewhere"), "{e}");
+        assert!(!e.contains('\n'));
+        let shares = r.placement_shares();
+        assert_eq!(
+            shares.iter().map(|s| s.device.as_str()).collect::<Vec<_>>(),
+            ["ane", "gpu", "cpu"]
+        );
+        let sum: f64 = shares.iter().map(|s| s.op_share).sum();
+        assert!((sum - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn min_ane_share_setting_is_validated() {
+        let mut extra = BTreeMap::new();
+        assert_eq!(min_ane_share(&extra).unwrap(), None);
+        extra.insert(MIN_ANE_SHARE_KEY.to_string(), "0.8".to_string());
+        assert_eq!(min_ane_share(&extra).unwrap(), Some(0.8));
+        for bad in ["1.5", "-0.1", "most", ""] {
+            extra.insert(MIN_ANE_SHARE_KEY.to_string(), bad.to_string());
+            let e = min_ane_share(&extra).unwrap_err().to_string();
+            assert!(e.contains("min_ane_share must be a fraction"), "{e}");
+        }
     }
 }

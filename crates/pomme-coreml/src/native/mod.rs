@@ -19,7 +19,7 @@ use pomme_core::{DeviceKind, Error, LoadOptions, Result};
 use std::path::{Path, PathBuf};
 
 pub(crate) use model::load;
-pub(crate) use plan::compute_plan;
+pub(crate) use plan::{compute_plan, plan_for_compiled};
 
 /// Whether the running macOS is at least `major.minor`.
 pub(crate) fn macos_at_least(major: isize, minor: isize) -> bool {

@@ -25,7 +25,7 @@ use objc2_foundation::{NSArray, NSDictionary, NSNumber, NSString};
 use pomme_core::tensor::AlignedBuf;
 use pomme_core::{
     DType, DeviceKind, Dim, Error, LoadOptions, LoadedModel, MemoryEstimate, ModelArtifact,
-    ModelSignature, Precision, Result, Session, Shape, Tensor, TensorSpec,
+    ModelSignature, PlacementShare, Precision, Result, Session, Shape, Tensor, TensorSpec,
 };
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -48,6 +48,7 @@ pub(crate) struct CoreMlLoaded {
     memory: MemoryEstimate,
     device: DeviceKind,
     precision: Precision,
+    placement: Vec<PlacementShare>,
 }
 
 struct CoreMlSession {
@@ -88,6 +89,9 @@ impl LoadedModel for CoreMlLoaded {
             .map_err(|_| Error::Internal("Core ML job channel poisoned".into()))?
             .clone();
         Ok(Box::new(CoreMlSession { jobs }))
+    }
+    fn placement(&self) -> Vec<PlacementShare> {
+        self.placement.clone()
     }
 }
 
@@ -143,6 +147,7 @@ pub(crate) fn load(
         _ => Some(reader::read(path)?),
     };
     let compiled = compile::compiled(path, units_name, &compile::cache_dir(&options.extra))?;
+    let placement = placement_at_load(path, &compiled, units, units_name, options)?;
     let flexible = info
         .as_ref()
         .is_some_and(reader::CoreMlInfo::has_flexible_inputs);
@@ -221,7 +226,57 @@ pub(crate) fn load(
         memory,
         device,
         precision: options.precision,
+        placement,
     }))
+}
+
+/// Core ML's compute plan at load (macOS 14.4+): logged, kept for the
+/// runtime's metrics, and checked against the model's `min_ane_share`. A
+/// minimum that cannot be checked (older macOS, plan failure) refuses the load
+/// rather than serving a model whose placement is unknown.
+fn placement_at_load(
+    path: &Path,
+    compiled: &Path,
+    units: MLComputeUnits,
+    units_name: &str,
+    options: &LoadOptions,
+) -> Result<Vec<PlacementShare>> {
+    let min = crate::placement::min_ane_share(&options.extra)?;
+    let report = if macos_at_least(14, 4) {
+        match super::plan_for_compiled(compiled, units, units_name) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(model = %path.display(), error = %e, "no Core ML compute plan");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    match (&report, min) {
+        (Some(r), min) => {
+            let s = r.shares();
+            tracing::info!(
+                model = %path.display(),
+                compute_units = units_name,
+                ane_ops = s[0].ops,
+                gpu_ops = s[1].ops,
+                cpu_ops = s[2].ops,
+                ane_share = r.ane_share(),
+                "Core ML placement"
+            );
+            if let Some(min) = min {
+                r.require_ane_share(min)?;
+            }
+        }
+        (None, Some(min)) => {
+            return Err(Error::Unavailable(format!(
+                "min_ane_share = {min} needs Core ML's compute plan (macOS 14.4 or later), which is not available here"
+            )));
+        }
+        (None, None) => {}
+    }
+    Ok(report.map(|r| r.placement_shares()).unwrap_or_default())
 }
 
 /// When every input and output has a fixed leading 1, the model is offered with a

@@ -7,7 +7,7 @@ use objc2::rc::autoreleasepool;
 use objc2::runtime::{AnyObject, ProtocolObject};
 use objc2_core_ml::{
     MLCPUComputeDevice, MLComputeDeviceProtocol, MLComputePlan, MLComputePlanDeviceUsage,
-    MLGPUComputeDevice, MLModelConfiguration, MLModelStructureProgramBlock,
+    MLComputeUnits, MLGPUComputeDevice, MLModelConfiguration, MLModelStructureProgramBlock,
     MLNeuralEngineComputeDevice,
 };
 use objc2_foundation::NSError;
@@ -112,6 +112,16 @@ pub(crate) fn compute_plan(model: &Path, device: DeviceKind) -> Result<Placement
     let (units, units_name) = units_for_device(device)?;
     check_units(units)?;
     let compiled = super::model::compiled_for(model, units_name, &LoadOptions::default().extra)?;
+    plan_for_compiled(&compiled, units, units_name)
+}
+
+/// The plan of an already compiled `.mlmodelc` under `units` (macOS 14.4+;
+/// the caller checks the version).
+pub(crate) fn plan_for_compiled(
+    compiled: &Path,
+    units: MLComputeUnits,
+    units_name: &str,
+) -> Result<PlacementReport> {
     // SAFETY: a fresh configuration; setComputeUnits exists on 14.4+.
     let cfg = unsafe {
         let cfg = MLModelConfiguration::new();
@@ -135,7 +145,7 @@ pub(crate) fn compute_plan(model: &Path, device: DeviceKind) -> Result<Placement
     // 'static and owns only a Sender.
     unsafe {
         MLComputePlan::loadContentsOfURL_configuration_completionHandler(
-            &file_url(&compiled),
+            &file_url(compiled),
             &cfg,
             &handler,
         )
