@@ -173,6 +173,22 @@ impl Registry {
         Ok(versions.into_values().filter_map(|e| e.instance).collect())
     }
 
+    /// Removes one version of `name` (the model goes when its last version
+    /// does); returns its instance, if it had one.
+    pub fn remove_version(&self, name: &str, version: u64) -> Result<Option<Arc<Instance>>> {
+        let mut m = self.models.write();
+        let versions = m
+            .get_mut(name)
+            .ok_or_else(|| Error::ModelNotFound(format!("'{name}' is not in the registry")))?;
+        let entry = versions.remove(&version).ok_or_else(|| {
+            Error::ModelNotFound(format!("model '{name}' has no version {version}"))
+        })?;
+        if versions.is_empty() {
+            m.remove(name);
+        }
+        Ok(entry.instance)
+    }
+
     /// The serving instance of `name` at `version`, or its newest serving version.
     pub fn get(&self, name: &str, version: Option<u64>) -> Result<Arc<Instance>> {
         let m = self.models.read();

@@ -465,6 +465,26 @@ impl Runtime {
         Ok(())
     }
 
+    /// Unloads one version of a model; its other versions keep serving. As
+    /// with [`Runtime::unload`], queued requests still run, and this returns
+    /// once they have and the version's memory is released.
+    pub async fn unload_version(&self, name: &str, version: u64) -> Result<()> {
+        let Some(inst) = self.inner.registry.remove_version(name, version)? else {
+            return Ok(());
+        };
+        self.inner.metrics.unloaded(
+            name,
+            version,
+            &inst.view.backend,
+            inst.view.device.as_str(),
+        );
+        inst.retire();
+        let _ = tokio::task::spawn_blocking(move || inst.join()).await;
+        self.update_memory_gauge();
+        tracing::info!(model = %name, version, "model version unloaded");
+        Ok(())
+    }
+
     /// Every model version known, with its state.
     pub fn models(&self) -> Vec<ModelStatus> {
         self.inner.registry.statuses()

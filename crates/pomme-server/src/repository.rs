@@ -706,29 +706,23 @@ fn pbtxt_policy(v: &pbtxt::Value) -> Result<VersionPolicy, String> {
 
 /// Loads every version a repository model selects. Versions already serving
 /// are reloaded when `reload` is true (the old instance keeps serving if the
-/// new one fails) and left alone otherwise. If versions are serving that the
-/// policy no longer selects, the model is unloaded first and every selected
-/// version loaded again: the runtime unloads whole models only, so the model
-/// is briefly unavailable in that (rare, administrative) case. Every version
-/// is tried; the first error is returned.
+/// new one fails) and left alone otherwise. Versions serving that the policy
+/// no longer selects are unloaded afterwards, and only once every selected
+/// version loaded: a rollout to a new version never leaves the model without
+/// one, and a failed new version leaves the old one serving. Every version is
+/// tried; the first error is returned.
 pub async fn load_versions(
     runtime: &Runtime,
     model: &RepoModel,
     reload: bool,
 ) -> pomme_core::Result<()> {
     let name = &model.spec.name;
-    let mut serving: Vec<u64> = runtime
+    let serving: Vec<u64> = runtime
         .models()
         .into_iter()
         .filter(|m| &m.name == name && m.state == pomme_runtime::ModelState::Ready)
         .map(|m| m.version)
         .collect();
-    let selected: Vec<u64> = model.specs.iter().map(|s| s.version).collect();
-    if serving.iter().any(|v| !selected.contains(v)) {
-        tracing::info!(model = %name, ?serving, ?selected, "version policy changed; reloading every version");
-        runtime.unload(name).await?;
-        serving.clear();
-    }
     let mut first_err = None;
     for spec in &model.specs {
         let outcome = if serving.contains(&spec.version) {
@@ -743,10 +737,16 @@ pub async fn load_versions(
             first_err.get_or_insert(e);
         }
     }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if let Some(e) = first_err {
+        return Err(e);
     }
+    for v in serving {
+        if !model.specs.iter().any(|s| s.version == v) {
+            tracing::info!(model = %name, version = v, "version no longer selected; unloading it");
+            runtime.unload_version(name, v).await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -217,6 +217,21 @@ async fn policy_changes_apply_on_reload() {
     let m = repository::load_model(repo, "m").unwrap();
     repository::load_versions(&runtime, &m, true).await.unwrap();
     assert_eq!(serving(&runtime), vec![1, 3]);
+
+    // A rollout under the default policy (newest only): a broken new version
+    // fails and the old ones keep serving; a good one replaces them.
+    std::fs::remove_file(&cfg).unwrap();
+    let v4 = repo.join("m/4");
+    std::fs::create_dir_all(&v4).unwrap();
+    std::fs::write(v4.join("model.onnx"), b"not a model").unwrap();
+    let m = repository::load_model(repo, "m").unwrap();
+    assert!(repository::load_versions(&runtime, &m, true).await.is_err());
+    assert_eq!(serving(&runtime), vec![1, 3]);
+    std::fs::copy(shipped("add_one.onnx"), v4.join("model.onnx")).unwrap();
+    let m = repository::load_model(repo, "m").unwrap();
+    repository::load_versions(&runtime, &m, true).await.unwrap();
+    assert_eq!(serving(&runtime), vec![4]);
+    assert!(runtime.model("m", Some(1)).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
