@@ -30,7 +30,8 @@ pub struct BenchArgs {
     /// With --url: send tensors as raw bytes (HTTP binary tensor extension, gRPC raw_input_contents).
     #[arg(long, requires = "url")]
     pub binary: bool,
-    /// With --url: input as NAME=FILE.npy (repeat per input); others are generated from the model's metadata.
+    /// With --url: input as NAME=FILE.npy (repeat per input); others are generated from the
+    /// model's metadata (a variable first dimension takes --batch).
     #[arg(
         long = "input",
         short = 'i',
@@ -38,6 +39,9 @@ pub struct BenchArgs {
         requires = "url"
     )]
     pub inputs: Vec<String>,
+    /// With --url: a request unanswered after this long counts as timed out.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, requires = "url")]
+    pub request_timeout: Duration,
     /// Backends to compare, comma-separated (default: every available one reading the format).
     #[arg(long, value_delimiter = ',')]
     pub backend: Vec<String>,
@@ -163,6 +167,7 @@ fn run_remote(url: &str, args: &BenchArgs) -> Result<ExitCode> {
         warmup: args.warmup,
         binary: args.binary,
         inputs: args.inputs.clone(),
+        request_timeout: args.request_timeout,
     };
     let report = tokio_runtime()?.block_on(crate::loadgen::run(&cfg))?;
     if args.json {

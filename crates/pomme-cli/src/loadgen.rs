@@ -42,6 +42,9 @@ pub struct LoadConfig {
     pub binary: bool,
     /// `NAME=FILE.npy` overrides of generated inputs.
     pub inputs: Vec<String>,
+    /// A request with no answer after this long counts as timed out (and its
+    /// connection is replaced), so a stuck server cannot stall the run.
+    pub request_timeout: Duration,
 }
 
 /// The server's address, by protocol.
@@ -156,7 +159,7 @@ pub enum Outcome {
     Ok,
     /// HTTP 429 / gRPC RESOURCE_EXHAUSTED: admission said no.
     Rejected,
-    /// HTTP 504 / gRPC DEADLINE_EXCEEDED.
+    /// HTTP 504 / gRPC DEADLINE_EXCEEDED, or no answer within the request timeout.
     TimedOut,
     Error(String),
 }
@@ -192,6 +195,9 @@ pub async fn run(cfg: &LoadConfig) -> Result<LoadReport> {
     }
     if cfg.duration.is_zero() {
         return Err(usage("--duration must be more than 0"));
+    }
+    if cfg.request_timeout.is_zero() {
+        return Err(usage("--request-timeout must be more than 0"));
     }
     let meta = fetch_inputs(&target, &cfg.model, cfg.version.as_deref()).await?;
     let overrides = cfg
@@ -667,6 +673,14 @@ impl Client {
         })
     }
 
+    /// Drops the connection of a request abandoned half-way (HTTP/1.1 cannot
+    /// reuse it); a gRPC channel cancels the abandoned stream by itself.
+    fn abandon(&mut self) {
+        if let Client::Http { conn, .. } = self {
+            *conn = None;
+        }
+    }
+
     async fn call(&mut self, p: &Prepared) -> Outcome {
         match (self, p) {
             (
@@ -795,6 +809,7 @@ async fn measure(
         .map(|mut client| {
             let prepared = prepared.clone();
             let ok_so_far = ok_so_far.clone();
+            let request_timeout = cfg.request_timeout;
             tokio::spawn(async move {
                 let mut c = TaskCounts {
                     sent: 0,
@@ -810,7 +825,14 @@ async fn measure(
                     if t >= end {
                         break;
                     }
-                    let outcome = client.call(&prepared).await;
+                    let outcome =
+                        match tokio::time::timeout(request_timeout, client.call(&prepared)).await {
+                            Ok(o) => o,
+                            Err(_) => {
+                                client.abandon();
+                                Outcome::TimedOut
+                            }
+                        };
                     // Warm-up requests are sent but never counted.
                     if t < measure_from {
                         continue;

@@ -218,3 +218,34 @@ async fn counts_rejections_and_timeouts() {
     }
     s.stop().await.unwrap();
 }
+
+/// A server that does not answer within `--request-timeout`: the request is
+/// abandoned, counted as timed out, and the run ends on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_requests_time_out_on_the_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = tmp.path().join("stuck/1");
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::write(v.join("model.onnx"), b"fake").unwrap();
+    std::fs::write(
+        tmp.path().join("stuck/config.toml"),
+        "backends = [\"fake\"]\n",
+    )
+    .unwrap();
+    let fake = FakeBackend::new(4);
+    fake.then(Behaviour::Slow(Duration::from_secs(1)), 1_000);
+    let runtime = Runtime::builder()
+        .backends(vec![Arc::new(fake)])
+        .build()
+        .unwrap();
+    let s = start(tmp.path(), runtime).await;
+    let url = format!("http://{}", s.http_addr);
+    let mut args = bench_args(&url, "stuck", &["--concurrency", "2"]);
+    args.extend(["--request-timeout".to_string(), "100ms".to_string()]);
+    let out = pomme(args).await;
+    let v = report(&out, &url, "stuck");
+    let row = &v["rows"][0];
+    assert!(row["timed_out"].as_u64().unwrap() >= 2, "{row}");
+    assert_eq!(row["ok"], 0, "{row}");
+    s.stop().await.unwrap();
+}
