@@ -325,8 +325,10 @@ impl Runtime {
             preferred: batching.preferred_batch_sizes.clone(),
             max_queue: batching.max_queue_size.max(1),
             levels: batching.priority_levels.max(1),
+            idle_spin: crate::scheduler::default_idle_spin(),
         };
-        let queue = Arc::new(ModelQueue::new(policy));
+        let metrics = self.inner.metrics.model(&spec.name, spec.version);
+        let queue = Arc::new(ModelQueue::new(policy).with_pending_gauge(metrics.pending.clone()));
         let counters = Arc::new(ModelCounters::default());
         let ctx = Arc::new(WorkerContext {
             name: spec.name.clone(),
@@ -334,7 +336,7 @@ impl Runtime {
             model: model.clone(),
             queue: queue.clone(),
             counters: counters.clone(),
-            metrics: self.inner.metrics.model(&spec.name, spec.version),
+            metrics,
             pool: self.inner.pool.clone(),
         });
         let workers = spec.workers.max(1);
@@ -472,12 +474,9 @@ impl Runtime {
         let Some(inst) = self.inner.registry.remove_version(name, version)? else {
             return Ok(());
         };
-        self.inner.metrics.unloaded(
-            name,
-            version,
-            &inst.view.backend,
-            inst.view.device.as_str(),
-        );
+        self.inner
+            .metrics
+            .unloaded(name, version, &inst.view.backend, inst.view.device.as_str());
         inst.retire();
         let _ = tokio::task::spawn_blocking(move || inst.join()).await;
         self.update_memory_gauge();
@@ -533,9 +532,12 @@ impl Runtime {
             }
             Err(e) => {
                 self.inner.failed.fetch_add(1, Ordering::Relaxed);
+                // Label with the version that served (or refused) it when known,
+                // so failures and successes of one version add up.
+                let served = inst.as_ref().map(|i| i.view.version).or(version);
                 self.inner
                     .metrics
-                    .failure(&model, version, e.kind().as_str());
+                    .failure(&model, served, e.kind().as_str());
                 if let Some(inst) = &inst {
                     inst.counters.fail.add(elapsed);
                 }
@@ -625,18 +627,21 @@ impl Runtime {
         };
         let priority = req.priority.unwrap_or(inst.default_priority);
         inst.queue.push(pending, priority)?;
-        inst.ctx.metrics.pending.inc();
-        let answer = match timeout {
-            Some(t) => match tokio::time::timeout(t.saturating_sub(started.elapsed()), rx).await {
-                Ok(a) => a,
-                Err(_) => {
-                    return Err(Error::Timeout(format!(
-                        "no answer within {} ms",
-                        t.as_millis()
-                    )));
+        let (rx, early) = spin_for_reply(rx).await;
+        let answer = match (early, timeout) {
+            (Some(a), _) => Ok(a),
+            (None, Some(t)) => {
+                match tokio::time::timeout(t.saturating_sub(started.elapsed()), rx).await {
+                    Ok(a) => a,
+                    Err(_) => {
+                        return Err(Error::Timeout(format!(
+                            "no answer within {} ms",
+                            t.as_millis()
+                        )));
+                    }
                 }
-            },
-            None => rx.await,
+            }
+            (None, None) => rx.await,
         };
         let outputs =
             answer.map_err(|_| Error::Internal("compute worker dropped the request".into()))??;
@@ -775,6 +780,40 @@ impl Runtime {
         }
         let _ = tokio::task::spawn_blocking(move || instances.iter().for_each(|i| i.join())).await;
         drained
+    }
+}
+
+/// How long a request's task polls for its answer (yielding to other tasks in
+/// between) before it registers a waker and sleeps. A tiny model answers within
+/// a few µs when a worker is spinning; catching that answer on the same tokio
+/// thread saves the worker→tokio wake-up (a futex or eventfd write plus a
+/// scheduler hop). Other ready tasks run during each yield, so this costs
+/// nothing when the runtime is busy.
+const REPLY_SPIN: Duration = Duration::from_micros(20);
+
+type Reply = Result<Vec<Tensor>>;
+
+async fn spin_for_reply(
+    mut rx: oneshot::Receiver<Reply>,
+) -> (oneshot::Receiver<Reply>, Option<Reply>) {
+    // `available_parallelism` reads cgroup files: ask once.
+    static MULTI_CORE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let multi_core =
+        *MULTI_CORE.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
+    if REPLY_SPIN.is_zero() || !multi_core {
+        return (rx, None);
+    }
+    let until = Instant::now() + REPLY_SPIN;
+    loop {
+        match rx.try_recv() {
+            Ok(answer) => return (rx, Some(answer)),
+            // Closed: the normal await reports it.
+            Err(oneshot::error::TryRecvError::Closed) => return (rx, None),
+            Err(oneshot::error::TryRecvError::Empty) if Instant::now() < until => {
+                tokio::task::yield_now().await;
+            }
+            Err(oneshot::error::TryRecvError::Empty) => return (rx, None),
+        }
     }
 }
 

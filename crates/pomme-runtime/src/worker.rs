@@ -40,7 +40,6 @@ pub fn spawn(
 
 fn run_loop(ctx: Arc<WorkerContext>, mut session: Box<dyn Session>) {
     while let Some(batch) = ctx.queue.next_batch() {
-        ctx.metrics.pending.dec_by(batch.len() as i64);
         if let Some(fresh) = execute(&ctx, &mut *session, batch) {
             session = fresh;
         }
