@@ -15,9 +15,13 @@
 
 pub mod admission;
 pub mod artifact;
+pub mod breaker;
+pub mod eviction;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
+pub mod routed;
+pub mod routing;
 pub mod runtime;
 pub mod scheduler;
 pub mod spec;
