@@ -140,6 +140,7 @@ http {{
   upstream pomme_one {{ server 127.0.0.1:{h0}; keepalive 64; }}
   upstream pomme_http {{ {http_servers} keepalive 64; }}
   upstream pomme_grpc {{ {grpc_servers} keepalive 64; }}
+  upstream pomme_grpc_one {{ server 127.0.0.1:{g0}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{nginx_one};
     location / {{
@@ -160,6 +161,10 @@ http {{
       proxy_next_upstream_tries 2;
       proxy_connect_timeout 1s;
     }}
+  }}
+  server {{
+    listen 127.0.0.1:{nginx_grpc_one} http2;
+    location / {{ grpc_pass grpc://pomme_grpc_one; }}
   }}
   server {{
     # `listen ... http2` (not `http2 on;`): Debian 12's nginx is 1.22.
@@ -305,6 +310,7 @@ def main() -> int:
 
     replicas = [Replica(i, args, repo, work, env) for i in range(2)]
     nginx_one, nginx_http, nginx_grpc = args.base_port + 80, args.base_port + 81, args.base_port + 82
+    nginx_grpc_one = args.base_port + 83
     procs: list[subprocess.Popen] = []
     results: dict = {"machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
                      "concurrency": args.concurrency, "duration_s": args.duration, "runs": []}
@@ -312,7 +318,7 @@ def main() -> int:
         for r in replicas:
             log(f"replica {r.idx}: ready in {r.start():.2f}s (http {r.http}, grpc {r.grpc}, metrics {r.metrics})")
         conf = NGINX_CONF.format(
-            work=work, h0=replicas[0].http, nginx_one=nginx_one, nginx_http=nginx_http, nginx_grpc=nginx_grpc,
+            work=work, h0=replicas[0].http, g0=replicas[0].grpc, nginx_grpc_one=nginx_grpc_one, nginx_one=nginx_one, nginx_http=nginx_http, nginx_grpc=nginx_grpc,
             http_servers=" ".join(f"server 127.0.0.1:{r.http} max_fails=1 fail_timeout=2s;" for r in replicas),
             grpc_servers=" ".join(f"server 127.0.0.1:{r.grpc} max_fails=1 fail_timeout=2s;" for r in replicas))
         (work / "nginx.conf").write_text(conf)
@@ -334,6 +340,7 @@ def main() -> int:
         runs.append(bench(args, f"http://127.0.0.1:{replicas[0].http}", args.duration, "1 replica, direct", work))
         runs.append(bench(args, f"http://127.0.0.1:{nginx_one}", args.duration, "1 replica, nginx", work))
         runs.append(bench(args, f"http://127.0.0.1:{nginx_http}", args.duration, "2 replicas, nginx", work))
+        runs.append(bench(args, f"grpc://127.0.0.1:{nginx_grpc_one}", args.duration, "1 replica, nginx gRPC", work))
         runs.append(bench(args, f"grpc://127.0.0.1:{nginx_grpc}", args.duration, "2 replicas, nginx gRPC", work))
         runs.append(failover(args, replicas, f"http://127.0.0.1:{nginx_http}", "2 replicas, SIGKILL one mid-run",
                              signal.SIGKILL, work, args.failover_duration))
@@ -352,16 +359,21 @@ def main() -> int:
                 p.kill()
     (work / "results.json").write_text(json.dumps(results, indent=2))
 
-    base = next(r for r in results["runs"] if r["label"] == "1 replica, nginx")["rps"]
-    print(f"\nMobileNetV2, KServe v2 JSON body, concurrency {args.concurrency}, {os.cpu_count()} CPUs "
-          f"(load generator, nginx, Prometheus and replicas all on this machine)\n")
-    print("| run | req/s | vs 1 replica | p50 ms | p99 ms | sent | ok | rejected | timed out | errors | failover |")
+    base_http = next(r for r in results["runs"] if r["label"] == "1 replica, nginx")["rps"]
+    base_grpc = next(r for r in results["runs"] if r["label"] == "1 replica, nginx gRPC")["rps"]
+    print(f"\nMobileNetV2 (ort, 1 worker x 1 thread per replica), concurrency {args.concurrency}, {args.duration} s runs "
+          f"({args.failover_duration} s for failover), {os.cpu_count()} CPUs shared by the load generator, nginx, "
+          f"Prometheus and the replicas. HTTP rows: KServe v2 JSON body; gRPC rows: ModelInferRequest with typed contents.\n")
+    print(f"1-minute load average before the runs: {min(r['loadavg_before'] for r in results['runs']):.1f}-"
+          f"{max(r['loadavg_before'] for r in results['runs']):.1f}\n")
+    print("| run | req/s | vs 1 replica (same protocol, via nginx) | p50 ms | p99 ms | sent | ok | rejected | timed out | errors | failover |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         fo = r.get("failover")
         fo_s = (f"{fo['signal']}: exited {fo['exit_s']} s, restarted ready in {fo['ready_s']} s, "
                 f"serving {fo['first_served_s']} s after restart; nginx logged "
                 f"{fo['nginx_upstream_failures_logged']} upstream failures" if fo else "")
+        base = base_grpc if "gRPC" in r["label"] else base_http
         print(f"| {r['label']} | {r['rps']:.1f} | {r['rps'] / base:.2f}× | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
               f"{r['sent']} | {r['ok']} | {r['rejected']} | {r['timed_out']} | {r['errors']} | {fo_s} |")
     print("\nPrometheus (scraping each replica every 1 s):")
