@@ -784,26 +784,28 @@ impl Runtime {
 }
 
 /// How long a request's task polls for its answer (yielding to other tasks in
-/// between) before it registers a waker and sleeps. A tiny model answers within
-/// a few µs when a worker is spinning; catching that answer on the same tokio
+/// between) before it registers a waker and sleeps: 20 µs, `POMME_REPLY_SPIN_US`
+/// overrides it (0: off), none on a single core. A tiny model answers within a
+/// few µs when a worker is spinning; catching that answer on the same tokio
 /// thread saves the worker→tokio wake-up (a futex or eventfd write plus a
 /// scheduler hop). Other ready tasks run during each yield, so this costs
 /// nothing when the runtime is busy.
-const REPLY_SPIN: Duration = Duration::from_micros(20);
+fn reply_spin() -> Duration {
+    // Read once: the environment and `available_parallelism` (cgroup files) are slow.
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| crate::scheduler::spin_setting("POMME_REPLY_SPIN_US", 20))
+}
 
 type Reply = Result<Vec<Tensor>>;
 
 async fn spin_for_reply(
     mut rx: oneshot::Receiver<Reply>,
 ) -> (oneshot::Receiver<Reply>, Option<Reply>) {
-    // `available_parallelism` reads cgroup files: ask once.
-    static MULTI_CORE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let multi_core =
-        *MULTI_CORE.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
-    if REPLY_SPIN.is_zero() || !multi_core {
+    let spin = reply_spin();
+    if spin.is_zero() {
         return (rx, None);
     }
-    let until = Instant::now() + REPLY_SPIN;
+    let until = Instant::now() + spin;
     loop {
         match rx.try_recv() {
             Ok(answer) => return (rx, Some(answer)),

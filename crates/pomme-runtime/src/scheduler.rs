@@ -38,10 +38,23 @@ pub struct BatchPolicy {
 /// The idle spin a runtime gives its workers: short enough that an idle model
 /// costs nothing measurable, long enough to bridge the gap between two requests
 /// of one closed-loop client. None on a single CPU, where spinning only delays
-/// the thread that would produce the work.
+/// the thread that would produce the work. `POMME_WORKER_SPIN_US` overrides it
+/// (0 turns it off), for tuning and for A/B benchmarks.
 pub fn default_idle_spin() -> Duration {
+    spin_setting("POMME_WORKER_SPIN_US", 50)
+}
+
+/// A spin duration: the environment variable `var` in µs if set and valid,
+/// else `default_us` on a multi-core machine and zero on a single core.
+pub(crate) fn spin_setting(var: &str, default_us: u64) -> Duration {
+    if let Some(us) = std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Duration::from_micros(us);
+    }
     match std::thread::available_parallelism() {
-        Ok(n) if n.get() > 1 => Duration::from_micros(50),
+        Ok(n) if n.get() > 1 => Duration::from_micros(default_us),
         _ => Duration::ZERO,
     }
 }
