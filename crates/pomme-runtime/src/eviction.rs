@@ -12,7 +12,11 @@
 //! (a compare-and-swap): eviction only makes room, so the budget is never
 //! exceeded even when loads race.
 
+use crate::metrics::{Metrics, ModelLabels};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Serialize;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What a load does when the memory budget is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -36,6 +40,45 @@ impl std::str::FromStr for MemoryPolicy {
             ))),
         }
     }
+}
+
+/// `pomme_model_evictions_total{model,version}`.
+#[derive(Clone, Debug, Default)]
+pub struct EvictionMetrics {
+    evictions: Family<ModelLabels, Counter>,
+}
+
+impl EvictionMetrics {
+    /// Creates the family and adds it to the runtime's registry.
+    pub fn register(metrics: &Metrics) -> EvictionMetrics {
+        let m = EvictionMetrics::default();
+        metrics.with_registry(|r| {
+            r.register(
+                "model_evictions",
+                "Model versions unloaded to make room for another under memory pressure",
+                m.evictions.clone(),
+            )
+        });
+        m
+    }
+
+    /// Counts one eviction.
+    pub fn evicted(&self, model: &str, version: u64) {
+        self.evictions
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+                version: version.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Now as Unix milliseconds (the unit of `ModelStats::last_inference_ms`).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// A loaded model version as the eviction choice sees it.

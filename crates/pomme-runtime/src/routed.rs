@@ -52,10 +52,17 @@ pub struct RouteCallLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteModelLabels {
+    pub model: String,
+    pub version: String,
+}
+
 /// The `pomme_route_*` metric families, registered once per runtime.
 #[derive(Clone, Debug, Default)]
 pub struct RouteMetrics {
     calls: Family<RouteCallLabels, Counter>,
+    retries: Family<RouteModelLabels, Counter>,
     fallbacks: Family<RouteLabels, Counter>,
     breaker_state: Family<RouteLabels, Gauge>,
     breaker_opened: Family<RouteLabels, Counter>,
@@ -73,6 +80,11 @@ impl RouteMetrics {
                 "route_calls",
                 "Backend calls of routed models, by candidate and outcome",
                 m.calls.clone(),
+            );
+            r.register(
+                "route_retries",
+                "Requests of routed models retried after a retryable error (after a backoff)",
+                m.retries.clone(),
             );
             r.register(
                 "route_fallbacks",
@@ -149,12 +161,31 @@ pub struct RouteSet {
     pub decision: RoutingDecision,
     pub config: RoutingConfig,
     metrics: Option<RouteMetrics>,
+    retries: AtomicU64,
 }
 
 impl RouteSet {
     /// Whether any candidate's breaker would let a call through now.
     pub fn any_admits(&self) -> bool {
         self.routes.iter().any(|r| r.breaker.would_admit())
+    }
+
+    /// Counts a request retried by the runtime.
+    pub fn count_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.retries
+                .get_or_create(&RouteModelLabels {
+                    model: self.name.clone(),
+                    version: self.version.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// Requests retried so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Every candidate's breaker and counters.
@@ -637,6 +668,7 @@ pub fn load_routed(
         decision,
         config: cfg.clone(),
         metrics,
+        retries: AtomicU64::new(0),
     });
     set.publish_decision();
     Ok((Arc::new(RoutedModel { set: set.clone() }), set))
