@@ -39,6 +39,14 @@
 //! - `warmup.<name>` = positive integer: the symbol's value in the plan built
 //!   at load. Default: 1 for a symbol that is axis 0 of an input (the batch),
 //!   8 for any other (e.g. `seq`).
+//! - `split_batch` = `true` / `false` (default `false`): run a batch of n
+//!   rows as n runs of the batch-1 plan, then join the outputs. Refused at
+//!   load unless every input and output shares the symbolic first dimension.
+//!   Why: tract 0.23.9 optimizes convolutions worse at batch > 1 (at batch 8
+//!   MobileNetV2 gets 68 `MoveAxis` and 34 unfused `Add` nodes that batch 1
+//!   does not have, and its depthwise convolutions take 15× as long), so on
+//!   conv nets n batch-1 runs beat one batch-n run (see BENCHMARKS.md);
+//!   transformers (MiniLM) batch well and should leave it off.
 //! - `plan_cache` = positive integer: how many specialized plans the model
 //!   keeps (default 8; each holds its own packed copy of the weights). Each
 //!   session keeps at most as many tract states.
@@ -227,8 +235,10 @@ impl TractBackend {
             cache_capacity(options)?,
         )?;
         let warm_key = warmup_key(&plans, options, &symbols)?;
+        let split_batch = split_batch(options, &signature)?;
         Ok(Arc::new(TractModel::new(
             plans,
+            split_batch,
             warm_key,
             signature,
             input_types,
@@ -261,6 +271,37 @@ fn warmup_key(
                 .unwrap_or(if plans.is_leading(at) { 1 } else { 8 })
         })
         .collect())
+}
+
+/// `split_batch` = `true` / `false` (default): run a batch of n rows as n
+/// batch-1 runs. Only for models whose every input and output has the same
+/// symbolic first dimension (rows are independent), else refused at load.
+fn split_batch(options: &LoadOptions, signature: &ModelSignature) -> Result<bool> {
+    let on = match options.extra.get("split_batch").map(|v| v.trim()) {
+        None | Some("false") => return Ok(false),
+        Some("true") => true,
+        Some(v) => {
+            return Err(Error::invalid_input(format!(
+                "option split_batch = '{v}' is not true or false"
+            )));
+        }
+    };
+    let leading = |s: &pomme_core::TensorSpec| match s.shape.dims().first() {
+        Some(pomme_core::Dim::Symbolic(name)) => Some(name.clone()),
+        _ => None,
+    };
+    let first = signature.inputs.first().and_then(leading);
+    let all_same = signature
+        .inputs
+        .iter()
+        .chain(&signature.outputs)
+        .all(|s| first.is_some() && leading(s) == first);
+    if !all_same {
+        return Err(Error::invalid_input(
+            "option split_batch = true needs every input and output to share a symbolic first (batch) dimension",
+        ));
+    }
+    Ok(on)
 }
 
 /// `plan_cache` = how many specialized plans to keep (default 8).

@@ -126,6 +126,8 @@ pub(crate) fn activation_estimate(model: &TypedModel, symbols: &BTreeMap<String,
 /// What every session of one model shares.
 struct Shared {
     plans: Specializer,
+    /// Run a batch of n rows as n batch-1 runs (`split_batch` option).
+    split_batch: bool,
     input_types: Vec<DatumType>,
     signature: ModelSignature,
 }
@@ -155,8 +157,10 @@ impl std::fmt::Debug for TractModel {
 impl TractModel {
     /// Wraps the specializer and builds the warm-up plan for `warm_key`, so
     /// that a model tract cannot prepare fails here, at load.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         plans: Specializer,
+        split_batch: bool,
         warm_key: Key,
         signature: ModelSignature,
         input_types: Vec<DatumType>,
@@ -168,6 +172,7 @@ impl TractModel {
         Ok(TractModel {
             shared: Arc::new(Shared {
                 plans,
+                split_batch,
                 input_types,
                 signature,
             }),
@@ -303,22 +308,64 @@ impl TractSession {
     }
 }
 
-impl Session for TractSession {
-    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        self.shared.check_count(inputs.len())?;
+impl TractSession {
+    fn run_one(&mut self, inputs: Vec<Tensor>) -> Result<TVec<TValue>> {
         let key = self.shared.plans.key_for(&inputs)?;
         let values = self.shared.to_tract(&inputs)?;
         drop(inputs);
         let state = self.state_for(key)?;
-        let outputs = match no_panic("tract", || state.run(values)) {
-            Ok(Ok(o)) => o,
-            Ok(Err(e)) => return Err(Error::InferenceFailed(one_line(&e))),
+        match no_panic("tract", || state.run(values)) {
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(e)) => Err(Error::InferenceFailed(one_line(&e))),
             Err(panic) => {
                 // The state may be half-updated: the next run spawns a new one.
                 self.states.remove(0);
-                return Err(Error::InferenceFailed(panic));
+                Err(Error::InferenceFailed(panic))
             }
-        };
+        }
+    }
+
+    /// `split_batch`: rows one at a time through the batch-1 plan, outputs
+    /// joined (zero-copy row views in, one copy out).
+    fn run_split(&mut self, inputs: Vec<Tensor>, rows: usize) -> Result<Vec<Tensor>> {
+        let mut per_output: Vec<Vec<Tensor>> = Vec::new();
+        for r in 0..rows {
+            let row = inputs
+                .iter()
+                .map(|t| t.slice_rows(r, r + 1))
+                .collect::<Result<Vec<_>>>()?;
+            let outs = self.run_one(row)?;
+            let outs = self.convert(outs)?;
+            per_output.resize_with(outs.len(), Vec::new);
+            for (acc, o) in per_output.iter_mut().zip(outs) {
+                acc.push(o);
+            }
+        }
+        per_output
+            .iter()
+            .map(|parts| Tensor::concat_rows(&parts.iter().collect::<Vec<_>>()))
+            .collect()
+    }
+}
+
+impl Session for TractSession {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        self.shared.check_count(inputs.len())?;
+        if self.shared.split_batch {
+            let rows = inputs.first().and_then(|t| t.shape().first().copied());
+            if let Some(rows) = rows.filter(|&n| n > 1)
+                && inputs.iter().all(|t| t.shape().first() == Some(&rows))
+            {
+                return self.run_split(inputs, rows);
+            }
+        }
+        let outputs = self.run_one(inputs)?;
+        self.convert(outputs)
+    }
+}
+
+impl TractSession {
+    fn convert(&self, outputs: TVec<TValue>) -> Result<Vec<Tensor>> {
         let sig = &self.shared.signature;
         if outputs.len() != sig.outputs.len() {
             return Err(Error::Internal(format!(

@@ -135,3 +135,51 @@ fn minilm_batches_and_sequence_lengths_match_single_rows() {
     .unwrap_err();
     assert!(matches!(e, Error::InvalidInput(_)), "{e}");
 }
+
+#[test]
+fn split_batch_runs_rows_through_the_batch_1_plan() {
+    let model = TractBackend::new()
+        .load_tract(
+            &onnx(repo_models().join("add_one.onnx")),
+            &options(&[("split_batch", "true")]),
+        )
+        .unwrap();
+    let mut session = model.tract_session().unwrap();
+    let data: Vec<f32> = (0..5 * 4).map(|i| i as f32).collect();
+    let x = Tensor::from_vec(vec![5, 4], data.clone()).unwrap();
+    let y = pomme_core::Session::run(&mut session, vec![x]).unwrap();
+    assert_eq!(y[0].shape(), &[5, 4]);
+    let want: Vec<f32> = data.iter().map(|v| v + 1.0).collect();
+    assert_eq!(y[0].to_vec::<f32>().unwrap(), want);
+    // Only the batch-1 plan was ever needed.
+    assert_eq!(model.cached_plans(), 1);
+    let e = TractBackend::new()
+        .load_tract(
+            &onnx(repo_models().join("add_one.onnx")),
+            &options(&[("split_batch", "maybe")]),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("split_batch"), "{e}");
+}
+
+#[test]
+fn mobilenet_split_batch_matches_the_reference() {
+    let Some(dir) = shared_models("mobilenet_split_batch_matches_the_reference") else {
+        return;
+    };
+    let path = dir.join("mobilenet_v2.onnx");
+    let reference = dir.join("reference/mobilenet_v2");
+    if !path.is_file() || !reference.is_dir() {
+        eprintln!("SKIP: {} or its reference is absent", path.display());
+        return;
+    }
+    let model = TractBackend::new()
+        .load_tract(&onnx(&path), &options(&[("split_batch", "true")]))
+        .unwrap();
+    let x = read_npy(&reference.join("input.input.npy"));
+    let want = read_npy(&reference.join("output.output.npy"));
+    let y = pomme_core::Session::run(&mut model.tract_session().unwrap(), vec![x]).unwrap();
+    let d = compare("mobilenet split b2", &y[0], &want);
+    eprintln!("mobilenet split_batch b2: max abs err {:.3e}", d.max_abs);
+    assert_eq!(model.cached_plans(), 1);
+}
