@@ -5,6 +5,7 @@
 //! inspection reads that, and loading hands the same proto to tract's parser.
 
 use crate::convert::one_line;
+use crate::device::no_panic;
 use pomme_core::{Error, Result};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -216,7 +217,14 @@ pub(crate) fn parse(proto: &pb::ModelProto, path: &Path) -> Result<InferenceMode
     check_input_shapes(proto)?;
     // External data files are resolved next to the model.
     let dir = path.parent().and_then(|p| p.to_str());
-    let parsed = tract_onnx::onnx().parse(proto, dir).map_err(|e| {
+    // tract-onnx 0.23.9 panics on some malformed graphs (e.g. a node input
+    // naming no known value: `no entry found for key`, found by fuzzing), so
+    // the parse runs under catch_unwind and a panic is a bad model, not a crash.
+    let parsed = no_panic("tract's ONNX parser", || {
+        tract_onnx::onnx().parse(proto, dir)
+    })
+    .map_err(|m| Error::InvalidModelFormat(format!("{}: {m}", path.display())))?
+    .map_err(|e| {
         Error::InvalidModelFormat(format!(
             "tract could not parse {}: {}",
             path.display(),
