@@ -23,3 +23,10 @@ fi
 if ! .venv/bin/python -c "import onnxruntime, tritonclient.http, tritonclient.grpc, numpy, pytest" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi
+
+# The dependency audit (cargo deny) in scripts/test.sh; cargo-fuzz and the
+# nightly toolchain are installed by scripts/fuzz.sh itself.
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  cargo install cargo-deny --locked --quiet ||
+    echo "setup: cargo-deny could not be installed; the dependency audit will be skipped" >&2
+fi

@@ -41,3 +41,24 @@ if [ -d tests/interop ]; then
   # workspace's unified features; building it alone would recompile dependencies.
   POMME_BIN=$PWD/target/debug/pomme .venv/bin/python -m pytest -q tests/interop
 fi
+
+echo "== loom (admission controller model checks)"
+# A target dir of its own: --cfg loom changes every crate's flags, so sharing
+# target/ would rebuild the workspace twice.
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p pomme-runtime --test loom_admission --release
+
+echo "== cargo deny (licenses, bans, sources)"
+# `advisories` needs the RustSec database, a git repository on GitHub, which this
+# network cannot reach (RELIABILITY.md); the three checks here run offline.
+if command -v cargo-deny >/dev/null 2>&1; then
+  cargo deny --log-level error check licenses bans sources
+else
+  echo "SKIP cargo deny: not installed (scripts/setup.sh could not install it)"
+fi
+
+# A short fuzz pass from the committed seeds, fixed seed; POMME_FUZZ_SECONDS=0 skips it.
+FUZZ_SECONDS=${POMME_FUZZ_SECONDS:-20}
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+  echo "== fuzz (${FUZZ_SECONDS} s per target)"
+  FUZZ_SECONDS=$FUZZ_SECONDS FUZZ_SEED=1 bash scripts/fuzz.sh
+fi
