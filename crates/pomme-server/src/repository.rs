@@ -118,6 +118,9 @@ pub struct RepoModel {
     pub outputs: Vec<TensorDecl>,
     /// Per-model memory budget, when declared.
     pub memory_budget_mb: Option<u64>,
+    /// Set when the config asks for `precision = "int8"` or `"int4"`: the
+    /// float file is quantized, validated and admitted at load.
+    pub quantization: Option<pomme_quant::ServeQuantization>,
     /// Modification time of the files that define it, to notice changes when polling.
     pub fingerprint: Vec<(PathBuf, Option<std::time::SystemTime>)>,
 }
@@ -235,6 +238,8 @@ pub fn load_model(repo: &Path, name: &str) -> Result<RepoModel, RepoError> {
     decl.spec.memory_budget_mb = decl.memory_budget_mb;
     decl.spec.declared_inputs = decl.inputs.clone();
     decl.spec.declared_outputs = decl.outputs.clone();
+    let quantization = quantization(&dir, decl.spec.load.precision, decl.quantization.take())
+        .map_err(|m| invalid(format!("config.toml: {m}")))?;
     let found: Vec<u64> = versions.iter().map(|(v, _)| *v).collect();
     let selected = decl.version_policy.select(&found).map_err(invalid)?;
     let mut specs = Vec::with_capacity(selected.len());
@@ -277,8 +282,83 @@ pub fn load_model(repo: &Path, name: &str) -> Result<RepoModel, RepoError> {
         inputs: decl.inputs,
         outputs: decl.outputs,
         memory_budget_mb: decl.memory_budget_mb,
+        quantization,
         fingerprint,
     })
+}
+
+/// The default cache of quantized models.
+fn default_quant_cache() -> PathBuf {
+    let base = std::env::var_os("POMME_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|p| p.join("pomme"))
+        })
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pomme")))
+        .unwrap_or_else(|| std::env::temp_dir().join("pomme-cache"));
+    base.join("quantized")
+}
+
+/// The served-quantization settings of a model, when its precision asks for it.
+fn quantization(
+    dir: &Path,
+    precision: Precision,
+    q: Option<TomlQuant>,
+) -> Result<Option<pomme_quant::ServeQuantization>, String> {
+    if !matches!(precision, Precision::Int8 | Precision::Int4) {
+        return match q {
+            Some(_) => Err(format!(
+                "[quantization] is only used with precision = \"int8\" or \"int4\" (precision is {precision})"
+            )),
+            None => Ok(None),
+        };
+    }
+    let q = q.unwrap_or_default();
+    let rel = |p: Option<PathBuf>| p.map(|p| if p.is_absolute() { p } else { dir.join(p) });
+    let mut s = pomme_quant::ServeQuantization::new(
+        precision,
+        rel(q.cache_dir).unwrap_or_else(default_quant_cache),
+    );
+    let default_scheme = match precision {
+        Precision::Int4 => "int4",
+        _ => "int8",
+    };
+    let scheme_name = q.scheme.as_deref().unwrap_or(default_scheme);
+    s.scheme = Some(
+        pomme_quant::Scheme::from_cli(
+            scheme_name,
+            true,
+            q.block_size.unwrap_or(32),
+            pomme_quant::CalibrationMethod::default(),
+        )
+        .map_err(|e| format!("[quantization] {}", pomme_core::Error::from(e).message()))?,
+    );
+    s.calibration = rel(q.calibration);
+    s.validation = rel(q.validation);
+    for p in [&s.calibration, &s.validation].into_iter().flatten() {
+        if !p.is_file() {
+            return Err(format!(
+                "[quantization] data file {} does not exist",
+                p.display()
+            ));
+        }
+    }
+    s.labels = q.labels;
+    if let Some(m) = q.max_accuracy_drop {
+        if !(m >= 0.0) {
+            return Err(format!(
+                "[quantization] max_accuracy_drop must be ≥ 0, got {m}"
+            ));
+        }
+        s.max_accuracy_drop = m;
+    }
+    if let Some(n) = q.warmup_samples {
+        s.warmup_samples = n.max(1);
+    }
+    Ok(Some(s))
 }
 
 /// The model file of a version directory: `model.*` first, else the single
@@ -327,6 +407,7 @@ struct Declared {
     outputs: Vec<TensorDecl>,
     memory_budget_mb: Option<u64>,
     version_policy: VersionPolicy,
+    quantization: Option<TomlQuant>,
 }
 
 impl Default for Declared {
@@ -338,6 +419,7 @@ impl Default for Declared {
             outputs: Vec::new(),
             memory_budget_mb: None,
             version_policy: VersionPolicy::default(),
+            quantization: None,
         }
     }
 }
@@ -365,6 +447,30 @@ struct TomlConfig {
     /// Backend-specific settings (`compute_units`, `cache_dir`...).
     #[serde(default)]
     extra: BTreeMap<String, String>,
+    /// How `precision = "int8" | "int4"` is quantized and validated at load.
+    quantization: Option<TomlQuant>,
+}
+
+/// `[quantization]`: paths are relative to the model directory.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlQuant {
+    /// `int8`, `int8-static`, `int4` (default: from `precision`).
+    scheme: Option<String>,
+    /// INT4 block size (32, 64, 128).
+    block_size: Option<usize>,
+    /// `.npz` calibration data (needed by `int8-static`).
+    calibration: Option<PathBuf>,
+    /// `.npz` validation data (default: the calibration data, else synthetic warm-up rows).
+    validation: Option<PathBuf>,
+    /// Label array in the validation data.
+    labels: Option<String>,
+    /// Refuse to serve beyond this drop (points; default 1.0).
+    max_accuracy_drop: Option<f64>,
+    warmup_samples: Option<usize>,
+    /// Where quantized files are cached (default: `POMME_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/pomme`, else `~/.cache/pomme`, + `/quantized`).
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -451,6 +557,7 @@ fn from_toml(text: &str) -> Result<Declared, String> {
             default_priority: b.default_priority.unwrap_or(def.default_priority),
         });
     }
+    d.quantization = c.quantization;
     d.spec.load = LoadOptions {
         device: match c.device {
             Some(s) => s.parse::<DeviceKind>().map_err(|e| e.to_string())?,
@@ -725,13 +832,23 @@ pub async fn load_versions(
         .collect();
     let mut first_err = None;
     for spec in &model.specs {
+        if serving.contains(&spec.version) && !reload {
+            continue;
+        }
+        let spec = match &model.quantization {
+            Some(q) => match quantized_spec(runtime, spec, q).await {
+                Ok(s) => s,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            },
+            None => spec.clone(),
+        };
         let outcome = if serving.contains(&spec.version) {
-            if !reload {
-                continue;
-            }
-            runtime.reload(spec.clone()).await
+            runtime.reload(spec).await
         } else {
-            runtime.load(spec.clone()).await
+            runtime.load(spec).await
         };
         if let Err(e) = outcome {
             first_err.get_or_insert(e);
@@ -747,6 +864,46 @@ pub async fn load_versions(
         }
     }
     Ok(())
+}
+
+/// Quantizes (or takes from the cache), validates and admits one version;
+/// the returned spec loads the quantized file as stored. Over the accuracy
+/// budget the version is refused with the measured figures.
+async fn quantized_spec(
+    runtime: &Runtime,
+    spec: &ModelSpec,
+    q: &pomme_quant::ServeQuantization,
+) -> pomme_core::Result<ModelSpec> {
+    let backends = runtime.backends().to_vec();
+    let (path, q2) = (spec.path.clone(), q.clone());
+    let served = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&dyn pomme_core::Backend> = backends.iter().map(|b| b.as_ref()).collect();
+        pomme_quant::prepare_served(&path, &q2, &refs)
+    })
+    .await
+    .map_err(|e| pomme_core::Error::Internal(format!("quantization task: {e}")))?
+    .map_err(|e| {
+        e.with_message(format!(
+            "model '{}' version {}: {}",
+            spec.name,
+            spec.version,
+            e.message()
+        ))
+    })?;
+    tracing::info!(
+        model = %spec.name,
+        version = spec.version,
+        precision = %q.precision,
+        cached = served.cached,
+        file = %served.path.display(),
+        figures = %served.summary(),
+        "serving a quantized model"
+    );
+    let mut s = spec.clone();
+    s.path = served.path;
+    // The quantization is in the file now; engines run it as stored.
+    s.load.precision = Precision::F32;
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -66,8 +66,10 @@ mod onnx;
 mod plans;
 
 // Linking a runtime crate is what registers its runtime with tract.
+/// tract's CUDA runtime, for tools that profile it (e.g. pomme-backends'
+/// `cuda_profile` example).
 #[cfg(all(feature = "cuda", target_os = "linux"))]
-extern crate tract_cuda;
+pub use tract_cuda;
 #[cfg(target_vendor = "apple")]
 extern crate tract_metal;
 
