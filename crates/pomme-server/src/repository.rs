@@ -334,7 +334,7 @@ fn quantization(
             q.block_size.unwrap_or(32),
             pomme_quant::CalibrationMethod::default(),
         )
-        .map_err(|e| format!("[quantization] {}", pomme_core::Error::from(e).message()))?,
+        .map_err(|e| format!("[quantization] {}", e.message()))?,
     );
     s.calibration = rel(q.calibration);
     s.validation = rel(q.validation);
@@ -348,7 +348,7 @@ fn quantization(
     }
     s.labels = q.labels;
     if let Some(m) = q.max_accuracy_drop {
-        if !(m >= 0.0) {
+        if m.is_nan() || m < 0.0 {
             return Err(format!(
                 "[quantization] max_accuracy_drop must be ≥ 0, got {m}"
             ));
