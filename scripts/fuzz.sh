@@ -28,6 +28,11 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 
 cd fuzz
+# The targets that need files (models, packages, repositories) write one
+# scratch path per process under /dev/shm (or $TMPDIR); remove them at exit.
+scratch_dir=/dev/shm
+[ -d "$scratch_dir" ] || scratch_dir=${TMPDIR:-/tmp}
+trap 'rm -rf "$scratch_dir"/pomme-fuzz-*' EXIT
 nice -n 10 cargo +nightly fuzz build -s none -a
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
