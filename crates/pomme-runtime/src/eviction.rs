@@ -16,7 +16,6 @@ use crate::metrics::{Metrics, ModelLabels};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Serialize;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What a load does when the memory budget is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -73,14 +72,6 @@ impl EvictionMetrics {
     }
 }
 
-/// Now as Unix milliseconds (the unit of `ModelStats::last_inference_ms`).
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}
-
 /// A loaded model version as the eviction choice sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resident {
@@ -129,6 +120,49 @@ pub fn choose_victims(
         over = over.saturating_sub(r.bytes);
     }
     (over == 0).then_some(victims)
+}
+
+/// Picks (with [`choose_victims`]) and removes from the registry the model
+/// versions to evict so that `need` more bytes fit; the caller retires and
+/// joins them, which releases their memory. `loading` (the version being
+/// loaded, on a reload) is never chosen.
+///
+/// A version is idle when nothing but the registry and this scan holds its
+/// instance: every request holds one from lookup to answer. A request that
+/// looks it up after this check finds its queue closed and gets
+/// `Unavailable` (retryable).
+pub(crate) fn take_victims(
+    registry: &crate::registry::Registry,
+    admission: &crate::admission::Admission,
+    need: u64,
+    loading: (&str, u64),
+) -> Vec<std::sync::Arc<crate::registry::Instance>> {
+    let instances = registry.instances();
+    let residents: Vec<Resident> = instances
+        .iter()
+        .map(|i| Resident {
+            name: i.view.name.clone(),
+            version: i.view.version,
+            bytes: i.view.memory_bytes,
+            last_used: i.last_used_ns.load(std::sync::atomic::Ordering::Relaxed),
+            idle: std::sync::Arc::strong_count(i) <= 2
+                && i.queue.is_empty()
+                && (i.view.name.as_str(), i.view.version) != loading,
+        })
+        .collect();
+    let Some(victims) = choose_victims(
+        &residents,
+        need,
+        admission.memory_used(),
+        admission.memory_budget(),
+    ) else {
+        return Vec::new();
+    };
+    drop(instances);
+    victims
+        .into_iter()
+        .filter_map(|(name, version)| registry.remove_version(&name, version).ok().flatten())
+        .collect()
 }
 
 #[cfg(test)]

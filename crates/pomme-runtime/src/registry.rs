@@ -48,6 +48,10 @@ pub struct ModelView {
     /// Bytes reserved against the memory budget.
     pub memory_bytes: u64,
     pub load_ms: u64,
+    /// How the serving backend was chosen, with every candidate's figures
+    /// (measured routing only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<crate::routing::RoutingDecision>,
 }
 
 /// A running model version.
@@ -61,6 +65,11 @@ pub(crate) struct Instance {
     pub reservation: Mutex<Option<MemoryReservation>>,
     pub default_priority: u32,
     pub default_queue_timeout: Option<std::time::Duration>,
+    /// The candidates behind a routed model (breakers, counters, retry policy).
+    pub routes: Option<Arc<crate::routed::RouteSet>>,
+    /// When it was last used (loaded, or a request looked it up), in ns
+    /// since the runtime started: the order of LRU eviction.
+    pub last_used_ns: std::sync::atomic::AtomicU64,
 }
 
 impl Instance {

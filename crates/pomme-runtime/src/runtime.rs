@@ -2,9 +2,11 @@
 
 use crate::admission::Admission;
 use crate::artifact::detect_artifact;
+use crate::eviction::{EvictionMetrics, MemoryPolicy};
 use crate::metrics::Metrics;
 use crate::pool::BufferPool;
 use crate::registry::{Instance, ModelStatus, ModelView, Registry};
+use crate::routed::{RouteMetrics, RouteSet, RouteStatus};
 use crate::scheduler::{BatchPolicy, ModelQueue, Pending};
 use crate::spec::ModelSpec;
 use crate::stats::{
@@ -89,6 +91,7 @@ pub struct RuntimeBuilder {
     default_timeout: Option<Duration>,
     fail_fast: bool,
     backends: Vec<Arc<dyn Backend>>,
+    memory_policy: MemoryPolicy,
 }
 
 impl Default for RuntimeBuilder {
@@ -99,6 +102,7 @@ impl Default for RuntimeBuilder {
             default_timeout: None,
             fail_fast: false,
             backends: Vec::new(),
+            memory_policy: MemoryPolicy::Refuse,
         }
     }
 }
@@ -136,6 +140,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// What a load does when the memory budget is full: refuse (default) or
+    /// evict least recently used idle models (see [`crate::eviction`]).
+    pub fn memory_policy(mut self, p: MemoryPolicy) -> Self {
+        self.memory_policy = p;
+        self
+    }
+
     /// The engines this runtime may use, in default preference order.
     pub fn backends(mut self, backends: Vec<Arc<dyn Backend>>) -> Self {
         self.backends = backends;
@@ -160,6 +171,8 @@ impl RuntimeBuilder {
             } else {
                 self.memory_budget as i64
             });
+        let route_metrics = RouteMetrics::register(&metrics);
+        let eviction_metrics = EvictionMetrics::register(&metrics);
         Ok(Runtime {
             inner: Arc::new(Inner {
                 admission: Admission::new(self.max_concurrency, self.memory_budget),
@@ -175,6 +188,9 @@ impl RuntimeBuilder {
                 ok: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 started: Instant::now(),
+                route_metrics,
+                eviction_metrics,
+                memory_policy: self.memory_policy,
             }),
         })
     }
@@ -194,6 +210,9 @@ struct Inner {
     ok: AtomicU64,
     failed: AtomicU64,
     started: Instant,
+    route_metrics: RouteMetrics,
+    eviction_metrics: EvictionMetrics,
+    memory_policy: MemoryPolicy,
 }
 
 /// The inference runtime. Cheap to clone; all clones share state.
@@ -293,7 +312,22 @@ impl Runtime {
 
     fn build_instance(&self, spec: &ModelSpec, started: Instant) -> Result<Arc<Instance>> {
         let artifact = detect_artifact(&spec.path)?;
-        let model = self.load_with_backends(spec, &artifact)?;
+        let (model, routes): (Arc<dyn LoadedModel>, Option<Arc<RouteSet>>) = match &spec.routing {
+            Some(cfg) => {
+                let (m, set) = crate::routed::load_routed(
+                    &spec.name,
+                    spec.version,
+                    &self.inner.backends,
+                    &artifact,
+                    &spec.load,
+                    &spec.backends,
+                    cfg,
+                    Some(self.inner.route_metrics.clone()),
+                )?;
+                (m, Some(set))
+            }
+            None => (self.load_with_backends(spec, &artifact)?, None),
+        };
         let memory = model.memory();
         // The model's own configuration: its memory cap and declared inputs/outputs.
         spec.check_memory(
@@ -306,9 +340,7 @@ impl Runtime {
         )?;
         let signature = spec.apply_declared(model.signature())?;
         let reservation = self
-            .inner
-            .admission
-            .reserve_memory(memory.weight_bytes)
+            .reserve_or_evict(spec, memory.weight_bytes)
             .map_err(|e| {
                 Error::MemoryBudgetExceeded(format!("cannot load '{}': {}", spec.name, e.message()))
             })?;
@@ -363,6 +395,7 @@ impl Runtime {
             workers,
             memory_bytes: reservation.bytes(),
             load_ms: started.elapsed().as_millis() as u64,
+            routing: routes.as_ref().map(|r| r.decision.clone()),
         };
         Ok(Arc::new(Instance {
             view,
@@ -373,6 +406,12 @@ impl Runtime {
             reservation: Mutex::new(Some(reservation)),
             default_priority: batching.default_priority.max(1),
             default_queue_timeout: spec.batching.as_ref().and_then(|b| b.default_queue_timeout),
+            routes,
+            last_used_ns: std::sync::atomic::AtomicU64::new(
+                Instant::now()
+                    .saturating_duration_since(self.inner.started)
+                    .as_nanos() as u64,
+            ),
         }))
     }
 
@@ -509,10 +548,19 @@ impl Runtime {
             self.inner.registry.get(&model, version)
         };
         let (result, inst) = match lookup {
-            Ok(inst) => (
-                self.infer_inner(&inst, req, started, span).await,
-                Some(inst),
-            ),
+            Ok(inst) => {
+                // For LRU eviction: one relaxed store on the instance's own line.
+                inst.last_used_ns.store(
+                    started
+                        .saturating_duration_since(self.inner.started)
+                        .as_nanos() as u64,
+                    Ordering::Relaxed,
+                );
+                (
+                    self.infer_with_retries(&inst, req, started, span).await,
+                    Some(inst),
+                )
+            }
             Err(e) => (Err(e), None),
         };
         let elapsed = started.elapsed();
@@ -544,6 +592,107 @@ impl Runtime {
             }
         }
         result
+    }
+
+    /// [`Runtime::infer_inner`], retried with backoff for a routed model:
+    /// retryable errors only, within the request's deadline, and never when
+    /// every candidate's breaker is open (then nothing would run: the caller
+    /// gets `Unavailable` at once instead of waiting out backoffs).
+    async fn infer_with_retries(
+        &self,
+        inst: &Arc<Instance>,
+        req: InferRequest,
+        started: Instant,
+        span: tracing::Span,
+    ) -> Result<InferResponse> {
+        let Some(routes) = &inst.routes else {
+            return self.infer_inner(inst, req, started, span).await;
+        };
+        let deadline = req
+            .timeout
+            .or(inst.default_queue_timeout)
+            .or(self.inner.default_timeout)
+            .map(|t| started + t);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let err = match self
+                .infer_inner(inst, req.clone(), started, span.clone())
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            if !routes.any_admits() {
+                return Err(err);
+            }
+            let unit = crate::routing::jitter_unit();
+            match routes
+                .config
+                .retry
+                .next(attempts, &err, Instant::now(), deadline, unit)
+            {
+                Some(delay) => {
+                    routes.count_retry();
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(err),
+            }
+        }
+    }
+
+    /// Reserves a new model's weights; under [`MemoryPolicy::EvictLru`] a full
+    /// budget first unloads least recently used idle models (only when that
+    /// makes enough room). The reservation itself is the admission
+    /// controller's compare-and-swap, so the budget holds even when loads race.
+    fn reserve_or_evict(
+        &self,
+        spec: &ModelSpec,
+        bytes: u64,
+    ) -> Result<crate::admission::MemoryReservation> {
+        let adm = &self.inner.admission;
+        match adm.reserve_memory(bytes) {
+            Ok(r) => return Ok(r),
+            Err(e) if self.inner.memory_policy == MemoryPolicy::Refuse => return Err(e),
+            Err(_) => {}
+        }
+        let victims = crate::eviction::take_victims(
+            &self.inner.registry,
+            adm,
+            bytes,
+            (&spec.name, spec.version),
+        );
+        for inst in &victims {
+            let v = &inst.view;
+            tracing::warn!(model = %v.name, version = v.version, freed_bytes = v.memory_bytes,
+                for_model = %spec.name, "evicted (least recently used, idle) to make room");
+            self.inner
+                .metrics
+                .unloaded(&v.name, v.version, &v.backend, v.device.as_str());
+            self.inner.eviction_metrics.evicted(&v.name, v.version);
+            if let Some(r) = &inst.routes {
+                r.forget_metrics();
+            }
+            inst.retire();
+            inst.join();
+        }
+        self.update_memory_gauge();
+        adm.reserve_memory(bytes)
+    }
+
+    /// The routing decision and live candidate figures (breakers, calls,
+    /// fallbacks) of a routed model version; `None` for a model loaded
+    /// without measured routing.
+    pub fn routing_status(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Option<(crate::routing::RoutingDecision, Vec<RouteStatus>)>> {
+        let inst = self.inner.registry.get(name, version)?;
+        Ok(inst
+            .routes
+            .as_ref()
+            .map(|r| (r.decision.clone(), r.status())))
     }
 
     async fn infer_inner(

@@ -60,6 +60,11 @@ pub struct ModelSpec {
     pub declared_inputs: Vec<DeclaredTensor>,
     /// Outputs a configuration declares (checked like the inputs).
     pub declared_outputs: Vec<DeclaredTensor>,
+    /// `Some`: measured routing (every candidate loaded, checked against the
+    /// CPU reference and timed; the fastest that agrees serves, the others are
+    /// fallbacks behind circuit breakers). `None`: the first backend of
+    /// `backends` that loads serves, as before.
+    pub routing: Option<crate::routing::RoutingConfig>,
 }
 
 /// An input or output as a model configuration declares it.
@@ -86,7 +91,14 @@ impl ModelSpec {
             memory_budget_mb: None,
             declared_inputs: Vec::new(),
             declared_outputs: Vec::new(),
+            routing: None,
         }
+    }
+
+    /// Turns on measured routing with fallback (see [`crate::routing`]).
+    pub fn routing(mut self, cfg: crate::routing::RoutingConfig) -> Self {
+        self.routing = Some(cfg);
+        self
     }
 
     /// Caps this model's memory (weights + activations of its largest batch).

@@ -130,15 +130,6 @@ fn the_fastest_candidate_that_agrees_is_chosen() {
         text.contains("pomme_route_candidate_median_seconds{"),
         "{text}"
     );
-    // The decision serializes (it goes on the model view).
-    let json = serde_json_like(d);
-    assert!(json.contains("disagrees"), "{json}");
-}
-
-fn serde_json_like(d: &pomme_runtime::routing::RoutingDecision) -> String {
-    // No serde_json in this crate's dev-dependencies: Debug of the Serialize
-    // tag names is enough to see the outcomes are there.
-    format!("{d:?}").to_lowercase()
 }
 
 #[test]
