@@ -93,7 +93,7 @@ impl RouteMetrics {
             );
             r.register(
                 "route_breaker_state",
-                "Circuit breaker of a candidate: 0 closed, 1 open, 2 half-open (as of its last call)",
+                "Circuit breaker of a candidate: 0 closed, 1 open, 2 half-open",
                 m.breaker_state.clone(),
             );
             r.register(
@@ -252,6 +252,17 @@ impl RouteSet {
                     m.max_abs_diff.get_or_create(&r.labels).set(a.max_abs_diff);
                 }
             }
+        }
+    }
+
+    /// Sets every candidate's breaker gauge from its state now (an open
+    /// breaker whose period ran out reads half-open), before a scrape.
+    pub fn refresh_gauges(&self) {
+        let Some(m) = &self.metrics else { return };
+        for r in &self.routes {
+            m.breaker_state
+                .get_or_create(&r.labels)
+                .set(r.breaker.snapshot().state.as_gauge());
         }
     }
 

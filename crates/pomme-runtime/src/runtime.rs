@@ -498,6 +498,9 @@ impl Runtime {
                 &inst.view.backend,
                 inst.view.device.as_str(),
             );
+            if let Some(r) = &inst.routes {
+                r.forget_metrics();
+            }
             inst.retire();
         }
         let _ = tokio::task::spawn_blocking(move || instances.iter().for_each(|i| i.join())).await;
@@ -516,6 +519,9 @@ impl Runtime {
         self.inner
             .metrics
             .unloaded(name, version, &inst.view.backend, inst.view.device.as_str());
+        if let Some(r) = &inst.routes {
+            r.forget_metrics();
+        }
         inst.retire();
         let _ = tokio::task::spawn_blocking(move || inst.join()).await;
         self.update_memory_gauge();
@@ -889,6 +895,12 @@ impl Runtime {
             .metrics
             .max_concurrency
             .set(self.inner.admission.max_concurrency() as i64);
+        // Breakers change state with time too (open → half-open), not only on calls.
+        for inst in self.inner.registry.instances() {
+            if let Some(r) = &inst.routes {
+                r.refresh_gauges();
+            }
+        }
         self.inner.metrics.encode()
     }
 

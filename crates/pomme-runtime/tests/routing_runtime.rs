@@ -144,9 +144,15 @@ async fn breaker_opens_fallback_serves_everything_and_a_probe_closes_it() {
     assert_eq!(st[1].served, 52);
     assert_eq!(rt.admission().in_flight(), 0);
 
+    // The gauge follows the clock at scrape time: open, then half-open.
+    let gauge =
+        r#"pomme_route_breaker_state{model="m",version="1",backend="primary",device="cpu"}"#;
+    assert_eq!(metric(&rt.encode_metrics(), gauge), 1.0);
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(metric(&rt.encode_metrics(), gauge), 2.0);
+
     // After the open period, a probe on the primary succeeds and closes it;
     // the faults scheduled at calls 20 and 21 then go to the backup.
-    clock.advance(Duration::from_secs(10));
     for r in fire(&rt, "m", 1).await {
         r.unwrap();
     }
