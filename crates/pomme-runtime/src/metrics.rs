@@ -60,6 +60,8 @@ pub struct Metrics {
     pending: Family<ModelLabels, Gauge>,
     model_ready: Family<BackendLabels, Gauge>,
     load_duration: Family<BackendLabels, Gauge<f64, AtomicU64>>,
+    placement_op_share: Family<BackendLabels, Gauge<f64, AtomicU64>>,
+    placement_cost_share: Family<BackendLabels, Gauge<f64, AtomicU64>>,
     pub(crate) memory_used: Gauge,
     pub(crate) memory_budget: Gauge,
     pub(crate) in_flight: Gauge,
@@ -112,6 +114,8 @@ impl Metrics {
             pending: Family::default(),
             model_ready: Family::default(),
             load_duration: Family::default(),
+            placement_op_share: Family::default(),
+            placement_cost_share: Family::default(),
             memory_used: Gauge::default(),
             memory_budget: Gauge::default(),
             in_flight: Gauge::default(),
@@ -204,8 +208,42 @@ impl Metrics {
             "Current admission concurrency limit",
             m.max_concurrency.clone(),
         );
+        r.register(
+            "placement_op_share",
+            "Share of a model's operations the backend planned on a device (Core ML compute plan; device label ane/gpu/cpu)",
+            m.placement_op_share.clone(),
+        );
+        r.register(
+            "placement_cost_share",
+            "Share of a model's estimated cost planned on a device (Core ML compute plan)",
+            m.placement_cost_share.clone(),
+        );
         *m.registry.lock() = r;
         m
+    }
+
+    /// Exports a backend's placement plan (one series per planned device).
+    pub fn placement(
+        &self,
+        model: &str,
+        version: u64,
+        backend: &str,
+        shares: &[pomme_core::PlacementShare],
+    ) {
+        for s in shares {
+            let labels = BackendLabels {
+                model: model.to_string(),
+                version: version.to_string(),
+                backend: backend.to_string(),
+                device: s.device.clone(),
+            };
+            self.placement_op_share
+                .get_or_create(&labels)
+                .set(s.op_share);
+            if let Some(c) = s.cost_share {
+                self.placement_cost_share.get_or_create(&labels).set(c);
+            }
+        }
     }
 
     /// Handles for one model version.
@@ -290,5 +328,43 @@ impl ModelMetrics {
     /// Model label set.
     pub fn labels(&self) -> &ModelLabels {
         &self.labels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_is_exported_per_device() {
+        let m = Metrics::new();
+        let share =
+            |device: &str, op_share: f64, cost_share: Option<f64>| pomme_core::PlacementShare {
+                device: device.into(),
+                ops: 1,
+                op_share,
+                cost_share,
+            };
+        m.placement(
+            "enc",
+            2,
+            "coreml",
+            &[
+                share("ane", 0.75, Some(0.9)),
+                share("gpu", 0.0, Some(0.0)),
+                share("cpu", 0.25, Some(0.1)),
+            ],
+        );
+        let text = m.encode();
+        for needle in [
+            "pomme_placement_op_share{model=\"enc\",version=\"2\",backend=\"coreml\",device=\"ane\"} 0.75",
+            "pomme_placement_cost_share{model=\"enc\",version=\"2\",backend=\"coreml\",device=\"cpu\"} 0.1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        // Backends without a plan export nothing.
+        let m = Metrics::new();
+        m.placement("m", 1, "tract", &[]);
+        assert!(!m.encode().contains("pomme_placement_op_share{"));
     }
 }

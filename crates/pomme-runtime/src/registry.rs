@@ -52,6 +52,10 @@ pub struct ModelView {
     /// (measured routing only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing: Option<crate::routing::RoutingDecision>,
+    /// Where the backend planned the work per device (Core ML's compute
+    /// plan); empty for backends without one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<pomme_core::PlacementShare>,
 }
 
 /// A running model version.

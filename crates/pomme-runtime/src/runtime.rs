@@ -267,6 +267,9 @@ impl Runtime {
                     started.elapsed(),
                     true,
                 );
+                self.inner
+                    .metrics
+                    .placement(&name, version, &view.backend, &view.placement);
                 tracing::info!(model = %name, version, backend = %view.backend, device = %view.device,
                     ms = view.load_ms, memory_bytes = view.memory_bytes, "model loaded");
                 if let Some(old) = self.inner.registry.finish_load(&name, version, Ok(inst)) {
@@ -396,6 +399,7 @@ impl Runtime {
             memory_bytes: reservation.bytes(),
             load_ms: started.elapsed().as_millis() as u64,
             routing: routes.as_ref().map(|r| r.decision.clone()),
+            placement: model.placement(),
         };
         Ok(Arc::new(Instance {
             view,
