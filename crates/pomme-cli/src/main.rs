@@ -21,6 +21,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     fp32_exact_gpu_math();
+    quiet_panics();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -35,11 +36,19 @@ fn main() -> ExitCode {
             std::env::var("POMME_LOG_FORMAT").is_ok_and(|f| f == "json"),
         );
     }
-    match cli::run(cli) {
-        Ok(code) => code,
-        Err(e) => {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cli::run(cli))) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("error: {}", one_line(&format!("{e:#}")));
             ExitCode::from(cli::exit_code_of(&e))
+        }
+        Err(_) => {
+            let what = LAST_PANIC.with(|p| p.borrow_mut().take());
+            eprintln!(
+                "error: internal error: {}",
+                what.unwrap_or_else(|| "panic".into())
+            );
+            ExitCode::from(1)
         }
     }
 }
@@ -64,6 +73,33 @@ fn fp32_exact_gpu_math() {
             std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
         }
     }
+}
+
+/// Panics never reach the user as a backtrace. Engines that panic inside
+/// pomme's `catch_unwind` guards (tract on a malformed file, a worker) become
+/// one-line errors there, so the default hook's message and backtrace would be
+/// noise; the hook logs them at debug level instead (`POMME_LOG=debug`).
+/// A panic that reaches `main` ends the process with a one-line `error:`.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::debug!(message = %msg, at = %at, "panic");
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{} (at {at})", one_line(&msg))));
+    }));
+}
+
+thread_local! {
+    /// The last panic on this thread, for `main`'s one-line report.
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
 fn one_line(s: &str) -> String {

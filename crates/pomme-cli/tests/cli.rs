@@ -298,3 +298,19 @@ fn bench_prints_a_row_per_backend() {
     assert!(rows[0]["requests"].as_u64().unwrap() > 0);
     assert!(rows[1]["p99_ms"].as_f64().unwrap() >= rows[1]["p50_ms"].as_f64().unwrap());
 }
+
+/// An engine that panics on a malformed file (tract-onnx 0.23.9 on an input
+/// naming no value; found by the `onnx_tract` fuzz target) gives one line, no
+/// panic message, no backtrace.
+#[test]
+fn engine_panic_on_a_bad_file_is_one_line() {
+    let bad = pomme_test_support::fixtures::workspace_root()
+        .join("fuzz/seeds/onnx_tract/regression_missing_input_name.onnx");
+    for cmd in ["inspect", "infer"] {
+        let out = pomme(&[cmd, bad.to_str().unwrap()]);
+        assert_one_line_error(&out, "internal error in the engine");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("RUST_BACKTRACE"), "{cmd}: {err}");
+        assert!(!err.contains("thread '"), "{cmd}: {err}");
+    }
+}

@@ -20,7 +20,7 @@ pub(crate) fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Res
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
         format!(
-            "{what} panicked: {}",
+            "{what} failed (an internal error in the engine): {}",
             msg.split_whitespace().collect::<Vec<_>>().join(" ")
         )
     })
