@@ -15,8 +15,8 @@
 
 #[cfg(all(feature = "cuda", target_os = "linux"))]
 fn main() -> pomme_tract::tract_core::prelude::TractResult<()> {
-    use pomme_tract::tract_core::plan::{SimplePlan, SimpleState};
     use pomme_tract::tract_core::internal::*;
+    use pomme_tract::tract_core::plan::{SimplePlan, SimpleState};
     use pomme_tract::tract_core::transform::ModelTransform;
     use pomme_tract::tract_onnx::prelude::InferenceModelExt;
     use std::collections::BTreeMap;
