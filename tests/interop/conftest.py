@@ -46,15 +46,14 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
     return repo
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
+def start_server(repo: Path, *extra: str) -> dict:
+    """Starts `pomme serve` over `repo` on free loopback ports and waits until
+    it is ready; returns the addresses and the process."""
     binary = os.environ.get("POMME_BIN", str(ROOT / "target/debug/pomme"))
-    repo = make_repo(tmp_path_factory.mktemp("pomme"))
     http, grpc, metrics = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
         [binary, "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
-         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-         "--model-control-mode", "explicit", "--load-model", "add_one,identity,strings"],
+         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 60
@@ -71,7 +70,15 @@ def server(tmp_path_factory):
             proc.kill()
             raise RuntimeError("pomme serve not ready within 60 s")
         time.sleep(0.05)
-    yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "metrics": f"127.0.0.1:{metrics}", "proc": proc}
+    return {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "metrics": f"127.0.0.1:{metrics}", "proc": proc}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    repo = make_repo(tmp_path_factory.mktemp("pomme"))
+    s = start_server(repo, "--model-control-mode", "explicit", "--load-model", "add_one,identity,strings")
+    yield s
+    proc = s["proc"]
     proc.terminate()
     try:
         code = proc.wait(timeout=30)

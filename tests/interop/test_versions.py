@@ -2,11 +2,7 @@
 whose config.pbtxt selects two of three versions (`version_policy`), served by
 a real `pomme serve`; each selected version answers by `model_version`, the
 others are not found, over HTTP and gRPC."""
-import os
 import shutil
-import subprocess
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -14,7 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, free_port
+from conftest import ROOT, start_server
 
 
 @pytest.fixture(scope="module")
@@ -27,28 +23,9 @@ def versioned(tmp_path_factory):
     (repo / "vm/config.pbtxt").write_text(
         'name: "vm"\nbackend: "tract"\nversion_policy: { specific: { versions: [1, 2] } }\n'
     )
-    binary = os.environ.get("POMME_BIN", str(ROOT / "target/debug/pomme"))
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    proc = subprocess.Popen(
-        [binary, "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
-         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError("pomme serve exited: " + proc.stdout.read())
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("pomme serve not ready within 60 s")
-        time.sleep(0.05)
-    yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}"}
+    s = start_server(repo)
+    yield s
+    proc = s["proc"]
     proc.terminate()
     proc.wait(timeout=30)
 
