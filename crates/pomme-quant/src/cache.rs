@@ -39,6 +39,25 @@ pub fn cache_key(model_path: &Path, options: &QuantizeOptions) -> Result<String>
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// Where the model quantized under `options` with cache key `key` lives in
+/// `cache_dir`: `<stem>.<scheme>.<key16>.onnx`.
+pub fn cached_path(
+    model_path: &Path,
+    options: &QuantizeOptions,
+    key: &str,
+    cache_dir: &Path,
+) -> PathBuf {
+    let stem = model_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    cache_dir.join(format!(
+        "{stem}.{}.{}.onnx",
+        options.scheme.name(),
+        &key[..16]
+    ))
+}
+
 /// Returns the path of `model_path` quantized with `options`, quantizing into
 /// `cache_dir` on first use (`<stem>.<scheme>.<key16>.onnx`). `backends` are
 /// needed only for `int8-static` calibration and validation options.
@@ -50,15 +69,7 @@ pub fn quantize_cached(
     progress: &dyn Fn(&ProgressEvent),
 ) -> Result<PathBuf> {
     let key = cache_key(model_path, options)?;
-    let stem = model_path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let out = cache_dir.join(format!(
-        "{stem}.{}.{}.onnx",
-        options.scheme.name(),
-        &key[..16]
-    ));
+    let out = cached_path(model_path, options, &key, cache_dir);
     if out.is_file() {
         return Ok(out);
     }

@@ -164,15 +164,7 @@ pub fn prepare_served(
         h.update(format!("synthetic-warmup v1 {}", q.warmup_samples.max(1)).as_bytes());
     }
     let key = format!("{:x}", h.finalize());
-    let stem = model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let out = q.cache_dir.join(format!(
-        "{stem}.{}.{}.onnx",
-        options.scheme.name(),
-        &key[..16]
-    ));
+    let out = crate::cache::cached_path(model, &options, &key, &q.cache_dir);
     let report_path = out.with_extension("report.json");
 
     if out.is_file()
