@@ -183,6 +183,25 @@ pub fn raw_contents(t: &Tensor) -> Result<Bytes> {
     }
 }
 
+/// Tensor descriptions (built by `describe` from name, KServe datatype and
+/// shape) and their raw contents, for requests and responses alike.
+fn raw_tensors<D>(
+    tensors: &[(String, Tensor)],
+    describe: impl Fn(String, String, Vec<i64>) -> D,
+) -> Result<(Vec<D>, Vec<Bytes>)> {
+    let mut descs = Vec::with_capacity(tensors.len());
+    let mut raw = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        descs.push(describe(
+            name.clone(),
+            t.dtype().kserve_name().to_string(),
+            t.shape().iter().map(|&d| d as i64).collect(),
+        ));
+        raw.push(raw_contents(t)?);
+    }
+    Ok((descs, raw))
+}
+
 /// Encodes an infer response with every output in `raw_output_contents`.
 pub fn encode_response(
     model: &str,
@@ -190,18 +209,15 @@ pub fn encode_response(
     id: Option<&str>,
     outputs: &[(String, Tensor)],
 ) -> Result<ModelInferResponse> {
-    let mut tensors = Vec::with_capacity(outputs.len());
-    let mut raw = Vec::with_capacity(outputs.len());
-    for (name, t) in outputs {
-        tensors.push(model_infer_response::InferOutputTensor {
-            name: name.clone(),
-            datatype: t.dtype().kserve_name().to_string(),
-            shape: t.shape().iter().map(|&d| d as i64).collect(),
+    let (tensors, raw) = raw_tensors(outputs, |name, datatype, shape| {
+        model_infer_response::InferOutputTensor {
+            name,
+            datatype,
+            shape,
             parameters: HashMap::new(),
             contents: None,
-        });
-        raw.push(raw_contents(t)?);
-    }
+        }
+    })?;
     Ok(ModelInferResponse {
         model_name: model.to_string(),
         model_version: version.to_string(),
@@ -219,18 +235,15 @@ pub fn encode_request(
     inputs: &[(String, Tensor)],
     outputs: &[&str],
 ) -> Result<ModelInferRequest> {
-    let mut tensors = Vec::with_capacity(inputs.len());
-    let mut raw = Vec::with_capacity(inputs.len());
-    for (name, t) in inputs {
-        tensors.push(model_infer_request::InferInputTensor {
-            name: name.clone(),
-            datatype: t.dtype().kserve_name().to_string(),
-            shape: t.shape().iter().map(|&d| d as i64).collect(),
+    let (tensors, raw) = raw_tensors(inputs, |name, datatype, shape| {
+        model_infer_request::InferInputTensor {
+            name,
+            datatype,
+            shape,
             parameters: HashMap::new(),
             contents: None,
-        });
-        raw.push(raw_contents(t)?);
-    }
+        }
+    })?;
     Ok(ModelInferRequest {
         model_name: model.to_string(),
         model_version: version.map(|v| v.to_string()).unwrap_or_default(),
