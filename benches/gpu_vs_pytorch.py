@@ -9,7 +9,9 @@ installed), then in the same process/run:
 
 * times PyTorch eager fp32 at batch 1 and 8 (TF32 off, CUDA-synchronised
   medians of N iterations after warm-up),
-* times `pomme bench MODEL --backend tract --device cuda --batch 1,8`,
+* times `pomme bench MODEL --backend B --device cuda --batch 1,8` for each
+  backend B of --backends (tract: tract's CUDA runtime; ort: ONNX Runtime's
+  CUDA EP from an onnxruntime-gpu library named by ORT_DYLIB_PATH),
 * checks pomme's CUDA output against PyTorch's fp32 output (norm-relative and
   max-relative error),
 * measures cold start: the first process with an empty kernel cache
@@ -119,8 +121,8 @@ def run(cmd, env=None, **kw):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, **kw)
 
 
-def pomme_bench(pomme, onnx, env, duration):
-    r = run([pomme, "bench", onnx, "--backend", "tract", "--device", "cuda", "--batch", "1,8",
+def pomme_bench(pomme, onnx, env, duration, backend):
+    r = run([pomme, "bench", onnx, "--backend", backend, "--device", "cuda", "--batch", "1,8",
              "--duration", duration, "--warmup", "2s", "--json"], env=env)
     if r.returncode != 0:
         log(r.stderr[-2000:])
@@ -128,15 +130,15 @@ def pomme_bench(pomme, onnx, env, duration):
     return {row["batch"]: row for row in json.loads(r.stdout)}
 
 
-def check_outputs(pomme, model, spec, outputs, onnx, work, env):
+def check_outputs(pomme, model, spec, outputs, onnx, work, env, backend):
     x = make_inputs(spec, 2, 7)
     args = []
     for k, v in x.items():
         p = os.path.join(work, f"in_{k}.npy")
         np.save(p, v.numpy())
         args += ["--input", f"{k}={p}"]
-    outdir = os.path.join(work, "out_" + os.path.basename(onnx))
-    r = run([pomme, "infer", onnx, "--backend", "tract", "--device", "cuda", "-o", outdir, *args], env=env)
+    outdir = os.path.join(work, f"out_{backend}_" + os.path.basename(onnx))
+    r = run([pomme, "infer", onnx, "--backend", backend, "--device", "cuda", "-o", outdir, *args], env=env)
     if r.returncode != 0:
         return {"error": r.stderr.strip()[-500:]}
     with torch.inference_mode():
@@ -150,14 +152,14 @@ def check_outputs(pomme, model, spec, outputs, onnx, work, env):
     }
 
 
-def cold_start(pomme, onnx, work, env):
+def cold_start(pomme, onnx, work, env, backend):
     cache = tempfile.mkdtemp(prefix="kcache", dir=work)
     e = dict(env, XDG_CACHE_HOME=cache)
     res = {}
     for label in ("first_process", "second_process"):
         t0 = time.perf_counter()
-        r = run([pomme, "infer", onnx, "--backend", "tract", "--device", "cuda", "-o",
-                 os.path.join(work, "cold_" + label)], env=e)
+        r = run([pomme, "infer", onnx, "--backend", backend, "--device", "cuda", "-o",
+                 os.path.join(work, f"cold_{backend}_" + label)], env=e)
         wall = time.perf_counter() - t0
         load_ms = None
         if r.returncode == 0:
@@ -177,18 +179,18 @@ def free_port():
     return p
 
 
-def served(pomme, onnx, work, env, duration):
-    repo = os.path.join(work, "repo")
+def served(pomme, onnx, work, env, duration, backend):
+    repo = os.path.join(work, f"repo_{backend}")
     vdir = os.path.join(repo, "mobilenet_v2", "1")
     os.makedirs(vdir, exist_ok=True)
     shutil.copy(onnx, os.path.join(vdir, "model.onnx"))
     with open(os.path.join(repo, "mobilenet_v2", "config.toml"), "w") as f:
-        f.write('backends = ["tract"]\ndevice = "cuda"\nmax_batch_size = 32\n'
+        f.write(f'backends = ["{backend}"]\ndevice = "cuda"\nmax_batch_size = 32\n'
                 "[dynamic_batching]\nmax_queue_delay_us = 2000\n")
     hp, gp, mp = free_port(), free_port(), free_port()
     srv = subprocess.Popen([pomme, "serve", "--model-repository", repo, "--http-port", str(hp),
                             "--grpc-port", str(gp), "--metrics-port", str(mp)], env=env,
-                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "serve.log"), "w"))
+                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"serve_{backend}.log"), "w"))
     try:
         import urllib.request
         deadline = time.time() + 300
@@ -227,11 +229,15 @@ def main():
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--duration", default="5s")
     ap.add_argument("--skip-serve", action="store_true")
+    ap.add_argument("--backends", default="tract",
+                    help="pomme backends to time, comma-separated (tract, ort); "
+                         "ort needs ORT_DYLIB_PATH naming an onnxruntime-gpu library")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     env = dict(os.environ)
+    backends = a.backends.split(",")
     report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "models": {}}
     onnx_paths = {}
     for name in a.models.split(","):
@@ -246,46 +252,59 @@ def main():
         export(model, spec, outs, onnx)
         onnx_paths[name] = onnx
         model = model.cuda()
-        row = {"torch_ms": {}, "pomme_ms": {}}
+        row = {"torch_ms": {}, "pomme_ms": {}, "check": {}}
         for b in (1, 8):
             med, p90 = torch_latency(model, spec, b, a.iters)
             row["torch_ms"][b] = {"p50": round(med, 3), "p90": round(p90, 3)}
-        row["check"] = check_outputs(a.pomme, model, spec, outs, onnx, a.out, env)
-        bench = pomme_bench(a.pomme, onnx, env, a.duration)
-        for b, r in bench.items():
-            row["pomme_ms"][b] = {"p50": r["p50_ms"], "p90": r["p90_ms"]}
+        for be in backends:
+            row["check"][be] = check_outputs(a.pomme, model, spec, outs, onnx, a.out, env, be)
+            bench = pomme_bench(a.pomme, onnx, env, a.duration, be)
+            row["pomme_ms"][be] = {b: {"p50": r["p50_ms"], "p90": r["p90_ms"]} for b, r in bench.items()}
         report["models"][name] = row
         del model
         torch.cuda.empty_cache()
     if "mobilenet_v2" in onnx_paths:
-        report["cold_start_mobilenet_v2"] = cold_start(a.pomme, onnx_paths["mobilenet_v2"], a.out, env)
-        if not a.skip_serve:
-            report["served_mobilenet_v2"] = served(a.pomme, onnx_paths["mobilenet_v2"], a.out, env, a.duration)
+        for be in backends:
+            report[f"cold_start_mobilenet_v2_{be}"] = cold_start(
+                a.pomme, onnx_paths["mobilenet_v2"], a.out, env, be)
+            if not a.skip_serve:
+                report[f"served_mobilenet_v2_{be}"] = served(
+                    a.pomme, onnx_paths["mobilenet_v2"], a.out, env, a.duration, be)
     with open(os.path.join(a.out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     print(f"GPU: {report['gpu']}, torch {report['torch']}")
-    print(f"{'model':<14}{'batch':>6}{'torch p50 ms':>14}{'pomme p50 ms':>14}{'pomme/torch':>13}")
+    head = f"{'model':<14}{'batch':>6}{'torch p50 ms':>14}"
+    for be in backends:
+        head += f"{be + ' p50 ms':>14}{be + '/torch':>13}"
+    print(head)
     for name, row in report["models"].items():
         if "skipped" in row:
             print(f"{name:<14} skipped: {row['skipped']}")
             continue
         for b in (1, 8):
             t = row["torch_ms"].get(b, {}).get("p50")
-            p = row["pomme_ms"].get(b, {}).get("p50")
-            ratio = f"{p / t:.2f}" if t and p else "-"
-            print(f"{name:<14}{b:>6}{t if t else '-':>14}{p if p else '-':>14}{ratio:>13}")
-        print(f"{'':<14} output vs torch fp32: {row['check']}")
-    if "cold_start_mobilenet_v2" in report:
-        print("cold start mobilenet_v2:", report["cold_start_mobilenet_v2"])
-    if "served_mobilenet_v2" in report:
-        s = report["served_mobilenet_v2"]
+            line = f"{name:<14}{b:>6}{t if t else '-':>14}"
+            for be in backends:
+                p = row["pomme_ms"].get(be, {}).get(b, {}).get("p50")
+                ratio = f"{p / t:.2f}" if t and p else "-"
+                line += f"{p if p else '-':>14}{ratio:>13}"
+            print(line)
+        for be in backends:
+            print(f"{'':<14} {be} output vs torch fp32: {row['check'][be]}")
+    for be in backends:
+        key = f"cold_start_mobilenet_v2_{be}"
+        if key in report:
+            print(f"cold start mobilenet_v2 ({be}):", report[key])
+        s = report.get(f"served_mobilenet_v2_{be}")
+        if s is None:
+            continue
         if "rows" in s:
             c1, c32 = s["rows"].get(1, {}), s["rows"].get(32, {})
-            print(f"served mobilenet_v2: c1 {c1.get('rps', 0):.1f} req/s p50 {c1.get('p50_ms')} ms; "
+            print(f"served mobilenet_v2 ({be}): c1 {c1.get('rps', 0):.1f} req/s p50 {c1.get('p50_ms')} ms; "
                   f"c32 {c32.get('rps', 0):.1f} req/s p50 {c32.get('p50_ms')} ms; "
                   f"ratio {c32.get('rps', 0) / max(c1.get('rps', 1e-9), 1e-9):.2f}; mean batch {s['mean_batch']}")
         else:
-            print("served mobilenet_v2:", s)
+            print(f"served mobilenet_v2 ({be}):", s)
 
 
 if __name__ == "__main__":

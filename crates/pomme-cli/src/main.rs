@@ -3,8 +3,8 @@
 //! Errors print as one line (`error: …`) with exit code 1, or 2 for bad usage
 //! or configuration; never a panic or a backtrace.
 //!
-//! The one `unsafe` block is [`fp32_exact_gpu_math`], run first in `main`
-//! while the process is still single-threaded.
+//! The two `unsafe` blocks are [`fp32_exact_gpu_math`], run first in `main`
+//! while the process is still single-threaded, and [`leave`], the last call.
 #![deny(unsafe_code)]
 
 mod bench;
@@ -17,9 +17,37 @@ mod npy;
 mod quantize;
 
 use clap::Parser;
+use std::io::Write;
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
+fn main() {
+    let code = run_main();
+    leave(code)
+}
+
+/// Ends the process with `code` once everything pomme owns has been dropped and
+/// the standard streams flushed, without running C/C++ exit handlers.
+///
+/// ONNX Runtime's CUDA execution provider (onnxruntime-gpu 1.31.1 with CUDA 13
+/// on an H100) segfaults in its static destructors at process exit, after
+/// pomme's sessions and workers are already gone and the command's output is
+/// written: `pomme infer` printed its result and then died with SIGSEGV, so the
+/// exit status (139) contradicted the output, and `pomme serve` would fail its
+/// SIGTERM → exit 0 contract. Nothing of pomme's state lives in C exit
+/// handlers, so skipping them (`_exit`) loses nothing.
+fn leave(code: u8) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` takes no pointers and never returns; every Rust value
+    // with a meaningful destructor (runtime, server, output files) was dropped
+    // when `run_main` returned, and the streams were flushed above.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::_exit(i32::from(code))
+    }
+}
+
+fn run_main() -> u8 {
     fp32_exact_gpu_math();
     quiet_panics();
     let cli = match cli::Cli::try_parse() {
@@ -27,7 +55,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
-            return ExitCode::from(code);
+            return code;
         }
     };
     if !matches!(cli.command, cli::Command::Serve(_)) {
@@ -37,10 +65,10 @@ fn main() -> ExitCode {
         );
     }
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cli::run(cli))) {
-        Ok(Ok(code)) => code,
+        Ok(Ok(code)) => u8::from(code != ExitCode::SUCCESS),
         Ok(Err(e)) => {
             eprintln!("error: {}", one_line(&format!("{e:#}")));
-            ExitCode::from(cli::exit_code_of(&e))
+            cli::exit_code_of(&e)
         }
         Err(_) => {
             let what = LAST_PANIC.with(|p| p.borrow_mut().take());
@@ -48,7 +76,7 @@ fn main() -> ExitCode {
                 "error: internal error: {}",
                 what.unwrap_or_else(|| "panic".into())
             );
-            ExitCode::from(1)
+            1
         }
     }
 }

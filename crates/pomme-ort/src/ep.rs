@@ -85,16 +85,62 @@ pub(crate) fn coreml_options(options: &LoadOptions) -> Result<CoreMlOptions> {
     })
 }
 
-/// The CUDA device ordinal (`LoadOptions.extra["cuda_device_id"]`, default 0).
-fn cuda_device_id(options: &LoadOptions) -> Result<i32> {
-    match options.extra.get("cuda_device_id") {
-        None => Ok(0),
+/// CUDA EP settings parsed from a load's options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CudaOptions {
+    /// `extra["cuda_device_id"]`, default 0.
+    pub(crate) device_id: i32,
+    /// `extra["tf32"]` (`true` | `false`), default `false`: TF32 tensor-core
+    /// math changes f32 results at the 1e-3 level, so it is opt-in (as for
+    /// tract's CUDA runtime, where `NVIDIA_TF32_OVERRIDE` decides).
+    pub(crate) tf32: bool,
+    /// `extra["cudnn_conv_algo_search"]`: `exhaustive` (default: cuDNN times
+    /// every algorithm once per shape, the fastest steady state), `heuristic`
+    /// or `default`.
+    pub(crate) conv_search: ConvSearch,
+}
+
+/// cuDNN convolution algorithm search (`extra["cudnn_conv_algo_search"]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConvSearch {
+    Exhaustive,
+    Heuristic,
+    Default,
+}
+
+pub(crate) fn cuda_options(options: &LoadOptions) -> Result<CudaOptions> {
+    let device_id = match options.extra.get("cuda_device_id") {
+        None => 0,
         Some(s) => s.parse::<i32>().ok().filter(|&d| d >= 0).ok_or_else(|| {
             Error::invalid_input(format!(
                 "cuda_device_id '{s}' is not a device number (0, 1, ...)"
             ))
-        }),
-    }
+        })?,
+    };
+    let tf32 = match options.extra.get("tf32").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Error::invalid_input(format!(
+                "tf32 '{other}' is not a boolean (true or false)"
+            )));
+        }
+    };
+    let conv_search = match options.extra.get("cudnn_conv_algo_search").map(String::as_str) {
+        None | Some("exhaustive") => ConvSearch::Exhaustive,
+        Some("heuristic") => ConvSearch::Heuristic,
+        Some("default") => ConvSearch::Default,
+        Some(other) => {
+            return Err(Error::invalid_input(format!(
+                "unknown cudnn_conv_algo_search '{other}' (expected exhaustive, heuristic or default)"
+            )));
+        }
+    };
+    Ok(CudaOptions {
+        device_id,
+        tf32,
+        conv_search,
+    })
 }
 
 fn cpu() -> ExecutionProviderDispatch {
@@ -114,7 +160,7 @@ pub(crate) fn plan(options: &LoadOptions) -> Result<Plan> {
             device: DeviceKind::Cpu,
         }),
         DeviceKind::Cuda => {
-            let id = cuda_device_id(options)?;
+            let cuda = cuda_options(options)?;
             if !offers::<ep::CUDA>() {
                 return Err(Error::Unavailable(
                     "device cuda: this onnxruntime library has no CUDA execution provider (use the onnxruntime-gpu build)"
@@ -124,7 +170,13 @@ pub(crate) fn plan(options: &LoadOptions) -> Result<Plan> {
             Ok(Plan {
                 eps: vec![
                     ep::CUDA::default()
-                        .with_device_id(id)
+                        .with_device_id(cuda.device_id)
+                        .with_tf32(cuda.tf32)
+                        .with_conv_algorithm_search(match cuda.conv_search {
+                            ConvSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                            ConvSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
+                            ConvSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
+                        })
                         .build()
                         .error_on_failure(),
                     cpu(),
@@ -241,7 +293,33 @@ mod tests {
         let e =
             coreml_options(&opts(DeviceKind::Ane, &[("coreml_model_format", "x")])).unwrap_err();
         assert!(e.to_string().contains("coreml_model_format 'x'"), "{e}");
-        let e = cuda_device_id(&opts(DeviceKind::Cuda, &[("cuda_device_id", "-1")])).unwrap_err();
+        let e = cuda_options(&opts(DeviceKind::Cuda, &[("cuda_device_id", "-1")])).unwrap_err();
         assert!(e.to_string().contains("cuda_device_id '-1'"), "{e}");
+        let e = cuda_options(&opts(DeviceKind::Cuda, &[("tf32", "yes")])).unwrap_err();
+        assert!(e.to_string().contains("tf32 'yes'"), "{e}");
+        let e = cuda_options(&opts(DeviceKind::Cuda, &[("cudnn_conv_algo_search", "x")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("cudnn_conv_algo_search 'x'"), "{e}");
+    }
+
+    #[test]
+    fn cuda_defaults_are_exact_fp32_and_exhaustive_search() {
+        let o = cuda_options(&opts(DeviceKind::Cuda, &[])).unwrap();
+        assert_eq!(
+            o,
+            CudaOptions {
+                device_id: 0,
+                tf32: false,
+                conv_search: ConvSearch::Exhaustive
+            }
+        );
+        let o = cuda_options(&opts(
+            DeviceKind::Cuda,
+            &[("tf32", "true"), ("cuda_device_id", "1"), ("cudnn_conv_algo_search", "heuristic")],
+        ))
+        .unwrap();
+        assert!(o.tf32);
+        assert_eq!(o.device_id, 1);
+        assert_eq!(o.conv_search, ConvSearch::Heuristic);
     }
 }
