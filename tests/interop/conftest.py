@@ -4,6 +4,7 @@ Triton config.pbtxt, one BYTES model)."""
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -46,9 +47,11 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
     return repo
 
 
-def start_server(repo: Path, *extra: str) -> dict:
+def start_server(repo: Path, *extra: str, tls_ca: Path | None = None) -> dict:
     """Starts `pomme serve` over `repo` on free loopback ports and waits until
-    it is ready; returns the addresses and the process."""
+    it is ready; returns the addresses and the process. With `tls_ca` (the
+    server was given `--tls-cert`/`--tls-key`) readiness is asked over HTTPS
+    trusting that certificate."""
     binary = os.environ.get("POMME_BIN", str(ROOT / "target/debug/pomme"))
     http, grpc, metrics = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
@@ -56,12 +59,16 @@ def start_server(repo: Path, *extra: str) -> dict:
          "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    scheme, context = "http", None
+    if tls_ca is not None:
+        scheme, context = "https", ssl.create_default_context(cafile=str(tls_ca))
     deadline = time.monotonic() + 60
     while True:
         if proc.poll() is not None:
             raise RuntimeError("pomme serve exited: " + proc.stdout.read())
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1) as r:
+            url = f"{scheme}://127.0.0.1:{http}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=1, context=context) as r:
                 if r.status == 200:
                     break
         except Exception:

@@ -24,7 +24,7 @@ pub enum ConfigError {
     File { path: PathBuf, message: String },
 }
 
-fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting,
         message: message.into(),
@@ -89,6 +89,19 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Bearer token required on the repository (load/unload/index) endpoints.
     pub auth_token: Option<String>,
+    /// When set, the HTTP and gRPC ports speak TLS only (metrics stays plain).
+    pub tls: Option<TlsConfig>,
+}
+
+/// PEM files for TLS on the HTTP and gRPC ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle that client certificates must chain to (mutual TLS); `None`
+    /// asks for no client certificate.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Where models come from.
@@ -130,6 +143,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             limits: Limits::default(),
             auth_token: None,
+            tls: None,
         }
     }
 }
@@ -186,6 +200,15 @@ pub struct ServerArgs {
     /// Bearer token required on repository control endpoints.
     #[arg(long, env = "POMME_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// TLS certificate chain (PEM) for the HTTP and gRPC ports; needs --tls-key.
+    #[arg(long, env = "POMME_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) matching --tls-cert.
+    #[arg(long, env = "POMME_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that clients must present a certificate from (mutual TLS).
+    #[arg(long, env = "POMME_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The config file's contents; every key optional.
@@ -207,6 +230,16 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub auth_token: Option<String>,
     pub limits: Option<Limits>,
+    pub tls: Option<FileTls>,
+}
+
+/// The config file's `[tls]` table.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -325,6 +358,29 @@ impl ServerConfig {
         if let Some(b) = args.max_body_bytes {
             c.limits.max_body_bytes = b;
         }
+        // Each path on its own, so a flag can replace the file's key alone.
+        let ft = file.tls.unwrap_or_default();
+        let tls = (
+            args.tls_cert.clone().or(ft.cert),
+            args.tls_key.clone().or(ft.key),
+            args.tls_client_ca.clone().or(ft.client_ca),
+        );
+        c.tls = match tls {
+            (None, None, None) => None,
+            (Some(cert), Some(key), client_ca) => Some(TlsConfig {
+                cert,
+                key,
+                client_ca,
+            }),
+            (Some(_), None, _) => return Err(invalid("tls.key", "is required with tls.cert")),
+            (None, Some(_), _) => return Err(invalid("tls.cert", "is required with tls.key")),
+            (None, None, Some(_)) => {
+                return Err(invalid(
+                    "tls.client_ca",
+                    "needs tls.cert and tls.key (the server's own certificate)",
+                ));
+            }
+        };
         c.validate()?;
         Ok(c)
     }
@@ -387,6 +443,10 @@ impl ServerConfig {
         }
         if self.auth_token.as_deref() == Some("") {
             return Err(invalid("auth_token", "is empty"));
+        }
+        if let Some(tls) = &self.tls {
+            // Reads and checks the PEM files now, so a bad one fails before any port is bound.
+            crate::tls::Acceptors::load(tls)?;
         }
         Ok(())
     }

@@ -1,13 +1,15 @@
 //! Start, run and stop: bind the three ports, load the repository's models
 //! per the control mode (and keep polling it in poll mode), report ready once
 //! the configured models are loaded, and on SIGTERM/SIGINT go not-ready, stop
-//! accepting, and drain in-flight requests within the grace period.
+//! accepting, and drain in-flight requests within the grace period. With
+//! `[tls]` configured, the HTTP and gRPC ports accept TLS only.
 
 use crate::config::{ControlMode, ServerConfig};
 use crate::grpc::GrpcService;
 use crate::http;
 use crate::repository::{self, RepoModel};
 use crate::service::Shared;
+use crate::tls::{Acceptors, TlsListener};
 use anyhow::Context;
 use pomme_runtime::Runtime;
 use std::collections::BTreeMap;
@@ -24,6 +26,8 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// Whether the HTTP and gRPC ports speak TLS.
+    pub tls: bool,
     shared: Arc<Shared>,
     grace: Duration,
     stop_tx: watch::Sender<bool>,
@@ -34,7 +38,7 @@ pub struct RunningServer {
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn serve(config: ServerConfig, runtime: Runtime) -> anyhow::Result<()> {
     let server = start(config, runtime).await?;
-    tracing::info!(http = %server.http_addr, grpc = %server.grpc_addr, metrics = %server.metrics_addr, "pomme serving");
+    tracing::info!(http = %server.http_addr, grpc = %server.grpc_addr, metrics = %server.metrics_addr, tls = server.tls, "pomme serving");
     shutdown_signal().await;
     tracing::info!("shutdown signal received; draining");
     let drained = server.stop().await?;
@@ -49,6 +53,7 @@ pub async fn serve(config: ServerConfig, runtime: Runtime) -> anyhow::Result<()>
 /// have all been tried.
 pub async fn start(config: ServerConfig, runtime: Runtime) -> anyhow::Result<RunningServer> {
     config.validate()?;
+    let tls = config.tls.as_ref().map(Acceptors::load).transpose()?;
     let shared = Arc::new(Shared::new(&config, runtime));
     let bind = |port: u16, what: &'static str| {
         let addr = config.addr(port);
@@ -77,11 +82,21 @@ pub async fn start(config: ServerConfig, runtime: Runtime) -> anyhow::Result<Run
     let app = http::app(shared.clone());
     let http_task = tokio::spawn({
         let stopped = stopped();
+        let tls = tls.clone();
         async move {
-            axum::serve(http_l, app)
-                .with_graceful_shutdown(stopped)
-                .await
-                .context("HTTP server")
+            match tls {
+                None => {
+                    axum::serve(http_l, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                }
+                Some(t) => {
+                    axum::serve(TlsListener::new(http_l, t.http)?, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                }
+            }
+            .context("HTTP server")
         }
     });
     let metrics = http::metrics_app(shared.clone());
@@ -97,15 +112,24 @@ pub async fn start(config: ServerConfig, runtime: Runtime) -> anyhow::Result<Run
     let grpc = GrpcService::new(shared.clone()).into_server();
     let grpc_task = tokio::spawn({
         let stopped = stopped();
+        let tls = tls.clone();
         async move {
-            tonic::transport::Server::builder()
-                .add_service(grpc)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
-                    stopped,
-                )
-                .await
-                .context("gRPC server")
+            let router = tonic::transport::Server::builder().add_service(grpc);
+            match tls {
+                None => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
+                            stopped,
+                        )
+                        .await
+                }
+                Some(t) => {
+                    let incoming = TlsListener::new(grpc_l, t.grpc)?.into_stream();
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+            }
+            .context("gRPC server")
         }
     });
 
@@ -114,6 +138,7 @@ pub async fn start(config: ServerConfig, runtime: Runtime) -> anyhow::Result<Run
         http_addr,
         grpc_addr,
         metrics_addr,
+        tls: tls.is_some(),
         shared,
         grace: config.shutdown_grace,
         stop_tx,
