@@ -75,6 +75,28 @@ pub struct InspectArgs {
     /// Core ML: print the compute plan (per-operation device placement; macOS 14.4+).
     #[arg(long)]
     pub placement: bool,
+    /// Run the measured-routing trials the server runs at load (every candidate
+    /// loaded, checked against the CPU reference, timed) and print the decision.
+    #[arg(long, conflicts_with = "placement")]
+    pub plan: bool,
+    /// Candidates for --plan, as backend[/device] (default: the platform's list,
+    /// like `routing = "auto"`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "BACKEND/DEVICE",
+        requires = "plan"
+    )]
+    pub candidates: Vec<String>,
+    /// Timed runs per candidate for --plan.
+    #[arg(long, default_value_t = 10, requires = "plan")]
+    pub runs: usize,
+    /// Absolute tolerance against the reference for --plan (default 1e-3).
+    #[arg(long, requires = "plan")]
+    pub atol: Option<f64>,
+    /// Relative tolerance against the reference for --plan (default 1e-3).
+    #[arg(long, requires = "plan")]
+    pub rtol: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +182,7 @@ fn serve(args: pomme_server::ServerArgs) -> Result<ExitCode> {
     if config.runtime.memory_budget_mb > 0 {
         builder = builder.memory_budget_mb(config.runtime.memory_budget_mb);
     }
+    builder = builder.memory_policy(config.runtime.memory_policy);
     let runtime = builder.build()?;
     let (interval, policy) = node_settings().map_err(usage)?;
     let source: pomme_server::node::TelemetrySource =

@@ -1,12 +1,18 @@
-//! `pomme inspect`: what a model is and who can run it.
+//! `pomme inspect`: what a model is and who can run it; with `--plan`, which
+//! candidate measured routing would serve it on, and why.
 
-use crate::cli::InspectArgs;
+use crate::cli::{InspectArgs, usage};
 use anyhow::{Result, anyhow};
-use pomme_core::{Availability, LoadOptions, ModelInfo};
+use indicatif::{ProgressBar, ProgressStyle};
+use pomme_core::{Availability, DeviceKind, LoadOptions, ModelInfo};
+use pomme_runtime::routing::{RoutingConfig, RoutingDecision, parse_candidates};
 use std::process::ExitCode;
 use std::time::Instant;
 
 pub fn run(args: InspectArgs) -> Result<ExitCode> {
+    if args.plan {
+        return plan(&args);
+    }
     let artifact = pomme_runtime::detect_artifact(&args.model)?;
     let backends: Vec<_> = pomme_backends::compiled()
         .into_iter()
@@ -157,6 +163,122 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pomme inspect --plan`: the load-time trials of measured routing
+/// (`pomme_runtime::routed::plan`, the code `pomme serve` runs for a model
+/// with `routing` set), printed as a table or JSON.
+fn plan(args: &InspectArgs) -> Result<ExitCode> {
+    let mut cfg = RoutingConfig {
+        timed_runs: args.runs,
+        ..Default::default()
+    };
+    if args.runs == 0 {
+        return Err(usage("--runs must be at least 1"));
+    }
+    for (flag, v) in [("--atol", args.atol), ("--rtol", args.rtol)] {
+        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            return Err(usage(format!("{flag} must be a number ≥ 0")));
+        }
+    }
+    cfg.tolerance.abs = args.atol.unwrap_or(cfg.tolerance.abs);
+    cfg.tolerance.rel = args.rtol.unwrap_or(cfg.tolerance.rel);
+    if !args.candidates.is_empty() {
+        cfg.candidates = parse_candidates(&args.candidates, DeviceKind::Cpu)
+            .map_err(|e| usage(format!("--candidates: {}", e.message())))?;
+    }
+    let artifact = pomme_runtime::detect_artifact(&args.model)?;
+    let backends = pomme_backends::compiled();
+    // Loading and timing every candidate takes seconds on a big model.
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:28} [{bar:20}] {pos}/{len}").expect("valid template"),
+    );
+    let decision = pomme_runtime::routed::plan(
+        &backends,
+        &artifact,
+        &LoadOptions::default(),
+        &[],
+        &cfg,
+        &mut |i, n, c| {
+            bar.set_length(n as u64);
+            bar.set_position(i as u64);
+            bar.set_message(format!("trying {c}"));
+        },
+    );
+    bar.finish_and_clear();
+    let d = decision?;
+    if args.json {
+        let out = serde_json::json!({
+            "model": args.model,
+            "chosen": d.chosen.to_string(),
+            "order": d.order.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "reference": d.reference.as_ref().map(ToString::to_string),
+            "tolerance": d.tolerance,
+            "input_shapes": d.input_shapes,
+            "summary": d.summary(),
+            "candidates": d.rows(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_plan(args, &d);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_plan(args: &InspectArgs, d: &RoutingDecision) {
+    let shapes: Vec<String> = d.input_shapes.iter().map(|s| format!("{s:?}")).collect();
+    println!("model:      {}", args.model.display());
+    println!(
+        "inputs:     {} (synthetic, the same for every candidate)",
+        shapes.join(", ")
+    );
+    match &d.reference {
+        Some(r) => println!(
+            "reference:  {r} (agrees: |got - ref| <= {} + {}·|ref| everywhere)",
+            d.tolerance.abs, d.tolerance.rel
+        ),
+        None => println!("reference:  none (no CPU candidate ran: timed, not validated)"),
+    }
+    println!();
+    println!(
+        "{:<14} {:<10} {:<22} {:>10}  chosen",
+        "candidate", "available", "agrees (max abs err)", "median ms"
+    );
+    let rows = d.rows();
+    for r in &rows {
+        let agrees = match (r.reference, r.agrees, r.max_abs_diff) {
+            (true, _, _) => "reference".to_string(),
+            (_, Some(a), Some(m)) => format!("{} ({m:.1e})", if a { "yes" } else { "no" }),
+            (_, Some(a), None) => (if a { "yes" } else { "no" }).to_string(),
+            (_, None, _) => "-".to_string(),
+        };
+        let median = r
+            .median_ms
+            .map(|m| format!("{m:.3}"))
+            .unwrap_or_else(|| "-".into());
+        let chosen = match r.rank {
+            Some(0) => "yes".to_string(),
+            Some(n) => format!("fallback {n}"),
+            None => "no".to_string(),
+        };
+        println!(
+            "{:<14} {:<10} {:<22} {:>10}  {chosen}",
+            r.candidate,
+            if r.available { "yes" } else { "no" },
+            agrees,
+            median
+        );
+    }
+    println!();
+    println!("chosen:     {}", d.summary());
+    let notes: Vec<_> = rows.iter().filter(|r| !r.note.is_empty()).collect();
+    if !notes.is_empty() {
+        println!("notes:");
+        for r in notes {
+            println!("  {}: {}", r.candidate, r.note);
+        }
+    }
 }
 
 fn mib(b: u64) -> f64 {

@@ -314,3 +314,74 @@ fn engine_panic_on_a_bad_file_is_one_line() {
         assert!(!err.contains("thread '"), "{cmd}: {err}");
     }
 }
+
+/// `pomme inspect --plan` runs the runtime's routing trials on the shipped
+/// model and names the candidate it would serve on. ONNX Runtime takes part
+/// when its library is in ./.venv; otherwise its row says why not.
+#[test]
+fn inspect_plan_names_the_chosen_candidate() {
+    let model = repo_models().join("add_one.onnx");
+    let model = model.to_str().unwrap();
+    let args = [
+        "inspect",
+        "--plan",
+        model,
+        "--candidates",
+        "tract/cpu,ort/cpu",
+        "--runs",
+        "3",
+    ];
+    let out = pomme(&[&args[..], &["--json"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["candidates"].as_array().unwrap();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["candidate"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tract/cpu", "ort/cpu"]);
+    assert_eq!(v["reference"], "tract/cpu");
+    let chosen = v["chosen"].as_str().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["candidate"] == chosen && r["chosen"] == true)
+    );
+    assert!(rows[0]["median_ms"].as_f64().unwrap() > 0.0);
+    if ort_available() {
+        // add_one is exact on both engines.
+        assert_eq!(rows[1]["agrees"], true, "{v}");
+        assert_eq!(rows[1]["max_abs_diff"], 0.0);
+        assert_eq!(v["order"].as_array().unwrap().len(), 2);
+    } else {
+        eprintln!("SKIP ort half: onnxruntime library not found (see crates/pomme-ort docs)");
+        assert_eq!(chosen, "tract/cpu");
+        assert!(!rows[1]["note"].as_str().unwrap().is_empty(), "{v}");
+    }
+    // The table names the chosen candidate too (timings are re-measured, so
+    // it may differ from the JSON run's when the two are close).
+    let out = pomme(&args);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let chosen = text
+        .lines()
+        .find_map(|l| l.strip_prefix("chosen:"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no chosen line: {text}"));
+    assert!(names.contains(&chosen), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(chosen) && l.trim_end().ends_with("yes")),
+        "{text}"
+    );
+    // A bad candidate is a usage error naming it.
+    let out = pomme(&["inspect", "--plan", model, "--candidates", "tract/gpu0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_one_line_error(
+        &out,
+        "routing candidate 'tract/gpu0': unknown device 'gpu0'",
+    );
+}

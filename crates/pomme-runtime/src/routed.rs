@@ -553,32 +553,41 @@ impl RoutedSession {
     }
 }
 
-/// What a load-time trial produced before the reference comparison.
-struct Ran {
-    model: Arc<dyn LoadedModel>,
-    outputs: Vec<Tensor>,
-    timing: Timing,
-}
-
-/// Loads and times every candidate, picks the fastest that agrees with the
-/// CPU reference, and returns the routed model with its decision.
-#[allow(clippy::too_many_arguments)]
-pub fn load_routed(
-    name: &str,
-    version: u64,
+/// Runs the load-time trials exactly as [`load_routed`] does and returns the
+/// decision without keeping anything loaded: what `pomme inspect --plan`
+/// shows. `on_trial(i, n, candidate)` is called before candidate `i` of `n`
+/// is tried (a progress bar). Fails, naming every candidate and why, when
+/// none can serve.
+pub fn plan(
     backends: &[Arc<dyn Backend>],
     artifact: &ModelArtifact,
     options: &LoadOptions,
     preference: &[String],
     cfg: &RoutingConfig,
-    metrics: Option<RouteMetrics>,
-) -> Result<(Arc<RoutedModel>, Arc<RouteSet>)> {
+    on_trial: &mut dyn FnMut(usize, usize, &Candidate),
+) -> Result<RoutingDecision> {
+    run_trials(backends, artifact, options, preference, cfg, on_trial).map(|(d, _, _)| d)
+}
+
+/// Tries every candidate, compares each with the reference and decides.
+/// Returns the decision, the candidates in configuration order and what each
+/// one that ran loaded.
+fn run_trials(
+    backends: &[Arc<dyn Backend>],
+    artifact: &ModelArtifact,
+    options: &LoadOptions,
+    preference: &[String],
+    cfg: &RoutingConfig,
+    on_trial: &mut dyn FnMut(usize, usize, &Candidate),
+) -> Result<(RoutingDecision, Vec<Candidate>, Vec<Option<Ran>>)> {
+    cfg.validate()?;
     let candidates = cfg.resolve_candidates(preference, options.device)?;
     let mut ran: Vec<Option<Ran>> = Vec::new();
     let mut outcomes: Vec<Option<TrialOutcome>> = Vec::new();
     let mut input_shapes: Vec<Vec<usize>> = Vec::new();
     let mut broken_model: Option<Error> = None;
-    for c in &candidates {
+    for (i, c) in candidates.iter().enumerate() {
+        on_trial(i, candidates.len(), c);
         match try_candidate(c, backends, artifact, options, cfg) {
             Ok((r, shapes)) => {
                 input_shapes = shapes;
@@ -644,6 +653,37 @@ pub fn load_routed(
         Err(_) if broken_model.is_some() => return Err(broken_model.expect("checked")),
         Err(e) => return Err(e),
     };
+    Ok((decision, candidates, ran))
+}
+
+/// What a load-time trial produced before the reference comparison.
+struct Ran {
+    model: Arc<dyn LoadedModel>,
+    outputs: Vec<Tensor>,
+    timing: Timing,
+}
+
+/// Loads and times every candidate, picks the fastest that agrees with the
+/// CPU reference, and returns the routed model with its decision.
+#[allow(clippy::too_many_arguments)]
+pub fn load_routed(
+    name: &str,
+    version: u64,
+    backends: &[Arc<dyn Backend>],
+    artifact: &ModelArtifact,
+    options: &LoadOptions,
+    preference: &[String],
+    cfg: &RoutingConfig,
+    metrics: Option<RouteMetrics>,
+) -> Result<(Arc<RoutedModel>, Arc<RouteSet>)> {
+    let (decision, candidates, ran) = run_trials(
+        backends,
+        artifact,
+        options,
+        preference,
+        cfg,
+        &mut |_, _, _| {},
+    )?;
     tracing::info!(model = %name, version, routing = %decision.summary(), "routing decided");
     let keep = if cfg.keep_fallbacks {
         decision.order.len()

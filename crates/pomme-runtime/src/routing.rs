@@ -37,19 +37,58 @@ impl Candidate {
     }
 
     /// Parses `backend` or `backend/device` (`ort`, `tract/cuda`, `coreml/ane`);
-    /// a bare backend runs on `default_device`.
+    /// a bare backend runs on `default_device`. Errors name the string and
+    /// what is wrong with it. Whether the backend is compiled in is not
+    /// checked here: a candidate that is not is skipped at load, with the reason.
     pub fn parse(s: &str, default_device: DeviceKind) -> Result<Candidate> {
-        let (backend, device) = match s.split_once('/') {
-            Some((b, d)) => (b.trim(), d.trim().parse::<DeviceKind>()?),
-            None => (s.trim(), default_device),
+        let bad = |why: String| {
+            Error::invalid_input(format!(
+                "routing candidate '{s}': {why} (expected backend or backend/device, like tract/cuda)"
+            ))
         };
+        let mut parts = s.trim().split('/');
+        let backend = parts.next().unwrap_or_default().trim();
+        let device = match parts.next() {
+            Some(d) => d.trim().parse::<DeviceKind>().map_err(|e| {
+                Error::invalid_input(format!("routing candidate '{s}': {}", e.message()))
+            })?,
+            None => default_device,
+        };
+        if parts.next().is_some() {
+            return Err(bad("more than one '/'".into()));
+        }
         if backend.is_empty() {
-            return Err(Error::invalid_input(format!(
-                "routing candidate '{s}' names no backend (expected backend or backend/device)"
+            return Err(bad("no backend".into()));
+        }
+        if !backend
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(bad(format!(
+                "backend '{backend}' has characters other than letters, digits, '_' and '-'"
             )));
         }
         Ok(Candidate::new(backend, device))
     }
+}
+
+/// Parses a configured candidate list (`["tract/cuda", "ort/cpu"]`) with
+/// [`Candidate::parse`]; a candidate listed twice is an error too.
+pub fn parse_candidates<S: AsRef<str>>(
+    list: &[S],
+    default_device: DeviceKind,
+) -> Result<Vec<Candidate>> {
+    let mut out: Vec<Candidate> = Vec::with_capacity(list.len());
+    for s in list {
+        let c = Candidate::parse(s.as_ref(), default_device)?;
+        if out.contains(&c) {
+            return Err(Error::invalid_input(format!(
+                "routing candidate '{c}' is listed twice"
+            )));
+        }
+        out.push(c);
+    }
+    Ok(out)
 }
 
 impl fmt::Display for Candidate {
@@ -270,7 +309,75 @@ pub struct RoutingDecision {
     pub trials: Vec<Trial>,
 }
 
+/// One candidate of a decision, flattened for tables and JSON (`pomme inspect
+/// --plan`, the server's model configuration endpoint).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CandidateRow {
+    /// `backend/device`.
+    pub candidate: String,
+    /// Backend compiled in, reading the format, with the device present.
+    pub available: bool,
+    /// Whether its outputs agree with the reference's; `None` when it did not
+    /// run, is the reference itself, or no reference ran.
+    pub agrees: Option<bool>,
+    /// Its outputs were the reference.
+    pub reference: bool,
+    /// Largest absolute difference from the reference (when compared).
+    pub max_abs_diff: Option<f64>,
+    /// Median of the timed warm-up runs, in milliseconds (when it ran).
+    pub median_ms: Option<f64>,
+    /// Serves traffic.
+    pub chosen: bool,
+    /// Place in the serving order (0: chosen, then fallbacks); `None`: not used.
+    pub rank: Option<usize>,
+    /// Why it is unavailable, failed or disagrees; empty otherwise.
+    pub note: String,
+}
+
 impl RoutingDecision {
+    /// Every candidate in configuration order, with its figures.
+    pub fn rows(&self) -> Vec<CandidateRow> {
+        self.trials
+            .iter()
+            .map(|t| {
+                let reference = self.reference.as_ref() == Some(&t.candidate);
+                let mut row = CandidateRow {
+                    candidate: t.candidate.to_string(),
+                    available: !matches!(t.outcome, TrialOutcome::Unavailable { .. }),
+                    agrees: None,
+                    reference,
+                    max_abs_diff: None,
+                    median_ms: None,
+                    chosen: t.candidate == self.chosen,
+                    rank: self.order.iter().position(|c| c == &t.candidate),
+                    note: String::new(),
+                };
+                let ms = |timing: &Timing| Some(timing.median_us / 1e3);
+                match &t.outcome {
+                    TrialOutcome::Unavailable { reason } => row.note = reason.clone(),
+                    TrialOutcome::Failed { reason } => row.note = format!("failed: {reason}"),
+                    TrialOutcome::Disagrees { agreement, timing } => {
+                        row.agrees = Some(false);
+                        row.max_abs_diff = Some(agreement.max_abs_diff);
+                        row.median_ms = ms(timing);
+                        row.note = agreement.detail.clone();
+                    }
+                    TrialOutcome::Measured { agreement, timing } => {
+                        row.median_ms = ms(timing);
+                        if let Some(a) = agreement {
+                            row.agrees = Some(a.agrees);
+                            row.max_abs_diff = Some(a.max_abs_diff);
+                        } else if self.reference.is_none() {
+                            row.note =
+                                "not validated: no CPU candidate ran as the reference".into();
+                        }
+                    }
+                }
+                row
+            })
+            .collect()
+    }
+
     /// One line: `tract/cpu (median 41.0 µs; fallbacks: ort/cpu 57.2 µs)`.
     pub fn summary(&self) -> String {
         let med = |c: &Candidate| {
@@ -526,6 +633,51 @@ impl Default for RoutingConfig {
 }
 
 impl RoutingConfig {
+    /// Checks settings that would make routing meaningless (a negative or
+    /// NaN tolerance, no timed run, a breaker that never opens or never
+    /// probes); the message names the setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid_input(m));
+        for (name, v) in [("abs", self.tolerance.abs), ("rel", self.tolerance.rel)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("tolerance {name} must be a number ≥ 0, got {v}"));
+            }
+        }
+        if self.timed_runs == 0 {
+            return bad("timed_runs must be at least 1".into());
+        }
+        if self.symbol_size == 0 {
+            return bad("symbol_size must be at least 1".into());
+        }
+        let b = &self.breaker;
+        if b.failure_threshold == 0 {
+            return bad("breaker failure_threshold must be at least 1".into());
+        }
+        if b.half_open_probes == 0 {
+            return bad("breaker half_open_probes must be at least 1".into());
+        }
+        if b.open_for.is_zero() || b.max_open_for < b.open_for {
+            return bad(format!(
+                "breaker open_for ({:?}) must be > 0 and at most max_open_for ({:?})",
+                b.open_for, b.max_open_for
+            ));
+        }
+        if self.call_timeout.is_some_and(|t| t.is_zero()) {
+            return bad("call_timeout must be more than zero".into());
+        }
+        let r = &self.retry;
+        if r.max_attempts == 0 {
+            return bad("retry max_attempts must be at least 1 (1: no retry)".into());
+        }
+        if !(0.0..=1.0).contains(&r.jitter) {
+            return bad(format!(
+                "retry jitter must be within 0..=1, got {}",
+                r.jitter
+            ));
+        }
+        Ok(())
+    }
+
     /// The candidates to try for a model whose backend preference is
     /// `backends` and whose load options name `device`.
     pub fn resolve_candidates(
@@ -582,8 +734,30 @@ mod tests {
                 .to_string(),
             "ort/cpu"
         );
-        assert!(Candidate::parse("tract/tpu", DeviceKind::Cpu).is_err());
-        assert!(Candidate::parse("/cpu", DeviceKind::Cpu).is_err());
+        for (bad, needle) in [
+            (
+                "tract/tpu",
+                "routing candidate 'tract/tpu': unknown device 'tpu'",
+            ),
+            ("/cpu", "'/cpu': no backend"),
+            ("", "'': no backend"),
+            ("tract/cpu/x", "more than one '/'"),
+            ("tr act/cpu", "backend 'tr act' has characters"),
+        ] {
+            let e = Candidate::parse(bad, DeviceKind::Cpu)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        assert_eq!(
+            parse_candidates(&["tract/cuda", "ort"], DeviceKind::Cpu).unwrap(),
+            [
+                Candidate::new("tract", DeviceKind::Cuda),
+                Candidate::new("ort", DeviceKind::Cpu)
+            ]
+        );
+        let e = parse_candidates(&["ort", "ort/cpu"], DeviceKind::Cpu).unwrap_err();
+        assert!(e.to_string().contains("'ort/cpu' is listed twice"), "{e}");
         let linux: Vec<String> = automatic_candidates("linux")
             .iter()
             .map(|c| c.to_string())
@@ -691,6 +865,37 @@ mod tests {
             d.summary(),
             "tract/cpu (median 40.0 µs; fallbacks: other/cpu 40.0 µs, ort/cpu 50.0 µs)"
         );
+        let rows = d.rows();
+        assert_eq!(rows.len(), 5);
+        assert_eq!(
+            (rows[0].agrees, rows[0].max_abs_diff, rows[0].rank),
+            (Some(false), Some(0.5), None)
+        );
+        assert_eq!(rows[0].note, "output 0 element 3");
+        assert!(rows[2].chosen && rows[2].rank == Some(0));
+        assert_eq!(rows[2].median_ms, Some(0.04));
+        assert_eq!(rows[1].rank, Some(2));
+        assert!(!rows[4].available && rows[4].median_ms.is_none());
+        assert_eq!(rows[4].note, "not compiled in");
+        // No reference ran: the figures say nothing was validated.
+        assert!(rows[1].note.starts_with("not validated"), "{:?}", rows[1]);
+    }
+
+    #[test]
+    fn routing_settings_are_validated() {
+        RoutingConfig::default().validate().unwrap();
+        let e = |f: &dyn Fn(&mut RoutingConfig)| {
+            let mut c = RoutingConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(e(&|c| c.tolerance.abs = -1.0).contains("tolerance abs"));
+        assert!(e(&|c| c.tolerance.rel = f64::NAN).contains("tolerance rel"));
+        assert!(e(&|c| c.timed_runs = 0).contains("timed_runs"));
+        assert!(e(&|c| c.breaker.failure_threshold = 0).contains("failure_threshold"));
+        assert!(e(&|c| c.breaker.max_open_for = Duration::from_millis(1)).contains("open_for"));
+        assert!(e(&|c| c.call_timeout = Some(Duration::ZERO)).contains("call_timeout"));
+        assert!(e(&|c| c.retry.max_attempts = 0).contains("max_attempts"));
     }
 
     #[test]

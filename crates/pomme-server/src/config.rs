@@ -7,6 +7,8 @@
 //! every problem is a [`ConfigError`] of one line naming the setting.
 
 use crate::kserve::Limits;
+use crate::routing::RoutingMode;
+use pomme_runtime::eviction::MemoryPolicy;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -112,6 +114,8 @@ pub struct RepositoryConfig {
     /// Models to load at start in explicit mode.
     pub load_model: Vec<String>,
     pub poll_interval: Duration,
+    /// Routing of models whose configuration says nothing about it.
+    pub default_routing: RoutingMode,
 }
 
 /// Settings handed to `Runtime::builder()`.
@@ -121,6 +125,8 @@ pub struct RuntimeConfig {
     /// 0: no budget.
     pub memory_budget_mb: u64,
     pub default_timeout: Duration,
+    /// What a load does when the memory budget is full.
+    pub memory_policy: MemoryPolicy,
 }
 
 impl Default for ServerConfig {
@@ -138,6 +144,7 @@ impl Default for ServerConfig {
                 max_concurrency: 64,
                 memory_budget_mb: 0,
                 default_timeout: Duration::from_secs(30),
+                memory_policy: MemoryPolicy::Refuse,
             },
             shutdown_grace: Duration::from_secs(30),
             log_format: LogFormat::Text,
@@ -185,6 +192,13 @@ pub struct ServerArgs {
     /// Memory budget for loaded models in MiB (0: none).
     #[arg(long, env = "POMME_MEMORY_BUDGET_MB")]
     pub memory_budget_mb: Option<u64>,
+    /// When a load does not fit the memory budget: refuse it, or evict least
+    /// recently used idle models first (refuse, evict).
+    #[arg(long, env = "POMME_MEMORY_POLICY")]
+    pub memory_policy: Option<String>,
+    /// Measured routing for models whose configuration does not say (off, auto).
+    #[arg(long, env = "POMME_ROUTING")]
+    pub routing: Option<String>,
     /// Deadline for requests that carry none (`30s`).
     #[arg(long, env = "POMME_DEFAULT_TIMEOUT")]
     pub default_timeout: Option<String>,
@@ -225,6 +239,10 @@ pub struct FileConfig {
     pub poll_interval: Option<String>,
     pub max_concurrency: Option<usize>,
     pub memory_budget_mb: Option<u64>,
+    /// `refuse` or `evict`.
+    pub memory_policy: Option<String>,
+    /// Default routing mode: `off` or `auto`.
+    pub routing: Option<String>,
     pub default_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub log_format: Option<String>,
@@ -338,6 +356,14 @@ impl ServerConfig {
             .memory_budget_mb
             .or(file.memory_budget_mb)
             .unwrap_or(c.runtime.memory_budget_mb);
+        if let Some(p) = args.memory_policy.clone().or(file.memory_policy) {
+            c.runtime.memory_policy = p
+                .parse()
+                .map_err(|e: pomme_core::Error| invalid("memory_policy", e.message()))?;
+        }
+        if let Some(r) = args.routing.clone().or(file.routing) {
+            c.repository.default_routing = r.parse().map_err(|e| invalid("routing", e))?;
+        }
         c.runtime.default_timeout = dur(
             "default_timeout",
             args.default_timeout.clone().or(file.default_timeout),
@@ -401,6 +427,14 @@ impl ServerConfig {
         }
         if self.runtime.max_concurrency == 0 {
             return Err(invalid("max_concurrency", "must be at least 1"));
+        }
+        if self.runtime.memory_policy == MemoryPolicy::EvictLru
+            && self.runtime.memory_budget_mb == 0
+        {
+            return Err(invalid(
+                "memory_policy",
+                "evict needs a memory budget (memory_budget_mb > 0) to evict against",
+            ));
         }
         if self.runtime.default_timeout.is_zero() {
             return Err(invalid("default_timeout", "must be more than zero"));
@@ -539,6 +573,46 @@ max_json_depth = 10
         assert!(
             f.starts_with("config file p.toml:") && f.contains("htp_port") && !f.contains('\n'),
             "{f}"
+        );
+    }
+
+    #[test]
+    fn memory_policy_and_default_routing() {
+        let c = ServerConfig::merge(FileConfig::default(), &ServerArgs::default()).unwrap();
+        assert_eq!(c.runtime.memory_policy, MemoryPolicy::Refuse);
+        assert_eq!(c.repository.default_routing, RoutingMode::Off);
+        let file = FileConfig::parse(
+            "memory_budget_mb = 512\nmemory_policy = \"evict\"\nrouting = \"auto\"\n",
+            Path::new("pomme.toml"),
+        )
+        .unwrap();
+        let c = ServerConfig::merge(file.clone(), &ServerArgs::default()).unwrap();
+        assert_eq!(c.runtime.memory_policy, MemoryPolicy::EvictLru);
+        assert_eq!(c.repository.default_routing, RoutingMode::Auto);
+        // Flags (and so POMME_MEMORY_POLICY / POMME_ROUTING) win over the file.
+        let c = ServerConfig::merge(
+            file,
+            &args(&["--memory-policy", "refuse", "--routing", "off"]),
+        )
+        .unwrap();
+        assert_eq!(c.runtime.memory_policy, MemoryPolicy::Refuse);
+        assert_eq!(c.repository.default_routing, RoutingMode::Off);
+        let e = |flags: &[&str]| {
+            ServerConfig::merge(FileConfig::default(), &args(flags))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            e(&["--memory-policy", "lifo", "--memory-budget-mb", "1"]),
+            "memory_policy: unknown memory policy 'lifo' (expected refuse or evict)"
+        );
+        assert!(
+            e(&["--memory-policy", "evict"])
+                .starts_with("memory_policy: evict needs a memory budget"),
+        );
+        assert_eq!(
+            e(&["--routing", "fastest"]),
+            "routing: 'fastest' is not one of off, auto"
         );
     }
 

@@ -266,14 +266,26 @@ async fn model_config(
     State(s): State<Arc<Shared>>,
     Path(model): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(config_json(&s.model_config(&model, None)?)))
+    Ok(Json(config_with_routing(&s, &model, None)?))
 }
 
 async fn model_config_v(
     State(s): State<Arc<Shared>>,
     Path((model, v)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(config_json(&s.model_config(&model, version(&v)?)?)))
+    Ok(Json(config_with_routing(&s, &model, version(&v)?)?))
+}
+
+/// The config JSON plus, for a routed model, its decision as a `routing`
+/// object (gRPC carries the same document as `parameters["routing"]`).
+fn config_with_routing(s: &Shared, model: &str, v: Option<u64>) -> ApiResult<Value> {
+    let c = s.model_config(model, v)?;
+    let mut out = config_json(&c);
+    if let Some(r) = c.parameters.get("routing") {
+        out["routing"] = serde_json::from_str(&r.string_value)
+            .map_err(|e| Error::Internal(format!("routing report: {e}")))?;
+    }
+    Ok(out)
 }
 
 /// Triton's JSON rendering of a `ModelConfig` (protobuf JSON names, enums as names).
@@ -297,6 +309,14 @@ pub fn config_json(c: &crate::proto::ModelConfig) -> Value {
             "count": g.count,
         })).collect::<Vec<_>>(),
     });
+    if !c.parameters.is_empty() {
+        v["parameters"] = c
+            .parameters
+            .iter()
+            .map(|(k, p)| (k.clone(), json!({"string_value": p.string_value})))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     if let Some(SchedulingChoice::DynamicBatching(b)) = &c.scheduling_choice {
         let q = b.default_queue_policy.unwrap_or_default();
         v["dynamic_batching"] = json!({
@@ -340,21 +360,38 @@ pub fn stats_json(stats: &[ModelStats]) -> Value {
 }
 
 async fn all_stats(State(s): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
-    Ok(Json(stats_json(&s.stats(None, None)?)))
+    Ok(Json(stats_with_routing(&s, &s.stats(None, None)?)))
 }
 
 async fn model_stats(
     State(s): State<Arc<Shared>>,
     Path(model): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(stats_json(&s.stats(Some(&model), None)?)))
+    Ok(Json(stats_with_routing(&s, &s.stats(Some(&model), None)?)))
 }
 
 async fn model_stats_v(
     State(s): State<Arc<Shared>>,
     Path((model, v)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(stats_json(&s.stats(Some(&model), version(&v)?)?)))
+    Ok(Json(stats_with_routing(
+        &s,
+        &s.stats(Some(&model), version(&v)?)?,
+    )))
+}
+
+/// The statistics JSON plus, for each routed model version, a `routing`
+/// array: every loaded candidate's breaker state and call counters.
+fn stats_with_routing(s: &Shared, stats: &[ModelStats]) -> Value {
+    let mut out = stats_json(stats);
+    if let Some(rows) = out["model_stats"].as_array_mut() {
+        for (row, st) in rows.iter_mut().zip(stats) {
+            if let Some(r) = s.routing_live(&st.name, st.version) {
+                row["routing"] = r;
+            }
+        }
+    }
+    out
 }
 
 fn check_auth(s: &Shared, headers: &HeaderMap) -> Option<Response> {

@@ -17,6 +17,7 @@ pub mod node;
 pub mod pbtxt;
 pub mod proto;
 pub mod repository;
+pub mod routing;
 pub mod service;
 pub mod tls;
 

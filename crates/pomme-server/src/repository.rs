@@ -10,6 +10,7 @@
 //! paths are canonicalized so a symlink cannot lead outside the repository.
 
 use crate::pbtxt;
+use crate::routing::{ModelRouting, RoutingMode};
 use pomme_core::{DType, DeviceKind, LoadOptions, Precision};
 use pomme_runtime::{BatchingConfig, ModelSpec, Runtime};
 use serde::Deserialize;
@@ -123,6 +124,21 @@ pub struct RepoModel {
     pub quantization: Option<pomme_quant::ServeQuantization>,
     /// Modification time of the files that define it, to notice changes when polling.
     pub fingerprint: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+    /// Measured routing as the configuration declares it (`Unset`: the
+    /// server's default applies, see [`RepoModel::with_default_routing`]).
+    pub routing: ModelRouting,
+}
+
+impl RepoModel {
+    /// Applies the server's default routing to a model whose configuration
+    /// does not mention routing.
+    pub fn with_default_routing(mut self, mode: RoutingMode) -> RepoModel {
+        let routing = self.routing.resolve(mode);
+        for s in self.specs.iter_mut().chain([&mut self.spec]) {
+            s.routing = routing.clone();
+        }
+        self
+    }
 }
 
 /// Checks a model name from a client or a directory listing.
@@ -238,6 +254,7 @@ pub fn load_model(repo: &Path, name: &str) -> Result<RepoModel, RepoError> {
     decl.spec.memory_budget_mb = decl.memory_budget_mb;
     decl.spec.declared_inputs = decl.inputs.clone();
     decl.spec.declared_outputs = decl.outputs.clone();
+    decl.spec.routing = decl.routing.resolve(RoutingMode::Off);
     let quantization = quantization(&dir, decl.spec.load.precision, decl.quantization.take())
         .map_err(|m| invalid(format!("config.toml: {m}")))?;
     let found: Vec<u64> = versions.iter().map(|(v, _)| *v).collect();
@@ -284,6 +301,7 @@ pub fn load_model(repo: &Path, name: &str) -> Result<RepoModel, RepoError> {
         memory_budget_mb: decl.memory_budget_mb,
         quantization,
         fingerprint,
+        routing: decl.routing,
     })
 }
 
@@ -408,6 +426,7 @@ struct Declared {
     memory_budget_mb: Option<u64>,
     version_policy: VersionPolicy,
     quantization: Option<TomlQuant>,
+    routing: ModelRouting,
 }
 
 impl Default for Declared {
@@ -420,6 +439,7 @@ impl Default for Declared {
             memory_budget_mb: None,
             version_policy: VersionPolicy::default(),
             quantization: None,
+            routing: ModelRouting::Unset,
         }
     }
 }
@@ -449,6 +469,8 @@ struct TomlConfig {
     extra: BTreeMap<String, String>,
     /// How `precision = "int8" | "int4"` is quantized and validated at load.
     quantization: Option<TomlQuant>,
+    /// Measured routing: `"auto"`, `"off"`, a candidate list or a table (`routing.rs`).
+    routing: Option<toml::Value>,
 }
 
 /// `[quantization]`: paths are relative to the model directory.
@@ -582,6 +604,9 @@ fn from_toml(text: &str) -> Result<Declared, String> {
     };
     d.inputs = c.input.into_iter().map(decl).collect::<Result<_, _>>()?;
     d.outputs = c.output.into_iter().map(decl).collect::<Result<_, _>>()?;
+    if let Some(r) = c.routing {
+        d.routing = ModelRouting::from_toml(r, d.spec.load.device)?;
+    }
     check_batching(&d.spec)?;
     Ok(d)
 }
@@ -754,17 +779,26 @@ fn from_pbtxt(text: &str, dir_name: &str) -> Result<Declared, String> {
     if let Some(p) = m.get("version_policy") {
         d.version_policy = pbtxt_policy(p)?;
     }
-    // Not in Triton's schema: pomme's per-model budget, also accepted in a
-    // pbtxt as `parameters { key: "memory_budget_mb" value { string_value: "64" } }`.
+    // Not in Triton's schema: pomme's per-model budget and routing, also
+    // accepted in a pbtxt as `parameters { key: "memory_budget_mb" value {
+    // string_value: "64" } }` and `parameters { key: "routing" value {
+    // string_value: "auto" } }`.
     for p in m.all("parameters") {
         let p = p.as_message().ok_or("'parameters' must be a message")?;
-        if p.get("key").and_then(pbtxt::Value::as_str) == Some("memory_budget_mb") {
-            let v = p
-                .get("value")
-                .and_then(pbtxt::Value::as_message)
-                .and_then(|v| v.get("string_value"))
-                .and_then(pbtxt::Value::as_str)
-                .ok_or("parameter memory_budget_mb needs value { string_value: \"N\" }")?;
+        let key = p.get("key").and_then(pbtxt::Value::as_str);
+        if !matches!(key, Some("memory_budget_mb" | "routing")) {
+            continue;
+        }
+        let key = key.expect("matched");
+        let v = p
+            .get("value")
+            .and_then(pbtxt::Value::as_message)
+            .and_then(|v| v.get("string_value"))
+            .and_then(pbtxt::Value::as_str)
+            .ok_or_else(|| format!("parameter {key} needs value {{ string_value: \"...\" }}"))?;
+        if key == "routing" {
+            d.routing = ModelRouting::from_parameter(v, d.spec.load.device)?;
+        } else {
             d.memory_budget_mb = Some(
                 v.trim()
                     .parse()
@@ -1221,6 +1255,78 @@ optimization { graph { level: 1 } }"#,
         let m = load_model(tmp.path(), "p").unwrap();
         assert_eq!(m.spec.memory_budget_mb, Some(16));
         assert_eq!(m.spec.declared_inputs[0].dims, vec![-1, 4]);
+    }
+
+    #[test]
+    fn routing_reaches_the_spec() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path();
+        model(
+            repo,
+            "routed",
+            1,
+            Some((
+                "config.toml",
+                "device = \"cuda\"\n[routing]\ncandidates = [\"tract\", \"ort/cpu\"]\ntolerance = { abs = 1e-2 }\n",
+            )),
+        );
+        model(repo, "plain", 1, None);
+        model(repo, "off", 1, Some(("config.toml", "routing = \"off\"")));
+        model(
+            repo,
+            "triton",
+            1,
+            Some((
+                "config.pbtxt",
+                "parameters { key: \"routing\" value { string_value: \"ort/cpu,tract/cpu\" } }",
+            )),
+        );
+        let m = load_model(repo, "routed").unwrap();
+        let r = m.spec.routing.as_ref().unwrap();
+        // A bare backend runs on the model's device.
+        assert_eq!(r.candidates[0].to_string(), "tract/cuda");
+        assert_eq!(r.tolerance.abs, 1e-2);
+        assert!(m.specs.iter().all(|s| s.routing.is_some()));
+        // The server default reaches only models that say nothing.
+        let auto = |n| {
+            load_model(repo, n)
+                .unwrap()
+                .with_default_routing(RoutingMode::Auto)
+        };
+        assert!(auto("plain").spec.routing.is_some());
+        assert!(auto("off").spec.routing.is_none());
+        assert!(load_model(repo, "plain").unwrap().spec.routing.is_none());
+        assert_eq!(auto("routed").spec.routing.unwrap().candidates.len(), 2);
+        let t = load_model(repo, "triton").unwrap();
+        assert_eq!(t.spec.routing.unwrap().candidates[0].to_string(), "ort/cpu");
+
+        model(
+            repo,
+            "bad",
+            1,
+            Some(("config.toml", "routing = [\"tract/gpu0\"]")),
+        );
+        let e = load_model(repo, "bad").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "model 'bad': config.toml: routing candidate 'tract/gpu0': unknown device 'gpu0'"
+            ),
+            "{e}"
+        );
+        model(
+            repo,
+            "badp",
+            1,
+            Some((
+                "config.pbtxt",
+                "parameters { key: \"routing\" value { string_value: \"ort//cpu\" } }",
+            )),
+        );
+        let e = load_model(repo, "badp").unwrap_err().to_string();
+        assert!(
+            e.contains("config.pbtxt: routing candidate 'ort//cpu'"),
+            "{e}"
+        );
     }
 
     proptest! {

@@ -31,6 +31,8 @@ pub struct Shared {
     auth_token: Option<String>,
     control_mode: ControlMode,
     repo: Option<PathBuf>,
+    /// Routing of models whose configuration does not mention it.
+    default_routing: crate::routing::RoutingMode,
     /// Set once the models configured at start have been loaded (or failed).
     startup_done: AtomicBool,
     /// Not ready any more: shutting down.
@@ -77,6 +79,7 @@ impl Shared {
             auth_token: config.auth_token.clone(),
             control_mode: config.repository.control_mode,
             repo: config.repository.model_repository.clone(),
+            default_routing: config.repository.default_routing,
             startup_done: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             declared: Mutex::new(BTreeMap::new()),
@@ -235,6 +238,17 @@ impl Shared {
                 ..Default::default()
             })
         });
+        // Triton's free-form parameters carry the routing decision, so gRPC
+        // clients see it without a field Triton's schema lacks.
+        let mut parameters = std::collections::HashMap::new();
+        if let Some(r) = self.routing_report(name, Some(view.version))? {
+            let p = |v: String| proto::ModelParameter { string_value: v };
+            parameters.insert(
+                "routing_chosen".to_string(),
+                p(r["chosen"].as_str().unwrap_or_default().to_string()),
+            );
+            parameters.insert("routing".to_string(), p(r.to_string()));
+        }
         let kind = match view.device {
             pomme_core::DeviceKind::Cpu => proto::model_instance_group::Kind::Cpu,
             pomme_core::DeviceKind::Auto => proto::model_instance_group::Kind::Auto,
@@ -257,8 +271,29 @@ impl Shared {
                 count: view.workers as i32,
                 ..Default::default()
             }],
+            parameters,
             ..Default::default()
         })
+    }
+
+    /// A routed model version's decision and live candidate figures
+    /// (`routing::report`); `None` when it is not routed.
+    pub fn routing_report(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Option<serde_json::Value>> {
+        Ok(self
+            .runtime
+            .routing_status(name, version)?
+            .map(|(decision, live)| crate::routing::report(&decision, &live)))
+    }
+
+    /// Each loaded candidate's breaker and counters now, for the statistics
+    /// of a routed model version; `None` when it is not routed (or gone).
+    pub fn routing_live(&self, name: &str, version: u64) -> Option<serde_json::Value> {
+        let (_, live) = self.runtime.routing_status(name, Some(version)).ok()??;
+        Some(crate::routing::live_report(&live))
     }
 
     /// Statistics of one model (version) or all; an unknown model is `ModelNotFound`.
@@ -352,6 +387,7 @@ impl Shared {
         let model = tokio::task::spawn_blocking(move || repository::load_model(&repo, &n))
             .await
             .map_err(|e| Error::Internal(format!("repository task: {e}")))??;
+        let model = model.with_default_routing(self.default_routing);
         let loaded = self.runtime.models().iter().any(|m| m.name == name);
         // Every version the model's version policy selects.
         repository::load_versions(&self.runtime, &model, loaded).await?;
@@ -383,6 +419,7 @@ impl Shared {
     /// Loads a model description already read from the repository.
     pub async fn load_declared(&self, model: RepoModel, reload: bool) -> Result<()> {
         let name = model.spec.name.clone();
+        let model = model.with_default_routing(self.default_routing);
         repository::load_versions(&self.runtime, &model, reload).await?;
         self.declared
             .lock()

@@ -1,0 +1,372 @@
+//! Measured routing as the server configures and shows it.
+//!
+//! A model's `config.toml` turns routing on with `routing = "auto"`, a
+//! candidate list (`routing = ["tract/cuda", "ort/cpu", "tract/cpu"]`) or a
+//! `[routing]` table (candidates, tolerance, runs, call timeout, breaker,
+//! retry); `routing = "off"` keeps the first backend that loads even when
+//! `pomme.toml` makes `routing = "auto"` the default. A Triton `config.pbtxt`
+//! takes `parameters { key: "routing" value { string_value: "auto" } }` (or a
+//! comma-separated candidate list). The settings are checked when the
+//! repository is read, so a typo is a one-line model error, not a silent
+//! default.
+//!
+//! [`report`] renders a routed model version's decision with each
+//! candidate's live breaker and counters: the model configuration endpoints
+//! (HTTP `routing` field, gRPC `parameters["routing"]`) and the HTTP
+//! statistics show it.
+
+use crate::config::parse_duration;
+use pomme_core::DeviceKind;
+use pomme_runtime::routed::RouteStatus;
+use pomme_runtime::routing::{RoutingConfig, RoutingDecision, parse_candidates};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Server-wide routing for models whose configuration says nothing about it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RoutingMode {
+    /// The first backend that loads serves (no trials).
+    #[default]
+    Off,
+    /// Measured routing over the model's `backends`, else the platform's list.
+    Auto,
+}
+
+impl std::str::FromStr for RoutingMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(RoutingMode::Off),
+            "auto" => Ok(RoutingMode::Auto),
+            other => Err(format!("'{other}' is not one of off, auto")),
+        }
+    }
+}
+
+/// What a model's configuration says about routing.
+#[derive(Clone, Debug, Default)]
+pub enum ModelRouting {
+    /// Nothing: the server's default applies.
+    #[default]
+    Unset,
+    Off,
+    On(RoutingConfig),
+}
+
+impl ModelRouting {
+    /// The spec's routing under the server's default.
+    pub fn resolve(&self, default: RoutingMode) -> Option<RoutingConfig> {
+        match (self, default) {
+            (ModelRouting::On(c), _) => Some(c.clone()),
+            (ModelRouting::Unset, RoutingMode::Auto) => Some(RoutingConfig::default()),
+            _ => None,
+        }
+    }
+
+    /// `"auto"`, `"off"`, a candidate list, or a `[routing]` table, from
+    /// `config.toml`. Bare backends in candidates run on `device`.
+    pub fn from_toml(v: toml::Value, device: DeviceKind) -> Result<ModelRouting, String> {
+        let wrong = || {
+            "routing must be \"auto\", \"off\", a list of candidates like [\"tract/cuda\", \"ort/cpu\"], or a [routing] table".to_string()
+        };
+        match v {
+            toml::Value::String(s) => match s.as_str() {
+                "auto" => Ok(ModelRouting::On(RoutingConfig::default())),
+                "off" => Ok(ModelRouting::Off),
+                other => Err(format!("routing '{other}' is not \"auto\" or \"off\"")),
+            },
+            toml::Value::Array(items) => {
+                let list = items
+                    .into_iter()
+                    .map(|i| match i {
+                        toml::Value::String(s) => Ok(s),
+                        _ => Err("routing candidates must be strings like \"ort/cpu\"".to_string()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                on(
+                    TomlRouting {
+                        candidates: Some(list),
+                        ..Default::default()
+                    },
+                    device,
+                )
+            }
+            t @ toml::Value::Table(_) => {
+                let t: TomlRouting = t
+                    .try_into()
+                    .map_err(|e: toml::de::Error| format!("routing: {}", one_line(e.message())))?;
+                on(t, device)
+            }
+            _ => Err(wrong()),
+        }
+    }
+
+    /// The value of a Triton `parameters { key: "routing" }`: `auto`, `off`
+    /// or comma-separated candidates.
+    pub fn from_parameter(s: &str, device: DeviceKind) -> Result<ModelRouting, String> {
+        match s.trim() {
+            "auto" => Ok(ModelRouting::On(RoutingConfig::default())),
+            "off" => Ok(ModelRouting::Off),
+            list => on(
+                TomlRouting {
+                    candidates: Some(list.split(',').map(str::to_string).collect()),
+                    ..Default::default()
+                },
+                device,
+            ),
+        }
+    }
+}
+
+/// `[routing]` in `config.toml`; durations as `"250ms"`, `"5s"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlRouting {
+    /// `backend[/device]` in preference order; absent: the model's
+    /// `backends`, else the platform's list.
+    candidates: Option<Vec<String>>,
+    tolerance: Option<TomlTolerance>,
+    warmup_runs: Option<usize>,
+    timed_runs: Option<usize>,
+    keep_fallbacks: Option<bool>,
+    call_timeout: Option<String>,
+    breaker: Option<TomlBreaker>,
+    retry: Option<TomlRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlTolerance {
+    abs: Option<f64>,
+    rel: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlBreaker {
+    failure_threshold: Option<u32>,
+    open_for: Option<String>,
+    max_open_for: Option<String>,
+    half_open_probes: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlRetry {
+    max_attempts: Option<u32>,
+    base: Option<String>,
+    max_delay: Option<String>,
+    jitter: Option<f64>,
+}
+
+fn on(t: TomlRouting, device: DeviceKind) -> Result<ModelRouting, String> {
+    let mut c = RoutingConfig::default();
+    if let Some(list) = t.candidates {
+        if list.is_empty() {
+            return Err("routing candidates is empty (leave it out for the automatic list)".into());
+        }
+        c.candidates = parse_candidates(&list, device).map_err(|e| e.message())?;
+    }
+    let dur = |what: &str, s: &str| -> Result<Duration, String> {
+        parse_duration(s).map_err(|e| format!("routing {what}: {e}"))
+    };
+    if let Some(tol) = t.tolerance {
+        c.tolerance.abs = tol.abs.unwrap_or(c.tolerance.abs);
+        c.tolerance.rel = tol.rel.unwrap_or(c.tolerance.rel);
+    }
+    c.warmup_runs = t.warmup_runs.unwrap_or(c.warmup_runs);
+    c.timed_runs = t.timed_runs.unwrap_or(c.timed_runs);
+    c.keep_fallbacks = t.keep_fallbacks.unwrap_or(c.keep_fallbacks);
+    if let Some(s) = &t.call_timeout {
+        c.call_timeout = Some(dur("call_timeout", s)?);
+    }
+    if let Some(b) = t.breaker {
+        c.breaker.failure_threshold = b.failure_threshold.unwrap_or(c.breaker.failure_threshold);
+        c.breaker.half_open_probes = b.half_open_probes.unwrap_or(c.breaker.half_open_probes);
+        if let Some(s) = &b.open_for {
+            c.breaker.open_for = dur("breaker.open_for", s)?;
+        }
+        if let Some(s) = &b.max_open_for {
+            c.breaker.max_open_for = dur("breaker.max_open_for", s)?;
+        }
+    }
+    if let Some(r) = t.retry {
+        c.retry.max_attempts = r.max_attempts.unwrap_or(c.retry.max_attempts);
+        c.retry.jitter = r.jitter.unwrap_or(c.retry.jitter);
+        if let Some(s) = &r.base {
+            c.retry.base = dur("retry.base", s)?;
+        }
+        if let Some(s) = &r.max_delay {
+            c.retry.max_delay = dur("retry.max_delay", s)?;
+        }
+    }
+    c.validate()
+        .map_err(|e| format!("routing: {}", e.message()))?;
+    Ok(ModelRouting::On(c))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A routed model version's decision, each candidate with its load-time
+/// figures and, for those kept loaded, its breaker state and counters now.
+pub fn report(decision: &RoutingDecision, live: &[RouteStatus]) -> Value {
+    let candidates: Vec<Value> = decision
+        .rows()
+        .into_iter()
+        .map(|row| {
+            let name = row.candidate.clone();
+            let mut v = serde_json::to_value(row).unwrap_or(Value::Null);
+            let now = live.iter().find(|s| s.candidate.to_string() == name);
+            v["breaker"] = json!(now.map(|s| s.breaker.state.as_str()));
+            if let Some(s) = now {
+                v["calls"] = json!(s.calls);
+                v["failures"] = json!(s.failures);
+                v["served"] = json!(s.served);
+                v["rejected"] = json!(s.rejected);
+            }
+            v
+        })
+        .collect();
+    json!({
+        "chosen": decision.chosen.to_string(),
+        "order": decision.order.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "reference": decision.reference.as_ref().map(ToString::to_string),
+        "tolerance": decision.tolerance,
+        "input_shapes": decision.input_shapes,
+        "summary": decision.summary(),
+        "candidates": candidates,
+    })
+}
+
+/// The live part of [`report`], for the statistics endpoint: each loaded
+/// candidate's breaker and counters.
+pub fn live_report(live: &[RouteStatus]) -> Value {
+    json!(
+        live.iter()
+            .map(|s| json!({
+                "candidate": s.candidate.to_string(),
+                "breaker": s.breaker.state.as_str(),
+                "consecutive_failures": s.breaker.consecutive_failures,
+                "opened": s.breaker.opened,
+                "calls": s.calls,
+                "failures": s.failures,
+                "served": s.served,
+                "rejected": s.rejected,
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ModelRouting, String> {
+        let t: toml::Table = toml::from_str(text).unwrap();
+        ModelRouting::from_toml(t["routing"].clone(), DeviceKind::Cpu)
+    }
+
+    fn cfg(text: &str) -> RoutingConfig {
+        match parse(text).unwrap() {
+            ModelRouting::On(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn modes_lists_and_tables() {
+        assert!(cfg("routing = \"auto\"").candidates.is_empty());
+        assert!(matches!(
+            parse("routing = \"off\"").unwrap(),
+            ModelRouting::Off
+        ));
+        let c = cfg("routing = [\"tract/cuda\", \"ort\", \"tract/cpu\"]");
+        let names: Vec<String> = c.candidates.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["tract/cuda", "ort/cpu", "tract/cpu"]);
+        let c = cfg(r#"
+[routing]
+candidates = ["ort/cpu", "tract/cpu"]
+tolerance = { abs = 1e-4, rel = 0 }
+warmup_runs = 1
+timed_runs = 5
+keep_fallbacks = false
+call_timeout = "250ms"
+breaker = { failure_threshold = 3, open_for = "2s", max_open_for = "30s", half_open_probes = 2 }
+retry = { max_attempts = 1 }
+"#);
+        assert_eq!(c.candidates.len(), 2);
+        assert_eq!((c.tolerance.abs, c.tolerance.rel), (1e-4, 0.0));
+        assert_eq!((c.warmup_runs, c.timed_runs), (1, 5));
+        assert!(!c.keep_fallbacks);
+        assert_eq!(c.call_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(c.breaker.failure_threshold, 3);
+        assert_eq!(c.breaker.open_for, Duration::from_secs(2));
+        assert_eq!(c.breaker.half_open_probes, 2);
+        assert_eq!(c.retry.max_attempts, 1);
+        // An empty table is routing with every default.
+        assert!(cfg("[routing]").candidates.is_empty());
+    }
+
+    #[test]
+    fn bad_settings_name_the_problem() {
+        for (text, needle) in [
+            (
+                "routing = \"fastest\"",
+                "routing 'fastest' is not \"auto\" or \"off\"",
+            ),
+            ("routing = true", "routing must be \"auto\""),
+            ("routing = [1]", "candidates must be strings"),
+            (
+                "routing = [\"tract/tpu\"]",
+                "routing candidate 'tract/tpu': unknown device 'tpu'",
+            ),
+            (
+                "routing = [\"/cpu\"]",
+                "routing candidate '/cpu': no backend",
+            ),
+            (
+                "routing = [\"ort\", \"ort/cpu\"]",
+                "'ort/cpu' is listed twice",
+            ),
+            ("routing = []", "candidates is empty"),
+            (
+                "[routing]\ncandidate = [\"ort\"]",
+                "unknown field `candidate`",
+            ),
+            (
+                "[routing]\ntimed_runs = 0",
+                "routing: timed_runs must be at least 1",
+            ),
+            (
+                "[routing]\ntolerance = { abs = -1 }",
+                "tolerance abs must be",
+            ),
+            (
+                "[routing]\ncall_timeout = \"soon\"",
+                "routing call_timeout: 'soon'",
+            ),
+            (
+                "[routing.breaker]\nopen_for = \"1m\"\nmax_open_for = \"1s\"",
+                "breaker open_for",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(!e.contains('\n'), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn default_mode_applies_only_when_unset() {
+        assert!(ModelRouting::Unset.resolve(RoutingMode::Off).is_none());
+        assert!(ModelRouting::Unset.resolve(RoutingMode::Auto).is_some());
+        assert!(ModelRouting::Off.resolve(RoutingMode::Auto).is_none());
+        let on = ModelRouting::from_parameter("ort/cpu, tract", DeviceKind::Cpu).unwrap();
+        let c = on.resolve(RoutingMode::Off).unwrap();
+        assert_eq!(c.candidates[1].to_string(), "tract/cpu");
+        assert_eq!("auto".parse(), Ok(RoutingMode::Auto));
+    }
+}
