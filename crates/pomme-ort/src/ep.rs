@@ -98,6 +98,9 @@ pub(crate) struct CudaOptions {
     /// every algorithm once per shape, the fastest steady state), `heuristic`
     /// or `default`.
     pub(crate) conv_search: ConvSearch,
+    /// `extra["prefer_nhwc"]` (`true` | `false`), default `false`: ORT's
+    /// NHWC CUDA kernels, with layout transposes inserted around them.
+    pub(crate) prefer_nhwc: bool,
 }
 
 /// cuDNN convolution algorithm search (`extra["cudnn_conv_algo_search"]`).
@@ -117,16 +120,13 @@ pub(crate) fn cuda_options(options: &LoadOptions) -> Result<CudaOptions> {
             ))
         })?,
     };
-    let tf32 = match options.extra.get("tf32").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(Error::invalid_input(format!(
-                "tf32 '{other}' is not a boolean (true or false)"
-            )));
-        }
-    };
-    let conv_search = match options.extra.get("cudnn_conv_algo_search").map(String::as_str) {
+    let tf32 = flag(options, "tf32")?;
+    let prefer_nhwc = flag(options, "prefer_nhwc")?;
+    let conv_search = match options
+        .extra
+        .get("cudnn_conv_algo_search")
+        .map(String::as_str)
+    {
         None | Some("exhaustive") => ConvSearch::Exhaustive,
         Some("heuristic") => ConvSearch::Heuristic,
         Some("default") => ConvSearch::Default,
@@ -140,7 +140,25 @@ pub(crate) fn cuda_options(options: &LoadOptions) -> Result<CudaOptions> {
         device_id,
         tf32,
         conv_search,
+        prefer_nhwc,
     })
+}
+
+/// A boolean `extra` option, `false` when absent.
+fn flag(options: &LoadOptions, key: &str) -> Result<bool> {
+    flag_or(options, key, false)
+}
+
+/// A boolean `extra` option (`true` | `false`), `default` when absent.
+pub(crate) fn flag_or(options: &LoadOptions, key: &str, default: bool) -> Result<bool> {
+    match options.extra.get(key).map(String::as_str) {
+        None => Ok(default),
+        Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(Error::invalid_input(format!(
+            "{key} '{other}' is not a boolean (true or false)"
+        ))),
+    }
 }
 
 fn cpu() -> ExecutionProviderDispatch {
@@ -172,6 +190,7 @@ pub(crate) fn plan(options: &LoadOptions) -> Result<Plan> {
                     ep::CUDA::default()
                         .with_device_id(cuda.device_id)
                         .with_tf32(cuda.tf32)
+                        .with_prefer_nhwc(cuda.prefer_nhwc)
                         .with_conv_algorithm_search(match cuda.conv_search {
                             ConvSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
                             ConvSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
@@ -297,8 +316,8 @@ mod tests {
         assert!(e.to_string().contains("cuda_device_id '-1'"), "{e}");
         let e = cuda_options(&opts(DeviceKind::Cuda, &[("tf32", "yes")])).unwrap_err();
         assert!(e.to_string().contains("tf32 'yes'"), "{e}");
-        let e = cuda_options(&opts(DeviceKind::Cuda, &[("cudnn_conv_algo_search", "x")]))
-            .unwrap_err();
+        let e =
+            cuda_options(&opts(DeviceKind::Cuda, &[("cudnn_conv_algo_search", "x")])).unwrap_err();
         assert!(e.to_string().contains("cudnn_conv_algo_search 'x'"), "{e}");
     }
 
@@ -310,12 +329,17 @@ mod tests {
             CudaOptions {
                 device_id: 0,
                 tf32: false,
-                conv_search: ConvSearch::Exhaustive
+                conv_search: ConvSearch::Exhaustive,
+                prefer_nhwc: false,
             }
         );
         let o = cuda_options(&opts(
             DeviceKind::Cuda,
-            &[("tf32", "true"), ("cuda_device_id", "1"), ("cudnn_conv_algo_search", "heuristic")],
+            &[
+                ("tf32", "true"),
+                ("cuda_device_id", "1"),
+                ("cudnn_conv_algo_search", "heuristic"),
+            ],
         ))
         .unwrap();
         assert!(o.tf32);

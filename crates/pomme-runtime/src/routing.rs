@@ -100,8 +100,11 @@ impl fmt::Display for Candidate {
 /// The candidates tried when a model's configuration names none, for an
 /// operating system (`std::env::consts::OS`): on macOS
 /// `coreml/ane → coreml/metal → tract/metal → ort/cpu → tract/cpu`, elsewhere
-/// `tract/cuda → ort/cpu → tract/cpu`. Candidates whose backend is not
-/// compiled in, or whose device is not available, are skipped at load.
+/// `ort/cuda → tract/cuda → ort/cpu → tract/cpu`. Candidates whose backend is
+/// not compiled in, or whose device is not available (ort/cuda needs the
+/// onnxruntime-gpu library), are skipped at load. ONNX Runtime's CUDA EP
+/// comes first on NVIDIA: its cuDNN/cuBLAS kernels beat tract's CUDA runtime
+/// 2–20× on convnets (BENCHMARKS.md); the timed trials decide either way.
 pub fn automatic_candidates(os: &str) -> Vec<Candidate> {
     use DeviceKind::*;
     let list: &[(&str, DeviceKind)] = if os == "macos" {
@@ -113,7 +116,7 @@ pub fn automatic_candidates(os: &str) -> Vec<Candidate> {
             ("tract", Cpu),
         ]
     } else {
-        &[("tract", Cuda), ("ort", Cpu), ("tract", Cpu)]
+        &[("ort", Cuda), ("tract", Cuda), ("ort", Cpu), ("tract", Cpu)]
     };
     list.iter().map(|(b, d)| Candidate::new(b, *d)).collect()
 }
@@ -762,7 +765,7 @@ mod tests {
             .iter()
             .map(|c| c.to_string())
             .collect();
-        assert_eq!(linux, ["tract/cuda", "ort/cpu", "tract/cpu"]);
+        assert_eq!(linux, ["ort/cuda", "tract/cuda", "ort/cpu", "tract/cpu"]);
         let mac: Vec<String> = automatic_candidates("macos")
             .iter()
             .map(|c| c.to_string())

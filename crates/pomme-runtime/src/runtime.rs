@@ -373,11 +373,29 @@ impl Runtime {
             counters: counters.clone(),
             metrics,
             pool: self.inner.pool.clone(),
+            pad_sizes: crate::worker::pad_sizes(
+                &batching.preferred_batch_sizes,
+                max_batch,
+                batching.pad_to_preferred,
+            ),
         });
         let workers = spec.workers.max(1);
         let mut threads = Vec::with_capacity(workers);
+        // Synthetic rows to warm the padded sizes with, before "ready".
+        let sample = if ctx.pad_sizes.is_empty() {
+            None
+        } else {
+            crate::routing::synth_inputs(&signature, 8).ok()
+        };
         for i in 0..workers {
-            let session = model.session()?;
+            let mut session = model.session()?;
+            if let Some(sample) = &sample
+                && let Err(e) = crate::worker::warm(&mut *session, sample, &ctx.pad_sizes)
+            {
+                // Warming is a head start, not a requirement: the first
+                // batch of each size pays instead.
+                tracing::warn!(model = %spec.name, error = %e, "warming the padded batch sizes failed");
+            }
             threads.push(
                 worker::spawn(ctx.clone(), session, i)
                     .map_err(|e| Error::Internal(format!("cannot start a worker thread: {e}")))?,

@@ -21,6 +21,16 @@ pub struct BatchingConfig {
     pub priority_levels: u32,
     /// Priority given to requests that ask for none.
     pub default_priority: u32,
+    /// Run every batch at a preferred size: a batch of 5 rows with preferred
+    /// sizes `[1, 2, 4, 8]` is padded to 8 (repeating its last row; the
+    /// padding's outputs are dropped), and each preferred size (plus the max
+    /// batch size) is run once at load, before the model is ready. For
+    /// engines that prepare each new input shape slowly — ONNX Runtime's CUDA
+    /// EP with cuDNN took ~2 s per new batch size on an H100, so a batcher
+    /// forming sizes 1..32 stalled for a minute — this bounds the shapes to a
+    /// few, all prepared before the first request.
+    #[serde(default)]
+    pub pad_to_preferred: bool,
 }
 
 impl Default for BatchingConfig {
@@ -32,6 +42,7 @@ impl Default for BatchingConfig {
             default_queue_timeout: None,
             priority_levels: 1,
             default_priority: 1,
+            pad_to_preferred: false,
         }
     }
 }

@@ -25,6 +25,53 @@ pub struct WorkerContext {
     pub counters: Arc<ModelCounters>,
     pub metrics: ModelMetrics,
     pub pool: Arc<BufferPool>,
+    /// Batch sizes every run is padded up to (ascending; empty: no padding).
+    pub pad_sizes: Vec<usize>,
+}
+
+/// The sizes batches are padded to: the preferred sizes up to `max_batch`,
+/// plus `max_batch` itself so every batch has one; empty when padding is off.
+pub fn pad_sizes(preferred: &[usize], max_batch: usize, on: bool) -> Vec<usize> {
+    if !on || max_batch <= 1 {
+        return Vec::new();
+    }
+    let mut sizes: Vec<usize> = preferred
+        .iter()
+        .copied()
+        .filter(|&s| s >= 1 && s <= max_batch)
+        .chain([max_batch])
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
+/// Runs `session` once at every size of `sizes` on `sample` (one row per
+/// input) so the engine prepares those shapes before the first request.
+pub fn warm(session: &mut dyn Session, sample: &[Tensor], sizes: &[usize]) -> Result<()> {
+    for &n in sizes {
+        let inputs = sample
+            .iter()
+            .map(|t| pad_rows(t, n))
+            .collect::<Result<Vec<_>>>()?;
+        let started = Instant::now();
+        session.run(inputs)?;
+        tracing::info!(batch = n, ms = started.elapsed().as_millis() as u64, "warmed batch size");
+    }
+    Ok(())
+}
+
+/// `t` grown to `rows` rows by repeating its last row.
+fn pad_rows(t: &Tensor, rows: usize) -> Result<Tensor> {
+    let have = t.shape().first().copied().unwrap_or(0);
+    if have == 0 || rows <= have {
+        return Ok(t.clone());
+    }
+    let last = t.slice_rows(have - 1, have)?;
+    let mut parts: Vec<&Tensor> = Vec::with_capacity(1 + rows - have);
+    parts.push(t);
+    parts.extend(std::iter::repeat_n(&last, rows - have));
+    Tensor::concat_rows(&parts)
 }
 
 /// Starts one worker thread with its own session.
@@ -65,7 +112,20 @@ fn execute(
     let span = batch[0].span.clone();
     let _enter = span.enter();
 
-    let inputs = match gather_inputs(ctx, &batch) {
+    // Padded up to the next preferred size when configured (rows beyond
+    // `total_rows` are copies of the last one; their outputs are dropped).
+    let run_rows = ctx
+        .pad_sizes
+        .iter()
+        .copied()
+        .find(|&s| s >= total_rows)
+        .unwrap_or(total_rows);
+    let inputs = match gather_inputs(ctx, &batch).and_then(|i| {
+        if run_rows == total_rows {
+            return Ok(i);
+        }
+        i.iter().map(|t| pad_rows(t, run_rows)).collect()
+    }) {
         Ok(i) => i,
         Err(e) => {
             fail_all(batch, e);
@@ -92,7 +152,15 @@ fn execute(
         }
     };
     let n = batch.len();
-    match result.and_then(|outs| check_outputs(ctx, outs, total_rows)) {
+    let checked = result
+        .and_then(|outs| check_outputs(ctx, outs, run_rows))
+        .and_then(|outs| {
+            if run_rows == total_rows {
+                return Ok(outs);
+            }
+            outs.iter().map(|t| t.slice_rows(0, total_rows)).collect()
+        });
+    match checked {
         Ok(outputs) => {
             ctx.counters.executed(total_rows);
             ctx.metrics.executions.inc();
@@ -203,5 +271,30 @@ fn split_outputs(outputs: &[Tensor], rows: &[usize]) -> Result<Vec<Vec<Tensor>>>
 fn fail_all(batch: Vec<Pending>, e: Error) {
     for p in batch {
         p.answer(Err(e.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pad_sizes_are_the_preferred_ones_up_to_the_max_plus_the_max() {
+        assert_eq!(pad_sizes(&[16, 4, 1, 64], 32, true), vec![1, 4, 16, 32]);
+        assert_eq!(pad_sizes(&[8], 8, true), vec![8]);
+        assert!(pad_sizes(&[4], 8, false).is_empty());
+        assert!(pad_sizes(&[4], 1, true).is_empty());
+    }
+
+    #[test]
+    fn pad_rows_repeats_the_last_row() {
+        let t = Tensor::from_vec(vec![2, 2], vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+        let p = pad_rows(&t, 4).unwrap();
+        assert_eq!(p.shape(), &[4, 2]);
+        assert_eq!(
+            p.to_vec::<f32>().unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0, 3.0, 4.0, 3.0, 4.0]
+        );
+        assert_eq!(pad_rows(&t, 2).unwrap().shape(), &[2, 2]);
     }
 }

@@ -266,3 +266,50 @@ async fn unknown_backend_and_shutdown() {
     ));
     let _ = DType::F32;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn padded_batches_run_at_preferred_sizes_and_answer_real_rows() {
+    let fake = FakeBackend::new(4);
+    let rt = runtime(&fake);
+    let cfg = BatchingConfig {
+        max_queue_delay: Duration::from_millis(5),
+        preferred_batch_sizes: vec![4],
+        pad_to_preferred: true,
+        ..Default::default()
+    };
+    rt.load(ModelSpec::new("m", model_file()).batching(8, cfg))
+        .await
+        .unwrap();
+    // Load warmed each size a batch can run at: the preferred 4 and the max 8.
+    assert_eq!(*fake.script.batches.lock(), vec![4, 8]);
+    // One slow run, so the next 3 requests queue up behind it.
+    fake.then(Behaviour::Slow(Duration::from_millis(100)), 1);
+    let first = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.infer(req(0.5)).await }
+    });
+    while fake.script.calls.load(std::sync::atomic::Ordering::SeqCst) == 2 {
+        tokio::task::yield_now().await;
+    }
+    let tasks: Vec<_> = (1..=3)
+        .map(|i| {
+            let rt = rt.clone();
+            tokio::spawn(async move { rt.infer(req(i as f32)).await })
+        })
+        .collect();
+    let y = first.await.unwrap().unwrap();
+    assert_eq!(y.output("y").unwrap().to_vec::<f32>().unwrap(), vec![1.0; 4]);
+    for (i, t) in tasks.into_iter().enumerate() {
+        let out = t.await.unwrap().unwrap();
+        let y = out.output("y").unwrap();
+        assert_eq!(y.shape(), &[1, 4], "padding rows leaked into a reply");
+        assert_eq!(y.to_vec::<f32>().unwrap(), vec![(i + 1) as f32 * 2.0; 4]);
+    }
+    let batches = fake.script.batches.lock().clone();
+    assert!(
+        batches[2..].iter().all(|&b| b == 4),
+        "every run padded to the preferred size: {batches:?}"
+    );
+    // Statistics count the requests' rows, not the padding.
+    assert_eq!(rt.stats(Some("m"))[0].inference_count, 4);
+}

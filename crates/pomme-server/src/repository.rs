@@ -541,6 +541,9 @@ struct TomlBatching {
     default_queue_timeout_us: Option<u64>,
     priority_levels: Option<u32>,
     default_priority: Option<u32>,
+    /// Pad each batch to a preferred size and warm those sizes at load.
+    #[serde(default)]
+    pad_to_preferred: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -577,6 +580,7 @@ fn from_toml(text: &str) -> Result<Declared, String> {
                 .map(Duration::from_micros),
             priority_levels: b.priority_levels.unwrap_or(def.priority_levels),
             default_priority: b.default_priority.unwrap_or(def.default_priority),
+            pad_to_preferred: b.pad_to_preferred,
         });
     }
     d.quantization = c.quantization;
@@ -757,6 +761,8 @@ fn from_pbtxt(text: &str, dir_name: &str) -> Result<Declared, String> {
                 .filter(|&p| p > 0)
                 .map(|p| p as u32)
                 .unwrap_or(def.default_priority),
+            // No Triton equivalent; config.toml only.
+            pad_to_preferred: false,
         });
     }
     let mut workers = 0usize;
