@@ -201,9 +201,10 @@ def served(pomme, onnx, work, env, duration, backend):
         f.write(f'backends = ["{backend}"]\ndevice = "cuda"\nmax_batch_size = 32\n'
                 "[dynamic_batching]\nmax_queue_delay_us = 2000\n")
         if backend == "ort":
-            # ONNX Runtime's CUDA EP prepares each new input shape for ~2 s
-            # (seen on an H100), and a batcher forms every size from 1 to 32:
-            # pad batches to a few sizes, all warmed at load.
+            # ONNX Runtime's CUDA EP prepares each new input shape for 0.5-2 s
+            # (H100) and a batcher forms every size from 1 to 32: pad batches
+            # to a few sizes, warmed at load. (It still stalled under
+            # concurrency in session 3; see BENCHMARKS.md.)
             f.write("preferred_batch_sizes = [1, 2, 4, 8, 16, 32]\npad_to_preferred = true\n")
     hp, gp, mp = free_port(), free_port(), free_port()
     srv = subprocess.Popen([pomme, "serve", "--model-repository", repo, "--http-port", str(hp),

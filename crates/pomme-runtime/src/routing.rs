@@ -100,11 +100,13 @@ impl fmt::Display for Candidate {
 /// The candidates tried when a model's configuration names none, for an
 /// operating system (`std::env::consts::OS`): on macOS
 /// `coreml/ane → coreml/metal → tract/metal → ort/cpu → tract/cpu`, elsewhere
-/// `ort/cuda → tract/cuda → ort/cpu → tract/cpu`. Candidates whose backend is
-/// not compiled in, or whose device is not available (ort/cuda needs the
-/// onnxruntime-gpu library), are skipped at load. ONNX Runtime's CUDA EP
-/// comes first on NVIDIA: its cuDNN/cuBLAS kernels beat tract's CUDA runtime
-/// 2–20× on convnets (BENCHMARKS.md); the timed trials decide either way.
+/// `tract/cuda → ort/cpu → tract/cpu`. Candidates whose backend is not
+/// compiled in, or whose device is not available, are skipped at load.
+/// `ort/cuda` (ONNX Runtime's CUDA EP, 2–20× faster than tract's CUDA runtime
+/// per call on convnets) is not in the automatic list: under pomme's dynamic
+/// batching it stalled for seconds per batch on an H100 (BENCHMARKS.md), and
+/// the trials time single calls, so they would pick it anyway. Name it in a
+/// candidate list to use it.
 pub fn automatic_candidates(os: &str) -> Vec<Candidate> {
     use DeviceKind::*;
     let list: &[(&str, DeviceKind)] = if os == "macos" {
@@ -116,7 +118,7 @@ pub fn automatic_candidates(os: &str) -> Vec<Candidate> {
             ("tract", Cpu),
         ]
     } else {
-        &[("ort", Cuda), ("tract", Cuda), ("ort", Cpu), ("tract", Cpu)]
+        &[("tract", Cuda), ("ort", Cpu), ("tract", Cpu)]
     };
     list.iter().map(|(b, d)| Candidate::new(b, *d)).collect()
 }
@@ -765,7 +767,7 @@ mod tests {
             .iter()
             .map(|c| c.to_string())
             .collect();
-        assert_eq!(linux, ["ort/cuda", "tract/cuda", "ort/cpu", "tract/cpu"]);
+        assert_eq!(linux, ["tract/cuda", "ort/cpu", "tract/cpu"]);
         let mac: Vec<String> = automatic_candidates("macos")
             .iter()
             .map(|c| c.to_string())

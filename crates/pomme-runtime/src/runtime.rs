@@ -381,25 +381,32 @@ impl Runtime {
         });
         let workers = spec.workers.max(1);
         let mut threads = Vec::with_capacity(workers);
-        // Synthetic rows to warm the padded sizes with, before "ready".
+        // Synthetic rows to warm the padded sizes with, on each worker's own
+        // thread; the load returns (and the model turns ready) once all are warm.
         let sample = if ctx.pad_sizes.is_empty() {
             None
         } else {
-            crate::routing::synth_inputs(&signature, 8).ok()
+            crate::routing::synth_inputs(&signature, 8)
+                .ok()
+                .map(Arc::new)
         };
+        let (warmed_tx, warmed_rx) = std::sync::mpsc::channel();
         for i in 0..workers {
-            let mut session = model.session()?;
-            if let Some(sample) = &sample
-                && let Err(e) = crate::worker::warm(&mut *session, sample, &ctx.pad_sizes)
-            {
-                // Warming is a head start, not a requirement: the first
-                // batch of each size pays instead.
-                tracing::warn!(model = %spec.name, error = %e, "warming the padded batch sizes failed");
-            }
+            let session = model.session()?;
+            let warmup = sample.as_ref().map(|s| (s.clone(), warmed_tx.clone()));
             threads.push(
-                worker::spawn(ctx.clone(), session, i)
+                worker::spawn(ctx.clone(), session, i, warmup)
                     .map_err(|e| Error::Internal(format!("cannot start a worker thread: {e}")))?,
             );
+        }
+        drop(warmed_tx);
+        if sample.is_some() {
+            // Ends early only if a worker thread died; it still serves then.
+            for _ in 0..workers {
+                if warmed_rx.recv().is_err() {
+                    break;
+                }
+            }
         }
         let view = ModelView {
             name: spec.name.clone(),

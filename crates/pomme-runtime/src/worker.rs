@@ -56,7 +56,11 @@ pub fn warm(session: &mut dyn Session, sample: &[Tensor], sizes: &[usize]) -> Re
             .collect::<Result<Vec<_>>>()?;
         let started = Instant::now();
         session.run(inputs)?;
-        tracing::info!(batch = n, ms = started.elapsed().as_millis() as u64, "warmed batch size");
+        tracing::info!(
+            batch = n,
+            ms = started.elapsed().as_millis() as u64,
+            "warmed batch size"
+        );
     }
     Ok(())
 }
@@ -74,18 +78,35 @@ fn pad_rows(t: &Tensor, rows: usize) -> Result<Tensor> {
     Tensor::concat_rows(&parts)
 }
 
-/// Starts one worker thread with its own session.
+/// Starts one worker thread with its own session. With a `warmup` sample the
+/// thread first runs it at every padded size (see [`warm`]) and then signals
+/// `warmed`, before taking any batch.
 pub fn spawn(
     ctx: Arc<WorkerContext>,
     session: Box<dyn Session>,
     index: usize,
+    warmup: Option<(Arc<Vec<Tensor>>, std::sync::mpsc::Sender<()>)>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("pomme-{}-v{}-w{}", ctx.name, ctx.version, index))
-        .spawn(move || run_loop(ctx, session))
+        .spawn(move || run_loop(ctx, session, warmup))
 }
 
-fn run_loop(ctx: Arc<WorkerContext>, mut session: Box<dyn Session>) {
+fn run_loop(
+    ctx: Arc<WorkerContext>,
+    mut session: Box<dyn Session>,
+    warmup: Option<(Arc<Vec<Tensor>>, std::sync::mpsc::Sender<()>)>,
+) {
+    // On this thread, not the loader's: engines may keep per-thread state
+    // (ONNX Runtime's CUDA EP keeps cuDNN/cuBLAS handles per thread).
+    if let Some((sample, warmed)) = warmup {
+        if let Err(e) = warm(&mut *session, &sample, &ctx.pad_sizes) {
+            // Warming is a head start, not a requirement: the first batch
+            // of each size pays instead.
+            tracing::warn!(model = %ctx.name, error = %e, "warming the padded batch sizes failed");
+        }
+        let _ = warmed.send(());
+    }
     while let Some(batch) = ctx.queue.next_batch() {
         if let Some(fresh) = execute(&ctx, &mut *session, batch) {
             session = fresh;
