@@ -298,7 +298,10 @@ async fn padded_batches_run_at_preferred_sizes_and_answer_real_rows() {
         })
         .collect();
     let y = first.await.unwrap().unwrap();
-    assert_eq!(y.output("y").unwrap().to_vec::<f32>().unwrap(), vec![1.0; 4]);
+    assert_eq!(
+        y.output("y").unwrap().to_vec::<f32>().unwrap(),
+        vec![1.0; 4]
+    );
     for (i, t) in tasks.into_iter().enumerate() {
         let out = t.await.unwrap().unwrap();
         let y = out.output("y").unwrap();
