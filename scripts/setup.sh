@@ -9,11 +9,16 @@ cd "$(dirname "$0")/.."
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add aarch64-apple-darwin >/dev/null
 
-if ! command -v clang >/dev/null 2>&1; then
+# clang: the Apple type-check's C compiler; openssl: the TLS interop test's
+# certificates (that test skips without it).
+missing=""
+command -v clang >/dev/null 2>&1 || missing="$missing clang"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   else
-    echo "setup: clang not found and not root; the Apple type-check will be skipped" >&2
+    echo "setup: missing$missing and not root; the Apple type-check / TLS interop test will be skipped" >&2
   fi
 fi
 
