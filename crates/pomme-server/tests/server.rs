@@ -21,12 +21,8 @@ use tower::ServiceExt;
 const TOKEN: &str = "s3cret";
 
 fn fixture() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/add_one.onnx");
-    if here.exists() {
-        here
-    } else {
-        PathBuf::from("/work/shared/models/add_one.onnx")
-    }
+    // Shipped in the repository's models/ folder.
+    pomme_test_support::fixtures::repo_models().join("add_one.onnx")
 }
 
 fn repo() -> tempfile::TempDir {

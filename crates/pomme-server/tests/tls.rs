@@ -128,12 +128,8 @@ fn der(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
 }
 
 fn fixture() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/identity_f32.onnx");
-    if here.exists() {
-        here
-    } else {
-        PathBuf::from("/work/shared/models/identity_f32.onnx")
-    }
+    // Shipped in the repository's models/ folder.
+    pomme_test_support::fixtures::repo_models().join("identity_f32.onnx")
 }
 
 fn tls_args(pki: &Pki, client_ca: bool) -> ServerArgs {
