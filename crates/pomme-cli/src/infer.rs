@@ -2,7 +2,7 @@
 
 use crate::cli::{InferArgs, tokio_runtime, usage};
 use anyhow::{Context, Result};
-use pomme_core::{DType, ModelSignature, Tensor};
+use pomme_core::{Fill, ModelSignature, Tensor};
 use pomme_runtime::{InferRequest, ModelSpec, Runtime};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -106,42 +106,8 @@ pub fn synthetic_inputs(sig: &ModelSignature) -> Result<Vec<(String, Tensor)>> {
     synthetic_batch(sig, 1)
 }
 
-/// Deterministic inputs with the first symbolic dimension set to `batch`.
+/// Deterministic inputs with the first symbolic dimension set to `batch`
+/// (other symbolic dims 8), values from [`Fill::Pattern`].
 pub fn synthetic_batch(sig: &ModelSignature, batch: usize) -> Result<Vec<(String, Tensor)>> {
-    sig.inputs
-        .iter()
-        .map(|s| {
-            let shape: Vec<usize> = s
-                .shape
-                .dims()
-                .iter()
-                .enumerate()
-                .map(|(i, d)| d.fixed().unwrap_or(if i == 0 { batch } else { 8 }))
-                .collect();
-            let n: usize = shape.iter().product();
-            let t = match s.dtype {
-                DType::F32 => Tensor::from_vec(
-                    shape,
-                    (0..n)
-                        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-                        .collect(),
-                )?,
-                DType::F64 => Tensor::from_vec(
-                    shape,
-                    (0..n)
-                        .map(|i| ((i * 7919) % 1000) as f64 / 1000.0 - 0.5)
-                        .collect(),
-                )?,
-                // Integer inputs are usually ids or masks: small values stay valid.
-                DType::I64 => {
-                    Tensor::from_vec(shape, (0..n).map(|i| (i % 2) as i64 + 1).collect())?
-                }
-                DType::I32 => {
-                    Tensor::from_vec(shape, (0..n).map(|i| (i % 2) as i32 + 1).collect())?
-                }
-                other => Tensor::zeros(other, shape)?,
-            };
-            Ok((s.name.clone(), t))
-        })
-        .collect()
+    Ok(pomme_core::synthetic_inputs(sig, batch, 8, Fill::Pattern)?)
 }

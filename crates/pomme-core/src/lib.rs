@@ -3,7 +3,8 @@
 //! This crate owns the data types a request carries ([`Tensor`], [`DType`],
 //! [`Shape`]), what a model promises ([`ModelSignature`]), the small synchronous
 //! [`Backend`] / [`LoadedModel`] / [`Session`] traits every engine implements, and
-//! the single [`Error`] enum with its retryability and its HTTP / gRPC mapping.
+//! the single [`Error`] enum with its retryability and its HTTP / gRPC mapping,
+//! plus deterministic synthetic inputs for a signature ([`synthetic`]).
 //! It does no I/O, no async, and never names a backend.
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ pub mod dtype;
 pub mod error;
 pub mod shape;
 pub mod signature;
+pub mod synthetic;
 pub mod tensor;
 
 pub use backend::{
@@ -22,4 +24,5 @@ pub use dtype::{DType, Element};
 pub use error::{Error, ErrorKind, GrpcCode, Result};
 pub use shape::{Dim, Shape};
 pub use signature::{ModelSignature, TensorSpec};
+pub use synthetic::{Fill, synthetic_inputs, synthetic_shape};
 pub use tensor::Tensor;

@@ -24,8 +24,8 @@ use crate::progress::silent;
 use crate::scheme::{QuantizeOptions, Scheme};
 use crate::validate::ValidationReport;
 use pomme_core::{
-    Backend, DType, Dim, Error, LoadOptions, ModelArtifact, ModelFormat, ModelSignature, Precision,
-    Result, Tensor,
+    Backend, Error, Fill, LoadOptions, ModelArtifact, ModelFormat, ModelSignature, Precision,
+    Result, synthetic_inputs,
 };
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -236,69 +236,20 @@ fn synthetic_data(model: &Path, backends: &[&dyn Backend], rows: usize) -> Resul
 }
 
 fn synthetic_for(sig: &ModelSignature, rows: usize) -> Result<Dataset> {
-    let mut rng = SplitMix(0x706f_6d6d_6521);
-    let mut arrays = Vec::with_capacity(sig.inputs.len());
-    for spec in &sig.inputs {
-        let shape: Vec<usize> = spec
-            .shape
-            .dims()
-            .iter()
-            .enumerate()
-            .map(|(i, d)| match d {
-                Dim::Fixed(f) => *f,
-                Dim::Symbolic(_) if i == 0 => rows,
-                Dim::Symbolic(_) => 16,
-            })
-            .collect();
-        let n: usize = shape.iter().product();
-        let t = match spec.dtype {
-            DType::F32 => Tensor::from_vec(shape, (0..n).map(|_| rng.normal() as f32).collect())?,
-            DType::F64 => Tensor::from_vec(shape, (0..n).map(|_| rng.normal()).collect())?,
-            DType::I64 => Tensor::from_vec(shape, (0..n).map(|_| rng.bit() as i64).collect())?,
-            DType::I32 => Tensor::from_vec(shape, (0..n).map(|_| rng.bit() as i32).collect())?,
-            DType::Bool => {
-                let v: Vec<bool> = (0..n).map(|_| rng.bit() == 1).collect();
-                Tensor::from_bools(shape, &v)?
-            }
-            other => {
-                return Err(Error::UnsupportedPrecision(format!(
-                    "input '{}' is {other}: synthetic warm-up data cannot be made for it; name validation data in the model config",
-                    spec.name
-                )));
-            }
-        };
-        arrays.push((spec.name.clone(), t));
-    }
+    // Refused like any other quantized load that cannot be validated, with the fix.
+    let arrays = synthetic_inputs(sig, rows, 16, Fill::Normal(0x706f_6d6d_6521)).map_err(|e| {
+        Error::UnsupportedPrecision(format!(
+            "{}; name validation data in the model config",
+            e.message()
+        ))
+    })?;
     Ok(Dataset::from_arrays(arrays))
-}
-
-/// SplitMix64: tiny, deterministic, good enough for warm-up inputs.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        // Box–Muller.
-        (-2.0 * self.unit().ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos()
-    }
-    fn bit(&mut self) -> u64 {
-        self.next() >> 63
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pomme_core::{Shape, TensorSpec};
+    use pomme_core::{DType, Dim, Shape, TensorSpec};
 
     #[test]
     fn synthetic_rows_follow_the_signature() {

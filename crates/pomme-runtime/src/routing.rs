@@ -15,7 +15,9 @@
 //! the request's deadline) lives here too.
 
 use crate::breaker::{BreakerConfig, Clock, SystemClock};
-use pomme_core::{DType, DeviceKind, Dim, Error, ModelSignature, Result, Tensor};
+use pomme_core::{
+    DType, DeviceKind, Error, Fill, ModelSignature, Result, Tensor, synthetic_inputs,
+};
 use serde::Serialize;
 use std::fmt;
 use std::sync::Arc;
@@ -466,53 +468,17 @@ pub fn decide(
 }
 
 /// Deterministic inputs for a signature: symbolic dims take `symbol_size`
-/// (the batch dim 1), floats are spread over [-1, 1), integers are 0 or 1 (safe
-/// as indices and token ids), booleans alternate. BYTES inputs cannot be
-/// made up: an error says so.
+/// (the batch dim 1), values from [`Fill::Uniform`] (floats in [-1, 1),
+/// integers 0 or 1, booleans alternate). BYTES inputs cannot be made up: an
+/// error says so.
 pub fn synth_inputs(sig: &ModelSignature, symbol_size: usize) -> Result<Vec<Tensor>> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        // xorshift64*: reproducible, no dependency.
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    };
-    sig.inputs
-        .iter()
-        .map(|spec| {
-            let shape: Vec<usize> = spec
-                .shape
-                .dims()
-                .iter()
-                .enumerate()
-                .map(|(i, d)| match d {
-                    Dim::Fixed(n) => *n,
-                    Dim::Symbolic(_) if i == 0 => 1,
-                    Dim::Symbolic(_) => symbol_size.max(1),
-                })
-                .collect();
-            let n: usize = shape.iter().product();
-            let mut floats = || (0..n).map(|_| next() * 2.0 - 1.0).collect::<Vec<f64>>();
-            match spec.dtype {
-                DType::F32 => {
-                    Tensor::from_vec(shape, floats().into_iter().map(|v| v as f32).collect())
-                }
-                DType::F64 => Tensor::from_vec(shape, floats()),
-                DType::I64 => Tensor::from_vec(shape, (0..n).map(|i| (i % 2) as i64).collect()),
-                DType::I32 => Tensor::from_vec(shape, (0..n).map(|i| (i % 2) as i32).collect()),
-                DType::Bool => {
-                    let v: Vec<bool> = (0..n).map(|i| i % 2 == 0).collect();
-                    Tensor::from_bools(shape, &v)
-                }
-                DType::Bytes => Err(Error::invalid_input(format!(
-                    "cannot make up a warm-up value for BYTES input '{}'",
-                    spec.name
-                ))),
-                other => Tensor::zeros(other, shape),
-            }
-        })
-        .collect()
+    let named = synthetic_inputs(
+        sig,
+        1,
+        symbol_size.max(1),
+        Fill::Uniform(0x9E37_79B9_7F4A_7C15),
+    )?;
+    Ok(named.into_iter().map(|(_, t)| t).collect())
 }
 
 /// Retries for retryable errors: exponential backoff with jitter, never past
@@ -706,7 +672,7 @@ impl RoutingConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pomme_core::{Shape, TensorSpec};
+    use pomme_core::{Dim, Shape, TensorSpec};
 
     fn t(v: Vec<f32>) -> Tensor {
         Tensor::from_vec(vec![1, v.len()], v).unwrap()
