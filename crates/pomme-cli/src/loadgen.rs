@@ -404,7 +404,8 @@ pub enum Prepared {
         /// `Inference-Header-Content-Length` with the binary extension.
         header_len: Option<usize>,
     },
-    /// An encoded `ModelInferRequest`.
+    /// An encoded `ModelInferRequest` in its gRPC frame (a 0 compression
+    /// flag and the 4-byte big-endian length before the message).
     Grpc { body: Bytes },
 }
 
@@ -488,8 +489,15 @@ pub fn prepare(
                     req.raw_input_contents.push(raw_bytes(t));
                 }
             }
+            let msg = prost::Message::encode_to_vec(&req);
+            let len = u32::try_from(msg.len())
+                .map_err(|_| anyhow!("the request is larger than 4 GiB"))?;
+            let mut body = BytesMut::with_capacity(5 + msg.len());
+            body.put_u8(0);
+            body.put_u32(len);
+            body.put_slice(&msg);
             Ok(Prepared::Grpc {
-                body: Bytes::from(prost::Message::encode_to_vec(&req)),
+                body: body.freeze(),
             })
         }
     }
@@ -600,51 +608,168 @@ async fn grpc_channel(endpoint: &str) -> Result<tonic::transport::Channel> {
         .with_context(|| format!("cannot connect to {endpoint}"))
 }
 
-/// A pass-through gRPC codec: sends pre-encoded protobuf bytes and hands the
-/// answer back undecoded, so neither side of the load generator re-encodes
-/// or parses a message per request.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
+/// One HTTP/2 connection for unary gRPC calls, driven by the client task
+/// that owns it (h2 directly, no connection task and no tonic channel).
+///
+/// tonic's `Channel` puts a buffer task and hyper's connection task between
+/// the caller and the socket, and hyper writes a request's HEADERS and DATA
+/// frames in two `writev`s (the body waits for stream capacity, which the
+/// connection task assigns after sending the headers). On a 2-core machine
+/// shared with the server those hops, thread wake-ups and the server's second
+/// read cost more than the server's own work per tiny request. Here the
+/// request is queued whole (HEADERS, then DATA with END_STREAM) and the owning
+/// task polls the connection itself, so one request is one write and the
+/// answer one read, on whichever thread runs the task.
+struct GrpcConn {
+    send: h2::client::SendRequest<Bytes>,
+    conn: h2::client::Connection<TcpStream, Bytes>,
+}
 
-struct RawEncoder;
-struct RawDecoder;
+/// The connection ended (or failed) while a call waited on it.
+enum Driven<T> {
+    Done(T),
+    Closed(String),
+}
 
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
+impl GrpcConn {
+    async fn connect(endpoint: &str) -> Result<GrpcConn> {
+        let authority = endpoint.trim_start_matches("http://");
+        let stream = TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("cannot connect to {endpoint}"))?;
+        let _ = stream.set_nodelay(true);
+        // hyper's client windows (tonic's defaults), so large tensors are not
+        // held back by HTTP/2's 64 KiB default.
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(2 << 20)
+            .initial_connection_window_size(5 << 20)
+            .handshake(stream)
+            .await
+            .with_context(|| format!("HTTP/2 handshake with {endpoint}"))?;
+        Ok(GrpcConn { send, conn })
     }
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
+
+    /// Polls `fut` and, while it is pending, the connection (which writes
+    /// what `fut` queued and reads what answers it).
+    ///
+    /// Only the connection's progress can complete `fut`, and the connection
+    /// is polled here, so `fut` is polled with a no-op waker: h2 wakes a
+    /// stream's waker when its answer arrives, during the connection poll of
+    /// this very task, and a task woken while it runs is re-queued (waking an
+    /// idle runtime thread for nothing on every call).
+    async fn drive<F: std::future::Future>(&mut self, fut: F) -> Driven<F::Output> {
+        use std::task::{Context, Poll, Waker};
+        let mut fut = std::pin::pin!(fut);
+        let conn = &mut self.conn;
+        std::future::poll_fn(|cx| {
+            let mut noop = Context::from_waker(Waker::noop());
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut noop) {
+                return Poll::Ready(Driven::Done(v));
+            }
+            match std::pin::Pin::new(&mut *conn).poll(cx) {
+                Poll::Pending => match fut.as_mut().poll(&mut noop) {
+                    Poll::Ready(v) => Poll::Ready(Driven::Done(v)),
+                    Poll::Pending => Poll::Pending,
+                },
+                Poll::Ready(Ok(())) => {
+                    Poll::Ready(Driven::Closed("the server closed the connection".into()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Driven::Closed(format!("connection: {e}"))),
+            }
+        })
+        .await
+    }
+
+    /// Polls the connection once with a no-op waker.
+    ///
+    /// h2 wakes the connection's last waker when a request is queued or a
+    /// finished stream's handles are dropped; that waker is this very task,
+    /// and a task woken while it runs is re-queued, which wakes an idle runtime
+    /// thread for nothing on every call. After this poll those events wake
+    /// nobody; `drive` polls with the real waker again before any wait
+    /// (socket readiness seen in between is kept by tokio, not lost).
+    fn quiesce(&mut self) -> std::result::Result<(), String> {
+        let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::Pin::new(&mut self.conn).poll(&mut noop) {
+            std::task::Poll::Pending => Ok(()),
+            std::task::Poll::Ready(Ok(())) => Err("the server closed the connection".into()),
+            std::task::Poll::Ready(Err(e)) => Err(format!("connection: {e}")),
+        }
+    }
+
+    /// One unary call: `uri` and the framed message `body`. `Err` means the
+    /// connection is unusable.
+    async fn unary(&mut self, uri: &str, body: &Bytes) -> std::result::Result<Outcome, String> {
+        let mut send = self.send.clone();
+        match self
+            .drive(std::future::poll_fn(|cx| send.poll_ready(cx)))
+            .await
+        {
+            Driven::Done(Ok(())) => {}
+            Driven::Done(Err(e)) => return Err(format!("HTTP/2: {e}")),
+            Driven::Closed(e) => return Err(e),
+        }
+        self.quiesce()?;
+        let req = hyper::Request::post(uri)
+            .header(hyper::header::CONTENT_TYPE, "application/grpc")
+            .header(hyper::header::TE, "trailers")
+            .body(())
+            .map_err(|e| e.to_string())?;
+        let (resp, mut stream) = send
+            .send_request(req, false)
+            .map_err(|e| format!("HTTP/2: {e}"))?;
+        stream
+            .send_data(body.clone(), true)
+            .map_err(|e| format!("HTTP/2: {e}"))?;
+        let resp = match self.drive(resp).await {
+            Driven::Done(Ok(r)) => r,
+            Driven::Done(Err(e)) => return Ok(Outcome::Error(format!("HTTP/2 stream: {e}"))),
+            Driven::Closed(e) => return Err(e),
+        };
+        let (head, mut recv) = resp.into_parts();
+        if head.status != hyper::StatusCode::OK {
+            return Ok(Outcome::Error(format!("HTTP {}", head.status.as_u16())));
+        }
+        // A trailers-only answer (how errors come) carries grpc-status in its headers.
+        let mut status = grpc_status(&head.headers);
+        while !recv.is_end_stream() {
+            match self.drive(recv.data()).await {
+                Driven::Done(Some(Ok(chunk))) => {
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                }
+                Driven::Done(None) => break,
+                Driven::Done(Some(Err(e))) => {
+                    return Ok(Outcome::Error(format!("reading the answer: {e}")));
+                }
+                Driven::Closed(e) => return Err(e),
+            }
+        }
+        if status.is_none() {
+            match self.drive(recv.trailers()).await {
+                Driven::Done(Ok(Some(t))) => status = grpc_status(&t),
+                Driven::Done(Ok(None)) => {}
+                Driven::Done(Err(e)) => {
+                    return Ok(Outcome::Error(format!("reading the trailers: {e}")));
+                }
+                Driven::Closed(e) => return Err(e),
+            }
+        }
+        // Dropping the finished stream's handles wakes the connection too.
+        self.quiesce()?;
+        drop((recv, stream));
+        Ok(match status {
+            None => Outcome::Error("the answer has no grpc-status".into()),
+            Some((code, message)) => match classify_grpc(code) {
+                Outcome::Error(c) => Outcome::Error(format!("{c}: {}", one_line(&message))),
+                o => o,
+            },
+        })
     }
 }
 
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Bytes,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawDecoder {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Bytes>, tonic::Status> {
-        use bytes::Buf;
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
+/// `grpc-status` and the (percent-decoded) `grpc-message` from headers or trailers.
+fn grpc_status(h: &hyper::HeaderMap) -> Option<(tonic::Code, String)> {
+    tonic::Status::from_header_map(h).map(|s| (s.code(), s.message().to_string()))
 }
 
 /// One simulated client: a connection and the request it repeats.
@@ -654,7 +779,10 @@ enum Client {
         conn: Option<HttpConn>,
     },
     Grpc {
-        grpc: tonic::client::Grpc<tonic::transport::Channel>,
+        endpoint: String,
+        /// `endpoint` + the ModelInfer path.
+        uri: String,
+        conn: Option<Box<GrpcConn>>,
     },
 }
 
@@ -668,16 +796,19 @@ impl Client {
                 conn: Some(HttpConn::connect(authority).await?),
             },
             Target::Grpc { endpoint } => Client::Grpc {
-                grpc: tonic::client::Grpc::new(grpc_channel(endpoint).await?),
+                endpoint: endpoint.clone(),
+                uri: format!("{endpoint}{MODEL_INFER}"),
+                conn: Some(Box::new(GrpcConn::connect(endpoint).await?)),
             },
         })
     }
 
     /// Drops the connection of a request abandoned half-way (HTTP/1.1 cannot
-    /// reuse it); a gRPC channel cancels the abandoned stream by itself.
+    /// reuse it; the gRPC connection may hold the abandoned stream's state).
     fn abandon(&mut self) {
-        if let Client::Http { conn, .. } = self {
-            *conn = None;
+        match self {
+            Client::Http { conn, .. } => *conn = None,
+            Client::Grpc { conn, .. } => *conn = None,
         }
     }
 
@@ -740,22 +871,29 @@ impl Client {
                     }
                 }
             }
-            (Client::Grpc { grpc }, Prepared::Grpc { body }) => {
-                if let Err(e) = grpc.ready().await {
-                    return Outcome::Error(format!("gRPC channel: {e}"));
-                }
-                let path = tonic::codegen::http::uri::PathAndQuery::from_static(MODEL_INFER);
-                match grpc
-                    .unary(tonic::Request::new(body.clone()), path, RawCodec)
-                    .await
-                {
-                    Ok(_) => Outcome::Ok,
-                    Err(s) => match classify_grpc(s.code()) {
-                        Outcome::Error(c) => {
-                            Outcome::Error(format!("{c}: {}", one_line(s.message())))
-                        }
-                        o => o,
+            (
+                Client::Grpc {
+                    endpoint,
+                    uri,
+                    conn,
+                },
+                Prepared::Grpc { body },
+            ) => {
+                // A broken connection is replaced; the request that found it
+                // broken counts as an error.
+                let c = match conn {
+                    Some(c) => c,
+                    None => match GrpcConn::connect(endpoint).await {
+                        Ok(c) => conn.insert(Box::new(c)),
+                        Err(e) => return Outcome::Error(format!("{e:#}")),
                     },
+                };
+                match c.unary(uri, body).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        *conn = None;
+                        Outcome::Error(e)
+                    }
                 }
             }
             _ => Outcome::Error("request prepared for another protocol".into()),
@@ -1130,7 +1268,12 @@ mod tests {
             else {
                 panic!("not gRPC")
             };
-            let req: proto::ModelInferRequest = prost::Message::decode(body).unwrap();
+            assert_eq!(body[0], 0, "uncompressed");
+            assert_eq!(
+                u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize,
+                body.len() - 5
+            );
+            let req: proto::ModelInferRequest = prost::Message::decode(&body[5..]).unwrap();
             assert_eq!(req.model_name, "m");
             assert_eq!(req.inputs[0].shape, vec![1, 2]);
             if binary {

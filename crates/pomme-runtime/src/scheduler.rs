@@ -35,13 +35,19 @@ pub struct BatchPolicy {
     pub idle_spin: Duration,
 }
 
-/// The idle spin a runtime gives its workers: short enough that an idle model
-/// costs nothing measurable, long enough to bridge the gap between two requests
-/// of one closed-loop client. None on a single CPU, where spinning only delays
-/// the thread that would produce the work. `POMME_WORKER_SPIN_US` overrides it
-/// (0 turns it off), for tuning and for A/B benchmarks.
+/// The idle spin a runtime gives its workers: 150 µs, short enough that an
+/// idle model costs nothing measurable, long enough to bridge the gap between
+/// two requests of one closed-loop client. That gap is the answer's way back
+/// plus the next request's way in: 70-90 µs over gRPC (HTTP/2 framing on both
+/// sides) on a 2-vCPU VM, often over 50 µs over HTTP/1.1 too, and a worker that
+/// has parked costs a futex wake-up of an idle vCPU there (~80 µs) per request:
+/// at the earlier 50 µs a gRPC client at concurrency 1 paid it on every call
+/// (p50 ~145 µs; ~80 µs at 150 µs, see BENCHMARKS.md). None on a single CPU, where
+/// spinning only delays the thread that would produce the work.
+/// `POMME_WORKER_SPIN_US` overrides it (0 turns it off), for tuning and for
+/// A/B benchmarks.
 pub fn default_idle_spin() -> Duration {
-    spin_setting("POMME_WORKER_SPIN_US", 50)
+    spin_setting("POMME_WORKER_SPIN_US", 150)
 }
 
 /// A spin duration: the environment variable `var` in µs if set and valid,

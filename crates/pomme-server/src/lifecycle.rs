@@ -119,7 +119,10 @@ pub async fn start(config: ServerConfig, runtime: Runtime) -> anyhow::Result<Run
                 None => {
                     router
                         .serve_with_incoming_shutdown(
-                            tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
+                            // Answers are written whole: no Nagle delay behind
+                            // an unacknowledged WINDOW_UPDATE or PING frame.
+                            tonic::transport::server::TcpIncoming::from(grpc_l)
+                                .with_nodelay(Some(true)),
                             stopped,
                         )
                         .await
