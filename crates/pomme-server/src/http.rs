@@ -317,6 +317,18 @@ pub fn config_json(c: &crate::proto::ModelConfig) -> Value {
             .collect::<serde_json::Map<_, _>>()
             .into();
     }
+    if let Some(p) = c
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref())
+    {
+        use crate::proto::model_version_policy::PolicyChoice;
+        v["version_policy"] = match p {
+            PolicyChoice::Latest(l) => json!({"latest": {"num_versions": l.num_versions}}),
+            PolicyChoice::All(_) => json!({"all": {}}),
+            PolicyChoice::Specific(s) => json!({"specific": {"versions": s.versions}}),
+        };
+    }
     if let Some(SchedulingChoice::DynamicBatching(b)) = &c.scheduling_choice {
         let q = b.default_queue_policy.unwrap_or_default();
         v["dynamic_batching"] = json!({

@@ -261,6 +261,12 @@ impl Shared {
                 .and_then(|d| d.platform.clone())
                 .unwrap_or_default(),
             backend: view.backend.clone(),
+            version_policy: Some(version_policy(
+                declared
+                    .as_ref()
+                    .map(|d| &d.version_policy)
+                    .unwrap_or(&repository::VersionPolicy::default()),
+            )),
             max_batch_size: view.max_batch_size as i32,
             input,
             output,
@@ -434,6 +440,26 @@ impl Shared {
 
     pub fn control_mode(&self) -> ControlMode {
         self.control_mode
+    }
+}
+
+/// Triton's `ModelVersionPolicy` for a repository version policy.
+pub fn version_policy(p: &repository::VersionPolicy) -> proto::ModelVersionPolicy {
+    use proto::model_version_policy::{All, Latest, PolicyChoice, Specific};
+    let choice = match p {
+        repository::VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest {
+            num_versions: u32::try_from(*n).unwrap_or(u32::MAX),
+        }),
+        repository::VersionPolicy::All => PolicyChoice::All(All {}),
+        repository::VersionPolicy::Specific(v) => PolicyChoice::Specific(Specific {
+            versions: v
+                .iter()
+                .map(|&v| i64::try_from(v).unwrap_or(i64::MAX))
+                .collect(),
+        }),
+    };
+    proto::ModelVersionPolicy {
+        policy_choice: Some(choice),
     }
 }
 

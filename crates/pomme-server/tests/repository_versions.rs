@@ -179,6 +179,93 @@ async fn every_selected_version_serves_and_routes() {
     s.stop().await.unwrap();
 }
 
+/// The model configuration reports the version policy in Triton's shape, over
+/// HTTP (`version_policy` JSON) and gRPC (`ModelConfig.version_policy`, field 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reports_the_version_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path();
+    let models = [
+        (
+            "specific",
+            "config.toml",
+            "version_policy = { specific = [1, 3] }\n",
+        ),
+        ("every", "config.toml", "version_policy = \"all\"\n"),
+        (
+            "newest2",
+            "config.pbtxt",
+            "name: \"newest2\"\nversion_policy: { latest: { num_versions: 2 } }\n",
+        ),
+        ("plain", "config.toml", "backends = [\"tract\"]\n"),
+    ];
+    for (name, file, text) in models {
+        for v in [1, 2, 3] {
+            version(repo, name, v, "add_one.onnx");
+        }
+        std::fs::write(repo.join(name).join(file), text).unwrap();
+    }
+    let s = start(repo, "none", tract()).await;
+    for (name, want) in [
+        ("specific", json!({"specific": {"versions": [1, 3]}})),
+        ("every", json!({"all": {}})),
+        ("newest2", json!({"latest": {"num_versions": 2}})),
+        ("plain", json!({"latest": {"num_versions": 1}})),
+    ] {
+        let (st, c) = call(&s, get(&format!("/v2/models/{name}/config"))).await;
+        assert_eq!(st, StatusCode::OK, "{name}: {c}");
+        assert_eq!(c["version_policy"], want, "{name}: {c}");
+        let (_, c) = call(&s, get(&format!("/v2/models/{name}/versions/1/config"))).await;
+        if name != "newest2" && name != "plain" {
+            assert_eq!(c["version_policy"], want, "{name} v1: {c}");
+        }
+    }
+
+    use proto::model_version_policy::{All, Latest, PolicyChoice, Specific};
+    let mut c = GrpcInferenceServiceClient::connect(format!("http://{}", s.grpc_addr))
+        .await
+        .unwrap();
+    for (name, want) in [
+        (
+            "specific",
+            PolicyChoice::Specific(Specific {
+                versions: vec![1, 3],
+            }),
+        ),
+        ("every", PolicyChoice::All(All {})),
+        ("newest2", PolicyChoice::Latest(Latest { num_versions: 2 })),
+        ("plain", PolicyChoice::Latest(Latest { num_versions: 1 })),
+    ] {
+        let config = c
+            .model_config(proto::ModelConfigRequest {
+                name: name.into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .config
+            .unwrap();
+        assert_eq!(
+            config.version_policy.and_then(|p| p.policy_choice),
+            Some(want),
+            "{name}"
+        );
+    }
+    // Field 3 on the wire, as in Triton's model_config.proto.
+    let config = proto::ModelConfig {
+        version_policy: Some(proto::ModelVersionPolicy {
+            policy_choice: Some(PolicyChoice::All(All {})),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        prost::Message::encode_to_vec(&config),
+        vec![3 << 3 | 2, 2, 2 << 3 | 2, 0]
+    );
+    s.stop().await.unwrap();
+}
+
 /// A changed policy takes effect on the next load: newly selected versions
 /// load, versions no longer selected stop serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
