@@ -15,6 +15,11 @@ every --sample seconds. Reports:
 
     python3 benches/soak.py [--pomme target/release/pomme] [--duration 600]
         [--model models/identity_f32.onnx] [--max-concurrency 4] [--base-concurrency 8]
+        [--rate-multiple 2 --soak-concurrency 32]
+
+With --rate-multiple the soak load is paced (`pomme bench --rate`) at that
+multiple of the measured capacity instead of closed loop, where refused
+requests come straight back and the offered load runs far above 2x.
 
 Exit status 1 when the accounting does not add up or memory grew by 5 % or more.
 """
@@ -45,12 +50,14 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def bench(pomme: str, port: int, model: str, conc: int, secs: int, warmup: int) -> dict:
-    out = subprocess.run(
-        [pomme, "bench", "--url", f"http://127.0.0.1:{port}", "--model", model,
-         "--concurrency", str(conc), "--duration", f"{secs}s", "--warmup", f"{warmup}s",
-         "--binary", "--json"],
-        capture_output=True, text=True, check=True)
+def bench(pomme: str, port: int, model: str, conc: int, secs: int, warmup: int,
+          rate: float | None = None) -> dict:
+    cmd = [pomme, "bench", "--url", f"http://127.0.0.1:{port}", "--model", model,
+           "--concurrency", str(conc), "--duration", f"{secs}s", "--warmup", f"{warmup}s",
+           "--binary", "--json"]
+    if rate:
+        cmd += ["--rate", f"{rate:.0f}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)["rows"][0]
 
 
@@ -63,6 +70,11 @@ def main() -> int:
     ap.add_argument("--max-concurrency", type=int, default=4)
     ap.add_argument("--base-concurrency", type=int, default=8)
     ap.add_argument("--port", type=int, default=28700)
+    ap.add_argument("--rate-multiple", type=float, default=0.0,
+                    help="pace the soak load at this multiple of the measured capacity "
+                         "(pomme bench --rate; open loop up to the clients); 0: closed loop")
+    ap.add_argument("--soak-concurrency", type=int, default=0,
+                    help="clients of the soak load (default: 2 x --base-concurrency)")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="pomme-soak-"))
@@ -106,7 +118,11 @@ def main() -> int:
 
         th = threading.Thread(target=sampler, daemon=True)
         th.start()
-        row = bench(a.pomme, a.port, name, 2 * a.base_concurrency, a.duration, 0)
+        conc = a.soak_concurrency or 2 * a.base_concurrency
+        rate = a.rate_multiple * cap["rps"] if a.rate_multiple > 0 else None
+        if rate:
+            print(f"soak load paced at {rate:.0f} req/s = {a.rate_multiple} x capacity", flush=True)
+        row = bench(a.pomme, a.port, name, conc, a.duration, 0, rate)
         stop.set()
         th.join()
         rss1 = rss_kib(srv.pid)
@@ -114,11 +130,12 @@ def main() -> int:
         accounted = row["ok"] + row["rejected"] + row["timed_out"] + row["errors"]
         growth = 100.0 * (rss1 - rss0) / max(rss0, 1)
         peak = max(r for _, r in samples)
-        print(f"soak {a.duration} s at concurrency {2 * a.base_concurrency} "
+        offered = f", paced at {rate:.0f} req/s" if rate else ", closed loop"
+        print(f"soak {a.duration} s at concurrency {conc}{offered} "
               f"(admission limit {a.max_concurrency}, queue 16, queue timeout 50 ms):")
         print(f"  sent {row['sent']} = ok {row['ok']} + rejected {row['rejected']} + timed out "
               f"{row['timed_out']} + errors {row['errors']}  -> {'exact' if accounted == row['sent'] else 'MISMATCH'}")
-        print(f"  ok {row['rps']:.0f} req/s; accepted p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max {row['max_ms']} ms")
+        print(f"  offered {row['sent'] / a.duration:.0f} req/s; ok {row['rps']:.0f} req/s; accepted p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max {row['max_ms']} ms")
         print(f"  RSS after warm-up {rss0 / 1024:.1f} MiB, end {rss1 / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB, "
               f"growth {growth:+.2f} %")
         print("  RSS samples (s, MiB):", ", ".join(f"{t:.0f}:{r / 1024:.1f}" for t, r in samples[:: max(1, len(samples) // 12)]))

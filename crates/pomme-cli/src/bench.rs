@@ -42,6 +42,12 @@ pub struct BenchArgs {
     /// With --url: a request unanswered after this long counts as timed out.
     #[arg(long, default_value = "60s", value_parser = parse_duration, requires = "url")]
     pub request_timeout: Duration,
+    /// With --url: pace the clients to this many requests per second in all
+    /// (each concurrency level), instead of sending back to back. Refused
+    /// requests then do not come back at once, so the offered load is the
+    /// rate, as long as the clients keep up (latency × rate < concurrency).
+    #[arg(long, value_name = "REQ_PER_S", requires = "url")]
+    pub rate: Option<f64>,
     /// Backends to compare, comma-separated (default: every available one reading the format).
     #[arg(long, value_delimiter = ',')]
     pub backend: Vec<String>,
@@ -168,6 +174,7 @@ fn run_remote(url: &str, args: &BenchArgs) -> Result<ExitCode> {
         binary: args.binary,
         inputs: args.inputs.clone(),
         request_timeout: args.request_timeout,
+        rate: args.rate,
     };
     let report = tokio_runtime()?.block_on(crate::loadgen::run(&cfg))?;
     if args.json {

@@ -45,6 +45,9 @@ pub struct LoadConfig {
     /// A request with no answer after this long counts as timed out (and its
     /// connection is replaced), so a stuck server cannot stall the run.
     pub request_timeout: Duration,
+    /// Requests per second over all clients (`--rate`); `None`: each client
+    /// sends its next request as soon as the previous one is answered.
+    pub rate: Option<f64>,
 }
 
 /// The server's address, by protocol.
@@ -192,6 +195,11 @@ pub async fn run(cfg: &LoadConfig) -> Result<LoadReport> {
     }
     if cfg.batch.is_empty() || cfg.batch.contains(&0) {
         return Err(usage("--batch values must be at least 1"));
+    }
+    if cfg.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err(usage(
+            "--rate must be a positive number of requests per second",
+        ));
     }
     if cfg.duration.is_zero() {
         return Err(usage("--duration must be more than 0"));
@@ -942,12 +950,17 @@ async fn measure(
     let start = Instant::now();
     let measure_from = start + cfg.warmup;
     let end = measure_from + cfg.duration;
+    // Paced: each client owns every conc-th slot of the schedule, offset so
+    // the clients interleave evenly.
+    let interval = cfg.rate.map(|r| Duration::from_secs_f64(conc as f64 / r));
     let tasks: Vec<_> = clients
         .into_iter()
-        .map(|mut client| {
+        .enumerate()
+        .map(|(i, mut client)| {
             let prepared = prepared.clone();
             let ok_so_far = ok_so_far.clone();
             let request_timeout = cfg.request_timeout;
+            let mut next_at = interval.map(|iv| start + iv.mul_f64(i as f64 / conc as f64));
             tokio::spawn(async move {
                 let mut c = TaskCounts {
                     sent: 0,
@@ -959,6 +972,15 @@ async fn measure(
                     hist: new_hist(),
                 };
                 loop {
+                    if let (Some(at), Some(iv)) = (next_at.as_mut(), interval) {
+                        if *at >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until((*at).into()).await;
+                        // A client that fell behind (slow answers) resumes the
+                        // schedule from now rather than bursting to catch up.
+                        *at = (*at + iv).max(Instant::now());
+                    }
                     let t = Instant::now();
                     if t >= end {
                         break;

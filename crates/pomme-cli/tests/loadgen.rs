@@ -249,3 +249,38 @@ async fn unanswered_requests_time_out_on_the_client() {
     assert_eq!(row["ok"], 0, "{row}");
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_clients_send_at_the_rate() {
+    let repo = identity_repo();
+    let runtime = Runtime::builder()
+        .backends(vec![pomme_backends::by_name("tract").unwrap()])
+        .build()
+        .unwrap();
+    let s = start(repo.path(), runtime).await;
+    let http = format!("http://{}", s.http_addr);
+    let mut args = bench_args(
+        &http,
+        "identity_f32",
+        &["--concurrency", "4", "--rate", "200"],
+    );
+    // A 1 s window at 200 req/s: 200 slots. Back to back, 4 clients on this
+    // model send thousands; paced, never more than the slots (a loaded
+    // machine may send fewer).
+    args[6] = "1s".into();
+    let out = pomme(args).await;
+    let v = report(&out, &http, "identity_f32");
+    let sent = v["rows"][0]["sent"].as_u64().unwrap();
+    assert!(
+        (100..=205).contains(&sent),
+        "sent {sent} at --rate 200 for 1 s"
+    );
+
+    let bad = pomme(bench_args(&http, "identity_f32", &["--rate", "0"])).await;
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--rate must be a positive"),
+        "{bad:?}"
+    );
+    s.stop().await.unwrap();
+}
