@@ -64,6 +64,18 @@
 //! - `threads`: ONNX Runtime's intra-op threads. `None` lets ONNX Runtime decide
 //!   (one per physical core). Inter-op threads are 1 (pomme does not use ORT's
 //!   parallel executor).
+//! - `extra["spin"]`: `false` (default) or `true`. ONNX Runtime's own default
+//!   lets idle intra-op and inter-op pool threads spin while they wait for
+//!   work; pomme turns that off (the session config entries
+//!   `session.intra_op.allow_spinning` and `session.inter_op.allow_spinning`
+//!   set to `"0"`), so a model's pool threads do not hold CPUs that the
+//!   server's I/O threads and other models need. Measured on 2 vCPUs with
+//!   MobileNetV2 and 2 threads (BENCHMARKS.md, "Overload" and "Dynamic
+//!   batching"): behind a saturated model, 429s came back faster in the tail
+//!   (p90 3.1 → 1.4 ms for a lone client) and the model finished more requests;
+//!   the price is on a lone session: batch 1 runs ~25 % slower without
+//!   spinning (4.7 → 5.9 ms), batches of 8–16 ~5–10 % slower. `true` restores
+//!   ORT's spinning, for a machine given to one model.
 //! - `precision`: only `f32`, meaning "as stored in the file": this backend does
 //!   not convert models; quantize the ONNX file instead.
 //! - `extra["sessions"]`: `per_worker` (default) or `shared`; see below.
@@ -255,6 +267,7 @@ impl Backend for OrtBackend {
             eps: Vec::new(),
             intra_threads: Some(1),
             optimization: GraphOptimizationLevel::Disable,
+            spinning: false,
         };
         let session = model::build_session(rt, &artifact.path, &cfg)?;
         let signature = model::signature_of(&session)?;
@@ -310,6 +323,7 @@ impl Backend for OrtBackend {
             eps: plan.eps,
             intra_threads: options.threads,
             optimization: GraphOptimizationLevel::All,
+            spinning: model::spinning(options)?,
         };
         let model = OrtModel::load(rt, &artifact.path, file_bytes, cfg, plan.device, mode)?;
         tracing::debug!(

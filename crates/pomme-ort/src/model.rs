@@ -71,6 +71,16 @@ pub(crate) struct SessionConfig {
     pub(crate) eps: Vec<ExecutionProviderDispatch>,
     pub(crate) intra_threads: Option<usize>,
     pub(crate) optimization: GraphOptimizationLevel,
+    /// Whether ORT's idle pool threads spin (`extra["spin"]`, see [`spinning`]).
+    pub(crate) spinning: bool,
+}
+
+/// `LoadOptions.extra["spin"]`: `true` lets ONNX Runtime's idle intra-op (and
+/// inter-op) threads spin waiting for work, as ORT does by default; `false`
+/// (pomme's default) makes them sleep, leaving the CPUs to the server's I/O
+/// threads and other models (the crate docs give the measured trade-off).
+pub(crate) fn spinning(options: &LoadOptions) -> Result<bool> {
+    crate::ep::flag_or(options, "spin", false)
 }
 
 fn builder_error(e: ort::Error<SessionBuilder>) -> Error {
@@ -105,6 +115,12 @@ pub(crate) fn build_session(
         // Inter-op threads only serve ORT's parallel executor, which pomme does
         // not enable; 1 keeps ORT from creating an idle pool.
         .with_inter_threads(1)
+        .map_err(builder_error)?
+        // The config entries `session.intra_op.allow_spinning` /
+        // `session.inter_op.allow_spinning`: "0" unless `extra["spin"] = "true"`.
+        .with_intra_op_spinning(cfg.spinning)
+        .map_err(builder_error)?
+        .with_inter_op_spinning(cfg.spinning)
         .map_err(builder_error)?;
     // Without a setting ORT sizes the intra-op pool to the physical cores.
     let mut builder = match cfg.intra_threads {
@@ -320,6 +336,19 @@ mod tests {
             )],
         };
         assert_eq!(io_bytes_per_item(&sig), 16 + 8);
+    }
+
+    #[test]
+    fn spinning_is_off_unless_asked() {
+        let mut o = LoadOptions::default();
+        assert!(!spinning(&o).unwrap());
+        o.extra.insert("spin".into(), "true".into());
+        assert!(spinning(&o).unwrap());
+        o.extra.insert("spin".into(), "false".into());
+        assert!(!spinning(&o).unwrap());
+        o.extra.insert("spin".into(), "yes".into());
+        let e = spinning(&o).unwrap_err();
+        assert!(e.to_string().contains("spin 'yes'"), "{e}");
     }
 
     #[test]
