@@ -50,7 +50,8 @@
 //! - `device`: `cpu` runs on the CPU execution provider (EP). `cuda` adds ONNX
 //!   Runtime's CUDA EP (`extra["cuda_device_id"]`, default 0; `extra["tf32"]`,
 //!   default `false`: exact f32, TF32 tensor cores are opt-in;
-//!   `extra["cudnn_conv_algo_search"]`, default `exhaustive`); a library without
+//!   `extra["cudnn_conv_algo_search"]`, default `exhaustive`; `extra["prefer_nhwc"]`,
+//!   default `false`); a library without
 //!   it (the plain `onnxruntime` wheel) gives [`Error::Unavailable`]. The EP
 //!   needs the `onnxruntime-gpu` build matching the CUDA major of the machine
 //!   (1.31 wants CUDA 13 and cuDNN 9 on the library path). `ane`, `metal`
