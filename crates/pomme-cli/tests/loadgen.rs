@@ -31,15 +31,7 @@ fn identity_repo() -> tempfile::TempDir {
 }
 
 async fn start(repo: &Path, runtime: Runtime) -> RunningServer {
-    let args = ServerArgs {
-        model_repository: Some(repo.to_path_buf()),
-        http_port: Some(0),
-        grpc_port: Some(0),
-        metrics_port: Some(0),
-        host: Some("127.0.0.1".into()),
-        shutdown_grace: Some("2s".into()),
-        ..ServerArgs::default()
-    };
+    let args = ServerArgs::loopback(repo.to_path_buf());
     let config = ServerConfig::merge(FileConfig::default(), &args).unwrap();
     let s = pomme_server::start(config, runtime).await.unwrap();
     assert!(

@@ -79,14 +79,9 @@ async fn main() {
     let fake = FakeBackend::new(4);
     fake.then(Behaviour::Slow(Duration::from_secs(60)), 2);
     let args = ServerArgs {
-        model_repository: Some(tmp.path().to_path_buf()),
         model_control_mode: Some("none".into()),
-        http_port: Some(0),
-        grpc_port: Some(0),
-        metrics_port: Some(0),
-        host: Some("127.0.0.1".into()),
         shutdown_grace: Some("1s".into()),
-        ..ServerArgs::default()
+        ..ServerArgs::loopback(tmp.path().to_path_buf())
     };
     let config = ServerConfig::merge(FileConfig::default(), &args).unwrap();
     let runtime = Runtime::builder()

@@ -225,6 +225,24 @@ pub struct ServerArgs {
     pub tls_client_ca: Option<PathBuf>,
 }
 
+impl ServerArgs {
+    /// Serves `repository` on 127.0.0.1 with ephemeral HTTP, gRPC and metrics
+    /// ports (the OS picks; [`crate::RunningServer`] has the addresses) and a
+    /// 2 s shutdown grace: for tests and for embedding the server. Other
+    /// fields stay unset; override them with struct update syntax.
+    pub fn loopback(repository: impl Into<std::path::PathBuf>) -> ServerArgs {
+        ServerArgs {
+            model_repository: Some(repository.into()),
+            http_port: Some(0),
+            grpc_port: Some(0),
+            metrics_port: Some(0),
+            host: Some("127.0.0.1".into()),
+            shutdown_grace: Some("2s".into()),
+            ..ServerArgs::default()
+        }
+    }
+}
+
 /// The config file's contents; every key optional.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

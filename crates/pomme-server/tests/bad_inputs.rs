@@ -57,16 +57,10 @@ fn repo() -> tempfile::TempDir {
 
 async fn server(repo: &Path) -> RunningServer {
     let args = ServerArgs {
-        model_repository: Some(repo.to_path_buf()),
         model_control_mode: Some("explicit".into()),
         load_model: vec!["add_one".into(), "strings".into()],
-        http_port: Some(0),
-        grpc_port: Some(0),
-        metrics_port: Some(0),
-        host: Some("127.0.0.1".into()),
         auth_token: Some(TOKEN.into()),
-        shutdown_grace: Some("2s".into()),
-        ..ServerArgs::default()
+        ..ServerArgs::loopback(repo.to_path_buf())
     };
     let file = FileConfig {
         limits: Some(Limits {

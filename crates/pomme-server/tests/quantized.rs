@@ -62,14 +62,8 @@ async fn int8_config_is_quantized_validated_and_served() {
         .build()
         .unwrap();
     let args = ServerArgs {
-        model_repository: Some(repo.clone()),
         model_control_mode: Some("none".into()),
-        http_port: Some(0),
-        grpc_port: Some(0),
-        metrics_port: Some(0),
-        host: Some("127.0.0.1".into()),
-        shutdown_grace: Some("2s".into()),
-        ..ServerArgs::default()
+        ..ServerArgs::loopback(repo.clone())
     };
     let config = ServerConfig::merge(FileConfig::default(), &args).unwrap();
     let s = pomme_server::start(config, runtime).await.unwrap();

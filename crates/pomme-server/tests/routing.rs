@@ -42,15 +42,10 @@ async fn routed_model_config_shows_the_decision() {
     model(repo, "off", "backends = [\"fake\"]\nrouting = \"off\"\n");
 
     let args = ServerArgs {
-        model_repository: Some(repo.to_path_buf()),
         model_control_mode: Some("none".into()),
-        http_port: Some(0),
-        grpc_port: Some(0),
-        metrics_port: Some(0),
-        host: Some("127.0.0.1".into()),
         shutdown_grace: Some("5s".into()),
         routing: Some("auto".into()),
-        ..ServerArgs::default()
+        ..ServerArgs::loopback(repo.to_path_buf())
     };
     let config = ServerConfig::merge(FileConfig::default(), &args).unwrap();
     let runtime = Runtime::builder()

@@ -47,16 +47,10 @@ fn repo() -> tempfile::TempDir {
 
 async fn server(repo: &Path) -> RunningServer {
     let args = ServerArgs {
-        model_repository: Some(repo.to_path_buf()),
         model_control_mode: Some("explicit".into()),
         load_model: vec!["add_one".into()],
-        http_port: Some(0),
-        grpc_port: Some(0),
-        metrics_port: Some(0),
-        host: Some("127.0.0.1".into()),
         auth_token: Some(TOKEN.into()),
-        shutdown_grace: Some("2s".into()),
-        ..ServerArgs::default()
+        ..ServerArgs::loopback(repo.to_path_buf())
     };
     let config = ServerConfig::merge(FileConfig::default(), &args).unwrap();
     assert_eq!(config.repository.control_mode, ControlMode::Explicit);
@@ -446,14 +440,9 @@ async fn grpc_endpoints() {
 async fn none_mode_loads_everything_and_poll_picks_up_changes() {
     let tmp = repo();
     let args = ServerArgs {
-        model_repository: Some(tmp.path().to_path_buf()),
         model_control_mode: Some("poll".into()),
         poll_interval: Some("200ms".into()),
-        http_port: Some(0),
-        grpc_port: Some(0),
-        metrics_port: Some(0),
-        host: Some("127.0.0.1".into()),
-        ..ServerArgs::default()
+        ..ServerArgs::loopback(tmp.path().to_path_buf())
     };
     let config = ServerConfig::merge(FileConfig::default(), &args).unwrap();
     let runtime = Runtime::builder()
