@@ -41,6 +41,17 @@ async fn start(repo: &Path, runtime: Runtime) -> RunningServer {
     s
 }
 
+/// `identity_f32` on tract behind a real server; keep the repo alive with it.
+async fn identity_server() -> (tempfile::TempDir, RunningServer) {
+    let repo = identity_repo();
+    let runtime = Runtime::builder()
+        .backends(vec![pomme_backends::by_name("tract").unwrap()])
+        .build()
+        .unwrap();
+    let s = start(repo.path(), runtime).await;
+    (repo, s)
+}
+
 /// Runs the real binary off the async threads (the server runs on them).
 async fn pomme(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
@@ -118,12 +129,7 @@ fn report(out: &Output, url: &str, model: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drives_http_json_binary_and_grpc() {
-    let repo = identity_repo();
-    let runtime = Runtime::builder()
-        .backends(vec![pomme_backends::by_name("tract").unwrap()])
-        .build()
-        .unwrap();
-    let s = start(repo.path(), runtime).await;
+    let (_repo, s) = identity_server().await;
     let http = format!("http://{}", s.http_addr);
     let grpc = format!("grpc://{}", s.grpc_addr);
     for (url, extra) in [
@@ -244,12 +250,7 @@ async fn unanswered_requests_time_out_on_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_clients_send_at_the_rate() {
-    let repo = identity_repo();
-    let runtime = Runtime::builder()
-        .backends(vec![pomme_backends::by_name("tract").unwrap()])
-        .build()
-        .unwrap();
-    let s = start(repo.path(), runtime).await;
+    let (_repo, s) = identity_server().await;
     let http = format!("http://{}", s.http_addr);
     let mut args = bench_args(
         &http,
