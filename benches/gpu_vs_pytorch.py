@@ -129,13 +129,23 @@ def torch_latency(model, spec, batch, iters, host=False):
     return statistics.median(ts), ts[int(0.9 * (len(ts) - 1))]
 
 
+def variant(spec):
+    """`ort+tf32=true+cudnn_conv_algo_search=heuristic` -> ("ort", [--backend-option ...])."""
+    name, *opts = spec.split("+")
+    args = []
+    for o in opts:
+        args += ["--backend-option", o]
+    return name, args
+
+
 def run(cmd, env=None, **kw):
     log("$", " ".join(cmd))
     return subprocess.run(cmd, env=env, capture_output=True, text=True, **kw)
 
 
-def pomme_bench(pomme, onnx, env, duration, backend):
-    r = run([pomme, "bench", onnx, "--backend", backend, "--device", "cuda", "--batch", "1,8",
+def pomme_bench(pomme, onnx, env, duration, spec):
+    backend, opts = variant(spec)
+    r = run([pomme, "bench", onnx, "--backend", backend, *opts, "--device", "cuda", "--batch", "1,8",
              "--duration", duration, "--warmup", "2s", "--json"], env=env)
     if r.returncode != 0:
         log(r.stderr[-2000:])
@@ -143,15 +153,16 @@ def pomme_bench(pomme, onnx, env, duration, backend):
     return {row["batch"]: row for row in json.loads(r.stdout)}
 
 
-def check_outputs(pomme, model, spec, outputs, onnx, work, env, backend):
+def check_outputs(pomme, model, spec, outputs, onnx, work, env, bspec):
     x = make_inputs(spec, 2, 7)
     args = []
     for k, v in x.items():
         p = os.path.join(work, f"in_{k}.npy")
         np.save(p, v.numpy())
         args += ["--input", f"{k}={p}"]
-    outdir = os.path.join(work, f"out_{backend}_" + os.path.basename(onnx))
-    r = run([pomme, "infer", onnx, "--backend", backend, "--device", "cuda", "-o", outdir, *args], env=env)
+    backend, opts = variant(bspec)
+    outdir = os.path.join(work, f"out_{bspec}_" + os.path.basename(onnx))
+    r = run([pomme, "infer", onnx, "--backend", backend, *opts, "--device", "cuda", "-o", outdir, *args], env=env)
     if r.returncode != 0:
         return {"error": r.stderr.strip()[-500:]}
     with torch.inference_mode():
@@ -165,14 +176,15 @@ def check_outputs(pomme, model, spec, outputs, onnx, work, env, backend):
     }
 
 
-def cold_start(pomme, onnx, work, env, backend):
+def cold_start(pomme, onnx, work, env, bspec):
+    backend, opts = variant(bspec)
     cache = tempfile.mkdtemp(prefix="kcache", dir=work)
     e = dict(env, XDG_CACHE_HOME=cache)
     res = {}
-    for label in ("first_process", "second_process"):
+    for label in ("first_process", "second_process", "third_process"):
         t0 = time.perf_counter()
-        r = run([pomme, "infer", onnx, "--backend", backend, "--device", "cuda", "-o",
-                 os.path.join(work, f"cold_{backend}_" + label)], env=e)
+        r = run([pomme, "infer", onnx, "--backend", backend, *opts, "--device", "cuda", "-o",
+                 os.path.join(work, f"cold_{bspec}_" + label)], env=e)
         wall = time.perf_counter() - t0
         load_ms = None
         if r.returncode == 0:
@@ -192,8 +204,9 @@ def free_port():
     return p
 
 
-def served(pomme, onnx, work, env, duration, backend):
-    repo = os.path.join(work, f"repo_{backend}")
+def served(pomme, onnx, work, env, duration, bspec):
+    backend, opts = variant(bspec)
+    repo = os.path.join(work, f"repo_{bspec}")
     vdir = os.path.join(repo, "mobilenet_v2", "1")
     os.makedirs(vdir, exist_ok=True)
     shutil.copy(onnx, os.path.join(vdir, "model.onnx"))
@@ -202,14 +215,20 @@ def served(pomme, onnx, work, env, duration, backend):
                 "[dynamic_batching]\nmax_queue_delay_us = 2000\n")
         if backend == "ort":
             # ONNX Runtime's CUDA EP prepares each new input shape for 0.5-2 s
-            # (H100) and a batcher forms every size from 1 to 32: pad batches
-            # to a few sizes, warmed at load. (It still stalled under
-            # concurrency in session 3; see BENCHMARKS.md.)
-            f.write("preferred_batch_sizes = [1, 2, 4, 8, 16, 32]\npad_to_preferred = true\n")
+            # (H100): batches are padded to four sizes, each warmed at load in
+            # its own session (the ort backend's shape_sessions). No preferred
+            # size between 1 and 8: a batch of 2-7 would leave at once, small
+            # and quick, and under load the server then settles on small
+            # batches (run 15: mean batch 3.8 with [1,2,4,8,16,32]).
+            f.write("preferred_batch_sizes = [1, 8, 16, 32]\npad_to_preferred = true\n")
+        if opts:
+            f.write("[extra]\n")
+            for k, v in (o.split("=", 1) for o in opts[1::2]):
+                f.write(f'{k} = "{v}"\n')
     hp, gp, mp = free_port(), free_port(), free_port()
     srv = subprocess.Popen([pomme, "serve", "--model-repository", repo, "--http-port", str(hp),
                             "--grpc-port", str(gp), "--metrics-port", str(mp)], env=env,
-                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"serve_{backend}.log"), "w"))
+                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"serve_{bspec}.log"), "w"))
     try:
         import urllib.request
         deadline = time.time() + 300
@@ -222,7 +241,7 @@ def served(pomme, onnx, work, env, duration, backend):
         else:
             return {"error": "server never became ready"}
         r = run([pomme, "bench", "--url", f"http://127.0.0.1:{hp}", "--model", "mobilenet_v2",
-                 "--concurrency", "1,32", "--duration", duration, "--binary", "--json"], env=env)
+                 "--concurrency", "1,32", "--duration", duration, "--warmup", "2s", "--binary", "--json"], env=env)
         if r.returncode != 0:
             return {"error": r.stderr.strip()[-500:]}
         rows = {row["concurrency"]: row for row in json.loads(r.stdout)["rows"]}
@@ -250,7 +269,12 @@ def main():
     ap.add_argument("--skip-serve", action="store_true")
     ap.add_argument("--backends", default="tract",
                     help="pomme backends to time, comma-separated (tract, ort); "
-                         "ort needs ORT_DYLIB_PATH naming an onnxruntime-gpu library")
+                         "ort needs ORT_DYLIB_PATH naming an onnxruntime-gpu library. "
+                         "A variant adds backend options with '+': ort+tf32=true")
+    ap.add_argument("--cold-backends", default=None,
+                    help="backends (variants) for the cold-start rows (default: --backends)")
+    ap.add_argument("--serve-backends", default=None,
+                    help="backends (variants) for the served rows (default: --backends)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     torch.backends.cudnn.allow_tf32 = False
@@ -284,13 +308,15 @@ def main():
         report["models"][name] = row
         del model
         torch.cuda.empty_cache()
+    cold = (a.cold_backends or a.backends).split(",")
+    serve = (a.serve_backends or a.backends).split(",")
     if "mobilenet_v2" in onnx_paths:
-        for be in backends:
+        for be in cold:
             report[f"cold_start_mobilenet_v2_{be}"] = cold_start(
                 a.pomme, onnx_paths["mobilenet_v2"], a.out, env, be)
-            if not a.skip_serve:
-                report[f"served_mobilenet_v2_{be}"] = served(
-                    a.pomme, onnx_paths["mobilenet_v2"], a.out, env, a.duration, be)
+        for be in serve if not a.skip_serve else []:
+            report[f"served_mobilenet_v2_{be}"] = served(
+                a.pomme, onnx_paths["mobilenet_v2"], a.out, env, a.duration, be)
     with open(os.path.join(a.out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     print(f"GPU: {report['gpu']}, torch {report['torch']}")
@@ -315,7 +341,7 @@ def main():
             print(line)
         for be in backends:
             print(f"{'':<14} {be} output vs torch fp32: {row['check'][be]}")
-    for be in backends:
+    for be in dict.fromkeys(backends + cold + serve):
         key = f"cold_start_mobilenet_v2_{be}"
         if key in report:
             print(f"cold start mobilenet_v2 ({be}):", report[key])

@@ -80,6 +80,14 @@
 //! - `precision`: only `f32`, meaning "as stored in the file": this backend does
 //!   not convert models; quantize the ONNX file instead.
 //! - `extra["sessions"]`: `per_worker` (default) or `shared`; see below.
+//! - `extra["shape_sessions"]`: 1–64 sessions per worker, one per distinct
+//!   input shape; default 8 with `device = cuda`, 1 otherwise. The CUDA EP
+//!   prepares its depthwise convolutions again whenever the input shape
+//!   changes (0.8–1.8 s per MobileNetV2 run on an H100), so under dynamic
+//!   batching each batch size needs its own session; see the `shapes` module.
+//!   Pair it with the server's `pad_to_preferred` so the sizes stay few.
+//! - `extra["profile"]`: a path prefix; each session writes ONNX Runtime's
+//!   per-node profile (Chrome trace JSON) there when it ends.
 //! - `extra["dylib"]`: the library, as above.
 //!
 //! Model files are checked before ONNX Runtime sees them: a missing path, a
@@ -125,6 +133,7 @@ pub(crate) mod convert;
 pub(crate) mod dylib;
 pub(crate) mod ep;
 mod model;
+mod shapes;
 
 use dylib::{Located, Source};
 use model::{OrtModel, SessionConfig, SessionMode};
@@ -269,6 +278,8 @@ impl Backend for OrtBackend {
             intra_threads: Some(1),
             optimization: GraphOptimizationLevel::Disable,
             spinning: false,
+            profile: None,
+            shape_sessions: 1,
         };
         let session = model::build_session(rt, &artifact.path, &cfg)?;
         let signature = model::signature_of(&session)?;
@@ -325,6 +336,8 @@ impl Backend for OrtBackend {
             intra_threads: options.threads,
             optimization: GraphOptimizationLevel::All,
             spinning: model::spinning(options)?,
+            profile: model::profile_prefix(options)?,
+            shape_sessions: model::shape_sessions(options)?,
         };
         let model = OrtModel::load(rt, &artifact.path, file_bytes, cfg, plan.device, mode)?;
         tracing::debug!(

@@ -7,6 +7,7 @@
 
 use crate::convert::{self, one_line};
 use crate::dylib::OrtRuntime;
+use crate::shapes::{ShapeKey, ShapeSessions};
 use ort::ep::ExecutionProviderDispatch;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::{ErrorCode, session::Session as OrtSession};
@@ -73,6 +74,46 @@ pub(crate) struct SessionConfig {
     pub(crate) optimization: GraphOptimizationLevel,
     /// Whether ORT's idle pool threads spin (`extra["spin"]`, see [`spinning`]).
     pub(crate) spinning: bool,
+    /// `extra["profile"]`: a path prefix for ONNX Runtime's per-node profile
+    /// (Chrome trace JSON, one file per session, written when the session
+    /// ends). Off by default: ORT records every node of every run.
+    pub(crate) profile: Option<PathBuf>,
+    /// Sessions a worker keeps, one per distinct input shape
+    /// (`extra["shape_sessions"]`; see [`crate::shapes`]). 1 = one session for
+    /// every shape.
+    pub(crate) shape_sessions: usize,
+}
+
+/// `LoadOptions.extra["shape_sessions"]`: how many sessions a worker keeps,
+/// one per input shape. Default 8 on CUDA (its depthwise convolutions are
+/// prepared again at every shape change, see [`crate::shapes`]) and 1
+/// elsewhere (the CPU EP has no such cost).
+pub(crate) fn shape_sessions(options: &LoadOptions) -> Result<usize> {
+    match options.extra.get("shape_sessions") {
+        None => Ok(if options.device == DeviceKind::Cuda {
+            8
+        } else {
+            1
+        }),
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| {
+                Error::invalid_input(format!("shape_sessions '{s}' is not a count from 1 to 64"))
+            }),
+    }
+}
+
+/// `LoadOptions.extra["profile"]`, see [`SessionConfig::profile`].
+pub(crate) fn profile_prefix(options: &LoadOptions) -> Result<Option<PathBuf>> {
+    match options.extra.get("profile") {
+        None => Ok(None),
+        Some(p) if p.trim().is_empty() => Err(Error::invalid_input(
+            "profile '' is not a path prefix (e.g. /tmp/ort_profile)",
+        )),
+        Some(p) => Ok(Some(PathBuf::from(p))),
+    }
 }
 
 /// `LoadOptions.extra["spin"]`: `true` lets ONNX Runtime's idle intra-op (and
@@ -123,8 +164,21 @@ pub(crate) fn build_session(
         .with_inter_op_spinning(cfg.spinning)
         .map_err(builder_error)?;
     // Without a setting ORT sizes the intra-op pool to the physical cores.
-    let mut builder = match cfg.intra_threads {
+    let builder = match cfg.intra_threads {
         Some(n) => builder.with_intra_threads(n).map_err(builder_error)?,
+        None => builder,
+    };
+    let mut builder = match &cfg.profile {
+        Some(prefix) => {
+            // ORT names the file by the millisecond; sessions built in the
+            // same one (a worker's shape sessions) would share it.
+            static SESSIONS: std::sync::atomic::AtomicUsize =
+                std::sync::atomic::AtomicUsize::new(0);
+            let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut file = prefix.clone().into_os_string();
+            file.push(format!("_s{n}"));
+            builder.with_profiling(file).map_err(builder_error)?
+        }
         None => builder,
     };
     builder
@@ -258,20 +312,31 @@ impl LoadedModel for OrtModel {
     fn session(&self) -> Result<Box<dyn Session>> {
         let handle = match &self.shared {
             Some(shared) => Handle::Shared(Arc::clone(shared)),
-            None => match self.spare.lock().take() {
-                Some(s) => Handle::Owned(s),
-                None => Handle::Owned(build_session(self.rt, &self.path, &self.cfg)?),
-            },
+            None => {
+                // Built now (not at the first run) so a worker that cannot get
+                // a session fails at start, as before.
+                let first = match self.spare.lock().take() {
+                    Some(s) => s,
+                    None => build_session(self.rt, &self.path, &self.cfg)?,
+                };
+                Handle::Owned(ShapeSessions::new(self.cfg.shape_sessions, Some(first)))
+            }
         };
         Ok(Box::new(OrtWorkerSession {
             handle,
             signature: Arc::clone(&self.signature),
+            profiling: self.cfg.profile.is_some(),
+            rt: self.rt,
+            path: self.path.clone(),
+            cfg: self.cfg.clone(),
         }))
     }
 }
 
 enum Handle {
-    Owned(OrtSession),
+    /// This worker's own sessions, one per input shape (one in all unless
+    /// `shape_sessions` > 1).
+    Owned(ShapeSessions<OrtSession>),
     Shared(Arc<Mutex<OrtSession>>),
 }
 
@@ -279,6 +344,29 @@ enum Handle {
 struct OrtWorkerSession {
     handle: Handle,
     signature: Arc<ModelSignature>,
+    /// Whether the session records ORT's profile (written on drop).
+    profiling: bool,
+    /// What builds another session for a new input shape.
+    rt: &'static OrtRuntime,
+    path: PathBuf,
+    cfg: SessionConfig,
+}
+
+impl Drop for OrtWorkerSession {
+    fn drop(&mut self) {
+        // A shared session is written by whoever drops it last (ORT itself,
+        // when the session is released).
+        if let (true, Handle::Owned(sessions)) = (self.profiling, &mut self.handle) {
+            for s in sessions.all_mut() {
+                match s.end_profiling() {
+                    Ok(file) => tracing::info!(file = %file, "ONNX Runtime profile written"),
+                    Err(e) => {
+                        tracing::warn!(error = %one_line(e.message()), "ending the ONNX Runtime profile failed")
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Session for OrtWorkerSession {
@@ -299,7 +387,15 @@ impl Session for OrtWorkerSession {
             .collect::<Result<Vec<_>>>()?;
         let mut guard;
         let session: &mut OrtSession = match &mut self.handle {
-            Handle::Owned(s) => s,
+            Handle::Owned(sessions) => {
+                let key: ShapeKey = inputs.iter().map(|t| t.shape().to_vec()).collect();
+                let (rt, path, cfg) = (self.rt, &self.path, &self.cfg);
+                let (s, fresh) = sessions.get(&key, || build_session(rt, path, cfg))?;
+                if fresh && cfg.shape_sessions > 1 {
+                    tracing::debug!(shapes = ?key, "ort session taken for a new input shape");
+                }
+                s
+            }
             Handle::Shared(m) => {
                 guard = m.lock();
                 &mut guard
@@ -349,6 +445,24 @@ mod tests {
         o.extra.insert("spin".into(), "yes".into());
         let e = spinning(&o).unwrap_err();
         assert!(e.to_string().contains("spin 'yes'"), "{e}");
+    }
+
+    #[test]
+    fn shape_sessions_default_by_device_and_parse() {
+        let mut o = LoadOptions::default();
+        assert_eq!(shape_sessions(&o).unwrap(), 1);
+        o.device = DeviceKind::Cuda;
+        assert_eq!(shape_sessions(&o).unwrap(), 8);
+        o.extra.insert("shape_sessions".into(), "3".into());
+        assert_eq!(shape_sessions(&o).unwrap(), 3);
+        for bad in ["0", "65", "many"] {
+            o.extra.insert("shape_sessions".into(), bad.into());
+            let e = shape_sessions(&o).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("shape_sessions '{bad}'")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

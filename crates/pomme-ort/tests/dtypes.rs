@@ -218,3 +218,90 @@ fn per_worker_sessions_run_concurrently() {
 fn shared_session_runs_concurrently() {
     run_in_threads("shared");
 }
+
+/// `extra["profile"]` makes ORT write its per-node trace when the session ends;
+/// an empty prefix is refused at load.
+#[test]
+fn profile_is_written_when_the_session_ends() {
+    let Some(b) = common::backend("profile_is_written_when_the_session_ends") else {
+        return;
+    };
+    let Some(models) = common::models_dir("profile_is_written_when_the_session_ends") else {
+        return;
+    };
+    let dir = common::scratch("ort_profile");
+    let mut o = LoadOptions {
+        threads: Some(1),
+        ..LoadOptions::default()
+    };
+    o.extra.insert(
+        "profile".into(),
+        dir.join("prof").to_string_lossy().into_owned(),
+    );
+    let m = b
+        .load(&common::onnx(models.join("add_one.onnx")), &o)
+        .unwrap();
+    let mut s = m.session().unwrap();
+    let x = Tensor::from_vec(vec![1, 4], vec![1.0f32; 4]).unwrap();
+    s.run(vec![x]).unwrap();
+    drop(s);
+    let traces: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("prof"))
+        .collect();
+    assert_eq!(traces.len(), 1, "one profile per session: {traces:?}");
+    let text = std::fs::read_to_string(traces[0].path()).unwrap();
+    assert!(text.contains("model_run"), "{text}");
+
+    o.extra.insert("profile".into(), " ".into());
+    let e = b
+        .load(&common::onnx(models.join("add_one.onnx")), &o)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("profile ''"), "{e}");
+}
+
+/// `shape_sessions = 3`: a worker keeps a session per input shape (each
+/// writes its own profile, which is how the test counts them), answers stay
+/// right as shapes alternate, and a fourth shape reuses a session.
+#[test]
+fn a_session_per_input_shape() {
+    let Some(b) = common::backend("a_session_per_input_shape") else {
+        return;
+    };
+    let Some(models) = common::models_dir("a_session_per_input_shape") else {
+        return;
+    };
+    let count = |shape_sessions: &str| {
+        let dir = common::scratch(&format!("ort_shapes_{shape_sessions}"));
+        let mut o = LoadOptions {
+            threads: Some(1),
+            ..LoadOptions::default()
+        };
+        o.extra.insert(
+            "profile".into(),
+            dir.join("prof").to_string_lossy().into_owned(),
+        );
+        o.extra
+            .insert("shape_sessions".into(), shape_sessions.into());
+        let m = b
+            .load(&common::onnx(models.join("add_one.onnx")), &o)
+            .unwrap();
+        let mut s = m.session().unwrap();
+        for rows in [1usize, 2, 1, 3, 2, 4, 1] {
+            let x = Tensor::from_vec(vec![rows, 4], vec![rows as f32; rows * 4]).unwrap();
+            let y = s.run(vec![x]).unwrap();
+            assert_eq!(y[0].shape(), &[rows, 4]);
+            assert_eq!(
+                y[0].to_vec::<f32>().unwrap(),
+                vec![rows as f32 + 1.0; rows * 4]
+            );
+        }
+        drop(s);
+        drop(m);
+        std::fs::read_dir(&dir).unwrap().count()
+    };
+    assert_eq!(count("3"), 3, "four shapes, three sessions");
+    assert_eq!(count("1"), 1);
+}

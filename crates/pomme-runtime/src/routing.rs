@@ -105,10 +105,14 @@ impl fmt::Display for Candidate {
 /// `tract/cuda → ort/cpu → tract/cpu`. Candidates whose backend is not
 /// compiled in, or whose device is not available, are skipped at load.
 /// `ort/cuda` (ONNX Runtime's CUDA EP, 2–20× faster than tract's CUDA runtime
-/// per call on convnets) is not in the automatic list: under pomme's dynamic
-/// batching it stalled for seconds per batch on an H100 (BENCHMARKS.md), and
-/// the trials time single calls, so they would pick it anyway. Name it in a
-/// candidate list to use it.
+/// per call on convnets) is not in the automatic list. It serves batches well
+/// only with one session per batch size (the ort backend's `shape_sessions`,
+/// each holding its own copy of the weights on the GPU) and with
+/// `pad_to_preferred` keeping the sizes few; without them its depthwise
+/// convolutions are prepared again at every size change, for about a second
+/// per batch on an H100 (BENCHMARKS.md). The trials time single calls and
+/// cannot see that, so the choice is left to the configuration: name it in a
+/// candidate list, or use `backends = ["ort"]` with `device = "cuda"`.
 pub fn automatic_candidates(os: &str) -> Vec<Candidate> {
     use DeviceKind::*;
     let list: &[(&str, DeviceKind)] = if os == "macos" {

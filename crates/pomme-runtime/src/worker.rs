@@ -208,6 +208,16 @@ fn execute(
     }
     let done = Instant::now();
     let (ti, tr, to) = (prepared - started, ran - prepared, done - ran);
+    tracing::debug!(
+        model = %ctx.name,
+        requests = n,
+        rows = total_rows,
+        run_rows,
+        input_us = ti.as_micros() as u64,
+        infer_us = tr.as_micros() as u64,
+        output_us = to.as_micros() as u64,
+        "executed batch"
+    );
     ctx.counters.compute_input.add_n(n as u64, ti);
     ctx.counters.compute_infer.add_n(n as u64, tr);
     ctx.counters.compute_output.add_n(n as u64, to);
