@@ -210,21 +210,26 @@ def served(pomme, onnx, work, env, duration, bspec):
     vdir = os.path.join(repo, "mobilenet_v2", "1")
     os.makedirs(vdir, exist_ok=True)
     shutil.copy(onnx, os.path.join(vdir, "model.onnx"))
+    text = (f'backends = ["{backend}"]\ndevice = "cuda"\nmax_batch_size = 32\n'
+            "[dynamic_batching]\nmax_queue_delay_us = 2000\n")
+    if backend == "ort":
+        # ONNX Runtime's CUDA EP prepares each new input shape for 0.5-2 s
+        # (H100): batches are padded to four sizes, each warmed at load in its
+        # own session (the ort backend's shape_sessions). No preferred size
+        # between 1 and 8: a batch of 2-7 would leave at once, small and
+        # quick, and under load the server then settles on small batches
+        # (run 15: mean batch 3.8 with [1,2,4,8,16,32]).
+        text += "preferred_batch_sizes = [1, 8, 16, 32]\npad_to_preferred = true\n"
+        # Two workers, each with its own sessions and CUDA stream: one batch's
+        # gather and host-to-device copy overlap the other's kernels. With one
+        # worker its thread was the bottleneck (100 % busy, mean batch 16,
+        # ~1800 req/s at c32 in run 18).
+        text = "workers = 2\n" + text
+    if opts:
+        text += "[extra]\n" + "".join(
+            f'{k} = "{v}"\n' for k, v in (o.split("=", 1) for o in opts[1::2]))
     with open(os.path.join(repo, "mobilenet_v2", "config.toml"), "w") as f:
-        f.write(f'backends = ["{backend}"]\ndevice = "cuda"\nmax_batch_size = 32\n'
-                "[dynamic_batching]\nmax_queue_delay_us = 2000\n")
-        if backend == "ort":
-            # ONNX Runtime's CUDA EP prepares each new input shape for 0.5-2 s
-            # (H100): batches are padded to four sizes, each warmed at load in
-            # its own session (the ort backend's shape_sessions). No preferred
-            # size between 1 and 8: a batch of 2-7 would leave at once, small
-            # and quick, and under load the server then settles on small
-            # batches (run 15: mean batch 3.8 with [1,2,4,8,16,32]).
-            f.write("preferred_batch_sizes = [1, 8, 16, 32]\npad_to_preferred = true\n")
-        if opts:
-            f.write("[extra]\n")
-            for k, v in (o.split("=", 1) for o in opts[1::2]):
-                f.write(f'{k} = "{v}"\n')
+        f.write(text)
     hp, gp, mp = free_port(), free_port(), free_port()
     srv = subprocess.Popen([pomme, "serve", "--model-repository", repo, "--http-port", str(hp),
                             "--grpc-port", str(gp), "--metrics-port", str(mp)], env=env,
