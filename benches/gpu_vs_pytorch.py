@@ -130,9 +130,13 @@ def torch_latency(model, spec, batch, iters, host=False):
 
 
 def variant(spec):
-    """`ort+tf32=true+cudnn_conv_algo_search=heuristic` -> ("ort", [--backend-option ...])."""
+    """`ort@f16+tf32=true` -> ("ort", ["--precision", "f16", "--backend-option", "tf32=true"]).
+    `@f16` asks for pomme's opt-in float16 precision; `+K=V` adds backend options."""
     name, *opts = spec.split("+")
     args = []
+    if "@" in name:
+        name, precision = name.split("@", 1)
+        args += ["--precision", precision]
     for o in opts:
         args += ["--backend-option", o]
     return name, args
@@ -225,9 +229,12 @@ def served(pomme, onnx, work, env, duration, bspec):
         # worker its thread was the bottleneck (100 % busy, mean batch 16,
         # ~1800 req/s at c32 in run 18).
         text = "workers = 2\n" + text
-    if opts:
+    pairs = [opts[i + 1] for i in range(0, len(opts), 2) if opts[i] == "--backend-option"]
+    if "--precision" in opts:
+        text = f'precision = "{opts[opts.index("--precision") + 1]}"\n' + text
+    if pairs:
         text += "[extra]\n" + "".join(
-            f'{k} = "{v}"\n' for k, v in (o.split("=", 1) for o in opts[1::2]))
+            f'{k} = "{v}"\n' for k, v in (o.split("=", 1) for o in pairs))
     with open(os.path.join(repo, "mobilenet_v2", "config.toml"), "w") as f:
         f.write(text)
     hp, gp, mp = free_port(), free_port(), free_port()

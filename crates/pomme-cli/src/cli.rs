@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use pomme_core::{DeviceKind, LoadOptions, Precision};
+use pomme_core::{DeviceKind, LoadOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,6 +44,10 @@ pub struct EngineArgs {
     /// Backend-specific option KEY=VALUE (e.g. compute_units=ane, dylib=/path/libonnxruntime.so).
     #[arg(long = "backend-option", value_name = "KEY=VALUE")]
     pub backend_options: Vec<String>,
+    /// Compute precision: f32 (the file as stored) or f16 (opt-in: float16
+    /// weights and compute, f32 inputs and outputs; tract and ort).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    pub precision: String,
 }
 
 impl EngineArgs {
@@ -59,7 +63,7 @@ impl EngineArgs {
         Ok(LoadOptions {
             device,
             threads: self.threads,
-            precision: Precision::F32,
+            precision: self.precision.parse()?,
             extra,
         })
     }

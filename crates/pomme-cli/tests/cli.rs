@@ -385,3 +385,35 @@ fn inspect_plan_names_the_chosen_candidate() {
         "routing candidate 'tract/gpu0': unknown device 'gpu0'",
     );
 }
+
+/// `--precision f16` runs the ort backend on the float16 conversion (into
+/// `POMME_CACHE_DIR`), answering in f32; an unknown precision is a usage error.
+#[test]
+fn infer_with_f16_precision() {
+    let model = repo_models().join("add_one.onnx");
+    let model = model.to_str().unwrap();
+    let input = repo_models().join("reference/add_one/input.x.npy");
+    let input = format!("x={}", input.to_str().unwrap());
+    let bad = pomme(&["infer", model, "--precision", "f8", "--input", &input]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    if !ort_available() {
+        eprintln!("SKIP infer_with_f16_precision: onnxruntime not available");
+        return;
+    }
+    let cache = tmpdir("f16cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_pomme"))
+        .args(["infer", model, "--backend", "ort", "--precision", "f16"])
+        .args(["--input", &input])
+        .env("POMME_CACHE_DIR", &cache)
+        .current_dir(pomme_test_support::fixtures::workspace_root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outputs"][0]["datatype"], "FP32", "{v}");
+    assert_eq!(
+        std::fs::read_dir(cache.join("fp16")).unwrap().count(),
+        1,
+        "one converted file"
+    );
+}

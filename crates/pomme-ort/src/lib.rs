@@ -77,8 +77,12 @@
 //!   the price is on a lone session: batch 1 runs ~25 % slower without
 //!   spinning (4.7 → 5.9 ms), batches of 8–16 ~5–10 % slower. `true` restores
 //!   ORT's spinning, for a machine given to one model.
-//! - `precision`: only `f32`, meaning "as stored in the file": this backend does
-//!   not convert models; quantize the ONNX file instead.
+//! - `precision`: `f32` means "as stored in the file". `f16` converts the
+//!   float32 file to float16 weights and compute with float32 inputs and
+//!   outputs (`pomme_quant::fp16`), once, into `extra["fp16_cache_dir"]`
+//!   (default `$POMME_CACHE_DIR/fp16` or `~/.cache/pomme/fp16`), and runs that;
+//!   opt-in, since it changes results (BENCHMARKS.md gives the measured error).
+//!   INT8/INT4: quantize the file (`pomme quantize`) and load it as `f32`.
 //! - `extra["sessions"]`: `per_worker` (default) or `shared`; see below.
 //! - `extra["shape_sessions"]`: 1–64 sessions per worker, one per distinct
 //!   input shape; default 8 with `device = cuda`, 1 otherwise. The CUDA EP
@@ -319,12 +323,26 @@ impl Backend for OrtBackend {
     ) -> Result<Arc<dyn LoadedModel>> {
         check_format(artifact)?;
         let file_bytes = model::check_model_file(&artifact.path)?;
-        if options.precision != Precision::F32 {
-            return Err(Error::UnsupportedPrecision(format!(
-                "the ort backend runs ONNX files as stored and does not convert them to {}; quantize the file and load it with precision f32",
-                options.precision
-            )));
-        }
+        let path = match options.precision {
+            Precision::F32 => artifact.path.clone(),
+            Precision::F16 => {
+                // Converted once (float16 weights and compute, f32 inputs and
+                // outputs) and cached by content; see `pomme_quant::fp16`.
+                let dir = options
+                    .extra
+                    .get("fp16_cache_dir")
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(pomme_quant::fp16::default_cache_dir);
+                let converted = pomme_quant::fp16::convert_file_cached(&artifact.path, &dir)?;
+                tracing::info!(from = %artifact.path.display(), to = %converted.display(), "ort: running the float16 conversion");
+                converted
+            }
+            other => {
+                return Err(Error::UnsupportedPrecision(format!(
+                    "the ort backend converts ONNX files to f16 only, not to {other}; quantize the file and load it with precision f32"
+                )));
+            }
+        };
         let mode = SessionMode::from_options(options)?;
         if options.threads == Some(0) {
             return Err(Error::invalid_input("threads must be at least 1"));
@@ -339,7 +357,8 @@ impl Backend for OrtBackend {
             profile: model::profile_prefix(options)?,
             shape_sessions: model::shape_sessions(options)?,
         };
-        let model = OrtModel::load(rt, &artifact.path, file_bytes, cfg, plan.device, mode)?;
+        let model = OrtModel::load(rt, &path, file_bytes, cfg, plan.device, mode)?
+            .with_precision(options.precision);
         tracing::debug!(
             path = %artifact.path.display(),
             device = %plan.device,

@@ -232,6 +232,8 @@ pub(crate) struct OrtModel {
     signature: Arc<ModelSignature>,
     memory: MemoryEstimate,
     device: DeviceKind,
+    /// `F32` (the file as stored) or `F16` (the file was converted).
+    precision: Precision,
     /// `per_worker`: the load-time session, until the first worker takes it.
     spare: Mutex<Option<OrtSession>>,
     /// `shared`: the one session every worker uses in turn.
@@ -268,7 +270,14 @@ impl OrtModel {
             device,
             spare: Mutex::new(spare),
             shared,
+            precision: Precision::F32,
         })
+    }
+
+    /// Records the precision the file was prepared at (for the model view).
+    pub(crate) fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 }
 
@@ -306,7 +315,7 @@ impl LoadedModel for OrtModel {
     }
 
     fn precision(&self) -> Precision {
-        Precision::F32
+        self.precision
     }
 
     fn session(&self) -> Result<Box<dyn Session>> {

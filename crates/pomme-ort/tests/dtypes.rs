@@ -305,3 +305,61 @@ fn a_session_per_input_shape() {
     assert_eq!(count("3"), 3, "four shapes, three sessions");
     assert_eq!(count("1"), 1);
 }
+
+/// `precision = f16` converts the file once into the cache directory (f16
+/// weights, f32 inputs and outputs), reports F16, and answers within f16
+/// rounding of the f32 model; a second load reuses the converted file.
+#[test]
+fn f16_precision_converts_once_and_keeps_f32_io() {
+    let Some(b) = common::backend("f16_precision_converts_once_and_keeps_f32_io") else {
+        return;
+    };
+    let Some(models) = common::models_dir("f16_precision_converts_once_and_keeps_f32_io") else {
+        return;
+    };
+    let cache = common::scratch("fp16_cache");
+    let mut o = LoadOptions {
+        threads: Some(1),
+        precision: pomme_core::Precision::F16,
+        ..LoadOptions::default()
+    };
+    o.extra.insert(
+        "fp16_cache_dir".into(),
+        cache.to_string_lossy().into_owned(),
+    );
+    let m = b
+        .load(&common::onnx(models.join("add_one.onnx")), &o)
+        .unwrap();
+    assert_eq!(m.precision(), pomme_core::Precision::F16);
+    assert_eq!(m.signature().inputs[0].dtype, DType::F32, "inputs stay f32");
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let modified = std::fs::metadata(files[0].as_ref().unwrap().path())
+        .unwrap()
+        .modified()
+        .unwrap();
+    let mut s = m.session().unwrap();
+    let x = Tensor::from_vec(vec![1, 4], vec![1.5f32, 2.25, -3.0, 100.0]).unwrap();
+    let y = s.run(vec![x]).unwrap();
+    assert_eq!(y[0].dtype(), DType::F32);
+    for (got, want) in y[0]
+        .to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .zip([2.5f32, 3.25, -2.0, 101.0])
+    {
+        assert!((got - want).abs() <= want.abs() * 1e-3, "{got} vs {want}");
+    }
+    drop(s);
+    let again = b
+        .load(&common::onnx(models.join("add_one.onnx")), &o)
+        .unwrap();
+    assert_eq!(again.precision(), pomme_core::Precision::F16);
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(files.len(), 1, "one converted file");
+    let modified_again = std::fs::metadata(files[0].as_ref().unwrap().path())
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(modified, modified_again, "reused, not rewritten");
+}

@@ -24,6 +24,7 @@ pub mod cache;
 pub mod calibrate;
 pub mod data;
 pub mod error;
+pub mod fp16;
 pub mod onnx;
 pub mod progress;
 pub mod rewrite;
