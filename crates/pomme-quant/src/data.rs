@@ -113,6 +113,7 @@ impl Dataset {
 
     /// Reads every array of an `.npz` archive. A missing, truncated or
     /// otherwise unreadable file is one `InvalidInput` line naming it.
+    #[cfg(feature = "npz")]
     pub fn from_npz(path: &Path) -> Result<Dataset> {
         let shown = path.display().to_string();
         let bad = |m: String| Error::invalid_input(format!("data file {shown}: {m}"));
@@ -135,6 +136,15 @@ impl Dataset {
             arrays,
             source: shown,
         })
+    }
+
+    /// Without the `npz` feature: an `InvalidInput` line saying so.
+    #[cfg(not(feature = "npz"))]
+    pub fn from_npz(path: &Path) -> Result<Dataset> {
+        Err(Error::invalid_input(format!(
+            "data file {}: this build reads no .npz archives (pomme-quant's npz feature is off)",
+            path.display()
+        )))
     }
 
     /// Reads one `.npy` file as an array named `name`.
