@@ -219,25 +219,36 @@ fn shared_session_runs_concurrently() {
     run_in_threads("shared");
 }
 
-/// `extra["profile"]` makes ORT write its per-node trace when the session ends;
-/// an empty prefix is refused at load.
-#[test]
-fn profile_is_written_when_the_session_ends() {
-    let Some(b) = common::backend("profile_is_written_when_the_session_ends") else {
-        return;
-    };
-    let Some(models) = common::models_dir("profile_is_written_when_the_session_ends") else {
-        return;
-    };
-    let dir = common::scratch("ort_profile");
+/// The ORT backend and the shared model directory, or `None` (the skip was
+/// printed) when either is missing.
+fn backend_and_models(test: &str) -> Option<(pomme_ort::OrtBackend, std::path::PathBuf)> {
+    let b = common::backend(test)?;
+    let models = common::models_dir(test)?;
+    Some((b, models))
+}
+
+/// One intra-op thread and these `extra` options.
+fn one_thread(extra: &[(&str, String)]) -> LoadOptions {
     let mut o = LoadOptions {
         threads: Some(1),
         ..LoadOptions::default()
     };
-    o.extra.insert(
-        "profile".into(),
-        dir.join("prof").to_string_lossy().into_owned(),
-    );
+    for (k, v) in extra {
+        o.extra.insert(k.to_string(), v.clone());
+    }
+    o
+}
+
+/// `extra["profile"]` makes ORT write its per-node trace when the session ends;
+/// an empty prefix is refused at load.
+#[test]
+fn profile_is_written_when_the_session_ends() {
+    let Some((b, models)) = backend_and_models("profile_is_written_when_the_session_ends") else {
+        return;
+    };
+    let dir = common::scratch("ort_profile");
+    let prefix = dir.join("prof").to_string_lossy().into_owned();
+    let mut o = one_thread(&[("profile", prefix)]);
     let m = b
         .load(&common::onnx(models.join("add_one.onnx")), &o)
         .unwrap();
@@ -267,24 +278,15 @@ fn profile_is_written_when_the_session_ends() {
 /// right as shapes alternate, and a fourth shape reuses a session.
 #[test]
 fn a_session_per_input_shape() {
-    let Some(b) = common::backend("a_session_per_input_shape") else {
-        return;
-    };
-    let Some(models) = common::models_dir("a_session_per_input_shape") else {
+    let Some((b, models)) = backend_and_models("a_session_per_input_shape") else {
         return;
     };
     let count = |shape_sessions: &str| {
         let dir = common::scratch(&format!("ort_shapes_{shape_sessions}"));
-        let mut o = LoadOptions {
-            threads: Some(1),
-            ..LoadOptions::default()
-        };
-        o.extra.insert(
-            "profile".into(),
-            dir.join("prof").to_string_lossy().into_owned(),
-        );
-        o.extra
-            .insert("shape_sessions".into(), shape_sessions.into());
+        let o = one_thread(&[
+            ("profile", dir.join("prof").to_string_lossy().into_owned()),
+            ("shape_sessions", shape_sessions.to_string()),
+        ]);
         let m = b
             .load(&common::onnx(models.join("add_one.onnx")), &o)
             .unwrap();
@@ -311,22 +313,15 @@ fn a_session_per_input_shape() {
 /// rounding of the f32 model; a second load reuses the converted file.
 #[test]
 fn f16_precision_converts_once_and_keeps_f32_io() {
-    let Some(b) = common::backend("f16_precision_converts_once_and_keeps_f32_io") else {
-        return;
-    };
-    let Some(models) = common::models_dir("f16_precision_converts_once_and_keeps_f32_io") else {
+    let Some((b, models)) = backend_and_models("f16_precision_converts_once_and_keeps_f32_io")
+    else {
         return;
     };
     let cache = common::scratch("fp16_cache");
-    let mut o = LoadOptions {
-        threads: Some(1),
+    let o = LoadOptions {
         precision: pomme_core::Precision::F16,
-        ..LoadOptions::default()
+        ..one_thread(&[("fp16_cache_dir", cache.to_string_lossy().into_owned())])
     };
-    o.extra.insert(
-        "fp16_cache_dir".into(),
-        cache.to_string_lossy().into_owned(),
-    );
     let m = b
         .load(&common::onnx(models.join("add_one.onnx")), &o)
         .unwrap();

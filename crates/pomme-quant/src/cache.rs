@@ -16,6 +16,22 @@ use pomme_core::{Backend, Error};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+/// pomme's cache directory: `$POMME_CACHE_DIR`, else `$XDG_CACHE_HOME/pomme`
+/// (when absolute), `~/.cache/pomme`, or `pomme-cache` in the temp dir.
+/// Quantized models go to its `quantized/`, fp16 conversions to `fp16/`.
+pub fn cache_base() -> PathBuf {
+    std::env::var_os("POMME_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|p| p.join("pomme"))
+        })
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pomme")))
+        .unwrap_or_else(|| std::env::temp_dir().join("pomme-cache"))
+}
+
 fn read(path: &Path) -> Result<Vec<u8>> {
     Ok(std::fs::read(path)
         .map_err(|e| Error::InvalidModelFormat(format!("cannot read {}: {e}", path.display())))?)

@@ -171,20 +171,9 @@ pub fn to_fp16(model: &pb::ModelProto) -> Result<pb::ModelProto> {
     Ok(model)
 }
 
-/// Where converted files are kept: `$POMME_CACHE_DIR/fp16`, else
-/// `$XDG_CACHE_HOME/pomme/fp16`, `~/.cache/pomme/fp16`, or the temp dir.
+/// Where converted files are kept: `fp16/` in [`crate::cache::cache_base`].
 pub fn default_cache_dir() -> PathBuf {
-    std::env::var_os("POMME_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-                .map(|p| p.join("pomme"))
-        })
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pomme")))
-        .unwrap_or_else(|| std::env::temp_dir().join("pomme-cache"))
-        .join("fp16")
+    crate::cache::cache_base().join("fp16")
 }
 
 /// The fp16 version of the ONNX file at `path`, converted once into `dir`

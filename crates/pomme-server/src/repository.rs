@@ -307,17 +307,7 @@ pub fn load_model(repo: &Path, name: &str) -> Result<RepoModel, RepoError> {
 
 /// The default cache of quantized models.
 fn default_quant_cache() -> PathBuf {
-    let base = std::env::var_os("POMME_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-                .map(|p| p.join("pomme"))
-        })
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pomme")))
-        .unwrap_or_else(|| std::env::temp_dir().join("pomme-cache"));
-    base.join("quantized")
+    pomme_quant::cache::cache_base().join("quantized")
 }
 
 /// The served-quantization settings of a model, when its precision asks for it.
