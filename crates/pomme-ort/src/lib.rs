@@ -323,32 +323,34 @@ impl Backend for OrtBackend {
     ) -> Result<Arc<dyn LoadedModel>> {
         check_format(artifact)?;
         let file_bytes = model::check_model_file(&artifact.path)?;
-        let path = match options.precision {
-            Precision::F32 => artifact.path.clone(),
-            Precision::F16 => {
-                // Converted once (float16 weights and compute, f32 inputs and
-                // outputs) and cached by content; see `pomme_quant::fp16`.
-                let dir = options
-                    .extra
-                    .get("fp16_cache_dir")
-                    .map(std::path::PathBuf::from)
-                    .unwrap_or_else(pomme_quant::fp16::default_cache_dir);
-                let converted = pomme_quant::fp16::convert_file_cached(&artifact.path, &dir)?;
-                tracing::info!(from = %artifact.path.display(), to = %converted.display(), "ort: running the float16 conversion");
-                converted
-            }
-            other => {
-                return Err(Error::UnsupportedPrecision(format!(
-                    "the ort backend converts ONNX files to f16 only, not to {other}; quantize the file and load it with precision f32"
-                )));
-            }
-        };
+        if !matches!(options.precision, Precision::F32 | Precision::F16) {
+            return Err(Error::UnsupportedPrecision(format!(
+                "the ort backend converts ONNX files to f16 only, not to {}; quantize the file and load it with precision f32",
+                options.precision
+            )));
+        }
         let mode = SessionMode::from_options(options)?;
         if options.threads == Some(0) {
             return Err(Error::invalid_input("threads must be at least 1"));
         }
         let rt = self.runtime_for(options)?;
         let plan = ep::plan(options)?;
+        // After the library and the EPs are known to be there: no conversion
+        // for a load that cannot run.
+        let path = if options.precision == Precision::F16 {
+            // Converted once (float16 weights and compute, f32 inputs and
+            // outputs) and cached by content; see `pomme_quant::fp16`.
+            let dir = options
+                .extra
+                .get("fp16_cache_dir")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(pomme_quant::fp16::default_cache_dir);
+            let converted = pomme_quant::fp16::convert_file_cached(&artifact.path, &dir)?;
+            tracing::info!(from = %artifact.path.display(), to = %converted.display(), "ort: running the float16 conversion");
+            converted
+        } else {
+            artifact.path.clone()
+        };
         let cfg = SessionConfig {
             eps: plan.eps,
             intra_threads: options.threads,
