@@ -268,6 +268,14 @@ pub trait LoadedModel: Send + Sync {
     fn placement(&self) -> Vec<PlacementShare> {
         Vec::new()
     }
+    /// Whether the first run at each new input shape is expensive for this
+    /// engine, so a dynamic batcher feeding it every size from 1 to the max
+    /// would keep paying it (measured: about a second per new MobileNetV2
+    /// batch size on one GPU engine). The runtime warns when such a model is
+    /// batched without `pad_to_preferred`.
+    fn prefers_few_shapes(&self) -> bool {
+        false
+    }
 }
 
 /// Per-thread execution state of a [`LoadedModel`].

@@ -318,6 +318,12 @@ impl LoadedModel for OrtModel {
         self.precision
     }
 
+    fn prefers_few_shapes(&self) -> bool {
+        // The CUDA EP prepares kernels per shape (see `shapes`); the CPU EP
+        // does not.
+        self.device == DeviceKind::Cuda
+    }
+
     fn session(&self) -> Result<Box<dyn Session>> {
         let handle = match &self.shared {
             Some(shared) => Handle::Shared(Arc::clone(shared)),

@@ -379,6 +379,15 @@ impl Runtime {
                 batching.pad_to_preferred,
             ),
         });
+        if max_batch > 1 && !batching.pad_to_preferred && model.prefers_few_shapes() {
+            tracing::warn!(
+                model = %spec.name,
+                backend = model.backend(),
+                device = %model.device(),
+                max_batch,
+                "dynamic batching without pad_to_preferred: this engine prepares each new batch size on its first run (up to seconds); set preferred_batch_sizes (e.g. [1, 8, 16, 32]) and pad_to_preferred = true"
+            );
+        }
         let workers = spec.workers.max(1);
         let mut threads = Vec::with_capacity(workers);
         // Synthetic rows to warm the padded sizes with, on each worker's own
