@@ -93,6 +93,10 @@ pub(crate) struct CudaOptions {
     /// `extra["tf32"]` (`true` | `false`), default `false`: TF32 tensor-core
     /// math changes f32 results at the 1e-3 level, so it is opt-in (as for
     /// tract's CUDA runtime, where `NVIDIA_TF32_OVERRIDE` decides).
+    /// `NVIDIA_TF32_OVERRIDE=0` in the environment turns TF32 off for the
+    /// whole process whatever this says, and the `pomme` binary sets it when
+    /// it is unset; a load asking for TF32 under it gets a warning (measured
+    /// in session 4: bit-identical outputs with `tf32=true`).
     pub(crate) tf32: bool,
     /// `extra["cudnn_conv_algo_search"]`: `exhaustive` (default: cuDNN times
     /// every algorithm once per shape, the fastest steady state), `heuristic`
@@ -121,6 +125,11 @@ pub(crate) fn cuda_options(options: &LoadOptions) -> Result<CudaOptions> {
         })?,
     };
     let tf32 = flag(options, "tf32")?;
+    if tf32 && std::env::var_os("NVIDIA_TF32_OVERRIDE").is_some_and(|v| v == "0") {
+        tracing::warn!(
+            "tf32 = true has no effect: NVIDIA_TF32_OVERRIDE=0 turns TF32 off for the whole process (pomme sets it when unset); start pomme with NVIDIA_TF32_OVERRIDE=1 to allow TF32"
+        );
+    }
     let prefer_nhwc = flag(options, "prefer_nhwc")?;
     let conv_search = match options
         .extra
