@@ -49,7 +49,9 @@
 //!
 //! - `device`: `cpu` runs on the CPU execution provider (EP). `cuda` adds ONNX
 //!   Runtime's CUDA EP (`extra["cuda_device_id"]`, default 0; `extra["tf32"]`,
-//!   default `false`: exact f32, TF32 tensor cores are opt-in;
+//!   default `false`: exact f32, TF32 tensor cores are opt-in, and only take
+//!   effect when `NVIDIA_TF32_OVERRIDE` is not `0`, which the `pomme` binary
+//!   sets when it is unset;
 //!   `extra["cudnn_conv_algo_search"]`, default `exhaustive`; `extra["prefer_nhwc"]`,
 //!   default `false`); a library without
 //!   it (the plain `onnxruntime` wheel) gives [`Error::Unavailable`]. The EP
