@@ -209,16 +209,13 @@ fn plan(args: &InspectArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     let d = decision?;
     if args.json {
-        let out = serde_json::json!({
-            "model": args.model,
-            "chosen": d.chosen.to_string(),
-            "order": d.order.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "reference": d.reference.as_ref().map(ToString::to_string),
-            "tolerance": d.tolerance,
-            "input_shapes": d.input_shapes,
-            "summary": d.summary(),
-            "candidates": d.rows(),
-        });
+        let rows = d
+            .rows()
+            .into_iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = pomme_server::routing::decision_json(&d, rows);
+        out["model"] = serde_json::json!(args.model);
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print_plan(args, &d);

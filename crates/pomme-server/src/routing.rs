@@ -230,6 +230,13 @@ pub fn report(decision: &RoutingDecision, live: &[RouteStatus]) -> Value {
             v
         })
         .collect();
+    decision_json(decision, candidates)
+}
+
+/// A decision as JSON with these candidate rows: the shape both the server
+/// (`report`, rows with live breaker state) and `pomme inspect --plan --json`
+/// (the load-time rows) print.
+pub fn decision_json(decision: &RoutingDecision, candidates: Vec<Value>) -> Value {
     json!({
         "chosen": decision.chosen.to_string(),
         "order": decision.order.iter().map(ToString::to_string).collect::<Vec<_>>(),
