@@ -15,6 +15,7 @@ pub mod shape;
 pub mod signature;
 pub mod synthetic;
 pub mod tensor;
+pub mod text;
 
 pub use backend::{
     Availability, Backend, DeviceInfo, DeviceKind, LoadOptions, LoadedModel, MemoryEstimate,
@@ -26,3 +27,4 @@ pub use shape::{Dim, Shape};
 pub use signature::{ModelSignature, TensorSpec};
 pub use synthetic::{Fill, synthetic_inputs, synthetic_shape};
 pub use tensor::Tensor;
+pub use text::{one_line, panic_message};
