@@ -247,6 +247,45 @@ pub trait Backend: Send + Sync {
     /// Loads and prepares a model.
     fn load(&self, artifact: &ModelArtifact, options: &LoadOptions)
     -> Result<Arc<dyn LoadedModel>>;
+    /// The `LoadOptions.extra` keys this backend reads. The runtime refuses a
+    /// load whose extra keys no candidate backend reads ([`check_extra_keys`]),
+    /// so a typo in a model's configuration is an error, not a silent no-op.
+    fn option_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// Refuses `extra` keys that none of `backends` reads, with one line naming
+/// the key and, per backend, the keys it does read.
+pub fn check_extra_keys(extra: &BTreeMap<String, String>, backends: &[&dyn Backend]) -> Result<()> {
+    for key in extra.keys() {
+        if backends
+            .iter()
+            .any(|b| b.option_keys().contains(&key.as_str()))
+        {
+            continue;
+        }
+        let valid: Vec<String> = backends
+            .iter()
+            .map(|b| {
+                let keys = b.option_keys();
+                if keys.is_empty() {
+                    format!("{}: none", b.name())
+                } else {
+                    format!("{}: {}", b.name(), keys.join(", "))
+                }
+            })
+            .collect();
+        return Err(Error::InvalidInput(format!(
+            "unknown backend option '{key}'; valid options are {}",
+            if valid.is_empty() {
+                "none (no backend)".to_string()
+            } else {
+                valid.join("; ")
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// A prepared model, shared by all worker threads.

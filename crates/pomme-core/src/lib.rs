@@ -19,7 +19,7 @@ pub mod text;
 
 pub use backend::{
     Availability, Backend, DeviceInfo, DeviceKind, LoadOptions, LoadedModel, MemoryEstimate,
-    ModelArtifact, ModelFormat, ModelInfo, PlacementShare, Precision, Session,
+    ModelArtifact, ModelFormat, ModelInfo, PlacementShare, Precision, Session, check_extra_keys,
 };
 pub use dtype::{DType, Element};
 pub use error::{Error, ErrorKind, GrpcCode, Result};
