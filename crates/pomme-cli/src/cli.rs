@@ -5,7 +5,6 @@ use clap::{Args, Parser, Subcommand};
 use pomme_core::{DeviceKind, LoadOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// pomme — ML inference runtime and KServe v2 server (tract, ONNX Runtime, Core ML).
 #[derive(Parser, Debug)]
@@ -188,7 +187,7 @@ fn serve(args: pomme_server::ServerArgs) -> Result<ExitCode> {
     }
     builder = builder.memory_policy(config.runtime.memory_policy);
     let runtime = builder.build()?;
-    let (interval, policy) = node_settings().map_err(usage)?;
+    let (interval, policy) = (config.node.telemetry_interval, config.node.thermal_policy);
     let source: pomme_server::node::TelemetrySource =
         std::sync::Arc::new(|| pomme_backends::extras::telemetry().map(|(_, json)| json));
     tokio_runtime()?.block_on(async move {
@@ -198,43 +197,4 @@ fn serve(args: pomme_server::ServerArgs) -> Result<ExitCode> {
         served
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Telemetry refresh interval (`POMME_TELEMETRY_INTERVAL`, default 10s) and
-/// the thermal policy (`POMME_THERMAL_POLICY`: `off`, or the fractions of the
-/// concurrency limit kept at serious and critical, default `0.5,0.25`).
-fn node_settings() -> std::result::Result<(Duration, Option<pomme_runtime::ThermalPolicy>), String>
-{
-    let interval = match std::env::var("POMME_TELEMETRY_INTERVAL") {
-        Ok(v) => pomme_server::config::parse_duration(&v)
-            .map_err(|e| format!("POMME_TELEMETRY_INTERVAL: {e}"))?,
-        Err(_) => Duration::from_secs(10),
-    };
-    if interval.is_zero() {
-        return Err("POMME_TELEMETRY_INTERVAL must be positive".into());
-    }
-    let policy = match std::env::var("POMME_THERMAL_POLICY").as_deref() {
-        Err(_) => Some(pomme_runtime::ThermalPolicy::default()),
-        Ok("off") => None,
-        Ok(v) => {
-            let bad = || {
-                format!(
-                    "POMME_THERMAL_POLICY must be 'off' or 'SERIOUS,CRITICAL' fractions in (0,1], got '{v}'"
-                )
-            };
-            let (a, b) = v.split_once(',').ok_or_else(bad)?;
-            let frac = |s: &str| {
-                s.trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|f| *f > 0.0 && *f <= 1.0)
-                    .ok_or_else(bad)
-            };
-            Some(pomme_runtime::ThermalPolicy {
-                serious: frac(a)?,
-                critical: frac(b)?,
-            })
-        }
-    };
-    Ok((interval, policy))
 }

@@ -8,6 +8,7 @@
 
 use crate::kserve::Limits;
 use crate::routing::RoutingMode;
+use pomme_runtime::ThermalPolicy;
 use pomme_runtime::eviction::MemoryPolicy;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -77,8 +78,14 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// The validated server configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
+    /// Host telemetry and the thermal governor.
+    pub node: NodeConfig,
+    /// Root of pomme's caches (quantized and float16 models, compiled Core ML
+    /// models); `None`: the CLI's default (`$XDG_CACHE_HOME/pomme`, else
+    /// `~/.cache/pomme`).
+    pub cache_dir: Option<PathBuf>,
     pub host: IpAddr,
     /// Ports; 0 asks the OS for a free one (tests).
     pub http_port: u16,
@@ -118,6 +125,25 @@ pub struct RepositoryConfig {
     pub default_routing: RoutingMode,
 }
 
+/// Host telemetry refresh and the thermal governor fed by it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    /// How often telemetry is read (it may run `nvidia-smi`).
+    pub telemetry_interval: Duration,
+    /// Fractions of the concurrency limit kept at serious and critical
+    /// thermal levels; `None`: the governor is off.
+    pub thermal_policy: Option<ThermalPolicy>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            telemetry_interval: Duration::from_secs(10),
+            thermal_policy: Some(ThermalPolicy::default()),
+        }
+    }
+}
+
 /// Settings handed to `Runtime::builder()`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -127,11 +153,19 @@ pub struct RuntimeConfig {
     pub default_timeout: Duration,
     /// What a load does when the memory budget is full.
     pub memory_policy: MemoryPolicy,
+    /// How long an idle compute worker polls for work before it sleeps;
+    /// `None`: the runtime's default.
+    pub worker_spin: Option<Duration>,
+    /// How long a request polls for its reply before it sleeps; `None`: the
+    /// runtime's default.
+    pub reply_spin: Option<Duration>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
+            node: NodeConfig::default(),
+            cache_dir: None,
             host: IpAddr::from([0, 0, 0, 0]),
             http_port: 8000,
             grpc_port: 8001,
@@ -145,6 +179,8 @@ impl Default for ServerConfig {
                 memory_budget_mb: 0,
                 default_timeout: Duration::from_secs(30),
                 memory_policy: MemoryPolicy::Refuse,
+                worker_spin: None,
+                reply_spin: None,
             },
             shutdown_grace: Duration::from_secs(30),
             log_format: LogFormat::Text,
@@ -208,6 +244,22 @@ pub struct ServerArgs {
     /// Log format: text or json.
     #[arg(long, env = "POMME_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Host telemetry refresh interval (`10s`).
+    #[arg(long, env = "POMME_TELEMETRY_INTERVAL")]
+    pub telemetry_interval: Option<String>,
+    /// Thermal governor: `off`, or the fractions of the concurrency limit kept
+    /// at serious and critical thermal levels (`0.5,0.25`).
+    #[arg(long, env = "POMME_THERMAL_POLICY")]
+    pub thermal_policy: Option<String>,
+    /// Microseconds an idle compute worker polls for work before sleeping (0: off).
+    #[arg(long, env = "POMME_WORKER_SPIN_US")]
+    pub worker_spin_us: Option<u64>,
+    /// Microseconds a request polls for its reply before sleeping (0: off).
+    #[arg(long, env = "POMME_REPLY_SPIN_US")]
+    pub reply_spin_us: Option<u64>,
+    /// Cache root (quantized and float16 models, compiled Core ML models).
+    #[arg(long, env = "POMME_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Largest request body in bytes.
     #[arg(long, env = "POMME_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -264,6 +316,12 @@ pub struct FileConfig {
     pub default_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub log_format: Option<String>,
+    pub telemetry_interval: Option<String>,
+    /// `off` or `SERIOUS,CRITICAL` fractions.
+    pub thermal_policy: Option<String>,
+    pub worker_spin_us: Option<u64>,
+    pub reply_spin_us: Option<u64>,
+    pub cache_dir: Option<PathBuf>,
     pub auth_token: Option<String>,
     pub limits: Option<Limits>,
     pub tls: Option<FileTls>,
@@ -290,6 +348,27 @@ impl FileConfig {
                 .join(" "),
         })
     }
+}
+
+/// Parses a thermal policy: `off`, or `SERIOUS,CRITICAL`, the fractions of
+/// the concurrency limit kept at each level, in (0, 1].
+pub fn parse_thermal_policy(v: &str) -> Result<Option<ThermalPolicy>, String> {
+    if v.trim() == "off" {
+        return Ok(None);
+    }
+    let bad = || format!("must be 'off' or 'SERIOUS,CRITICAL' fractions in (0,1], got '{v}'");
+    let (a, b) = v.split_once(',').ok_or_else(bad)?;
+    let frac = |s: &str| {
+        s.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| *f > 0.0 && *f <= 1.0)
+            .ok_or_else(bad)
+    };
+    Ok(Some(ThermalPolicy {
+        serious: frac(a)?,
+        critical: frac(b)?,
+    }))
 }
 
 /// Parses `30s`, `500ms`, `100us`, `2m`, `1h`, or a bare number of seconds.
@@ -395,6 +474,19 @@ impl ServerConfig {
         if let Some(f) = args.log_format.clone().or(file.log_format) {
             c.log_format = f.parse().map_err(|e| invalid("log_format", e))?;
         }
+        c.node.telemetry_interval = dur(
+            "telemetry_interval",
+            args.telemetry_interval.clone().or(file.telemetry_interval),
+            c.node.telemetry_interval,
+        )?;
+        if let Some(p) = args.thermal_policy.clone().or(file.thermal_policy) {
+            c.node.thermal_policy =
+                parse_thermal_policy(&p).map_err(|e| invalid("thermal_policy", e))?;
+        }
+        let us = Duration::from_micros;
+        c.runtime.worker_spin = args.worker_spin_us.or(file.worker_spin_us).map(us);
+        c.runtime.reply_spin = args.reply_spin_us.or(file.reply_spin_us).map(us);
+        c.cache_dir = args.cache_dir.clone().or(file.cache_dir);
         c.auth_token = args.auth_token.clone().or(file.auth_token);
         if let Some(l) = file.limits {
             c.limits = l;
@@ -453,6 +545,18 @@ impl ServerConfig {
                 "memory_policy",
                 "evict needs a memory budget (memory_budget_mb > 0) to evict against",
             ));
+        }
+        if self.node.telemetry_interval.is_zero() {
+            return Err(invalid("telemetry_interval", "must be more than zero"));
+        }
+        let max_spin = Duration::from_millis(10);
+        for (setting, spin) in [
+            ("worker_spin_us", self.runtime.worker_spin),
+            ("reply_spin_us", self.runtime.reply_spin),
+        ] {
+            if spin.is_some_and(|d| d > max_spin) {
+                return Err(invalid(setting, "must be at most 10000 (10 ms)"));
+            }
         }
         if self.runtime.default_timeout.is_zero() {
             return Err(invalid("default_timeout", "must be more than zero"));
@@ -643,5 +747,47 @@ max_json_depth = 10
         assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("1d").is_err());
+    }
+
+    #[test]
+    fn node_spin_and_cache_settings() {
+        let file = FileConfig::parse(
+            "telemetry_interval = \"2s\"\nthermal_policy = \"off\"\nworker_spin_us = 0\ncache_dir = \"/tmp/c\"\n",
+            Path::new("pomme.toml"),
+        )
+        .unwrap();
+        let c = ServerConfig::merge(file, &args(&["--reply-spin-us", "5"])).unwrap();
+        assert_eq!(c.node.telemetry_interval, Duration::from_secs(2));
+        assert_eq!(c.node.thermal_policy, None);
+        assert_eq!(c.runtime.worker_spin, Some(Duration::ZERO));
+        assert_eq!(c.runtime.reply_spin, Some(Duration::from_micros(5)));
+        assert_eq!(c.cache_dir.as_deref(), Some(Path::new("/tmp/c")));
+        let d = ServerConfig::merge(FileConfig::default(), &args(&[])).unwrap();
+        assert_eq!(d.node, NodeConfig::default());
+        assert_eq!(d.runtime.worker_spin, None);
+        let e = |flags: &[&str]| {
+            ServerConfig::merge(FileConfig::default(), &args(flags))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            e(&["--thermal-policy", "0.5"]),
+            "thermal_policy: must be 'off' or 'SERIOUS,CRITICAL' fractions in (0,1], got '0.5'"
+        );
+        assert_eq!(
+            e(&["--telemetry-interval", "0s"]),
+            "telemetry_interval: must be more than zero"
+        );
+        assert_eq!(
+            e(&["--worker-spin-us", "20000"]),
+            "worker_spin_us: must be at most 10000 (10 ms)"
+        );
+        assert_eq!(
+            parse_thermal_policy("0.6, 0.3").unwrap(),
+            Some(ThermalPolicy {
+                serious: 0.6,
+                critical: 0.3
+            })
+        );
     }
 }
