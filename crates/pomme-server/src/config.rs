@@ -8,7 +8,7 @@
 
 use crate::kserve::Limits;
 use crate::routing::RoutingMode;
-use pomme_runtime::eviction::MemoryPolicy;
+use pomme_runtime::MemoryPolicy;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
