@@ -5,7 +5,7 @@ use crate::cli::{InspectArgs, usage};
 use anyhow::{Result, anyhow};
 use indicatif::{ProgressBar, ProgressStyle};
 use pomme_core::{Availability, DeviceKind, LoadOptions, ModelInfo};
-use pomme_runtime::routing::{RoutingConfig, RoutingDecision, parse_candidates};
+use pomme_runtime::{RoutingConfig, RoutingDecision, parse_candidates};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -166,7 +166,7 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
 }
 
 /// `pomme inspect --plan`: the load-time trials of measured routing
-/// (`pomme_runtime::routed::plan`, the code `pomme serve` runs for a model
+/// (`pomme_runtime::plan`, the code `pomme serve` runs for a model
 /// with `routing` set), printed as a table or JSON.
 fn plan(args: &InspectArgs) -> Result<ExitCode> {
     let mut cfg = RoutingConfig {
@@ -194,7 +194,7 @@ fn plan(args: &InspectArgs) -> Result<ExitCode> {
     bar.set_style(
         ProgressStyle::with_template("{msg:28} [{bar:20}] {pos}/{len}").expect("valid template"),
     );
-    let decision = pomme_runtime::routed::plan(
+    let decision = pomme_runtime::plan(
         &backends,
         &artifact,
         &LoadOptions::default(),

@@ -5,12 +5,11 @@
 //! and tract serves alone.
 
 use pomme_core::{DeviceKind, LoadOptions, LoadedModel};
-use pomme_runtime::routing::{RoutingConfig, TrialOutcome};
-use pomme_runtime::{detect_artifact, routed::load_routed};
+use pomme_runtime::{RoutingConfig, TrialOutcome, detect_artifact, load_routed};
 use pomme_test_support::fixtures;
 use std::path::Path;
 
-fn route(path: &Path, cfg: &RoutingConfig) -> pomme_runtime::routing::RoutingDecision {
+fn route(path: &Path, cfg: &RoutingConfig) -> pomme_runtime::RoutingDecision {
     let art = detect_artifact(path).unwrap();
     let (model, set) = load_routed(
         "m",
@@ -93,11 +92,11 @@ fn mobilenet_v2_on_tract_and_ort() {
 }
 
 trait ParseCandidate {
-    fn parse_candidate(&self) -> pomme_runtime::routing::Candidate;
+    fn parse_candidate(&self) -> pomme_runtime::Candidate;
 }
 
 impl ParseCandidate for str {
-    fn parse_candidate(&self) -> pomme_runtime::routing::Candidate {
-        pomme_runtime::routing::Candidate::parse(self, DeviceKind::Cpu).unwrap()
+    fn parse_candidate(&self) -> pomme_runtime::Candidate {
+        pomme_runtime::Candidate::parse(self, DeviceKind::Cpu).unwrap()
     }
 }

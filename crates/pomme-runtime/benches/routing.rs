@@ -5,9 +5,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pomme_core::{Backend, DeviceKind, LoadOptions, ModelArtifact, ModelFormat, Tensor};
-use pomme_runtime::metrics::Metrics;
-use pomme_runtime::routed::{RouteMetrics, load_routed};
-use pomme_runtime::routing::{Candidate, RoutingConfig};
+use pomme_runtime::{Candidate, Metrics, RouteMetrics, RoutingConfig, load_routed};
 use pomme_test_support::FakeBackend;
 use std::hint::black_box;
 use std::sync::Arc;

@@ -15,20 +15,20 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelLabels {
+pub(crate) struct ModelLabels {
     pub model: String,
     pub version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailureLabels {
+struct FailureLabels {
     pub model: String,
     pub version: String,
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BackendLabels {
+struct BackendLabels {
     pub model: String,
     pub version: String,
     pub backend: String,
@@ -76,8 +76,7 @@ impl std::fmt::Debug for Metrics {
 
 /// A model's cached handles.
 #[derive(Clone, Debug)]
-pub struct ModelMetrics {
-    labels: ModelLabels,
+pub(crate) struct ModelMetrics {
     pub(crate) success: Counter,
     pub(crate) inferences: Counter,
     pub(crate) executions: Counter,
@@ -223,7 +222,7 @@ impl Metrics {
     }
 
     /// Exports a backend's placement plan (one series per planned device).
-    pub fn placement(
+    pub(crate) fn placement(
         &self,
         model: &str,
         version: u64,
@@ -247,7 +246,7 @@ impl Metrics {
     }
 
     /// Handles for one model version.
-    pub fn model(&self, name: &str, version: u64) -> ModelMetrics {
+    pub(crate) fn model(&self, name: &str, version: u64) -> ModelMetrics {
         let labels = ModelLabels {
             model: name.to_string(),
             version: version.to_string(),
@@ -263,12 +262,11 @@ impl Metrics {
             compute_output: self.compute_output_duration.get_or_create(&labels).clone(),
             batch_size: self.batch_size.get_or_create(&labels).clone(),
             pending: self.pending.get_or_create(&labels).clone(),
-            labels,
         }
     }
 
     /// Counts a failed request.
-    pub fn failure(&self, model: &str, version: Option<u64>, reason: &str) {
+    pub(crate) fn failure(&self, model: &str, version: Option<u64>, reason: &str) {
         let labels = FailureLabels {
             model: model.to_string(),
             version: version.map(|v| v.to_string()).unwrap_or_default(),
@@ -278,7 +276,7 @@ impl Metrics {
     }
 
     /// Records a finished load.
-    pub fn loaded(
+    pub(crate) fn loaded(
         &self,
         model: &str,
         version: u64,
@@ -300,7 +298,7 @@ impl Metrics {
     }
 
     /// Marks a model version as no longer serving.
-    pub fn unloaded(&self, model: &str, version: u64, backend: &str, device: &str) {
+    pub(crate) fn unloaded(&self, model: &str, version: u64, backend: &str, device: &str) {
         let labels = BackendLabels {
             model: model.to_string(),
             version: version.to_string(),
@@ -321,13 +319,6 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry.lock())
             .expect("writing to a String cannot fail");
         out
-    }
-}
-
-impl ModelMetrics {
-    /// Model label set.
-    pub fn labels(&self) -> &ModelLabels {
-        &self.labels
     }
 }
 

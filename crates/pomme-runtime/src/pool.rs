@@ -71,6 +71,7 @@ impl BufferPool {
     }
 
     /// Buffers waiting for reuse.
+    #[cfg(test)]
     pub fn idle(&self) -> usize {
         self.free.lock().len()
     }

@@ -5,6 +5,7 @@
 //! reload leaves it serving and records the error.
 
 use crate::admission::MemoryReservation;
+use crate::routing::{RouteHandle, RoutingDecision};
 use crate::scheduler::ModelQueue;
 use crate::spec::{BatchingConfig, ModelSpec};
 use crate::stats::ModelCounters;
@@ -14,6 +15,7 @@ use pomme_core::{DeviceKind, Error, ModelSignature, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 
 /// A model version's lifecycle state.
@@ -51,7 +53,7 @@ pub struct ModelView {
     /// How the serving backend was chosen, with every candidate's figures
     /// (measured routing only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub routing: Option<crate::routing::RoutingDecision>,
+    pub routing: Option<RoutingDecision>,
     /// Where the backend planned the work per device (Core ML's compute
     /// plan); empty for backends without one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -69,11 +71,11 @@ pub(crate) struct Instance {
     pub reservation: Mutex<Option<MemoryReservation>>,
     pub default_priority: u32,
     pub default_queue_timeout: Option<std::time::Duration>,
-    /// The candidates behind a routed model (breakers, counters, retry policy).
-    pub routes: Option<Arc<crate::routed::RouteSet>>,
+    /// Its routing (candidates, breakers, retries); empty unless routed.
+    pub routing: RouteHandle,
     /// When it was last used (loaded, or a request looked it up), in ns
     /// since the runtime started: the order of LRU eviction.
-    pub last_used_ns: std::sync::atomic::AtomicU64,
+    pub last_used_ns: AtomicU64,
 }
 
 impl Instance {

@@ -10,7 +10,7 @@
 //! An idle worker spins for [`BatchPolicy::idle_spin`] (checking a lock-free
 //! count) before it parks on the condition variable: on a busy stream of tiny
 //! requests the next one usually arrives within that window, and picking it up
-//! without a futex wake-up saves a cross-thread hop (~10–25 µs on a VM) per request.
+//! without a futex wake-up saves a cross-thread hop per request.
 
 use crate::admission::Permit;
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -31,38 +31,9 @@ pub struct BatchPolicy {
     pub max_queue: usize,
     /// Priority levels; level 1 is served first.
     pub levels: u32,
-    /// How long an idle worker polls for new work before parking; zero parks at once.
+    /// How long an idle worker polls for new work before parking; zero parks
+    /// at once (`RuntimeBuilder::worker_spin`).
     pub idle_spin: Duration,
-}
-
-/// The idle spin a runtime gives its workers: 150 µs, short enough that an
-/// idle model costs nothing measurable, long enough to bridge the gap between
-/// two requests of one closed-loop client. That gap is the answer's way back
-/// plus the next request's way in: 70-90 µs over gRPC (HTTP/2 framing on both
-/// sides) on a 2-vCPU VM, often over 50 µs over HTTP/1.1 too, and a worker that
-/// has parked costs a futex wake-up of an idle vCPU there (~80 µs) per request:
-/// at the earlier 50 µs a gRPC client at concurrency 1 paid it on every call
-/// (p50 ~145 µs; ~80 µs at 150 µs, see BENCHMARKS.md). None on a single CPU, where
-/// spinning only delays the thread that would produce the work.
-/// `POMME_WORKER_SPIN_US` overrides it (0 turns it off), for tuning and for
-/// A/B benchmarks.
-pub fn default_idle_spin() -> Duration {
-    spin_setting("POMME_WORKER_SPIN_US", 150)
-}
-
-/// A spin duration: the environment variable `var` in µs if set and valid,
-/// else `default_us` on a multi-core machine and zero on a single core.
-pub(crate) fn spin_setting(var: &str, default_us: u64) -> Duration {
-    if let Some(us) = std::env::var(var)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        return Duration::from_micros(us);
-    }
-    match std::thread::available_parallelism() {
-        Ok(n) if n.get() > 1 => Duration::from_micros(default_us),
-        _ => Duration::ZERO,
-    }
 }
 
 /// A request waiting to run.
@@ -123,13 +94,6 @@ pub struct ModelQueue {
     /// Mirrors the queue length (set under the lock, so it never drifts when
     /// dead requests are purged).
     pending_gauge: Option<Gauge>,
-}
-
-/// Why a request was not run; tallied by the caller's metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Dropped {
-    pub cancelled: usize,
-    pub expired: usize,
 }
 
 impl ModelQueue {
@@ -276,8 +240,7 @@ impl ModelQueue {
     ///
     /// Each poll is followed by `sched_yield`, not a pure spin: threads that
     /// are runnable on this CPU (tokio's, the clients') run first, so the spin
-    /// mostly takes CPU that would otherwise idle. A pure spin cost about a
-    /// third of the gRPC throughput at 8 clients on 2 cores (BENCHMARKS.md).
+    /// mostly takes CPU that would otherwise idle.
     fn spin_for_push(&self, seen: usize) -> bool {
         let until = Instant::now() + self.policy.idle_spin;
         loop {

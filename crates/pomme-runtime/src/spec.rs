@@ -26,8 +26,7 @@ pub struct BatchingConfig {
     /// padding's outputs are dropped), and each preferred size (plus the max
     /// batch size) is run once on every worker at load, before the model is
     /// ready. This bounds the input shapes an engine sees to a few prepared
-    /// ones: tract builds a plan per shape (cached, LRU), and ONNX Runtime's
-    /// CUDA EP took 0.5–2 s on the first run of each new batch size (H100).
+    /// ones, for engines that prepare each new shape on its first run.
     #[serde(default)]
     pub pad_to_preferred: bool,
 }
@@ -73,7 +72,7 @@ pub struct ModelSpec {
     /// `Some`: measured routing (every candidate loaded, checked against the
     /// CPU reference and timed; the fastest that agrees serves, the others are
     /// fallbacks behind circuit breakers). `None`: the first backend of
-    /// `backends` that loads serves, as before.
+    /// `backends` that loads serves.
     pub routing: Option<crate::routing::RoutingConfig>,
 }
 
@@ -105,7 +104,7 @@ impl ModelSpec {
         }
     }
 
-    /// Turns on measured routing with fallback (see [`crate::routing`]).
+    /// Turns on measured routing with fallback (see [`crate::RoutingConfig`]).
     pub fn routing(mut self, cfg: crate::routing::RoutingConfig) -> Self {
         self.routing = Some(cfg);
         self

@@ -1,5 +1,7 @@
-//! Latency and throughput trackers: per-model counters (Triton's statistics
-//! extension), an EWMA, and an HDR histogram for percentiles.
+//! Statistics: per-model counters (Triton's statistics extension), the
+//! runtime-wide totals behind [`PerformanceSummary`], an EWMA and an HDR
+//! latency histogram for callers that measure (`pomme bench`). Everything a
+//! request updates is a relaxed atomic add: no lock on the request path.
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -196,35 +198,137 @@ pub struct PerformanceSummary {
     pub uptime_s: f64,
 }
 
-/// Throughput tracker: counts per second folded into an EWMA.
+/// Runtime-wide request totals behind [`PerformanceSummary`]: one relaxed
+/// atomic add per request (a latency bucket, or the failure count), so the
+/// request path takes no lock for them; the summary is computed when read.
 #[derive(Debug)]
-pub(crate) struct ThroughputTracker {
-    inner: Mutex<(Instant, u64, Ewma)>,
+pub(crate) struct RuntimeTotals {
+    /// Successful requests by latency: log-linear buckets of microseconds,
+    /// 16 per power of two (within 1/16 of the value).
+    buckets: Box<[AtomicU64]>,
+    failed: AtomicU64,
+    /// The recent-rate EWMA and the (time, successes) it was last folded at;
+    /// only `summary` takes it.
+    recent: Mutex<(Instant, u64, Ewma)>,
 }
 
-impl Default for ThroughputTracker {
+/// Sub-buckets per power of two (as a bit count).
+const SUB_BITS: u32 = 4;
+const SUB: usize = 1 << SUB_BITS;
+/// Latencies are clamped to 1 µs ..= 1 h.
+const MAX_US: u64 = 3_600_000_000;
+
+impl Default for RuntimeTotals {
     fn default() -> Self {
-        ThroughputTracker {
-            inner: Mutex::new((Instant::now(), 0, Ewma::new(0.3))),
+        RuntimeTotals {
+            buckets: (0..=bucket_of(MAX_US)).map(|_| AtomicU64::new(0)).collect(),
+            failed: AtomicU64::new(0),
+            recent: Mutex::new((Instant::now(), 0, Ewma::new(0.3))),
         }
     }
 }
 
-impl ThroughputTracker {
-    pub(crate) fn tick(&self) {
-        let mut g = self.inner.lock();
-        g.1 += 1;
+/// The bucket of `us`: values below 2·SUB are their own bucket; above, the
+/// top `SUB_BITS + 1` bits pick one.
+fn bucket_of(us: u64) -> usize {
+    if us < 2 * SUB as u64 {
+        return us as usize;
+    }
+    let msb = 63 - us.leading_zeros();
+    let shift = msb - SUB_BITS;
+    (shift as usize + 1) * SUB + ((us >> shift) as usize - SUB)
+}
+
+/// The smallest and largest value of bucket `i`.
+fn bucket_range(i: usize) -> (u64, u64) {
+    if i < 2 * SUB {
+        return (i as u64, i as u64);
+    }
+    let shift = (i / SUB - 1) as u32;
+    let low = ((SUB + i % SUB) as u64) << shift;
+    (low, low + (1u64 << shift) - 1)
+}
+
+impl RuntimeTotals {
+    #[inline]
+    pub(crate) fn success(&self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, MAX_US);
+        self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The summary after `uptime`, with the memory figures given.
+    pub(crate) fn summary(
+        &self,
+        uptime: Duration,
+        memory_used_bytes: u64,
+        memory_budget_bytes: u64,
+    ) -> PerformanceSummary {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let ok: u64 = counts.iter().sum();
+        let mean = if ok == 0 {
+            0.0
+        } else {
+            let sum: f64 = counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| {
+                    let (lo, hi) = bucket_range(i);
+                    *c as f64 * (lo + hi) as f64 / 2.0
+                })
+                .sum();
+            sum / ok as f64
+        };
+        let quantile = |q: f64| -> u64 {
+            if ok == 0 {
+                return 0;
+            }
+            let rank = ((q * ok as f64).ceil() as u64).clamp(1, ok);
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return bucket_range(i).1;
+                }
+            }
+            0
+        };
+        let secs = uptime.as_secs_f64();
+        PerformanceSummary {
+            total_inferences: ok,
+            failed_inferences: self.failed.load(Ordering::Relaxed),
+            mean_latency_us: mean,
+            p50_latency_us: quantile(0.5),
+            p90_latency_us: quantile(0.9),
+            p99_latency_us: quantile(0.99),
+            throughput_rps: if secs > 0.0 { ok as f64 / secs } else { 0.0 },
+            recent_throughput_rps: self.recent_rate(ok),
+            memory_used_bytes,
+            memory_budget_bytes,
+            uptime_s: secs,
+        }
+    }
+
+    /// Folds the rate since the last fold into the EWMA (at most once a second).
+    fn recent_rate(&self, ok: u64) -> f64 {
+        let mut g = self.recent.lock();
         let elapsed = g.0.elapsed();
         if elapsed >= Duration::from_secs(1) {
-            let rate = g.1 as f64 / elapsed.as_secs_f64();
+            let rate = ok.saturating_sub(g.1) as f64 / elapsed.as_secs_f64();
             g.2.update(rate);
             g.0 = Instant::now();
-            g.1 = 0;
+            g.1 = ok;
         }
-    }
-
-    pub(crate) fn rate(&self) -> f64 {
-        self.inner.lock().2.value().unwrap_or(0.0)
+        g.2.value().unwrap_or(0.0)
     }
 }
 
@@ -244,6 +348,37 @@ mod tests {
             e.update(100.0);
         }
         assert!((e.value().unwrap() - 100.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn buckets_cover_every_value_in_order() {
+        let mut last = 0;
+        for us in (1..5000).chain([MAX_US - 1, MAX_US]) {
+            let i = bucket_of(us);
+            let (lo, hi) = bucket_range(i);
+            assert!(lo <= us && us <= hi, "{us} in bucket {i} = {lo}..={hi}");
+            assert!(i >= last);
+            last = i;
+            // Within 1/16 of the value.
+            assert!((hi - lo) * 16 <= us.max(16), "{us}: {lo}..={hi}");
+        }
+    }
+
+    #[test]
+    fn totals_summarize_lock_free_counts() {
+        let t = RuntimeTotals::default();
+        for i in 1..=100 {
+            t.success(Duration::from_micros(i * 10));
+        }
+        t.failure();
+        let s = t.summary(Duration::from_secs(10), 1, 2);
+        assert_eq!((s.total_inferences, s.failed_inferences), (100, 1));
+        assert!((480..=530).contains(&s.p50_latency_us), "{s:?}");
+        assert!(s.p99_latency_us >= 980 && s.p99_latency_us <= 1060, "{s:?}");
+        assert!((s.mean_latency_us - 505.0).abs() < 30.0, "{s:?}");
+        assert_eq!(s.throughput_rps, 10.0);
+        let empty = RuntimeTotals::default().summary(Duration::ZERO, 0, 0);
+        assert_eq!((empty.p50_latency_us, empty.mean_latency_us), (0, 0.0));
     }
 
     #[test]

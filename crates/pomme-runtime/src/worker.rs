@@ -10,7 +10,7 @@ use crate::metrics::ModelMetrics;
 use crate::pool::BufferPool;
 use crate::scheduler::{ModelQueue, Pending};
 use crate::stats::ModelCounters;
-use pomme_core::{Error, LoadedModel, Result, Session, Tensor};
+use pomme_core::{Error, LoadedModel, ModelSignature, Result, Session, Tensor};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -100,10 +100,23 @@ fn run_loop(
     // On this thread, not the loader's: engines may keep per-thread state
     // (ONNX Runtime's CUDA EP keeps cuDNN/cuBLAS handles per thread).
     if let Some((sample, warmed)) = warmup {
-        if let Err(e) = warm(&mut *session, &sample, &ctx.pad_sizes) {
-            // Warming is a head start, not a requirement: the first batch
-            // of each size pays instead.
-            tracing::warn!(model = %ctx.name, error = %e, "warming the padded batch sizes failed");
+        let warming = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            warm(&mut *session, &sample, &ctx.pad_sizes)
+        }));
+        // Warming is a head start, not a requirement: the first batch of
+        // each size pays instead.
+        match warming {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(model = %ctx.name, error = %e, "warming the padded batch sizes failed")
+            }
+            Err(panic) => {
+                let msg = pomme_core::panic_message(&*panic);
+                tracing::warn!(model = %ctx.name, panic = %msg, "warming panicked; rebuilding the session");
+                if let Ok(fresh) = ctx.model.session() {
+                    session = fresh;
+                }
+            }
         }
         let _ = warmed.send(());
     }
@@ -115,8 +128,17 @@ fn run_loop(
     tracing::debug!(model = %ctx.name, version = ctx.version, "worker stopped");
 }
 
-/// Runs one batch and answers its requests. Returns a new session when the old
-/// one panicked.
+/// When a batch's inputs were ready and when the engine returned.
+#[derive(Default)]
+struct Marks {
+    prepared: Option<Instant>,
+    ran: Option<Instant>,
+}
+
+/// Runs one batch and answers its requests. Everything between taking the
+/// batch and answering it runs inside the panic guard: a panic, in the engine
+/// or in this crate's own code, fails this batch with `Internal`, the session
+/// is rebuilt and the thread carries on. Returns the new session then.
 fn execute(
     ctx: &WorkerContext,
     session: &mut dyn Session,
@@ -128,77 +150,34 @@ fn execute(
         ctx.counters.queue.add(waited);
         ctx.metrics.queue_duration.observe(waited.as_secs_f64());
     }
-    let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
-    let total_rows: usize = rows.iter().sum();
-    let span = batch[0].span.clone();
+    let span = batch
+        .first()
+        .map(|p| p.span.clone())
+        .unwrap_or_else(tracing::Span::none);
     let _enter = span.enter();
-
-    // Padded up to the next preferred size when configured (rows beyond
-    // `total_rows` are copies of the last one; their outputs are dropped).
-    let run_rows = ctx
-        .pad_sizes
-        .iter()
-        .copied()
-        .find(|&s| s >= total_rows)
-        .unwrap_or(total_rows);
-    let inputs = match gather_inputs(ctx, &batch).and_then(|i| {
-        if run_rows == total_rows {
-            return Ok(i);
-        }
-        i.iter().map(|t| pad_rows(t, run_rows)).collect()
-    }) {
-        Ok(i) => i,
-        Err(e) => {
-            fail_all(batch, e);
-            return None;
-        }
-    };
-    let prepared = Instant::now();
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| session.run(inputs)));
-    let ran = Instant::now();
+    let mut marks = Marks::default();
+    let mut in_engine = false;
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        run_batch(ctx, session, &batch, &mut marks, &mut in_engine)
+    }));
     let (result, fresh) = match outcome {
         Ok(r) => (r, None),
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(model = %ctx.name, panic = %msg, "backend panicked; rebuilding its session");
-            let fresh = ctx.model.session().ok();
+            let msg = pomme_core::panic_message(&*panic);
+            let who = if in_engine { "backend" } else { "worker" };
+            tracing::error!(model = %ctx.name, panic = %msg, "{who} panicked; rebuilding the session");
             (
-                Err(Error::Internal(format!("backend panicked: {msg}"))),
-                fresh,
+                Err(Error::Internal(format!("{who} panicked: {msg}"))),
+                ctx.model.session().ok(),
             )
         }
     };
     let n = batch.len();
-    let checked = result
-        .and_then(|outs| check_outputs(ctx, outs, run_rows))
-        .and_then(|outs| {
-            if run_rows == total_rows {
-                return Ok(outs);
-            }
-            outs.iter().map(|t| t.slice_rows(0, total_rows)).collect()
-        });
-    match checked {
-        Ok(outputs) => {
-            ctx.counters.executed(total_rows);
-            ctx.metrics.executions.inc();
-            ctx.metrics.inferences.inc_by(total_rows as u64);
-            ctx.metrics.batch_size.observe(total_rows as f64);
-            if n == 1 {
-                let p = batch.into_iter().next().expect("one request");
-                p.answer(Ok(outputs));
-            } else {
-                match split_outputs(&outputs, &rows) {
-                    Ok(per_request) => {
-                        for (p, outs) in batch.into_iter().zip(per_request) {
-                            p.answer(Ok(outs));
-                        }
-                    }
-                    Err(e) => fail_all(batch, e),
-                }
+    let total_rows: usize = batch.iter().map(|p| p.rows).sum();
+    match result {
+        Ok(per_request) => {
+            for (p, outs) in batch.into_iter().zip(per_request) {
+                p.answer(Ok(outs));
             }
         }
         Err(e) => {
@@ -207,12 +186,17 @@ fn execute(
         }
     }
     let done = Instant::now();
-    let (ti, tr, to) = (prepared - started, ran - prepared, done - ran);
+    let prepared = marks.prepared.unwrap_or(done);
+    let ran = marks.ran.unwrap_or(done);
+    let (ti, tr, to) = (
+        prepared.saturating_duration_since(started),
+        ran.saturating_duration_since(prepared),
+        done.saturating_duration_since(ran),
+    );
     tracing::debug!(
         model = %ctx.name,
         requests = n,
         rows = total_rows,
-        run_rows,
         input_us = ti.as_micros() as u64,
         infer_us = tr.as_micros() as u64,
         output_us = to.as_micros() as u64,
@@ -225,6 +209,57 @@ fn execute(
     ctx.metrics.compute_infer.observe(tr.as_secs_f64());
     ctx.metrics.compute_output.observe(to.as_secs_f64());
     fresh
+}
+
+/// Gathers (and pads) the batch's inputs, runs the engine, checks its
+/// outputs and splits them per request, counting the execution.
+fn run_batch(
+    ctx: &WorkerContext,
+    session: &mut dyn Session,
+    batch: &[Pending],
+    marks: &mut Marks,
+    in_engine: &mut bool,
+) -> Result<Vec<Vec<Tensor>>> {
+    let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
+    let total_rows: usize = rows.iter().sum();
+    // Padded up to the next preferred size when configured (rows beyond
+    // `total_rows` are copies of the last one; their outputs are dropped).
+    let run_rows = ctx
+        .pad_sizes
+        .iter()
+        .copied()
+        .find(|&s| s >= total_rows)
+        .unwrap_or(total_rows);
+    let mut inputs = gather_inputs(ctx, batch)?;
+    if run_rows != total_rows {
+        inputs = inputs
+            .iter()
+            .map(|t| pad_rows(t, run_rows))
+            .collect::<Result<_>>()?;
+    }
+    marks.prepared = Some(Instant::now());
+    *in_engine = true;
+    let result = session.run(inputs);
+    *in_engine = false;
+    marks.ran = Some(Instant::now());
+    let mut outputs = result?;
+    check_outputs(ctx.model.signature(), &outputs, run_rows)?;
+    if run_rows != total_rows {
+        outputs = outputs
+            .iter()
+            .map(|t| t.slice_rows(0, total_rows))
+            .collect::<Result<_>>()?;
+    }
+    let per_request = if batch.len() == 1 {
+        vec![outputs]
+    } else {
+        split_outputs(&outputs, &rows)?
+    };
+    ctx.counters.executed(total_rows);
+    ctx.metrics.executions.inc();
+    ctx.metrics.inferences.inc_by(total_rows as u64);
+    ctx.metrics.batch_size.observe(total_rows as f64);
+    Ok(per_request)
 }
 
 fn gather_inputs(ctx: &WorkerContext, batch: &[Pending]) -> Result<Vec<Tensor>> {
@@ -260,8 +295,10 @@ fn concat_pooled(pool: &Arc<BufferPool>, parts: &[&Tensor]) -> Result<Tensor> {
     Tensor::from_raw(first.dtype(), shape, bytes)
 }
 
-fn check_outputs(ctx: &WorkerContext, outputs: Vec<Tensor>, rows: usize) -> Result<Vec<Tensor>> {
-    let sig = ctx.model.signature();
+/// Checks an engine's outputs against the signature: as many as it declares
+/// and, for a batchable model, `rows` rows each. The worker and each routed
+/// candidate call it, so a wrong answer fails the same way everywhere.
+pub(crate) fn check_outputs(sig: &ModelSignature, outputs: &[Tensor], rows: usize) -> Result<()> {
     if outputs.len() != sig.outputs.len() {
         return Err(Error::InferenceFailed(format!(
             "backend returned {} outputs, the model declares {}",
@@ -273,7 +310,7 @@ fn check_outputs(ctx: &WorkerContext, outputs: Vec<Tensor>, rows: usize) -> Resu
         && let Some((spec, t)) = sig
             .outputs
             .iter()
-            .zip(&outputs)
+            .zip(outputs)
             .find(|(_, t)| t.shape().first() != Some(&rows))
     {
         return Err(Error::InferenceFailed(format!(
@@ -283,7 +320,7 @@ fn check_outputs(ctx: &WorkerContext, outputs: Vec<Tensor>, rows: usize) -> Resu
             rows
         )));
     }
-    Ok(outputs)
+    Ok(())
 }
 
 fn split_outputs(outputs: &[Tensor], rows: &[usize]) -> Result<Vec<Vec<Tensor>>> {

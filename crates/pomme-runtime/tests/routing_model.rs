@@ -6,10 +6,10 @@ use pomme_core::{
     Backend, DeviceKind, Error, ErrorKind, LoadOptions, LoadedModel, ModelArtifact, ModelFormat,
     Tensor,
 };
-use pomme_runtime::breaker::{BreakerConfig, BreakerState, ManualClock};
-use pomme_runtime::metrics::Metrics;
-use pomme_runtime::routed::{RouteMetrics, RouteSet, RoutedModel, load_routed};
-use pomme_runtime::routing::{Candidate, RoutingConfig, TrialOutcome};
+use pomme_runtime::{
+    BreakerConfig, BreakerState, Candidate, ManualClock, Metrics, RouteMetrics, RouteSet,
+    RoutedModel, RoutingConfig, TrialOutcome, load_routed,
+};
 use pomme_test_support::{Behaviour, FakeBackend};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,10 +5,10 @@
 //! each request got an answer (a result or an error) and what the metrics say.
 
 use pomme_core::{Error, ErrorKind, Tensor};
-use pomme_runtime::breaker::{BreakerConfig, BreakerState, ManualClock};
-use pomme_runtime::eviction::MemoryPolicy;
-use pomme_runtime::routing::{Candidate, RetryPolicy, RoutingConfig};
-use pomme_runtime::{InferRequest, ModelSpec, Runtime};
+use pomme_runtime::{
+    BreakerConfig, BreakerState, Candidate, InferRequest, ManualClock, MemoryPolicy, ModelSpec,
+    RetryPolicy, RoutingConfig, Runtime,
+};
 use pomme_test_support::{Behaviour, FakeBackend};
 use std::sync::Arc;
 use std::time::Duration;
@@ -483,4 +483,44 @@ async fn refuse_policy_and_busy_models_are_never_evicted() {
     ta.await.unwrap().unwrap();
     tb.await.unwrap().unwrap();
     assert!(rt.model("a", None).is_ok() && rt.model("b", None).is_ok());
+}
+
+#[tokio::test]
+async fn automatic_candidates_come_from_the_builder() {
+    let auto = RoutingConfig {
+        warmup_runs: 1,
+        timed_runs: 1,
+        ..Default::default()
+    };
+    // Without a list, "auto" cannot route: one clear line.
+    let (primary, backup) = pair();
+    let rt = runtime(&[&primary, &backup]);
+    let e = rt
+        .load(ModelSpec::new("m", model_file()).routing(auto.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no automatic routing candidates configured"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains('\n'));
+    // With one, the model routes over it.
+    let rt = Runtime::builder()
+        .backend(Arc::new(primary.clone()))
+        .backend(Arc::new(backup.clone()))
+        .automatic_candidates(vec![
+            Candidate::new("primary", pomme_core::DeviceKind::Cpu),
+            Candidate::new("backup", pomme_core::DeviceKind::Cpu),
+        ])
+        .build()
+        .unwrap();
+    let view = rt
+        .load(ModelSpec::new("m", model_file()).routing(auto))
+        .await
+        .unwrap();
+    let d = view.routing.expect("routed");
+    assert_eq!(d.trials.len(), 2);
+    assert_eq!(d.chosen.to_string(), "primary/cpu");
+    rt.infer(req("m", 1.0)).await.unwrap();
 }

@@ -316,3 +316,68 @@ async fn padded_batches_run_at_preferred_sizes_and_answer_real_rows() {
     // Statistics count the requests' rows, not the padding.
     assert_eq!(rt.stats(Some("m"))[0].inference_count, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_warming_leaves_the_worker_serving() {
+    let fake = FakeBackend::new(4);
+    // The first warm-up run panics: the session is rebuilt and the thread serves.
+    fake.then(Behaviour::Panic, 1);
+    let rt = runtime(&fake);
+    let cfg = BatchingConfig {
+        max_queue_delay: Duration::from_millis(1),
+        preferred_batch_sizes: vec![4],
+        pad_to_preferred: true,
+        ..Default::default()
+    };
+    rt.load(ModelSpec::new("m", model_file()).batching(8, cfg))
+        .await
+        .unwrap();
+    let mut r = req(1.0);
+    r.timeout = Some(Duration::from_secs(10));
+    let out = rt.infer(r).await.unwrap();
+    assert_eq!(
+        out.output("y").unwrap().to_vec::<f32>().unwrap(),
+        vec![2.0; 4]
+    );
+}
+
+#[tokio::test]
+async fn spins_are_set_on_the_builder_and_zero_turns_them_off() {
+    let fake = FakeBackend::new(4);
+    let rt = Runtime::builder()
+        .worker_spin(Duration::ZERO)
+        .reply_spin(Duration::ZERO)
+        .backend(Arc::new(fake.clone()))
+        .build()
+        .unwrap();
+    rt.load(ModelSpec::new("m", model_file())).await.unwrap();
+    for i in 0..3 {
+        rt.infer(req(i as f32)).await.unwrap();
+    }
+    let rt = Runtime::builder()
+        .worker_spin(Duration::from_millis(1))
+        .reply_spin(Duration::from_millis(1))
+        .backend(Arc::new(fake))
+        .build()
+        .unwrap();
+    rt.load(ModelSpec::new("m", model_file())).await.unwrap();
+    rt.infer(req(1.0)).await.unwrap();
+    let s = rt.performance_summary();
+    assert_eq!((s.total_inferences, s.failed_inferences), (1, 0));
+}
+
+#[tokio::test]
+async fn unknown_backend_options_are_one_line_errors() {
+    let fake = FakeBackend::new(4);
+    let rt = runtime(&fake);
+    let mut spec = ModelSpec::new("m", model_file());
+    spec.load.extra.insert("shape_sesions".into(), "8".into());
+    let e = rt.load(spec).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("unknown backend option 'shape_sesions'; valid options are fake: none"),
+        "{e}"
+    );
+    assert_eq!(fake.script.calls(), 0);
+}

@@ -8,8 +8,7 @@
 
 use crate::kserve::Limits;
 use crate::routing::RoutingMode;
-use pomme_runtime::ThermalPolicy;
-use pomme_runtime::eviction::MemoryPolicy;
+use pomme_runtime::{MemoryPolicy, ThermalPolicy};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

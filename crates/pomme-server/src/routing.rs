@@ -17,8 +17,7 @@
 
 use crate::config::parse_duration;
 use pomme_core::DeviceKind;
-use pomme_runtime::routed::RouteStatus;
-use pomme_runtime::routing::{RoutingConfig, RoutingDecision, parse_candidates};
+use pomme_runtime::{RouteStatus, RoutingConfig, RoutingDecision, parse_candidates};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;

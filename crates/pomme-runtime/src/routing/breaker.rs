@@ -236,11 +236,6 @@ impl BreakerCore {
         self.probe_successes = 0;
         self.opened += 1;
     }
-
-    /// Consecutive failures seen so far.
-    pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures
-    }
 }
 
 /// A thread-safe breaker reading an injected clock.

@@ -1,27 +1,24 @@
 //! A routed model: several (backend, device) candidates behind one
 //! [`LoadedModel`], with a circuit breaker each and fallback between them.
 //!
-//! [`load_routed`] runs the load-time trials of `routing.rs` (load every
-//! available candidate, run the warm-up inputs, compare with the CPU
-//! reference, time) and wraps the candidates that agree, fastest first, in a
-//! [`RoutedModel`]. Because it is a `LoadedModel`, the rest of the runtime
-//! (queue, batcher, workers, admission) is unchanged: each worker's
-//! [`RoutedSession`] holds one session per candidate and, for every batch,
-//! calls the first candidate whose breaker admits it; a failure (error,
-//! panic, wrong output shape, or — with `call_timeout` — a call that takes
-//! too long) is recorded on that candidate's breaker and the batch goes to
-//! the next. When every breaker is open the batch fails at once with
+//! [`load_routed`] runs the load-time trials (`trials.rs`) and wraps the
+//! candidates that agree, fastest first, in a [`RoutedModel`]. Because it is
+//! a `LoadedModel`, the queue, batcher, workers and admission are those of
+//! any model: each worker's [`RoutedSession`] holds one session per candidate
+//! and, for every batch, calls the first candidate whose breaker admits it. A
+//! failure (error, panic, wrong output shape, or, with `call_timeout`, a call
+//! that takes too long) is recorded on that candidate's breaker and the batch
+//! goes to the next. When every breaker is open the batch fails at once with
 //! `Unavailable`, so clients are answered quickly instead of waiting.
 
-use crate::breaker::{Admit, BreakerSnapshot, CircuitBreaker};
+use super::breaker::{Admit, BreakerSnapshot, CircuitBreaker};
+use super::config::RoutingConfig;
+use super::decision::{Candidate, RoutingDecision, TrialOutcome};
+use super::trials::run_trials;
 use crate::metrics::Metrics;
-use crate::routing::{
-    Candidate, RoutingConfig, RoutingDecision, Timing, Trial, TrialOutcome, compare_outputs,
-    decide, synth_inputs,
-};
 use pomme_core::{
-    Availability, Backend, DeviceKind, Error, ErrorKind, LoadOptions, LoadedModel, MemoryEstimate,
-    ModelArtifact, ModelSignature, PlacementShare, Precision, Result, Session, Tensor,
+    Backend, DeviceKind, Error, ErrorKind, LoadOptions, LoadedModel, MemoryEstimate, ModelArtifact,
+    ModelSignature, PlacementShare, Precision, Result, Session, Tensor,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,10 +29,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+struct RouteLabels {
     pub model: String,
     pub version: String,
     pub backend: String,
@@ -43,7 +40,7 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteCallLabels {
+struct RouteCallLabels {
     pub model: String,
     pub version: String,
     pub backend: String,
@@ -53,7 +50,7 @@ pub struct RouteCallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteModelLabels {
+struct RouteModelLabels {
     pub model: String,
     pub version: String,
 }
@@ -135,7 +132,7 @@ struct RouteCounters {
 pub struct Route {
     pub candidate: Candidate,
     pub model: Arc<dyn LoadedModel>,
-    pub breaker: CircuitBreaker,
+    pub(crate) breaker: CircuitBreaker,
     counters: RouteCounters,
     labels: RouteLabels,
 }
@@ -171,7 +168,7 @@ impl RouteSet {
     }
 
     /// Counts a request retried by the runtime.
-    pub fn count_retry(&self) {
+    pub(crate) fn count_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.retries
@@ -257,7 +254,7 @@ impl RouteSet {
 
     /// Sets every candidate's breaker gauge from its state now (an open
     /// breaker whose period ran out reads half-open), before a scrape.
-    pub fn refresh_gauges(&self) {
+    pub(crate) fn refresh_gauges(&self) {
         let Some(m) = &self.metrics else { return };
         for r in &self.routes {
             m.breaker_state
@@ -268,7 +265,7 @@ impl RouteSet {
 
     /// Removes this model version's series (on unload), so a dashboard does
     /// not show breakers of models that are gone.
-    pub fn forget_metrics(&self) {
+    pub(crate) fn forget_metrics(&self) {
         let Some(m) = &self.metrics else { return };
         for r in &self.routes {
             m.selected.remove(&r.labels);
@@ -410,15 +407,14 @@ impl Runner {
 }
 
 /// Runs a session, turning a panic into an `Internal` error. Returns whether it panicked.
-fn run_caught(session: &mut dyn Session, inputs: Vec<Tensor>) -> (Result<Vec<Tensor>>, bool) {
+pub(super) fn run_caught(
+    session: &mut dyn Session,
+    inputs: Vec<Tensor>,
+) -> (Result<Vec<Tensor>>, bool) {
     match std::panic::catch_unwind(AssertUnwindSafe(|| session.run(inputs))) {
         Ok(r) => (r, false),
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = pomme_core::panic_message(&*panic);
             (
                 Err(Error::Internal(format!("backend panicked: {msg}"))),
                 true,
@@ -440,27 +436,8 @@ fn is_backend_fault(e: &Error) -> bool {
     )
 }
 
-fn check_rows(sig: &ModelSignature, outs: &[Tensor], rows: usize) -> Result<()> {
-    if outs.len() != sig.outputs.len() {
-        return Err(Error::InferenceFailed(format!(
-            "backend returned {} outputs, the model declares {}",
-            outs.len(),
-            sig.outputs.len()
-        )));
-    }
-    if sig.is_batchable()
-        && let Some(t) = outs.iter().find(|t| t.shape().first() != Some(&rows))
-    {
-        return Err(Error::InferenceFailed(format!(
-            "backend returned shape {:?}, expected {rows} rows",
-            t.shape()
-        )));
-    }
-    Ok(())
-}
-
 /// One worker's sessions over every candidate.
-pub struct RoutedSession {
+pub(crate) struct RoutedSession {
     set: Arc<RouteSet>,
     runners: Vec<Option<Runner>>,
 }
@@ -483,7 +460,9 @@ impl Session for RoutedSession {
             route.counters.calls.fetch_add(1, Ordering::Relaxed);
             let (result, outcome) = match self.call(i, inputs.clone()) {
                 Ok(outs) => {
-                    match rows.map_or(Ok(()), |r| check_rows(route.model.signature(), &outs, r)) {
+                    match rows.map_or(Ok(()), |r| {
+                        crate::worker::check_outputs(route.model.signature(), &outs, r)
+                    }) {
                         Ok(()) => (Ok(outs), "ok"),
                         Err(e) => (Err(e), "wrong_output"),
                     }
@@ -553,116 +532,6 @@ impl RoutedSession {
     }
 }
 
-/// Runs the load-time trials exactly as [`load_routed`] does and returns the
-/// decision without keeping anything loaded: what `pomme inspect --plan`
-/// shows. `on_trial(i, n, candidate)` is called before candidate `i` of `n`
-/// is tried (a progress bar). Fails, naming every candidate and why, when
-/// none can serve.
-pub fn plan(
-    backends: &[Arc<dyn Backend>],
-    artifact: &ModelArtifact,
-    options: &LoadOptions,
-    preference: &[String],
-    cfg: &RoutingConfig,
-    on_trial: &mut dyn FnMut(usize, usize, &Candidate),
-) -> Result<RoutingDecision> {
-    run_trials(backends, artifact, options, preference, cfg, on_trial).map(|(d, _, _)| d)
-}
-
-/// Tries every candidate, compares each with the reference and decides.
-/// Returns the decision, the candidates in configuration order and what each
-/// one that ran loaded.
-fn run_trials(
-    backends: &[Arc<dyn Backend>],
-    artifact: &ModelArtifact,
-    options: &LoadOptions,
-    preference: &[String],
-    cfg: &RoutingConfig,
-    on_trial: &mut dyn FnMut(usize, usize, &Candidate),
-) -> Result<(RoutingDecision, Vec<Candidate>, Vec<Option<Ran>>)> {
-    cfg.validate()?;
-    let candidates = cfg.resolve_candidates(preference, options.device)?;
-    let mut ran: Vec<Option<Ran>> = Vec::new();
-    let mut outcomes: Vec<Option<TrialOutcome>> = Vec::new();
-    let mut input_shapes: Vec<Vec<usize>> = Vec::new();
-    let mut broken_model: Option<Error> = None;
-    for (i, c) in candidates.iter().enumerate() {
-        on_trial(i, candidates.len(), c);
-        match try_candidate(c, backends, artifact, options, cfg) {
-            Ok((r, shapes)) => {
-                input_shapes = shapes;
-                ran.push(Some(r));
-                outcomes.push(None);
-            }
-            Err(o) => {
-                if let TrialOutcome::Failed { reason } = &o
-                    && let Some(msg) = reason.strip_prefix("invalid model: ")
-                {
-                    broken_model.get_or_insert(Error::InvalidModelFormat(msg.to_string()));
-                }
-                ran.push(None);
-                outcomes.push(Some(o));
-            }
-        }
-    }
-    // The reference: the first candidate on the CPU that ran.
-    let reference = candidates
-        .iter()
-        .zip(&ran)
-        .position(|(c, r)| c.device == DeviceKind::Cpu && r.is_some());
-    let mut trials = Vec::with_capacity(candidates.len());
-    for (i, c) in candidates.iter().enumerate() {
-        let outcome = match (&ran[i], outcomes[i].take()) {
-            (_, Some(o)) => o,
-            (Some(r), None) => match reference {
-                Some(ri) if ri != i => {
-                    let want = &ran[ri].as_ref().expect("reference ran").outputs;
-                    let a = compare_outputs(want, &r.outputs, cfg.tolerance);
-                    if a.agrees {
-                        TrialOutcome::Measured {
-                            agreement: Some(a),
-                            timing: r.timing.clone(),
-                        }
-                    } else {
-                        TrialOutcome::Disagrees {
-                            agreement: a,
-                            timing: r.timing.clone(),
-                        }
-                    }
-                }
-                _ => TrialOutcome::Measured {
-                    agreement: None,
-                    timing: r.timing.clone(),
-                },
-            },
-            (None, None) => unreachable!("a candidate either ran or has an outcome"),
-        };
-        trials.push(Trial {
-            candidate: c.clone(),
-            outcome,
-        });
-    }
-    let decision = match decide(
-        trials,
-        reference.map(|i| candidates[i].clone()),
-        cfg.tolerance,
-        input_shapes,
-    ) {
-        Ok(d) => d,
-        // A broken model fails the same way everywhere: say so plainly.
-        Err(_) if broken_model.is_some() => return Err(broken_model.expect("checked")),
-        Err(e) => return Err(e),
-    };
-    Ok((decision, candidates, ran))
-}
-
-/// What a load-time trial produced before the reference comparison.
-struct Ran {
-    model: Arc<dyn LoadedModel>,
-    outputs: Vec<Tensor>,
-    timing: Timing,
-}
-
 /// Loads and times every candidate, picks the fastest that agrees with the
 /// CPU reference, and returns the routed model with its decision.
 #[allow(clippy::too_many_arguments)]
@@ -723,73 +592,4 @@ pub fn load_routed(
     });
     set.publish_decision();
     Ok((Arc::new(RoutedModel { set: set.clone() }), set))
-}
-
-fn try_candidate(
-    c: &Candidate,
-    backends: &[Arc<dyn Backend>],
-    artifact: &ModelArtifact,
-    options: &LoadOptions,
-    cfg: &RoutingConfig,
-) -> std::result::Result<(Ran, Vec<Vec<usize>>), TrialOutcome> {
-    let unavailable = |reason: String| TrialOutcome::Unavailable { reason };
-    let failed = |e: Error| TrialOutcome::Failed {
-        reason: e.to_string(),
-    };
-    let Some(b) = backends.iter().find(|b| b.name() == c.backend) else {
-        return Err(unavailable(format!(
-            "backend '{}' is not compiled in",
-            c.backend
-        )));
-    };
-    if !b.formats().contains(&artifact.format) {
-        return Err(unavailable(format!(
-            "{} does not read {}",
-            c.backend, artifact.format
-        )));
-    }
-    if let Availability::Unavailable(why) = b.availability() {
-        return Err(unavailable(why));
-    }
-    let devices = b.devices();
-    match devices.iter().find(|d| d.kind == c.device) {
-        None => {
-            return Err(unavailable(format!(
-                "{} has no {} device",
-                c.backend, c.device
-            )));
-        }
-        Some(d) => {
-            if let Availability::Unavailable(why) = &d.availability {
-                return Err(unavailable(why.clone()));
-            }
-        }
-    }
-    let mut opts = options.clone();
-    opts.device = c.device;
-    let model = b.load(artifact, &opts).map_err(failed)?;
-    let inputs = synth_inputs(model.signature(), cfg.symbol_size).map_err(failed)?;
-    let shapes = inputs.iter().map(|t| t.shape().to_vec()).collect();
-    let mut session = model.session().map_err(failed)?;
-    let mut first: Option<Vec<Tensor>> = None;
-    for _ in 0..cfg.warmup_runs.max(1) {
-        let (r, _) = run_caught(&mut *session, inputs.clone());
-        let outs = r.map_err(failed)?;
-        first.get_or_insert(outs);
-    }
-    let mut samples = Vec::with_capacity(cfg.timed_runs.max(1));
-    for _ in 0..cfg.timed_runs.max(1) {
-        let t = Instant::now();
-        let (r, _) = run_caught(&mut *session, inputs.clone());
-        r.map_err(failed)?;
-        samples.push(t.elapsed());
-    }
-    Ok((
-        Ran {
-            model,
-            outputs: first.expect("at least one warm-up run"),
-            timing: Timing::of(&samples),
-        },
-        shapes,
-    ))
 }

@@ -1,27 +1,14 @@
-//! Measured routing: which (backend, device) serves a model, decided by
-//! measurement at load instead of by a fixed preference.
+//! What measured routing decides and the figures behind it: the candidates
+//! a model may run on, how a candidate's outputs compare with the reference's,
+//! and [`decide`], which orders the candidates that agree by median time.
 //!
-//! A model has an ordered list of [`Candidate`]s, from its configuration or
-//! [`automatic_candidates`] for the platform. At load every available
-//! candidate is loaded, run on the same synthetic inputs built from the
-//! model's signature ([`synth_inputs`]), compared with the CPU reference
-//! within a [`Tolerance`], and timed; [`decide`] then orders the candidates
-//! that agree by their median time. The fastest serves; the others stay
-//! loaded as fallbacks (see `routed.rs`). The figures behind the choice are
-//! kept in a [`RoutingDecision`] that the model's view carries.
-//!
-//! Everything here is pure (no threads, no clocks): it is unit-tested without
-//! a runtime. [`RetryPolicy`] (exponential backoff with jitter, bounded by
-//! the request's deadline) lives here too.
+//! Everything here is pure (no threads, no clocks, no engines), so it is
+//! unit-tested without a runtime; `trials.rs` produces the figures.
 
-use crate::breaker::{BreakerConfig, Clock, SystemClock};
-use pomme_core::{
-    DType, DeviceKind, Error, Fill, ModelSignature, Result, Tensor, synthetic_inputs,
-};
+use pomme_core::{DType, DeviceKind, Error, Result, Tensor};
 use serde::Serialize;
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One (backend, device) pair a model may run on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -99,36 +86,6 @@ impl fmt::Display for Candidate {
     }
 }
 
-/// The candidates tried when a model's configuration names none, for an
-/// operating system (`std::env::consts::OS`): on macOS
-/// `coreml/ane → coreml/metal → tract/metal → ort/cpu → tract/cpu`, elsewhere
-/// `tract/cuda → ort/cpu → tract/cpu`. Candidates whose backend is not
-/// compiled in, or whose device is not available, are skipped at load.
-/// `ort/cuda` (ONNX Runtime's CUDA EP, 2–20× faster than tract's CUDA runtime
-/// per call on convnets) is not in the automatic list. It serves batches well
-/// only with one session per batch size (the ort backend's `shape_sessions`,
-/// each holding its own copy of the weights on the GPU) and with
-/// `pad_to_preferred` keeping the sizes few; without them its depthwise
-/// convolutions are prepared again at every size change, for about a second
-/// per batch on an H100 (BENCHMARKS.md). The trials time single calls and
-/// cannot see that, so the choice is left to the configuration: name it in a
-/// candidate list, or use `backends = ["ort"]` with `device = "cuda"`.
-pub fn automatic_candidates(os: &str) -> Vec<Candidate> {
-    use DeviceKind::*;
-    let list: &[(&str, DeviceKind)] = if os == "macos" {
-        &[
-            ("coreml", Ane),
-            ("coreml", Metal),
-            ("tract", Metal),
-            ("ort", Cpu),
-            ("tract", Cpu),
-        ]
-    } else {
-        &[("tract", Cuda), ("ort", Cpu), ("tract", Cpu)]
-    };
-    list.iter().map(|(b, d)| Candidate::new(b, *d)).collect()
-}
-
 /// How close a candidate's outputs must be to the reference's: every element
 /// must satisfy `|got - want| <= abs + rel * |want|` (integers and booleans
 /// must be equal).
@@ -141,8 +98,8 @@ pub struct Tolerance {
 impl Default for Tolerance {
     fn default() -> Self {
         // GPU kernels reorder reductions; 1e-3 absolute matches what the
-        // repository's CUDA checks accept (BENCHMARKS.md: ResNet-18 off by 1.75e-3
-        // would be refused at this default, which is the point of measuring).
+        // repository's CUDA checks accept. A GPU result further off is refused
+        // at this default, which is the point of measuring.
         Tolerance {
             abs: 1e-3,
             rel: 1e-3,
@@ -471,212 +428,9 @@ pub fn decide(
     })
 }
 
-/// Deterministic inputs for a signature: symbolic dims take `symbol_size`
-/// (the batch dim 1), values from [`Fill::Uniform`] (floats in [-1, 1),
-/// integers 0 or 1, booleans alternate). BYTES inputs cannot be made up: an
-/// error says so.
-pub fn synth_inputs(sig: &ModelSignature, symbol_size: usize) -> Result<Vec<Tensor>> {
-    let named = synthetic_inputs(
-        sig,
-        1,
-        symbol_size.max(1),
-        Fill::Uniform(0x9E37_79B9_7F4A_7C15),
-    )?;
-    Ok(named.into_iter().map(|(_, t)| t).collect())
-}
-
-/// Retries for retryable errors: exponential backoff with jitter, never past
-/// the request's deadline.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RetryPolicy {
-    /// Attempts in all (1: no retry).
-    pub max_attempts: u32,
-    /// Delay before the first retry.
-    pub base: Duration,
-    /// Cap on any one delay.
-    pub max_delay: Duration,
-    /// Share of each delay that is random (0: none, 1: anywhere in [0, delay]).
-    pub jitter: f64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 3,
-            base: Duration::from_millis(5),
-            max_delay: Duration::from_millis(200),
-            jitter: 0.5,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The delay before retry number `retry` (1 for the first retry), with
-    /// `unit` a random number in [0, 1): `base · 2^(retry-1)`, capped, of which
-    /// a `jitter` share is scaled by `unit` ("equal jitter"), so concurrent
-    /// clients that failed together do not come back together.
-    pub fn delay(&self, retry: u32, unit: f64) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
-            .min(self.max_delay);
-        let j = self.jitter.clamp(0.0, 1.0);
-        exp.mul_f64(1.0 - j + j * unit.clamp(0.0, 1.0))
-    }
-
-    /// Whether to retry after `attempts` attempts ended in `err`, and after
-    /// which delay: `None` when the error is not retryable, the attempts are
-    /// used up, or the delay would end at or past `deadline`.
-    pub fn next(
-        &self,
-        attempts: u32,
-        err: &Error,
-        now: Instant,
-        deadline: Option<Instant>,
-        unit: f64,
-    ) -> Option<Duration> {
-        if !err.is_retryable() || attempts >= self.max_attempts {
-            return None;
-        }
-        let d = self.delay(attempts, unit);
-        match deadline {
-            Some(dl) if now + d >= dl => None,
-            _ => Some(d),
-        }
-    }
-}
-
-/// A cheap process-wide random number in [0, 1) for jitter (not for anything
-/// that needs real randomness).
-pub fn jitter_unit() -> f64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static STATE: AtomicU64 = AtomicU64::new(0);
-    let seed = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-        ^ Instant::now().elapsed().as_nanos() as u64
-        ^ std::process::id() as u64;
-    // splitmix64 finalizer.
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// How a model is routed (`ModelSpec::routing`). Without it a model loads on
-/// the first backend of its preference list that works, as before.
-#[derive(Clone, Debug)]
-pub struct RoutingConfig {
-    /// Candidates in preference order; empty: the spec's `backends` (each on the
-    /// spec's device), or [`automatic_candidates`] when those are empty too.
-    pub candidates: Vec<Candidate>,
-    pub tolerance: Tolerance,
-    /// Untimed runs per candidate before timing (first-run costs: allocation,
-    /// kernel compilation, plan specialization).
-    pub warmup_runs: usize,
-    /// Timed runs per candidate.
-    pub timed_runs: usize,
-    /// Size given to symbolic non-batch dims of the warm-up inputs.
-    pub symbol_size: usize,
-    /// Keep the candidates that agree loaded as fallbacks (their weights count
-    /// against the memory budget). `false`: only the chosen one stays loaded.
-    pub keep_fallbacks: bool,
-    pub breaker: BreakerConfig,
-    /// Time limit of one backend call. With it, calls run on a helper thread
-    /// so a hung backend is abandoned (and counted as a failure); without it,
-    /// a hung backend holds its worker until it returns.
-    pub call_timeout: Option<Duration>,
-    pub retry: RetryPolicy,
-    /// The breakers' clock (a `ManualClock` in tests).
-    pub clock: Arc<dyn Clock>,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        RoutingConfig {
-            candidates: Vec::new(),
-            tolerance: Tolerance::default(),
-            warmup_runs: 2,
-            timed_runs: 10,
-            symbol_size: 8,
-            keep_fallbacks: true,
-            breaker: BreakerConfig::default(),
-            call_timeout: None,
-            retry: RetryPolicy::default(),
-            clock: Arc::new(SystemClock),
-        }
-    }
-}
-
-impl RoutingConfig {
-    /// Checks settings that would make routing meaningless (a negative or
-    /// NaN tolerance, no timed run, a breaker that never opens or never
-    /// probes); the message names the setting.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::invalid_input(m));
-        for (name, v) in [("abs", self.tolerance.abs), ("rel", self.tolerance.rel)] {
-            if !(v.is_finite() && v >= 0.0) {
-                return bad(format!("tolerance {name} must be a number ≥ 0, got {v}"));
-            }
-        }
-        if self.timed_runs == 0 {
-            return bad("timed_runs must be at least 1".into());
-        }
-        if self.symbol_size == 0 {
-            return bad("symbol_size must be at least 1".into());
-        }
-        let b = &self.breaker;
-        if b.failure_threshold == 0 {
-            return bad("breaker failure_threshold must be at least 1".into());
-        }
-        if b.half_open_probes == 0 {
-            return bad("breaker half_open_probes must be at least 1".into());
-        }
-        if b.open_for.is_zero() || b.max_open_for < b.open_for {
-            return bad(format!(
-                "breaker open_for ({:?}) must be > 0 and at most max_open_for ({:?})",
-                b.open_for, b.max_open_for
-            ));
-        }
-        if self.call_timeout.is_some_and(|t| t.is_zero()) {
-            return bad("call_timeout must be more than zero".into());
-        }
-        let r = &self.retry;
-        if r.max_attempts == 0 {
-            return bad("retry max_attempts must be at least 1 (1: no retry)".into());
-        }
-        if !(0.0..=1.0).contains(&r.jitter) {
-            return bad(format!(
-                "retry jitter must be within 0..=1, got {}",
-                r.jitter
-            ));
-        }
-        Ok(())
-    }
-
-    /// The candidates to try for a model whose backend preference is
-    /// `backends` and whose load options name `device`.
-    pub fn resolve_candidates(
-        &self,
-        backends: &[String],
-        device: DeviceKind,
-    ) -> Result<Vec<Candidate>> {
-        if !self.candidates.is_empty() {
-            return Ok(self.candidates.clone());
-        }
-        if !backends.is_empty() {
-            return backends
-                .iter()
-                .map(|b| Candidate::parse(b, device))
-                .collect();
-        }
-        Ok(automatic_candidates(std::env::consts::OS))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pomme_core::{Dim, Shape, TensorSpec};
 
     fn t(v: Vec<f32>) -> Tensor {
         Tensor::from_vec(vec![1, v.len()], v).unwrap()
@@ -698,7 +452,7 @@ mod tests {
     }
 
     #[test]
-    fn candidates_parse_and_platform_lists() {
+    fn candidates_parse() {
         assert_eq!(
             Candidate::parse("tract/cuda", DeviceKind::Cpu).unwrap(),
             Candidate::new("tract", DeviceKind::Cuda)
@@ -733,31 +487,6 @@ mod tests {
         );
         let e = parse_candidates(&["ort", "ort/cpu"], DeviceKind::Cpu).unwrap_err();
         assert!(e.to_string().contains("'ort/cpu' is listed twice"), "{e}");
-        let linux: Vec<String> = automatic_candidates("linux")
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
-        assert_eq!(linux, ["tract/cuda", "ort/cpu", "tract/cpu"]);
-        let mac: Vec<String> = automatic_candidates("macos")
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
-        assert_eq!(
-            mac,
-            [
-                "coreml/ane",
-                "coreml/metal",
-                "tract/metal",
-                "ort/cpu",
-                "tract/cpu"
-            ]
-        );
-        let cfg = RoutingConfig::default();
-        let from_spec = cfg
-            .resolve_candidates(&["ort".into(), "tract/cuda".into()], DeviceKind::Cpu)
-            .unwrap();
-        assert_eq!(from_spec[0].to_string(), "ort/cpu");
-        assert_eq!(from_spec[1].to_string(), "tract/cuda");
     }
 
     #[test]
@@ -857,23 +586,6 @@ mod tests {
     }
 
     #[test]
-    fn routing_settings_are_validated() {
-        RoutingConfig::default().validate().unwrap();
-        let e = |f: &dyn Fn(&mut RoutingConfig)| {
-            let mut c = RoutingConfig::default();
-            f(&mut c);
-            c.validate().unwrap_err().to_string()
-        };
-        assert!(e(&|c| c.tolerance.abs = -1.0).contains("tolerance abs"));
-        assert!(e(&|c| c.tolerance.rel = f64::NAN).contains("tolerance rel"));
-        assert!(e(&|c| c.timed_runs = 0).contains("timed_runs"));
-        assert!(e(&|c| c.breaker.failure_threshold = 0).contains("failure_threshold"));
-        assert!(e(&|c| c.breaker.max_open_for = Duration::from_millis(1)).contains("open_for"));
-        assert!(e(&|c| c.call_timeout = Some(Duration::ZERO)).contains("call_timeout"));
-        assert!(e(&|c| c.retry.max_attempts = 0).contains("max_attempts"));
-    }
-
-    #[test]
     fn no_candidate_is_one_unavailable_line() {
         let trials = vec![Trial {
             candidate: Candidate::new("ort", DeviceKind::Cpu),
@@ -885,82 +597,5 @@ mod tests {
         assert_eq!(e.kind(), pomme_core::ErrorKind::Unavailable);
         assert!(e.to_string().contains("ort/cpu: libonnxruntime not found"));
         assert!(!e.to_string().contains('\n'));
-    }
-
-    #[test]
-    fn synthetic_inputs_follow_the_signature() {
-        let sig = ModelSignature {
-            inputs: vec![
-                TensorSpec::new(
-                    "x",
-                    DType::F32,
-                    Shape(vec![
-                        Dim::Symbolic("b".into()),
-                        Dim::Symbolic("s".into()),
-                        Dim::Fixed(3),
-                    ]),
-                ),
-                TensorSpec::new("ids", DType::I64, Shape(vec![Dim::Fixed(4)])),
-            ],
-            outputs: vec![],
-        };
-        let a = synth_inputs(&sig, 5).unwrap();
-        assert_eq!(a[0].shape(), &[1, 5, 3]);
-        assert_eq!(a[1].to_vec::<i64>().unwrap(), vec![0, 1, 0, 1]);
-        assert!(
-            a[0].to_vec::<f32>()
-                .unwrap()
-                .iter()
-                .all(|v| (-1.0..1.0).contains(v))
-        );
-        // Reproducible: every candidate sees the same values.
-        assert_eq!(synth_inputs(&sig, 5).unwrap()[0], a[0]);
-        let bytes = ModelSignature {
-            inputs: vec![TensorSpec::new(
-                "s",
-                DType::Bytes,
-                Shape(vec![Dim::Fixed(1)]),
-            )],
-            outputs: vec![],
-        };
-        assert!(
-            synth_inputs(&bytes, 1)
-                .unwrap_err()
-                .to_string()
-                .contains("BYTES input 's'")
-        );
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_respects_the_deadline() {
-        let p = RetryPolicy {
-            max_attempts: 5,
-            base: Duration::from_millis(10),
-            max_delay: Duration::from_millis(50),
-            jitter: 0.5,
-        };
-        // Without randomness (unit = 1) the delays are the full exponential.
-        let full: Vec<u128> = (1..=4).map(|r| p.delay(r, 1.0).as_millis()).collect();
-        assert_eq!(full, [10, 20, 40, 50]);
-        // Jitter takes off at most half.
-        assert_eq!(p.delay(2, 0.0), Duration::from_millis(10));
-        assert!(p.delay(2, 0.5) > Duration::from_millis(10));
-        let now = Instant::now();
-        let retryable = Error::InferenceFailed("x".into());
-        assert_eq!(
-            p.next(1, &retryable, now, None, 1.0),
-            Some(Duration::from_millis(10))
-        );
-        // Not retryable, out of attempts, or past the deadline: no retry.
-        assert_eq!(p.next(1, &Error::invalid_input("x"), now, None, 1.0), None);
-        assert_eq!(p.next(5, &retryable, now, None, 1.0), None);
-        let dl = now + Duration::from_millis(15);
-        assert_eq!(p.next(2, &retryable, now, Some(dl), 1.0), None);
-        assert_eq!(
-            p.next(1, &retryable, now, Some(dl), 1.0),
-            Some(Duration::from_millis(10))
-        );
-        let u = jitter_unit();
-        assert!((0.0..1.0).contains(&u));
     }
 }
