@@ -15,7 +15,10 @@ fn route(path: &Path, cfg: &RoutingConfig) -> pomme_runtime::routing::RoutingDec
     let (model, set) = load_routed(
         "m",
         1,
-        &pomme_backends::compiled(),
+        &pomme_backends::compiled_with(&pomme_backends::BackendSettings {
+            ort_dylib: pomme_test_support::ort_dylib(),
+            ..Default::default()
+        }),
         &art,
         &LoadOptions::default(),
         &[],
