@@ -74,7 +74,11 @@ mod tests {
     fn cache_root_precedence() {
         let root = |vars: &[(&str, &str)]| settings(vars).backends.cache_root;
         assert_eq!(
-            root(&[("POMME_CACHE_DIR", "/p"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]),
+            root(&[
+                ("POMME_CACHE_DIR", "/p"),
+                ("XDG_CACHE_HOME", "/x"),
+                ("HOME", "/h")
+            ]),
             PathBuf::from("/p")
         );
         assert_eq!(
@@ -106,6 +110,10 @@ mod tests {
             [PathBuf::from(".venv"), PathBuf::from("/h/.venv")]
         );
         assert!(s.backends.process_tf32_off);
-        assert!(!settings(&[("NVIDIA_TF32_OVERRIDE", "1")]).backends.process_tf32_off);
+        assert!(
+            !settings(&[("NVIDIA_TF32_OVERRIDE", "1")])
+                .backends
+                .process_tf32_off
+        );
     }
 }

@@ -10,8 +10,8 @@
 
 pub mod backend;
 pub mod dtype;
-pub mod extra;
 pub mod error;
+pub mod extra;
 pub mod shape;
 pub mod signature;
 pub mod synthetic;

@@ -349,7 +349,8 @@ mod tests {
     #[cfg(not(target_os = "macos"))]
     #[test]
     fn unavailable_off_macos() {
-        let e = compute_plan(Path::new("m.mlpackage"), DeviceKind::Ane, Path::new("/tmp")).unwrap_err();
+        let e =
+            compute_plan(Path::new("m.mlpackage"), DeviceKind::Ane, Path::new("/tmp")).unwrap_err();
         assert!(matches!(e, pomme_core::Error::Unavailable(_)), "{e}");
     }
 

@@ -29,7 +29,11 @@ fn offers<E: ExecutionProvider>() -> bool {
 /// Chooses the execution providers for a load on `device`. ORT must be
 /// initialised. `process_tf32_off`: TF32 is off for the whole process (see
 /// [`crate::OrtBackend::with_process_tf32_off`]).
-pub(crate) fn plan(options: &OrtOptions, device: DeviceKind, process_tf32_off: bool) -> Result<Plan> {
+pub(crate) fn plan(
+    options: &OrtOptions,
+    device: DeviceKind,
+    process_tf32_off: bool,
+) -> Result<Plan> {
     match device {
         DeviceKind::Cpu => Ok(Plan {
             eps: vec![cpu()],

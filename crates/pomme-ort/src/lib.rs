@@ -256,7 +256,10 @@ impl Backend for OrtBackend {
         let path = if options.precision == Precision::F16 {
             // Converted once (float16 weights and compute, f32 inputs and
             // outputs) and cached by content; see `pomme_quant::fp16`.
-            let dir = opts.fp16_cache_dir.as_deref().unwrap_or(&self.fp16_cache_dir);
+            let dir = opts
+                .fp16_cache_dir
+                .as_deref()
+                .unwrap_or(&self.fp16_cache_dir);
             let converted = pomme_quant::fp16::convert_file_cached(&artifact.path, dir)?;
             tracing::info!(from = %artifact.path.display(), to = %converted.display(), "ort: running the float16 conversion");
             converted

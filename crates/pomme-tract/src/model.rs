@@ -1,7 +1,7 @@
 //! The loaded model ([`TractModel`]), its per-thread [`TractSession`], and
 //! what we derive from a typed tract model: signature and activation estimate.
 
-use crate::convert::{dtype_from_tract, from_tract, error_line, shape_from_tract, to_tract};
+use crate::convert::{dtype_from_tract, error_line, from_tract, shape_from_tract, to_tract};
 use crate::device::no_panic;
 use crate::plans::{Key, Specializer};
 use pomme_core::{

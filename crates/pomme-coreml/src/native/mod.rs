@@ -12,10 +12,10 @@ pub(crate) mod model;
 pub(crate) mod plan;
 pub(crate) mod telemetry;
 
+use crate::options::{ComputeUnits, CoreMlOptions};
 use objc2::rc::Retained;
 use objc2_core_ml::MLComputeUnits;
 use objc2_foundation::{NSError, NSOperatingSystemVersion, NSProcessInfo, NSString, NSURL};
-use crate::options::{ComputeUnits, CoreMlOptions};
 use pomme_core::{DeviceKind, Error, Result};
 use std::path::{Path, PathBuf};
 
