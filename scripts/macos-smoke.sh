@@ -31,7 +31,7 @@ cargo build --release -p pomme-cli
 POMME="${POMME:-target/release/pomme}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-export POMME_COREML_CACHE="$WORK/cache"
+export POMME_CACHE_DIR="$WORK/cache"
 
 sw_vers || true
 sysctl -n machdep.cpu.brand_string || true

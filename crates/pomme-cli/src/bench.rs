@@ -4,6 +4,7 @@
 //! (see [`crate::loadgen`]).
 
 use crate::cli::{EngineArgs, tokio_runtime, usage};
+use crate::env::Settings;
 use anyhow::{Result, anyhow};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -90,7 +91,7 @@ pub struct Row {
     pub mean_ms: f64,
 }
 
-pub fn run(args: BenchArgs) -> Result<ExitCode> {
+pub fn run(args: BenchArgs, settings: &Settings) -> Result<ExitCode> {
     if let Some(url) = &args.url {
         return run_remote(url, &args);
     }
@@ -100,14 +101,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .ok_or_else(|| usage("bench needs a MODEL path"))?;
     let artifact = pomme_runtime::detect_artifact(&model)?;
     let backends: Vec<_> = if args.backend.is_empty() {
-        pomme_backends::compiled()
+        pomme_backends::compiled_with(&settings.backends)
             .into_iter()
             .filter(|b| b.formats().contains(&artifact.format) && b.availability().is_available())
             .collect()
     } else {
         args.backend
             .iter()
-            .map(|n| pomme_backends::by_name(n))
+            .map(|n| pomme_backends::by_name_with(&settings.backends, n))
             .collect::<pomme_core::Result<_>>()?
     };
     if backends.is_empty() {

@@ -1,5 +1,6 @@
 //! Command-line definitions (clap derive) and dispatch.
 
+use crate::env::Settings;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use pomme_core::{DeviceKind, LoadOptions};
@@ -152,14 +153,14 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
     }
 }
 
-pub fn run(cli: Cli) -> Result<ExitCode> {
+pub fn run(cli: Cli, settings: &Settings) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve(a) => serve(a),
-        Command::Inspect(a) => crate::inspect::run(a),
-        Command::Infer(a) => crate::infer::run(a),
-        Command::Bench(a) => crate::bench::run(a),
-        Command::Devices(a) => crate::devices::run(a),
-        Command::Quantize(a) => crate::quantize::run(a),
+        Command::Serve(a) => serve(a, settings),
+        Command::Inspect(a) => crate::inspect::run(a, settings),
+        Command::Infer(a) => crate::infer::run(a, settings),
+        Command::Bench(a) => crate::bench::run(a, settings),
+        Command::Devices(a) => crate::devices::run(a, settings),
+        Command::Quantize(a) => crate::quantize::run(a, settings),
     }
 }
 
@@ -171,7 +172,7 @@ pub fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// `pomme serve`: configuration is merged and validated before any port is bound.
-fn serve(args: pomme_server::ServerArgs) -> Result<ExitCode> {
+fn serve(args: pomme_server::ServerArgs, settings: &Settings) -> Result<ExitCode> {
     let config = pomme_server::ServerConfig::load(&args).map_err(|e| usage(e.to_string()))?;
     crate::init_logging(
         true,
@@ -181,7 +182,7 @@ fn serve(args: pomme_server::ServerArgs) -> Result<ExitCode> {
         .max_concurrency(config.runtime.max_concurrency)
         .default_timeout(config.runtime.default_timeout)
         .fail_fast(true)
-        .backends(pomme_backends::compiled());
+        .backends(pomme_backends::compiled_with(&settings.backends));
     if config.runtime.memory_budget_mb > 0 {
         builder = builder.memory_budget_mb(config.runtime.memory_budget_mb);
     }
@@ -189,7 +190,7 @@ fn serve(args: pomme_server::ServerArgs) -> Result<ExitCode> {
     let runtime = builder.build()?;
     let (interval, policy) = (config.node.telemetry_interval, config.node.thermal_policy);
     let source: pomme_server::node::TelemetrySource =
-        std::sync::Arc::new(|| pomme_backends::extras::telemetry().map(|(_, json)| json));
+        std::sync::Arc::new(|| serde_json::to_value(pomme_backends::telemetry::collect()).ok());
     tokio_runtime()?.block_on(async move {
         let node = pomme_server::node::spawn(&runtime, source, interval, policy);
         let served = pomme_server::serve(config, runtime).await;

@@ -1,12 +1,13 @@
 //! `pomme devices`: backends compiled in, their devices, available or why not.
 
 use crate::cli::DevicesArgs;
+use crate::env::Settings;
 use anyhow::Result;
 use pomme_core::Availability;
 use std::process::ExitCode;
 
-pub fn run(args: DevicesArgs) -> Result<ExitCode> {
-    let backends = pomme_backends::compiled();
+pub fn run(args: DevicesArgs, settings: &Settings) -> Result<ExitCode> {
+    let backends = pomme_backends::compiled_with(&settings.backends);
     let rows: Vec<serde_json::Value> = backends
         .iter()
         .map(|b| {
@@ -57,12 +58,10 @@ pub fn run(args: DevicesArgs) -> Result<ExitCode> {
             );
         }
     }
-    if let Some((text, _)) = pomme_backends::extras::telemetry() {
-        println!();
-        println!("platform:");
-        for line in text.lines() {
-            println!("  {line}");
-        }
+    println!();
+    println!("platform:");
+    for line in pomme_backends::telemetry::collect().to_string().lines() {
+        println!("  {line}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,13 +1,14 @@
 //! `pomme infer`: one request through the runtime, .npy in and out.
 
 use crate::cli::{InferArgs, tokio_runtime, usage};
+use crate::env::Settings;
 use anyhow::{Context, Result};
 use pomme_core::{Fill, ModelSignature, Tensor};
 use pomme_runtime::{InferRequest, ModelSpec, Runtime};
 use std::process::ExitCode;
 use std::time::Instant;
 
-pub fn run(args: InferArgs) -> Result<ExitCode> {
+pub fn run(args: InferArgs, settings: &Settings) -> Result<ExitCode> {
     let mut named = Vec::new();
     for spec in &args.inputs {
         let (name, file) = spec
@@ -19,12 +20,12 @@ pub fn run(args: InferArgs) -> Result<ExitCode> {
         ));
     }
     let rt = Runtime::builder()
-        .backends(pomme_backends::compiled())
+        .backends(pomme_backends::compiled_with(&settings.backends))
         .build()?;
     let mut spec = ModelSpec::new("model", &args.model);
     spec.load = args.engine.load_options()?;
     if let Some(b) = &args.backend {
-        pomme_backends::by_name(b)?;
+        pomme_backends::by_name_with(&settings.backends, b)?;
         spec.backends = vec![b.clone()];
     }
     let tokio = tokio_runtime()?;

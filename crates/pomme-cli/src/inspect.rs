@@ -2,6 +2,7 @@
 //! candidate measured routing would serve it on, and why.
 
 use crate::cli::{InspectArgs, usage};
+use crate::env::Settings;
 use anyhow::{Result, anyhow};
 use indicatif::{ProgressBar, ProgressStyle};
 use pomme_core::{Availability, DeviceKind, LoadOptions, ModelInfo};
@@ -9,12 +10,12 @@ use pomme_runtime::{RoutingConfig, RoutingDecision, parse_candidates};
 use std::process::ExitCode;
 use std::time::Instant;
 
-pub fn run(args: InspectArgs) -> Result<ExitCode> {
+pub fn run(args: InspectArgs, settings: &Settings) -> Result<ExitCode> {
     if args.plan {
-        return plan(&args);
+        return plan(&args, settings);
     }
     let artifact = pomme_runtime::detect_artifact(&args.model)?;
-    let backends: Vec<_> = pomme_backends::compiled()
+    let backends: Vec<_> = pomme_backends::compiled_with(&settings.backends)
         .into_iter()
         .filter(|b| b.formats().contains(&artifact.format))
         .collect();
@@ -78,6 +79,7 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
             ));
         }
         Some(pomme_backends::extras::coreml_placement(
+            &settings.backends,
             &args.model,
             pomme_core::DeviceKind::Ane,
         )?)
@@ -168,7 +170,7 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
 /// `pomme inspect --plan`: the load-time trials of measured routing
 /// (`pomme_runtime::plan`, the code `pomme serve` runs for a model
 /// with `routing` set), printed as a table or JSON.
-fn plan(args: &InspectArgs) -> Result<ExitCode> {
+fn plan(args: &InspectArgs, settings: &Settings) -> Result<ExitCode> {
     let mut cfg = RoutingConfig {
         timed_runs: args.runs,
         ..Default::default()
@@ -188,7 +190,7 @@ fn plan(args: &InspectArgs) -> Result<ExitCode> {
             .map_err(|e| usage(format!("--candidates: {}", e.message())))?;
     }
     let artifact = pomme_runtime::detect_artifact(&args.model)?;
-    let backends = pomme_backends::compiled();
+    let backends = pomme_backends::compiled_with(&settings.backends);
     // Loading and timing every candidate takes seconds on a big model.
     let bar = ProgressBar::new(0);
     bar.set_style(

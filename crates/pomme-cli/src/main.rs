@@ -10,6 +10,7 @@
 mod bench;
 mod cli;
 mod devices;
+mod env;
 mod infer;
 mod inspect;
 mod loadgen;
@@ -49,6 +50,7 @@ fn leave(code: u8) -> ! {
 
 fn run_main() -> u8 {
     fp32_exact_gpu_math();
+    let settings = env::Settings::from_env();
     quiet_panics();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
@@ -59,15 +61,12 @@ fn run_main() -> u8 {
         }
     };
     if !matches!(cli.command, cli::Command::Serve(_)) {
-        init_logging(
-            false,
-            std::env::var("POMME_LOG_FORMAT").is_ok_and(|f| f == "json"),
-        );
+        init_logging(false, settings.log_json);
     }
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cli::run(cli))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cli::run(cli, &settings))) {
         Ok(Ok(code)) => u8::from(code != ExitCode::SUCCESS),
         Ok(Err(e)) => {
-            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            eprintln!("error: {}", pomme_core::one_line(format!("{e:#}")));
             cli::exit_code_of(&e)
         }
         Err(_) => {
@@ -110,28 +109,19 @@ fn fp32_exact_gpu_math() {
 /// A panic that reaches `main` ends the process with a one-line `error:`.
 fn quiet_panics() {
     std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic".into());
+        let msg = pomme_core::panic_message(info.payload());
         let at = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
         tracing::debug!(message = %msg, at = %at, "panic");
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{} (at {at})", one_line(&msg))));
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{msg} (at {at})")));
     }));
 }
 
 thread_local! {
     /// The last panic on this thread, for `main`'s one-line report.
     static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Structured logs on stderr; `POMME_LOG` filters (default: info for serve,

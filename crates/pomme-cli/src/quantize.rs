@@ -1,6 +1,7 @@
 //! `pomme quantize`: INT8 / INT4 ONNX quantization with measured accuracy.
 
 use crate::cli::usage;
+use crate::env::Settings;
 use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -50,7 +51,7 @@ pub struct QuantizeArgs {
     pub json: bool,
 }
 
-pub fn run(args: QuantizeArgs) -> Result<ExitCode> {
+pub fn run(args: QuantizeArgs, settings: &Settings) -> Result<ExitCode> {
     let method: CalibrationMethod = args
         .calibration_method
         .parse()
@@ -64,7 +65,7 @@ pub fn run(args: QuantizeArgs) -> Result<ExitCode> {
     options.labels = args.labels.clone();
     options.max_accuracy_drop = args.max_accuracy_drop;
     options.auto_exclude = args.auto_exclude;
-    let backends = pomme_backends::compiled();
+    let backends = pomme_backends::compiled_with(&settings.backends);
     let refs: Vec<&dyn pomme_core::Backend> = backends
         .iter()
         .filter(|b| b.formats().contains(&pomme_core::ModelFormat::Onnx))

@@ -14,7 +14,10 @@ fn route(path: &Path, cfg: &RoutingConfig) -> pomme_runtime::RoutingDecision {
     let (model, set) = load_routed(
         "m",
         1,
-        &pomme_backends::compiled(),
+        &pomme_backends::compiled_with(&pomme_backends::BackendSettings {
+            ort_dylib: pomme_test_support::ort_dylib(),
+            ..Default::default()
+        }),
         &art,
         &LoadOptions::default(),
         &[],

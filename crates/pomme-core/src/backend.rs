@@ -250,8 +250,19 @@ pub trait Backend: Send + Sync {
     /// The `LoadOptions.extra` keys this backend reads. The runtime refuses a
     /// load whose extra keys no candidate backend reads ([`check_extra_keys`]),
     /// so a typo in a model's configuration is an error, not a silent no-op.
+    /// A key ending in `*` stands for every key with that prefix and a
+    /// non-empty rest (`symbol.*` matches `symbol.seq`).
     fn option_keys(&self) -> &'static [&'static str] {
         &[]
+    }
+}
+
+/// Whether `key` is the option key `pattern` names: the same text, or, for a
+/// pattern ending in `*`, the prefix before it followed by at least one character.
+pub fn option_key_matches(pattern: &str, key: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => key.len() > prefix.len() && key.starts_with(prefix),
+        None => pattern == key,
     }
 }
 
@@ -261,7 +272,7 @@ pub fn check_extra_keys(extra: &BTreeMap<String, String>, backends: &[&dyn Backe
     for key in extra.keys() {
         if backends
             .iter()
-            .any(|b| b.option_keys().contains(&key.as_str()))
+            .any(|b| b.option_keys().iter().any(|p| option_key_matches(p, key)))
         {
             continue;
         }
@@ -352,5 +363,14 @@ mod tests {
             activation_bytes_per_item: 10,
         };
         assert_eq!(m.for_batch(8), 180);
+    }
+
+    #[test]
+    fn prefix_patterns_match_named_keys_only() {
+        assert!(option_key_matches("spin", "spin"));
+        assert!(!option_key_matches("spin", "spinning"));
+        assert!(option_key_matches("symbol.*", "symbol.seq"));
+        assert!(!option_key_matches("symbol.*", "symbol."));
+        assert!(!option_key_matches("symbol.*", "symbols.seq"));
     }
 }

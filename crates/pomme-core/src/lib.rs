@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod dtype;
 pub mod error;
+pub mod extra;
 pub mod shape;
 pub mod signature;
 pub mod synthetic;
@@ -20,9 +21,11 @@ pub mod text;
 pub use backend::{
     Availability, Backend, DeviceInfo, DeviceKind, LoadOptions, LoadedModel, MemoryEstimate,
     ModelArtifact, ModelFormat, ModelInfo, PlacementShare, Precision, Session, check_extra_keys,
+    option_key_matches,
 };
 pub use dtype::{DType, Element};
 pub use error::{Error, ErrorKind, GrpcCode, Result};
+pub use extra::ExtraOptions;
 pub use shape::{Dim, Shape};
 pub use signature::{ModelSignature, TensorSpec};
 pub use synthetic::{Fill, synthetic_inputs, synthetic_shape};

@@ -1,38 +1,31 @@
 //! Core ML for pomme.
 //!
 //! - [`reader`] (every platform, pure Rust): reads `.mlmodel` files and
-//!   `.mlpackage` bundles (a subset of the public Core ML protobuf spec, compiled
-//!   with prost + protox) into a [`reader::CoreMlInfo`], convertible to
-//!   [`pomme_core::ModelInfo`].
+//!   `.mlpackage` bundles (a subset of the public Core ML protobuf spec) into a
+//!   [`reader::CoreMlInfo`], convertible to [`pomme_core::ModelInfo`].
 //! - [`ane_check`] (every platform): flags what is known to push work off the
-//!   Apple Neural Engine, from the parsed model, each rule with its source.
-//! - [`placement`]: the [`placement::PlacementReport`] type (every platform) and
-//!   [`placement::compute_plan`], which asks Core ML's `MLComputePlan` on macOS
-//!   14.4+ and answers `Error::Unavailable` elsewhere.
-//! - [`telemetry`]: a platform-independent [`telemetry::Telemetry`] snapshot
-//!   (macOS: chip, memory, thermal state, low-power mode, Metal, ANE; Linux:
-//!   `/proc`, `/sys/class/thermal`, `nvidia-smi`).
-//! - [`CoreMlBackend`]: the [`pomme_core::Backend`]. `inspect` works everywhere
-//!   (through the reader); `load` runs models through Core ML on macOS and is
-//!   `Error::Unavailable` elsewhere.
+//!   Apple Neural Engine, each rule with its source.
+//! - [`placement`]: the [`placement::PlacementReport`] type and
+//!   [`placement::compute_plan`] (Core ML's `MLComputePlan`, macOS 14.4+).
+//! - [`host`]: what macOS reports about the machine, for
+//!   `pomme_backends::telemetry`.
+//! - [`CoreMlBackend`]: the [`pomme_core::Backend`]; `inspect` works everywhere
+//!   (through the reader), `load` runs models through Core ML on macOS and is
+//!   `Error::Unavailable` elsewhere. Load options are [`CoreMlOptions`].
 //!
-//! **What was verified, honestly:** nothing in this crate has run on Apple
-//! hardware. The native code (the private `native` module, `cfg(target_os =
-//! "macos")`) is only type-checked and linted for `aarch64-apple-darwin` on
-//! Linux (`scripts/check-apple.sh`). The reader, the pre-check, the placement
-//! report's formatting and the Linux telemetry ran on Linux, against fixtures
-//! made by coremltools 9.0 (`scripts/make_coreml_fixtures.py`).
-//! `scripts/macos-smoke.sh` is the first thing to run on a Mac.
-//!
-//! `unsafe` is denied crate-wide and allowed only in `native`, where every
-//! block carries a `// SAFETY:` comment.
+//! The native code (the private `native` module, macOS only) has been
+//! type-checked and linted for `aarch64-apple-darwin` (`scripts/check-apple.sh`)
+//! but never run on Apple hardware; `scripts/macos-smoke.sh` is the first thing
+//! to run on a Mac. `unsafe` is denied crate-wide and allowed only in `native`,
+//! where every block carries a `// SAFETY:` comment.
 #![deny(unsafe_code)]
 
 pub mod ane_check;
+pub mod host;
+pub mod options;
 pub mod placement;
 mod proto;
 pub mod reader;
-pub mod telemetry;
 
 #[cfg(target_os = "macos")]
 #[allow(unsafe_code)]
@@ -42,28 +35,45 @@ use pomme_core::{
     Availability, Backend, DeviceInfo, DeviceKind, Error, LoadOptions, LoadedModel, ModelArtifact,
     ModelFormat, ModelInfo, Result,
 };
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use ane_check::{Finding, Severity};
+pub use options::CoreMlOptions;
 pub use placement::{PlacementReport, compute_plan};
 pub use reader::{CoreMlInfo, read};
-pub use telemetry::{Telemetry, ThermalState};
 
 /// The Core ML backend. Cheap to construct; `load` needs macOS 12.3+.
-///
-/// Load options: `device` picks the compute units (`ane` → `cpuAndNeuralEngine`,
-/// `metal` → `cpuAndGPU`, `cpu` → `cpuOnly`, `auto` → `all`), or
-/// `extra["compute_units"]` names them directly. `extra["cache_dir"]` sets where
-/// compiled `.mlmodelc` bundles are kept (default `$POMME_COREML_CACHE`, else
-/// `~/Library/Caches/pomme/coreml`). `extra["virtual_batch"] = "false"` turns off
-/// the symbolic batch offered for models whose inputs and outputs all start
-/// with a fixed 1 (such batches run through `MLArrayBatchProvider`).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CoreMlBackend;
+#[derive(Clone, Debug)]
+pub struct CoreMlBackend {
+    cache_dir: PathBuf,
+}
 
 impl CoreMlBackend {
+    /// A backend keeping compiled models in `pomme-cache/coreml` in the temp
+    /// dir; see [`CoreMlBackend::with_cache_dir`].
     pub fn new() -> CoreMlBackend {
-        CoreMlBackend
+        CoreMlBackend::with_cache_dir(std::env::temp_dir().join("pomme-cache").join("coreml"))
+    }
+
+    /// A backend keeping compiled `.mlmodelc` bundles in `dir` (cached by
+    /// content, OS build and compute units) unless a load names its own
+    /// ([`CoreMlOptions::cache_dir`]).
+    pub fn with_cache_dir(dir: impl Into<PathBuf>) -> CoreMlBackend {
+        CoreMlBackend {
+            cache_dir: dir.into(),
+        }
+    }
+
+    /// Where compiled models are kept (also what [`compute_plan`] wants).
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+}
+
+impl Default for CoreMlBackend {
+    fn default() -> Self {
+        CoreMlBackend::new()
     }
 }
 
@@ -95,8 +105,11 @@ impl Backend for CoreMlBackend {
         }
     }
 
+    fn option_keys(&self) -> &'static [&'static str] {
+        options::KEYS
+    }
+
     fn devices(&self) -> Vec<DeviceInfo> {
-        let t = telemetry::collect();
         let available = self.availability();
         let dev = |kind, name: String, ok: bool, why: &str| DeviceInfo {
             kind,
@@ -109,11 +122,15 @@ impl Backend for CoreMlBackend {
                 Availability::Unavailable(why.to_string())
             },
         };
-        let gpu = t.gpus.first().map(|g| g.name.clone());
+        #[cfg(target_os = "macos")]
+        let h = host::sample();
+        #[cfg(not(target_os = "macos"))]
+        let h = host::MacHost::default();
+        let gpu = h.metal.map(|m| m.name);
         vec![
             dev(
                 DeviceKind::Cpu,
-                t.cpu_model.clone().unwrap_or_else(|| "CPU".into()),
+                h.cpu_model.unwrap_or_else(|| "CPU".into()),
                 true,
                 "",
             ),
@@ -125,11 +142,11 @@ impl Backend for CoreMlBackend {
             ),
             dev(
                 DeviceKind::Ane,
-                match t.ane_cores {
+                match h.ane_cores {
                     Some(n) => format!("Apple Neural Engine ({n} cores)"),
                     None => "Apple Neural Engine".into(),
                 },
-                t.ane_available != Some(false),
+                h.ane_available != Some(false),
                 "no Neural Engine",
             ),
             dev(
@@ -157,13 +174,14 @@ impl Backend for CoreMlBackend {
                 artifact.format
             )));
         }
+        let opts = CoreMlOptions::from_load_options(options)?;
         #[cfg(target_os = "macos")]
         {
-            native::load(artifact, options)
+            native::load(artifact, options, &opts, &self.cache_dir)
         }
         #[cfg(not(target_os = "macos"))]
         {
-            let _ = options;
+            let _ = opts;
             Err(Error::Unavailable(format!(
                 "cannot run {}: Core ML runs on macOS only",
                 artifact.path.display()

@@ -180,22 +180,9 @@ impl fmt::Display for PlacementReport {
     }
 }
 
-/// The `LoadOptions::extra` key of a model's minimum Neural Engine share.
+/// The `LoadOptions::extra` key of a model's minimum Neural Engine share
+/// ([`crate::CoreMlOptions::min_ane_share`]).
 pub const MIN_ANE_SHARE_KEY: &str = "min_ane_share";
-
-/// Reads `min_ane_share` (a fraction in [0, 1] of the placed ops, or of the
-/// estimated cost when Core ML gives costs) from a model's extra settings.
-pub fn min_ane_share(extra: &BTreeMap<String, String>) -> Result<Option<f64>> {
-    let Some(v) = extra.get(MIN_ANE_SHARE_KEY) else {
-        return Ok(None);
-    };
-    match v.trim().parse::<f64>() {
-        Ok(f) if (0.0..=1.0).contains(&f) => Ok(Some(f)),
-        _ => Err(pomme_core::Error::invalid_input(format!(
-            "{MIN_ANE_SHARE_KEY} must be a fraction between 0 and 1, got '{v}'"
-        ))),
-    }
-}
 
 impl PlacementReport {
     /// The Neural Engine's share used for the minimum: of estimated cost when
@@ -262,16 +249,17 @@ pub fn compute_units_name(device: DeviceKind) -> Option<&'static str> {
 }
 
 /// The compute plan of a `.mlmodel`, `.mlpackage` or `.mlmodelc` for the
-/// compute units `device` selects (compiling, with the backend's cache, first).
+/// compute units `device` selects, compiling first into `cache_dir` (where
+/// the backend keeps compiled bundles: [`crate::CoreMlBackend::cache_dir`]).
 /// macOS 14.4+ only; elsewhere `Error::Unavailable`.
-pub fn compute_plan(model: &Path, device: DeviceKind) -> Result<PlacementReport> {
+pub fn compute_plan(model: &Path, device: DeviceKind, cache_dir: &Path) -> Result<PlacementReport> {
     #[cfg(target_os = "macos")]
     {
-        crate::native::compute_plan(model, device)
+        crate::native::compute_plan(model, device, cache_dir)
     }
     #[cfg(not(target_os = "macos"))]
     {
-        let _ = device;
+        let _ = (device, cache_dir);
         Err(pomme_core::Error::Unavailable(format!(
             "the Core ML compute plan of {} needs macOS 14.4 or later",
             model.display()
@@ -361,7 +349,8 @@ mod tests {
     #[cfg(not(target_os = "macos"))]
     #[test]
     fn unavailable_off_macos() {
-        let e = compute_plan(Path::new("m.mlpackage"), DeviceKind::Ane).unwrap_err();
+        let e =
+            compute_plan(Path::new("m.mlpackage"), DeviceKind::Ane, Path::new("/tmp")).unwrap_err();
         assert!(matches!(e, pomme_core::Error::Unavailable(_)), "{e}");
     }
 
@@ -386,18 +375,5 @@ mod tests {
         );
         let sum: f64 = shares.iter().map(|s| s.op_share).sum();
         assert!((sum - 1.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn min_ane_share_setting_is_validated() {
-        let mut extra = BTreeMap::new();
-        assert_eq!(min_ane_share(&extra).unwrap(), None);
-        extra.insert(MIN_ANE_SHARE_KEY.to_string(), "0.8".to_string());
-        assert_eq!(min_ane_share(&extra).unwrap(), Some(0.8));
-        for bad in ["1.5", "-0.1", "most", ""] {
-            extra.insert(MIN_ANE_SHARE_KEY.to_string(), bad.to_string());
-            let e = min_ane_share(&extra).unwrap_err().to_string();
-            assert!(e.contains("min_ane_share must be a fraction"), "{e}");
-        }
     }
 }

@@ -10,17 +10,9 @@
 use bytes::Bytes;
 use ort::session::SessionInputValue;
 use ort::value::{DynValue, Outlet, TensorElementType, TensorRef, ValueType};
-use pomme_core::{DType, Dim, Element, Error, Result, Shape, Tensor, TensorSpec};
+use pomme_core::{DType, Dim, Element, Error, Result, Shape, Tensor, TensorSpec, one_line};
 use std::borrow::Cow;
 use std::fmt::Debug;
-
-/// Collapses ONNX Runtime's multi-line messages into one line, as pomme errors are.
-pub(crate) fn one_line(msg: impl AsRef<str>) -> String {
-    msg.as_ref()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// pomme's dtype for an ORT element type; `None` for types pomme cannot carry
 /// (complex, 8-, 4- and 2-bit floats and ints).

@@ -10,7 +10,6 @@
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -26,9 +25,10 @@ pub(crate) enum Source {
     Explicit,
     /// `LoadOptions.extra["dylib"]`.
     LoadOption,
-    /// The `ORT_DYLIB_PATH` environment variable.
+    /// [`DylibSearch::dylib`], which the `pomme` binary fills from
+    /// `ORT_DYLIB_PATH` (and names so in messages).
     EnvPath,
-    /// A Python virtual environment (`POMME_ORT_VENV`, `./.venv`, `$HOME/.venv`).
+    /// A Python virtual environment ([`DylibSearch::venv`] or a fallback).
     Venv,
 }
 
@@ -73,26 +73,47 @@ impl Located {
     }
 }
 
-/// Runs the discovery rules after an explicit path: `ORT_DYLIB_PATH`, then
-/// `POMME_ORT_VENV`, then `./.venv` and `$HOME/.venv`. Variables that are set
-/// are binding: a set-but-wrong one is reported rather than skipped, so a typo
-/// does not silently pick up another library.
-pub(crate) fn discover() -> Located {
-    if let Some(p) = env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
-        return Located::given(PathBuf::from(p), Source::EnvPath);
+/// Where [`crate::OrtBackend::discover`] looks for the onnxruntime library.
+/// The caller fills it (the `pomme` binary from `ORT_DYLIB_PATH`,
+/// `POMME_ORT_VENV` and `$HOME`); this crate reads no environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DylibSearch {
+    /// This library file (`ORT_DYLIB_PATH`). Binding when set: a missing
+    /// file is reported, not skipped.
+    pub dylib: Option<PathBuf>,
+    /// The library inside this Python virtual environment
+    /// (`POMME_ORT_VENV`). Binding when set, as `dylib`.
+    pub venv: Option<PathBuf>,
+    /// Virtual environments tried in order when neither is set; the first
+    /// with a library wins. Default: `./.venv`.
+    pub fallback_venvs: Vec<PathBuf>,
+}
+
+impl Default for DylibSearch {
+    fn default() -> Self {
+        DylibSearch {
+            dylib: None,
+            venv: None,
+            fallback_venvs: vec![PathBuf::from(".venv")],
+        }
     }
-    if let Some(venv) = env::var_os("POMME_ORT_VENV").filter(|v| !v.is_empty()) {
-        let venv = PathBuf::from(venv);
-        return match find_in_venv(&venv) {
+}
+
+/// Runs the discovery rules: `dylib`, then `venv`, then the fallback venvs.
+/// A set-but-wrong setting is reported rather than skipped, so a typo does
+/// not silently pick up another library.
+pub(crate) fn discover(search: &DylibSearch) -> Located {
+    if let Some(p) = search.dylib.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+        return Located::given(p.clone(), Source::EnvPath);
+    }
+    if let Some(venv) = search.venv.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+        return match find_in_venv(venv) {
             Some(p) => Located::Found(p, Source::Venv),
-            None => Located::Missing(format!("{} (POMME_ORT_VENV)", venv_missing(&venv))),
+            None => Located::Missing(format!("{} (POMME_ORT_VENV)", venv_missing(venv))),
         };
     }
-    let mut venvs = vec![PathBuf::from(".venv")];
-    if let Some(home) = env::var_os("HOME").filter(|v| !v.is_empty()) {
-        venvs.push(PathBuf::from(home).join(".venv"));
-    }
-    venvs
+    search
+        .fallback_venvs
         .iter()
         .find_map(|v| find_in_venv(v))
         .map(|p| Located::Found(p, Source::Venv))
@@ -210,7 +231,7 @@ pub(crate) fn runtime(located: &Located) -> Result<&'static OrtRuntime, String> 
         });
     match built {
         Ok(env) => {
-            let build_info = crate::convert::one_line(ort::info());
+            let build_info = pomme_core::one_line(ort::info());
             tracing::info!(dylib = %path.display(), %build_info, "onnxruntime loaded");
             let rt = OrtRuntime {
                 env,
@@ -226,7 +247,7 @@ pub(crate) fn runtime(located: &Located) -> Result<&'static OrtRuntime, String> 
             let reason = format!(
                 "onnxruntime library at {} could not be loaded: {}",
                 path.display(),
-                crate::convert::one_line(&e)
+                pomme_core::one_line(&e)
             );
             failures.insert(key, reason.clone());
             Err(reason)

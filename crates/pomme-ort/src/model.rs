@@ -5,16 +5,17 @@
 //! crashed), so a loaded model either builds one ORT session per worker or
 //! shares one behind a mutex; the crate docs describe the trade-off.
 
-use crate::convert::{self, one_line};
+use crate::convert;
 use crate::dylib::OrtRuntime;
+use crate::options::SessionMode;
 use crate::shapes::{ShapeKey, ShapeSessions};
 use ort::ep::ExecutionProviderDispatch;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::{ErrorCode, session::Session as OrtSession};
 use parking_lot::Mutex;
 use pomme_core::{
-    DeviceKind, Error, LoadOptions, LoadedModel, MemoryEstimate, ModelSignature, Precision, Result,
-    Session, Tensor,
+    DeviceKind, Error, LoadedModel, MemoryEstimate, ModelSignature, Precision, Result, Session,
+    Tensor, one_line,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -72,56 +73,14 @@ pub(crate) struct SessionConfig {
     pub(crate) eps: Vec<ExecutionProviderDispatch>,
     pub(crate) intra_threads: Option<usize>,
     pub(crate) optimization: GraphOptimizationLevel,
-    /// Whether ORT's idle pool threads spin (`extra["spin"]`, see [`spinning`]).
+    /// Whether ORT's idle pool threads spin ([`crate::OrtOptions::spin`]).
     pub(crate) spinning: bool,
-    /// `extra["profile"]`: a path prefix for ONNX Runtime's per-node profile
-    /// (Chrome trace JSON, one file per session, written when the session
-    /// ends). Off by default: ORT records every node of every run.
+    /// A path prefix for ONNX Runtime's per-node profile, one file per
+    /// session ([`crate::OrtOptions::profile`]).
     pub(crate) profile: Option<PathBuf>,
     /// Sessions a worker keeps, one per distinct input shape
-    /// (`extra["shape_sessions"]`; see [`crate::shapes`]). 1 = one session for
-    /// every shape.
+    /// ([`crate::OrtOptions::shape_sessions`]; see [`crate::shapes`]).
     pub(crate) shape_sessions: usize,
-}
-
-/// `LoadOptions.extra["shape_sessions"]`: how many sessions a worker keeps,
-/// one per input shape. Default 8 on CUDA (its depthwise convolutions are
-/// prepared again at every shape change, see [`crate::shapes`]) and 1
-/// elsewhere (the CPU EP has no such cost).
-pub(crate) fn shape_sessions(options: &LoadOptions) -> Result<usize> {
-    match options.extra.get("shape_sessions") {
-        None => Ok(if options.device == DeviceKind::Cuda {
-            8
-        } else {
-            1
-        }),
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=64).contains(n))
-            .ok_or_else(|| {
-                Error::invalid_input(format!("shape_sessions '{s}' is not a count from 1 to 64"))
-            }),
-    }
-}
-
-/// `LoadOptions.extra["profile"]`, see [`SessionConfig::profile`].
-pub(crate) fn profile_prefix(options: &LoadOptions) -> Result<Option<PathBuf>> {
-    match options.extra.get("profile") {
-        None => Ok(None),
-        Some(p) if p.trim().is_empty() => Err(Error::invalid_input(
-            "profile '' is not a path prefix (e.g. /tmp/ort_profile)",
-        )),
-        Some(p) => Ok(Some(PathBuf::from(p))),
-    }
-}
-
-/// `LoadOptions.extra["spin"]`: `true` lets ONNX Runtime's idle intra-op (and
-/// inter-op) threads spin waiting for work, as ORT does by default; `false`
-/// (pomme's default) makes them sleep, leaving the CPUs to the server's I/O
-/// threads and other models (the crate docs give the measured trade-off).
-pub(crate) fn spinning(options: &LoadOptions) -> Result<bool> {
-    crate::ep::flag_or(options, "spin", false)
 }
 
 fn builder_error(e: ort::Error<SessionBuilder>) -> Error {
@@ -158,7 +117,7 @@ pub(crate) fn build_session(
         .with_inter_threads(1)
         .map_err(builder_error)?
         // The config entries `session.intra_op.allow_spinning` /
-        // `session.inter_op.allow_spinning`: "0" unless `extra["spin"] = "true"`.
+        // `session.inter_op.allow_spinning`: "0" unless `spin = true`.
         .with_intra_op_spinning(cfg.spinning)
         .map_err(builder_error)?
         .with_inter_op_spinning(cfg.spinning)
@@ -203,25 +162,6 @@ fn io_bytes_per_item(sig: &ModelSignature) -> u64 {
             elems * s.dtype.size_of().unwrap_or(0) as u64
         })
         .sum()
-}
-
-/// Session mode (`LoadOptions.extra["sessions"]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SessionMode {
-    PerWorker,
-    Shared,
-}
-
-impl SessionMode {
-    pub(crate) fn from_options(options: &LoadOptions) -> Result<SessionMode> {
-        match options.extra.get("sessions").map(String::as_str) {
-            None | Some("per_worker") => Ok(SessionMode::PerWorker),
-            Some("shared") => Ok(SessionMode::Shared),
-            Some(other) => Err(Error::invalid_input(format!(
-                "unknown sessions mode '{other}' (expected per_worker or shared)"
-            ))),
-        }
-    }
 }
 
 /// A model loaded into ONNX Runtime.
@@ -447,49 +387,5 @@ mod tests {
             )],
         };
         assert_eq!(io_bytes_per_item(&sig), 16 + 8);
-    }
-
-    #[test]
-    fn spinning_is_off_unless_asked() {
-        let mut o = LoadOptions::default();
-        assert!(!spinning(&o).unwrap());
-        o.extra.insert("spin".into(), "true".into());
-        assert!(spinning(&o).unwrap());
-        o.extra.insert("spin".into(), "false".into());
-        assert!(!spinning(&o).unwrap());
-        o.extra.insert("spin".into(), "yes".into());
-        let e = spinning(&o).unwrap_err();
-        assert!(e.to_string().contains("spin 'yes'"), "{e}");
-    }
-
-    #[test]
-    fn shape_sessions_default_by_device_and_parse() {
-        let mut o = LoadOptions::default();
-        assert_eq!(shape_sessions(&o).unwrap(), 1);
-        o.device = DeviceKind::Cuda;
-        assert_eq!(shape_sessions(&o).unwrap(), 8);
-        o.extra.insert("shape_sessions".into(), "3".into());
-        assert_eq!(shape_sessions(&o).unwrap(), 3);
-        for bad in ["0", "65", "many"] {
-            o.extra.insert("shape_sessions".into(), bad.into());
-            let e = shape_sessions(&o).unwrap_err();
-            assert!(
-                e.to_string().contains(&format!("shape_sessions '{bad}'")),
-                "{e}"
-            );
-        }
-    }
-
-    #[test]
-    fn session_mode_parses() {
-        let mut o = LoadOptions::default();
-        assert_eq!(
-            SessionMode::from_options(&o).unwrap(),
-            SessionMode::PerWorker
-        );
-        o.extra.insert("sessions".into(), "shared".into());
-        assert_eq!(SessionMode::from_options(&o).unwrap(), SessionMode::Shared);
-        o.extra.insert("sessions".into(), "many".into());
-        assert!(SessionMode::from_options(&o).is_err());
     }
 }

@@ -1,22 +1,12 @@
 //! One ONNX Runtime session per input shape, for the CUDA EP.
 //!
-//! Measured on an H100 (ORT 1.31.1, cuDNN 9.19, MobileNetV2, `.dc-gpu/run13.sh`
-//! in session 4, tabled in BENCHMARKS.md): the CUDA EP keeps the prepared
-//! kernel of a grouped (depthwise) convolution for the *last* input shape only.
-//! Each time the shape changes, every depthwise convolution is prepared again,
-//! 250–290 ms each, so a run that follows a run of another batch size takes
-//! 0.8–1.8 s instead of 1.5–5 ms. A dynamic batcher changes the batch size from
-//! one run to the next, which is why served throughput collapsed to ~10 req/s.
-//! ORT's profile put the whole time in those `Conv` nodes, with both exhaustive
-//! and heuristic algorithm search.
-//!
-//! A session that only ever sees one shape never prepares twice, so a worker
-//! keeps a small set of sessions keyed by the exact input shapes, least
-//! recently used first. With `pad_to_preferred` the batcher runs only a few
-//! sizes, and each gets its own session (warmed before the model is ready).
-//! Past the cap the least recently used session is taken over by the new shape
-//! (it prepares again: correct, only slow). Each session holds its own copy of
-//! the weights on the device, which is the cost of this choice.
+//! The CUDA EP keeps the prepared kernels of a grouped (depthwise) convolution
+//! for the last input shape only, and prepares them again at every shape
+//! change, which costs far more than the run itself; a dynamic batcher changes
+//! the batch size from one run to the next. So a worker keeps a small set of
+//! sessions keyed by the exact input shapes, least recently used first; past
+//! the cap the least recently used one takes the new shape (correct, only
+//! slow). Each session holds its own copy of the weights on the device.
 
 /// The key: every input's shape, in the model's order.
 pub(crate) type ShapeKey = Vec<Vec<usize>>;

@@ -16,9 +16,13 @@ use pomme_core::{Backend, Error};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-/// pomme's cache directory: `$POMME_CACHE_DIR`, else `$XDG_CACHE_HOME/pomme`
-/// (when absolute), `~/.cache/pomme`, or `pomme-cache` in the temp dir.
-/// Quantized models go to its `quantized/`, fp16 conversions to `fp16/`.
+/// Transitional, for `pomme-server`'s default quantization cache until the
+/// server is handed `pomme_backends::BackendSettings::cache_root` (issue 18);
+/// delete it then. Everything else gets its cache directory as a parameter:
+/// this is the only place in the crate that reads the environment
+/// (`$POMME_CACHE_DIR`, else `$XDG_CACHE_HOME/pomme` when absolute, else
+/// `~/.cache/pomme`, else `pomme-cache` in the temp dir; the `pomme` binary
+/// computes the same root in `crates/pomme-cli/src/env.rs`).
 pub fn cache_base() -> PathBuf {
     std::env::var_os("POMME_CACHE_DIR")
         .map(PathBuf::from)

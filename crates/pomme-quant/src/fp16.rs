@@ -171,11 +171,6 @@ pub fn to_fp16(model: &pb::ModelProto) -> Result<pb::ModelProto> {
     Ok(model)
 }
 
-/// Where converted files are kept: `fp16/` in [`crate::cache::cache_base`].
-pub fn default_cache_dir() -> PathBuf {
-    crate::cache::cache_base().join("fp16")
-}
-
 /// The fp16 version of the ONNX file at `path`, converted once into `dir`
 /// (named by the SHA-256 of the source bytes) and reused afterwards.
 pub fn convert_file_cached(path: &Path, dir: &Path) -> Result<PathBuf> {

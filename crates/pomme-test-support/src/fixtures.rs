@@ -2,7 +2,8 @@
 //!
 //! Big models live outside the repository; `POMME_TEST_MODELS` points at them
 //! (default: `../shared/models` next to the workspace). Tests that need them
-//! call [`models_dir`] and skip, saying so, when it returns `None`.
+//! call [`models_dir`] and skip, saying so, when it returns `None`. Test code
+//! reads the environment here so that the libraries under test need not.
 
 use pomme_core::{DType, Tensor};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,32 @@ pub fn models_dir(test: &str) -> Option<PathBuf> {
         );
         None
     }
+}
+
+/// The onnxruntime library tests use (the backends read no environment, so
+/// tests pass it in): `ORT_DYLIB_PATH` when set, else the library
+/// `pip install onnxruntime` put in the workspace's `.venv`, else `None`.
+pub fn ort_dylib() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let lib = workspace_root().join(".venv/lib");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(lib)
+        .ok()?
+        .flatten()
+        .flat_map(|py| {
+            let capi = py.path().join("site-packages/onnxruntime/capi");
+            std::fs::read_dir(capi).into_iter().flatten().flatten()
+        })
+        .map(|f| f.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("libonnxruntime.so")
+                || (name.starts_with("libonnxruntime.") && name.ends_with(".dylib"))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 /// Reads a `.npy` file of f32, f64, i32, i64, u8 or bool into a tensor.

@@ -44,12 +44,9 @@ pub(crate) fn shape_from_tract<'a>(dims: impl IntoIterator<Item = &'a TDim>) -> 
 
 /// A tract error as one line: anyhow's `{:#}` joins the cause chain with `: `,
 /// then whitespace (node dumps span lines) is collapsed and very long text cut.
-pub(crate) fn one_line(e: &TractError) -> String {
+pub(crate) fn error_line(e: &TractError) -> String {
     const MAX: usize = 600;
-    let s = format!("{e:#}")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let s = pomme_core::one_line(format!("{e:#}"));
     if s.len() <= MAX {
         return s;
     }
@@ -66,7 +63,7 @@ pub(crate) fn to_tract(t: &Tensor, dt: DatumType, name: &str) -> Result<TValue> 
     let fail = |e: TractError| {
         Error::invalid_input(format!(
             "input '{name}' cannot be handed to tract: {}",
-            one_line(&e)
+            error_line(&e)
         ))
     };
     macro_rules! copy {
@@ -157,7 +154,7 @@ pub(crate) fn from_tract(v: TValue, name: &str) -> Result<Tensor> {
     let fail = |e: TractError| {
         Error::InferenceFailed(format!(
             "output '{name}' cannot be read back: {}",
-            one_line(&e)
+            error_line(&e)
         ))
     };
     let mut t = v.into_tensor();

@@ -6,7 +6,7 @@
 //! so every call that may touch a GPU runs under `catch_unwind` and a panic
 //! becomes [`Error::Unavailable`].
 
-use crate::convert::one_line;
+use crate::convert::error_line;
 use pomme_core::{Availability, DeviceInfo, DeviceKind, Error, Result};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use tract_core::runtime::{Runtime, runtime_for_name};
@@ -14,14 +14,9 @@ use tract_core::runtime::{Runtime, runtime_for_name};
 /// Runs `f`, turning a panic into an error message that names `what`.
 pub(crate) fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
         format!(
             "{what} failed (an internal error in the engine): {}",
-            msg.split_whitespace().collect::<Vec<_>>().join(" ")
+            pomme_core::panic_message(p.as_ref())
         )
     })
 }
@@ -36,7 +31,7 @@ fn named_runtime(name: &str) -> Result<&'static dyn Runtime> {
         ))),
         Ok(Err(e)) => Err(Error::Unavailable(format!(
             "tract's {name} runtime cannot start here: {}",
-            one_line(&e)
+            error_line(&e)
         ))),
         Err(panic) => Err(Error::Unavailable(panic)),
     }
@@ -63,7 +58,7 @@ fn metal_runtime() -> Result<&'static dyn Runtime> {
         Ok(Ok(_)) => named_runtime("metal"),
         Ok(Err(e)) => Err(Error::Unavailable(format!(
             "no usable Metal device: {}",
-            one_line(&e)
+            error_line(&e)
         ))),
         Err(panic) => Err(Error::Unavailable(panic)),
     }

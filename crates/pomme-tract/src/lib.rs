@@ -1,65 +1,27 @@
 //! pomme's tract backend: ONNX and NNEF models run by [tract](https://github.com/sonos/tract).
 //!
-//! [`TractBackend`] implements [`pomme_core::Backend`]. Loading parses the model
-//! and analyses it into a typed model whose input dimensions stay symbolic
-//! (ONNX `dim_param`s such as `batch` or `seq` become tract symbols), so the
-//! signature reads `[batch,3,224,224]`. Runs use plans *specialized* to the
-//! values those symbols take in the run's inputs (`batch=8, seq=17`), built
-//! on first use and kept in a small LRU cache shared by all sessions of the
-//! model (`src/plans.rs` says why: tract only reaches its fast
-//! kernels with concrete shapes, and some models cannot be optimized with
-//! symbols at all). Every [`Session`](pomme_core::Session) spawns its own
-//! tract state per plan, so one loaded model serves any batch size from any
-//! number of threads. Loading builds one plan (the warm-up, batch 1 by
-//! default), so a model tract cannot prepare fails at load, not at the
-//! first request. Each new shape costs one plan build (tens of ms for
-//! MobileNetV2, about a second for MiniLM in a debug build) on its first
-//! request; clients with free sequence lengths should pad to a few buckets.
+//! Loading analyses the model with its input dimensions kept symbolic (ONNX
+//! `dim_param`s such as `batch` become tract symbols, so the signature reads
+//! `[batch,3,224,224]`); runs use plans specialized to the symbol values of
+//! their inputs, built on first use and cached per model (`plans.rs` says
+//! why). Loading builds one warm-up plan, so a model tract cannot prepare
+//! fails at load, not at the first request.
 //!
-//! Devices map to tract runtimes: `cpu` (and `auto`) → tract's CPU runtime;
-//! `metal` → tract-metal, compiled on Apple targets only; `cuda` → tract-cuda,
-//! behind this crate's `cuda` feature on Linux. A runtime that cannot start
-//! (no feature, no GPU, no driver) yields [`Error::Unavailable`] naming why.
+//! Devices map to tract runtimes: `cpu` and `auto` → CPU; `metal` →
+//! tract-metal (Apple targets); `cuda` → tract-cuda (the `cuda` feature, Linux).
+//! A runtime that cannot start yields [`Error::Unavailable`] naming why.
+//! `threads = Some(n > 1)` gives the model a private rayon pool; `Some(0 | 1)`
+//! runs single-threaded; `None` uses tract's process default executor.
+//! `precision = f16` applies tract's `f32_to_f16` transform; int8 / int4 are
+//! refused (quantize the file instead). Load options are [`TractOptions`].
 //!
-//! Threads: `LoadOptions::threads = Some(n)` with `n > 1` gives the model a
-//! private `n`-thread rayon pool that tract uses inside ops (matrix products,
-//! element-wise kernels); `Some(0 | 1)` runs single-threaded; `None` uses
-//! tract's process default executor, single-threaded unless the application
-//! called `tract_linalg::multithread::set_default_executor`.
+//! On NVIDIA GPUs cuDNN/cuBLAS use TF32 for f32 work unless
+//! `NVIDIA_TF32_OVERRIDE=0` is in the environment before they load; the
+//! `pomme` binary sets it, a library user must set it before starting threads.
 //!
-//! CUDA and f32: cuDNN/cuBLAS use TF32 tensor cores for f32 work on Ampere and
-//! newer unless `NVIDIA_TF32_OVERRIDE=0` is in the environment before the
-//! libraries load (~1e-3 relative error on ResNet-18). The `pomme` binary sets
-//! it first thing in `main`; a library user must set it before starting threads.
-//!
-//! Precision: `f32` runs the model as stored; `f16` applies tract's
-//! `f32_to_f16` transform; `int8` / `int4` are refused with
-//! [`Error::UnsupportedPrecision`] (quantize the model file instead).
-//!
-//! `LoadOptions::extra` keys read here:
-//! - `symbol.<name>` = positive integer: the value a model symbol (e.g.
-//!   `symbol.seq` = `128`) takes in the activation estimate (every symbol
-//!   defaults to 1; the estimate is always per batch row); also the warm-up
-//!   value when no `warmup.<name>` is given.
-//! - `warmup.<name>` = positive integer: the symbol's value in the plan built
-//!   at load. Default: 1 for a symbol that is axis 0 of an input (the batch),
-//!   8 for any other (e.g. `seq`).
-//! - `split_batch` = `true` / `false` (default `false`): run a batch of n
-//!   rows as n runs of the batch-1 plan, then join the outputs. Refused at
-//!   load unless every input and output shares the symbolic first dimension.
-//!   Why: tract 0.23.9 optimizes convolutions worse at batch > 1 (at batch 8
-//!   MobileNetV2 gets 68 `MoveAxis` and 34 unfused `Add` nodes that batch 1
-//!   does not have, and its depthwise convolutions take 15× as long), so on
-//!   conv nets n batch-1 runs beat one batch-n run (see BENCHMARKS.md);
-//!   transformers (MiniLM) batch well and should leave it off.
-//! - `plan_cache` = positive integer: how many specialized plans the model
-//!   keeps (default 8; each holds its own packed copy of the weights). Each
-//!   session keeps at most as many tract states.
-//!
-//! For benchmarks against raw tract, [`TractBackend::load_tract`] returns the
-//! concrete [`TractModel`]; [`TractModel::plan_for`] is the tract `Runnable`
-//! specialized to given inputs and [`TractModel::tract_inputs`] converts them;
-//! the tract crates are re-exported so callers use the same version.
+//! [`TractBackend::load_tract`] returns the concrete [`TractModel`] for
+//! benchmarks against raw tract ([`TractModel::plan_for`],
+//! [`TractModel::tract_inputs`]); the tract crates are re-exported.
 #![forbid(unsafe_code)]
 
 mod convert;
@@ -68,7 +30,10 @@ mod flatten;
 mod model;
 mod nnef;
 mod onnx;
+pub mod options;
 mod plans;
+
+pub use options::TractOptions;
 
 // Linking a runtime crate is what registers its runtime with tract.
 /// tract's CUDA runtime, for tools that profile it (e.g. pomme-backends'
@@ -93,7 +58,7 @@ use tract_core::runtime::RunOptions;
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::InferenceModelExt;
 
-use crate::convert::one_line;
+use crate::convert::error_line;
 use crate::device::no_panic;
 
 /// The backend's stable name.
@@ -165,7 +130,7 @@ impl TractBackend {
                 let typed = inference.into_typed().map_err(|e| {
                     Error::CompilationFailed(format!(
                         "tract could not analyse the model: {}",
-                        one_line(&e)
+                        error_line(&e)
                     ))
                 })?;
                 Ok(Analysed {
@@ -204,7 +169,7 @@ impl TractBackend {
         options: &LoadOptions,
     ) -> Result<Arc<TractModel>> {
         let (runtime, device) = device::runtime_for(options.device)?;
-        let symbols = symbol_overrides(options)?;
+        let opts = TractOptions::from_load_options(options)?;
         let executor = executor(options.threads)?;
         let mut a = self.analyse(artifact)?;
         match options.precision {
@@ -223,10 +188,10 @@ impl TractBackend {
             .iter()
             .map(|&o| a.model.outlet_fact(o).map(|f| f.datum_type))
             .collect::<TractResult<Vec<_>>>()
-            .map_err(|e| Error::Internal(one_line(&e)))?;
+            .map_err(|e| Error::Internal(error_line(&e)))?;
         let memory = MemoryEstimate {
             weight_bytes: a.weight_bytes,
-            activation_bytes_per_item: model::activation_estimate(&a.model, &symbols),
+            activation_bytes_per_item: model::activation_estimate(&a.model, &opts.symbols),
         };
         let run_options = RunOptions {
             executor,
@@ -239,10 +204,10 @@ impl TractBackend {
             run_options,
             device,
             input_names,
-            cache_capacity(options)?,
+            opts.plan_cache,
         )?;
-        let warm_key = warmup_key(&plans, options, &symbols)?;
-        let split_batch = split_batch(options, &signature)?;
+        let warm_key = warmup_key(&plans, &opts);
+        let split_batch = opts.split_batch && check_split_batch(&signature)?;
         Ok(Arc::new(TractModel::new(
             plans,
             split_batch,
@@ -257,42 +222,26 @@ impl TractBackend {
 }
 
 /// The symbol values of the plan built at load: `warmup.<name>`, else
-/// `symbol.<name>`, else 1 for a leading (batch) dimension and 8 for any
-/// other (a sequence length of 1 is a degenerate case some graphs fold away).
-fn warmup_key(
-    plans: &plans::Specializer,
-    options: &LoadOptions,
-    symbols: &BTreeMap<String, i64>,
-) -> Result<plans::Key> {
-    let warmups = positive_options(options, "warmup.")?;
-    Ok(plans
+/// `symbol.<name>`, else 1 for a leading (batch) dimension and 8 for any other.
+fn warmup_key(plans: &plans::Specializer, opts: &TractOptions) -> plans::Key {
+    plans
         .symbols()
         .iter()
         .enumerate()
         .map(|(at, sym)| {
             let name = sym.to_string();
-            warmups
+            opts.warmups
                 .get(&name)
-                .or_else(|| symbols.get(&name))
+                .or_else(|| opts.symbols.get(&name))
                 .copied()
                 .unwrap_or(if plans.is_leading(at) { 1 } else { 8 })
         })
-        .collect())
+        .collect()
 }
 
-/// `split_batch` = `true` / `false` (default): run a batch of n rows as n
-/// batch-1 runs. Only for models whose every input and output has the same
-/// symbolic first dimension (rows are independent), else refused at load.
-fn split_batch(options: &LoadOptions, signature: &ModelSignature) -> Result<bool> {
-    let on = match options.extra.get("split_batch").map(|v| v.trim()) {
-        None | Some("false") => return Ok(false),
-        Some("true") => true,
-        Some(v) => {
-            return Err(Error::invalid_input(format!(
-                "option split_batch = '{v}' is not true or false"
-            )));
-        }
-    };
+/// `split_batch = true` needs rows to be independent: every input and output
+/// has the same symbolic first dimension. Returns `true` or the refusal.
+fn check_split_batch(signature: &ModelSignature) -> Result<bool> {
     let leading = |s: &pomme_core::TensorSpec| match s.shape.dims().first() {
         Some(pomme_core::Dim::Symbolic(name)) => Some(name.clone()),
         _ => None,
@@ -308,20 +257,7 @@ fn split_batch(options: &LoadOptions, signature: &ModelSignature) -> Result<bool
             "option split_batch = true needs every input and output to share a symbolic first (batch) dimension",
         ));
     }
-    Ok(on)
-}
-
-/// `plan_cache` = how many specialized plans to keep (default 8).
-fn cache_capacity(options: &LoadOptions) -> Result<usize> {
-    match options.extra.get("plan_cache") {
-        None => Ok(8),
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(Error::invalid_input(format!(
-                "option plan_cache = '{v}' is not a positive integer"
-            ))),
-        },
-    }
+    Ok(true)
 }
 
 /// Simplifies the model while its symbols are free. Some graphs cannot be
@@ -335,7 +271,7 @@ fn declutter(model: TypedModel) -> Result<TypedModel> {
         Err(_) if !model.symbols.all_symbols().is_empty() => Ok(model),
         Err(e) => Err(Error::CompilationFailed(format!(
             "tract could not simplify the model: {}",
-            one_line(&e)
+            error_line(&e)
         ))),
     }
 }
@@ -348,28 +284,9 @@ fn to_f16(model: &mut TypedModel) -> Result<()> {
     transform.transform(model).map_err(|e| {
         Error::CompilationFailed(format!(
             "tract could not convert the model to f16: {}",
-            one_line(&e)
+            error_line(&e)
         ))
     })
-}
-
-fn symbol_overrides(options: &LoadOptions) -> Result<BTreeMap<String, i64>> {
-    positive_options(options, "symbol.")
-}
-
-/// Every `<prefix><name>` = positive integer in `LoadOptions::extra`, by name.
-fn positive_options(options: &LoadOptions, prefix: &str) -> Result<BTreeMap<String, i64>> {
-    options
-        .extra
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|name| (name, v)))
-        .map(|(name, v)| match v.trim().parse::<i64>() {
-            Ok(n) if n > 0 => Ok((name.to_string(), n)),
-            _ => Err(Error::invalid_input(format!(
-                "option {prefix}{name} = '{v}' is not a positive integer"
-            ))),
-        })
-        .collect()
 }
 
 fn executor(threads: Option<usize>) -> Result<Option<Executor>> {
@@ -391,6 +308,10 @@ impl Backend for TractBackend {
 
     fn formats(&self) -> &[ModelFormat] {
         &FORMATS
+    }
+
+    fn option_keys(&self) -> &'static [&'static str] {
+        options::KEYS
     }
 
     fn availability(&self) -> Availability {

@@ -1,7 +1,7 @@
 //! The loaded model ([`TractModel`]), its per-thread [`TractSession`], and
 //! what we derive from a typed tract model: signature and activation estimate.
 
-use crate::convert::{dtype_from_tract, from_tract, one_line, shape_from_tract, to_tract};
+use crate::convert::{dtype_from_tract, error_line, from_tract, shape_from_tract, to_tract};
 use crate::device::no_panic;
 use crate::plans::{Key, Specializer};
 use pomme_core::{
@@ -23,7 +23,7 @@ pub(crate) fn signature(
     let spec = |outlet: OutletId, name: String, what: &str| -> Result<TensorSpec> {
         let fact = model
             .outlet_fact(outlet)
-            .map_err(|e| Error::Internal(one_line(&e)))?;
+            .map_err(|e| Error::Internal(error_line(&e)))?;
         let dtype = dtype_from_tract(fact.datum_type).ok_or_else(|| {
             Error::CompilationFailed(format!(
                 "{what} '{name}' has tract type {:?}, which pomme cannot represent",
@@ -240,7 +240,7 @@ fn spawn(plan: &dyn Runnable) -> Result<Box<dyn State>> {
         Ok(Ok(state)) => Ok(state),
         Ok(Err(e)) => Err(Error::Internal(format!(
             "tract could not create a session: {}",
-            one_line(&e)
+            error_line(&e)
         ))),
         Err(panic) => Err(Error::Unavailable(panic)),
     }
@@ -316,7 +316,7 @@ impl TractSession {
         let state = self.state_for(key)?;
         match no_panic("tract", || state.run(values)) {
             Ok(Ok(o)) => Ok(o),
-            Ok(Err(e)) => Err(Error::InferenceFailed(one_line(&e))),
+            Ok(Err(e)) => Err(Error::InferenceFailed(error_line(&e))),
             Err(panic) => {
                 // The state may be half-updated: the next run spawns a new one.
                 self.states.remove(0);

@@ -3,7 +3,7 @@
 //! model, with its `tract_core`, `tract_onnx` and `tract_transformers`
 //! extensions enabled so that models tract itself exported load back.
 
-use crate::convert::one_line;
+use crate::convert::error_line;
 use pomme_core::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,7 +38,7 @@ pub(crate) fn load(path: &Path) -> Result<TypedModel> {
         .map_err(|e| {
             Error::InvalidModelFormat(format!(
                 "tract could not read NNEF model {shown}: {}",
-                one_line(&e)
+                error_line(&e)
             ))
         })
 }

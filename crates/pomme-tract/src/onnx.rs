@@ -4,7 +4,7 @@
 //! The file is decoded once with prost into `tract_onnx::pb::ModelProto`;
 //! inspection reads that, and loading hands the same proto to tract's parser.
 
-use crate::convert::one_line;
+use crate::convert::error_line;
 use crate::device::no_panic;
 use pomme_core::{Error, Result};
 use prost::Message;
@@ -228,7 +228,7 @@ pub(crate) fn parse(proto: &pb::ModelProto, path: &Path) -> Result<InferenceMode
         Error::InvalidModelFormat(format!(
             "tract could not parse {}: {}",
             path.display(),
-            one_line(&e)
+            error_line(&e)
         ))
     })?;
     let mut model = parsed.model;
@@ -262,7 +262,7 @@ pub(crate) fn parse(proto: &pb::ModelProto, path: &Path) -> Result<InferenceMode
 }
 
 fn name_anonymous_dims(model: &mut InferenceModel) -> Result<()> {
-    let internal = |e: TractError| Error::Internal(one_line(&e));
+    let internal = |e: TractError| Error::Internal(error_line(&e));
     for ix in 0..model.inputs.len() {
         let fact = model.input_fact(ix).map_err(internal)?.clone();
         if fact.shape.is_open() || fact.shape.dims().all(|d| d.concretize().is_some()) {

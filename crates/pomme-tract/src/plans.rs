@@ -2,9 +2,8 @@
 //!
 //! Why: tract picks its fast kernels (depthwise convolution, direct matrix
 //! products without `Im2col` / `MoveAxis` shuffles, fused element-wise
-//! chains) only when shapes are concrete. A plan optimized with `batch` left
-//! symbolic ran MobileNetV2 about 6× slower than the same model with
-//! `batch = 1`, and some models (MiniLM: `seq` in a `Mul` during
+//! chains) only when shapes are concrete: a plan optimized with `batch` left
+//! symbolic runs several times slower, and some models (MiniLM: `seq` in a `Mul` during
 //! decluttering) cannot be simplified symbolically at all. So the loaded
 //! model keeps the analysed model with its symbols (the signature stays
 //! `[batch,3,224,224]`), and each run uses a plan built for the values the
@@ -19,7 +18,7 @@
 //! on the entry's lock), different keys build in parallel. Each session
 //! keeps its own tract state per plan it has used (bounded the same way).
 
-use crate::convert::one_line;
+use crate::convert::error_line;
 use crate::device::no_panic;
 use parking_lot::Mutex;
 use pomme_core::{DeviceKind, Error, Result, Tensor};
@@ -76,7 +75,7 @@ impl Specializer {
         for (ix, &outlet) in model.inputs.iter().enumerate() {
             let fact = model
                 .outlet_fact(outlet)
-                .map_err(|e| Error::Internal(one_line(&e)))?;
+                .map_err(|e| Error::Internal(error_line(&e)))?;
             for (axis, dim) in fact.shape.dims().iter().enumerate() {
                 if let TDim::Sym(sym) = dim {
                     let at = match symbols.iter().position(|s| s == sym) {
@@ -217,7 +216,7 @@ impl Specializer {
             Ok(Ok(r)) => Ok(Arc::from(r)),
             Ok(Err(e)) => Err(Error::CompilationFailed(format!(
                 "{what} could not prepare the model{at}: {}",
-                one_line(&e)
+                error_line(&e)
             ))),
             // A GPU runtime panics when its device context cannot be created.
             Err(panic) if self.device != DeviceKind::Cpu => Err(Error::Unavailable(panic)),

@@ -18,21 +18,6 @@ use std::time::Duration;
 /// How long one compilation may take.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(1800);
 
-/// The cache directory: `extra["cache_dir"]`, else `$POMME_COREML_CACHE`, else
-/// `~/Library/Caches/pomme/coreml`, else the temp dir.
-pub(crate) fn cache_dir(extra: &std::collections::BTreeMap<String, String>) -> PathBuf {
-    if let Some(d) = extra.get("cache_dir") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("POMME_COREML_CACHE") {
-        return PathBuf::from(d);
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join("Library/Caches/pomme/coreml"),
-        None => std::env::temp_dir().join("pomme-coreml-cache"),
-    }
-}
-
 /// `sysctlbyname(name)` as a string.
 pub(crate) fn sysctl_string(name: &std::ffi::CStr) -> Option<String> {
     let mut len: libc::size_t = 0;

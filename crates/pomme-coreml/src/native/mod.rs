@@ -12,10 +12,11 @@ pub(crate) mod model;
 pub(crate) mod plan;
 pub(crate) mod telemetry;
 
+use crate::options::{ComputeUnits, CoreMlOptions};
 use objc2::rc::Retained;
 use objc2_core_ml::MLComputeUnits;
 use objc2_foundation::{NSError, NSOperatingSystemVersion, NSProcessInfo, NSString, NSURL};
-use pomme_core::{DeviceKind, Error, LoadOptions, Result};
+use pomme_core::{DeviceKind, Error, Result};
 use std::path::{Path, PathBuf};
 
 pub(crate) use model::load;
@@ -64,26 +65,21 @@ pub(crate) fn url_path(u: &NSURL) -> Option<PathBuf> {
     u.path().map(|s| PathBuf::from(s.to_string()))
 }
 
-/// Compute units from `extra["compute_units"]` (`all`, `cpuOnly`, `cpuAndGPU`,
-/// `cpuAndNeuralEngine`, also `cpu_only`-style spellings) or else the device.
-pub(crate) fn compute_units(options: &LoadOptions) -> Result<(MLComputeUnits, &'static str)> {
-    if let Some(v) = options.extra.get("compute_units") {
-        let norm = v.to_ascii_lowercase().replace(['_', '-'], "");
-        return Ok(match norm.as_str() {
-            "all" => (MLComputeUnits::All, "all"),
-            "cpuonly" | "cpu" => (MLComputeUnits::CPUOnly, "cpuOnly"),
-            "cpuandgpu" | "gpu" => (MLComputeUnits::CPUAndGPU, "cpuAndGPU"),
-            "cpuandneuralengine" | "ane" => {
-                (MLComputeUnits::CPUAndNeuralEngine, "cpuAndNeuralEngine")
-            }
-            _ => {
-                return Err(Error::invalid_input(format!(
-                    "unknown compute_units '{v}' (expected all, cpuOnly, cpuAndGPU or cpuAndNeuralEngine)"
-                )));
-            }
-        });
-    }
-    units_for_device(options.device)
+/// Compute units from the `compute_units` option, else from the device.
+pub(crate) fn compute_units(
+    opts: &CoreMlOptions,
+    device: DeviceKind,
+) -> Result<(MLComputeUnits, &'static str)> {
+    let Some(units) = opts.compute_units else {
+        return units_for_device(device);
+    };
+    let ml = match units {
+        ComputeUnits::All => MLComputeUnits::All,
+        ComputeUnits::CpuOnly => MLComputeUnits::CPUOnly,
+        ComputeUnits::CpuAndGpu => MLComputeUnits::CPUAndGPU,
+        ComputeUnits::CpuAndNeuralEngine => MLComputeUnits::CPUAndNeuralEngine,
+    };
+    Ok((ml, units.as_str()))
 }
 
 pub(crate) fn units_for_device(device: DeviceKind) -> Result<(MLComputeUnits, &'static str)> {

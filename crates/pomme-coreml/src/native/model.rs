@@ -9,6 +9,7 @@ use super::{
     MIN_MACOS, check_units, compile, compute_units, file_url, macos_at_least, ns_error,
     require_macos,
 };
+use crate::options::CoreMlOptions;
 use crate::reader;
 use block2::{RcBlock, StackBlock};
 use bytes::Bytes;
@@ -28,7 +29,6 @@ use pomme_core::{
     ModelSignature, PlacementShare, Precision, Result, Session, Shape, Tensor, TensorSpec,
 };
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -98,7 +98,7 @@ impl LoadedModel for CoreMlLoaded {
 /// A model configuration for the given compute units.
 pub(crate) fn configuration(
     units: MLComputeUnits,
-    options: &LoadOptions,
+    low_precision: bool,
     flexible: bool,
 ) -> Retained<MLModelConfiguration> {
     // SAFETY: plain property setters on a fresh configuration object; every
@@ -106,11 +106,6 @@ pub(crate) fn configuration(
     unsafe {
         let cfg = MLModelConfiguration::new();
         cfg.setComputeUnits(units);
-        let low_precision = options.precision == Precision::F16
-            || options
-                .extra
-                .get("allow_low_precision_gpu")
-                .is_some_and(|v| v == "true");
         cfg.setAllowLowPrecisionAccumulationOnGPU(low_precision);
         if macos_at_least(14, 4) {
             let hints = MLOptimizationHints::new();
@@ -125,13 +120,16 @@ pub(crate) fn configuration(
     }
 }
 
-/// Compiles (cached), loads and starts the owner thread of a model.
+/// Compiles (cached in `opts.cache_dir`, else `cache_dir`), loads and starts
+/// the owner thread of a model.
 pub(crate) fn load(
     artifact: &ModelArtifact,
     options: &LoadOptions,
+    opts: &CoreMlOptions,
+    cache_dir: &Path,
 ) -> Result<Arc<dyn LoadedModel>> {
     require_macos(MIN_MACOS.0, MIN_MACOS.1, "the Core ML backend")?;
-    let (units, units_name) = compute_units(options)?;
+    let (units, units_name) = compute_units(opts, options.device)?;
     check_units(units)?;
     if options.precision != Precision::F32 && options.precision != Precision::F16 {
         return Err(Error::UnsupportedPrecision(format!(
@@ -146,19 +144,17 @@ pub(crate) fn load(
         Some(e) if e.eq_ignore_ascii_case("mlmodelc") => None,
         _ => Some(reader::read(path)?),
     };
-    let compiled = compile::compiled(path, units_name, &compile::cache_dir(&options.extra))?;
-    let placement = placement_at_load(path, &compiled, units, units_name, options)?;
+    let cache_dir = opts.cache_dir.as_deref().unwrap_or(cache_dir);
+    let compiled = compile::compiled(path, units_name, cache_dir)?;
+    let placement = placement_at_load(path, &compiled, units, units_name, opts.min_ane_share)?;
     let flexible = info
         .as_ref()
         .is_some_and(reader::CoreMlInfo::has_flexible_inputs);
-    let virtual_batch = options
-        .extra
-        .get("virtual_batch")
-        .is_none_or(|v| v != "false");
+    let virtual_batch = opts.virtual_batch;
+    let low_precision = options.precision == Precision::F16 || opts.allow_low_precision_gpu;
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelSignature>>();
     let (job_tx, job_rx) = mpsc::channel::<Job>();
-    let options_c = options.clone();
     let compiled_c = compiled.clone();
     let order = info.as_ref().map(|i| {
         (
@@ -175,7 +171,7 @@ pub(crate) fn load(
         .spawn(move || {
             // The model is created on, used on and released on this thread only.
             let loaded = autoreleasepool(|_| -> Result<(Retained<MLModel>, ModelSignature)> {
-                let cfg = configuration(units, &options_c, flexible);
+                let cfg = configuration(units, low_precision, flexible);
                 // SAFETY: valid URL and configuration; returns a retained model or an NSError.
                 let model = unsafe {
                     MLModel::modelWithContentsOfURL_configuration_error(
@@ -239,9 +235,8 @@ fn placement_at_load(
     compiled: &Path,
     units: MLComputeUnits,
     units_name: &str,
-    options: &LoadOptions,
+    min: Option<f64>,
 ) -> Result<Vec<PlacementShare>> {
-    let min = crate::placement::min_ane_share(&options.extra)?;
     let report = if macos_at_least(14, 4) {
         match super::plan_for_compiled(compiled, units, units_name) {
             Ok(r) => Some(r),
@@ -619,13 +614,4 @@ fn run_job(
             Tensor::concat_rows(&parts)
         })
         .collect()
-}
-
-/// The load path for the compute plan: compile (cached) and return the bundle.
-pub(crate) fn compiled_for(
-    path: &Path,
-    units_name: &str,
-    extra: &BTreeMap<String, String>,
-) -> Result<std::path::PathBuf> {
-    compile::compiled(path, units_name, &compile::cache_dir(extra))
 }

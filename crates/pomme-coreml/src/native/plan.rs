@@ -11,7 +11,7 @@ use objc2_core_ml::{
     MLNeuralEngineComputeDevice,
 };
 use objc2_foundation::NSError;
-use pomme_core::{DeviceKind, Error, LoadOptions, Result};
+use pomme_core::{DeviceKind, Error, Result};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -107,11 +107,15 @@ fn report(plan: &MLComputePlan) -> Vec<OpPlacement> {
 }
 
 /// Compiles (cached) and asks Core ML for the plan under the device's compute units.
-pub(crate) fn compute_plan(model: &Path, device: DeviceKind) -> Result<PlacementReport> {
+pub(crate) fn compute_plan(
+    model: &Path,
+    device: DeviceKind,
+    cache_dir: &Path,
+) -> Result<PlacementReport> {
     require_macos(14, 4, "MLComputePlan (the placement report)")?;
     let (units, units_name) = units_for_device(device)?;
     check_units(units)?;
-    let compiled = super::model::compiled_for(model, units_name, &LoadOptions::default().extra)?;
+    let compiled = super::compile::compiled(model, units_name, cache_dir)?;
     plan_for_compiled(&compiled, units, units_name)
 }
 

@@ -1,14 +1,14 @@
-//! macOS telemetry: NSProcessInfo, sysctl, Metal and Core ML's device list.
+//! macOS host sampling: NSProcessInfo, sysctl, Metal and Core ML's device list.
 
 use super::compile::{sysctl_string, sysctl_u64};
 use super::macos_at_least;
-use crate::telemetry::{GpuInfo, Telemetry, ThermalState};
+use crate::host::{MacHost, MetalDevice, ThermalState};
 use objc2::runtime::AnyObject;
 use objc2_core_ml::{MLAllComputeDevices, MLNeuralEngineComputeDevice};
 use objc2_foundation::{NSProcessInfo, NSProcessInfoThermalState};
 use objc2_metal::{MTLCreateSystemDefaultDevice, MTLDevice};
 
-pub(crate) fn collect() -> Telemetry {
+pub(crate) fn sample() -> MacHost {
     let pi = NSProcessInfo::processInfo();
     let thermal_state = match pi.thermalState() {
         NSProcessInfoThermalState::Nominal => ThermalState::Nominal,
@@ -17,28 +17,20 @@ pub(crate) fn collect() -> Telemetry {
         NSProcessInfoThermalState::Critical => ThermalState::Critical,
         _ => ThermalState::Unknown,
     };
-    let gpus = MTLCreateSystemDefaultDevice()
-        .map(|d| {
-            vec![GpuInfo {
-                name: d.name().to_string(),
-                unified_memory: Some(d.hasUnifiedMemory()),
-                recommended_working_set_bytes: Some(d.recommendedMaxWorkingSetSize()),
-                ..GpuInfo::default()
-            }]
-        })
-        .unwrap_or_default();
+    let metal = MTLCreateSystemDefaultDevice().map(|d| MetalDevice {
+        name: d.name().to_string(),
+        unified_memory: d.hasUnifiedMemory(),
+        recommended_working_set_bytes: d.recommendedMaxWorkingSetSize(),
+    });
     let (ane_available, ane_cores) = neural_engine();
-    Telemetry {
-        os: "macos".into(),
-        os_version: Some(pi.operatingSystemVersionString().to_string()),
+    MacHost {
+        os_version: pi.operatingSystemVersionString().to_string(),
         cpu_model: sysctl_string(c"machdep.cpu.brand_string"),
         cpu_cores: pi.activeProcessorCount(),
         memory_total_bytes: sysctl_u64(c"hw.memsize").or(Some(pi.physicalMemory())),
-        memory_available_bytes: None,
         thermal_state,
-        thermal_zones: Vec::new(),
         low_power_mode: macos_at_least(12, 0).then(|| pi.isLowPowerModeEnabled()),
-        gpus,
+        metal,
         ane_available,
         ane_cores,
     }

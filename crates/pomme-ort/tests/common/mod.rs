@@ -7,17 +7,13 @@ use pomme_ort::OrtBackend;
 use std::path::{Path, PathBuf};
 
 /// The backend when the library can be loaded; prints a SKIP line otherwise.
-/// Tests run in the crate's folder, so besides the discovery rules the
-/// workspace's `.venv` is tried.
+/// The library is `pomme_test_support::ort_dylib` (`ORT_DYLIB_PATH`, else the
+/// workspace's `.venv`).
 pub fn backend(test: &str) -> Option<OrtBackend> {
-    let mut b = OrtBackend::new();
-    if b.dylib_path().is_none() {
-        let workspace_venv =
-            OrtBackend::with_venv(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
-        if workspace_venv.dylib_path().is_some() {
-            b = workspace_venv;
-        }
-    }
+    let b = match pomme_test_support::ort_dylib() {
+        Some(lib) => OrtBackend::with_dylib(lib),
+        None => OrtBackend::new(),
+    };
     match b.availability() {
         pomme_core::Availability::Available => Some(b),
         pomme_core::Availability::Unavailable(reason) if b.dylib_path().is_some() => {

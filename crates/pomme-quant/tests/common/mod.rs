@@ -25,12 +25,10 @@ pub fn models(test: &str) -> Option<PathBuf> {
 /// tract always; ONNX Runtime when its library is found.
 pub fn backends() -> Vec<Box<dyn Backend>> {
     let mut v: Vec<Box<dyn Backend>> = vec![Box::new(pomme_tract::TractBackend::new())];
-    let mut ort = pomme_ort::OrtBackend::new();
-    if !ort.availability().is_available()
-        && let Some(lib) = venv_onnxruntime()
-    {
-        ort = pomme_ort::OrtBackend::with_dylib(lib);
-    }
+    let ort = match pomme_test_support::ort_dylib() {
+        Some(lib) => pomme_ort::OrtBackend::with_dylib(lib),
+        None => pomme_ort::OrtBackend::new(),
+    };
     match ort.availability() {
         pomme_core::Availability::Available => v.push(Box::new(ort)),
         pomme_core::Availability::Unavailable(why) => {
@@ -70,19 +68,4 @@ pub fn quantize_digits(
 
 pub fn scheme_int8(per_channel: bool) -> Scheme {
     Scheme::Int8 { per_channel }
-}
-
-/// `<workspace>/.venv/lib/python*/site-packages/onnxruntime/capi/libonnxruntime.so*`.
-fn venv_onnxruntime() -> Option<PathBuf> {
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
-    for py in std::fs::read_dir(lib).ok()?.flatten() {
-        let capi = py.path().join("site-packages/onnxruntime/capi");
-        for f in std::fs::read_dir(capi).into_iter().flatten().flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            if name.starts_with("libonnxruntime.so") || name.starts_with("libonnxruntime.dylib") {
-                return Some(f.path());
-            }
-        }
-    }
-    None
 }

@@ -1,11 +1,13 @@
-//! What the machine is and how it is doing: chip, memory, thermal state,
-//! GPUs and Neural Engine availability.
+//! Host telemetry: what the machine is and how it is doing (chip, memory,
+//! thermal state, GPUs, Neural Engine), for `pomme devices` and the server's
+//! node gauges and thermal governor.
 //!
-//! [`collect`] fills one platform-independent [`Telemetry`]: on macOS from
-//! `NSProcessInfo`, `sysctlbyname`, Metal and Core ML; on Linux from
-//! `/proc/cpuinfo`, `/proc/meminfo`, `/sys/class/thermal` and `nvidia-smi`
-//! when it is on the `PATH`. Fields a platform cannot report are `None`.
-//! Collecting never fails: what cannot be read is left out.
+//! [`collect`] fills one platform-independent [`Telemetry`]: on macOS (with
+//! the `coreml` feature) from what `pomme_coreml::host` samples natively;
+//! elsewhere from `/proc/cpuinfo`, `/proc/meminfo`, `/sys/class/thermal` and
+//! `nvidia-smi` when it runs. It lives here rather than in the Core ML crate so
+//! that every build has it. Fields a platform cannot report are `None`;
+//! collecting never fails.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -156,13 +158,48 @@ impl fmt::Display for Telemetry {
 
 /// Reads the machine's telemetry now.
 pub fn collect() -> Telemetry {
-    #[cfg(target_os = "macos")]
+    #[cfg(all(feature = "coreml", target_os = "macos"))]
     {
-        crate::native::telemetry::collect()
+        from_mac(pomme_coreml::host::sample())
     }
-    #[cfg(not(target_os = "macos"))]
+    #[cfg(not(all(feature = "coreml", target_os = "macos")))]
     {
         linux::collect()
+    }
+}
+
+/// What macOS reported, as a [`Telemetry`].
+#[cfg(feature = "coreml")]
+pub fn from_mac(h: pomme_coreml::host::MacHost) -> Telemetry {
+    use pomme_coreml::host::ThermalState as Mac;
+    Telemetry {
+        os: "macos".into(),
+        os_version: Some(h.os_version),
+        cpu_model: h.cpu_model,
+        cpu_cores: h.cpu_cores,
+        memory_total_bytes: h.memory_total_bytes,
+        memory_available_bytes: None,
+        thermal_state: match h.thermal_state {
+            Mac::Nominal => ThermalState::Nominal,
+            Mac::Fair => ThermalState::Fair,
+            Mac::Serious => ThermalState::Serious,
+            Mac::Critical => ThermalState::Critical,
+            Mac::Unknown => ThermalState::Unknown,
+        },
+        thermal_zones: Vec::new(),
+        low_power_mode: h.low_power_mode,
+        gpus: h
+            .metal
+            .map(|m| GpuInfo {
+                name: m.name,
+                unified_memory: Some(m.unified_memory),
+                recommended_working_set_bytes: Some(m.recommended_working_set_bytes),
+                ..GpuInfo::default()
+            })
+            .into_iter()
+            .collect(),
+        ane_available: h.ane_available,
+        ane_cores: h.ane_cores,
     }
 }
 
@@ -250,13 +287,8 @@ pub mod linux {
         "--format=csv,noheader,nounits",
     ];
 
-    /// NVIDIA GPUs, when `nvidia-smi` is on the `PATH` and answers.
+    /// NVIDIA GPUs, when `nvidia-smi` runs (found on the `PATH`) and answers.
     pub fn nvidia_gpus() -> Vec<GpuInfo> {
-        let on_path = std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nvidia-smi").is_file()));
-        if !on_path {
-            return Vec::new();
-        }
         std::process::Command::new("nvidia-smi")
             .args(NVIDIA_SMI_ARGS)
             .output()

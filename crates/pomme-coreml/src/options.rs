@@ -1,0 +1,196 @@
+//! The Core ML backend's load options: every `LoadOptions.extra` key it reads,
+//! parsed once per load (on every platform, so a bad value reads the same
+//! everywhere) into [`CoreMlOptions`], whose field docs are the reference for
+//! each key. A bad value is a one-line [`Error::InvalidInput`] naming the key
+//! and what it accepts.
+
+use crate::placement::MIN_ANE_SHARE_KEY;
+use pomme_core::{Error, ExtraOptions, LoadOptions, Result};
+use std::path::PathBuf;
+
+/// Every key [`CoreMlOptions`] reads ([`pomme_core::Backend::option_keys`]).
+pub const KEYS: &[&str] = &[
+    "compute_units",
+    "cache_dir",
+    "allow_low_precision_gpu",
+    "virtual_batch",
+    MIN_ANE_SHARE_KEY,
+];
+
+/// The Core ML backend's settings for one load, from `LoadOptions.extra`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoreMlOptions {
+    /// `compute_units`: `all`, `cpuOnly`, `cpuAndGPU` or `cpuAndNeuralEngine`
+    /// (case, `_` and `-` ignored; also `cpu`, `gpu`, `ane`). Default: from
+    /// the device (`ane` → `cpuAndNeuralEngine`, `metal` → `cpuAndGPU`, `cpu`
+    /// → `cpuOnly`, `auto` → `all`).
+    pub compute_units: Option<ComputeUnits>,
+    /// `cache_dir`: where compiled `.mlmodelc` bundles are kept (default: the
+    /// backend's, `<cache root>/coreml`).
+    pub cache_dir: Option<PathBuf>,
+    /// `allow_low_precision_gpu` (`true` | `false`), default `false`: lets the
+    /// GPU accumulate in float16 (always allowed with `precision = f16`).
+    pub allow_low_precision_gpu: bool,
+    /// `virtual_batch` (`true` | `false`), default `true`: offer a symbolic
+    /// batch for models whose inputs and outputs all start with a fixed 1
+    /// (such batches run through `MLArrayBatchProvider`).
+    pub virtual_batch: bool,
+    /// `min_ane_share`: a fraction in [0, 1]; the load is refused when Core
+    /// ML's compute plan puts less of the model (its placed ops, or their
+    /// estimated cost when Core ML gives costs) on the Neural Engine.
+    pub min_ane_share: Option<f64>,
+}
+
+/// Core ML compute units, as `MLComputeUnits` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComputeUnits {
+    All,
+    CpuOnly,
+    CpuAndGpu,
+    CpuAndNeuralEngine,
+}
+
+impl ComputeUnits {
+    /// The `MLComputeUnits` name (`cpuAndNeuralEngine`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComputeUnits::All => "all",
+            ComputeUnits::CpuOnly => "cpuOnly",
+            ComputeUnits::CpuAndGpu => "cpuAndGPU",
+            ComputeUnits::CpuAndNeuralEngine => "cpuAndNeuralEngine",
+        }
+    }
+}
+
+impl CoreMlOptions {
+    /// Parses every key of [`KEYS`] from `options.extra`.
+    pub fn from_load_options(options: &LoadOptions) -> Result<CoreMlOptions> {
+        Self::read(&ExtraOptions::new(&options.extra))
+    }
+
+    fn read(x: &ExtraOptions<'_>) -> Result<CoreMlOptions> {
+        let compute_units = match x.get("compute_units") {
+            None => None,
+            Some(v) => Some(
+                match v.to_ascii_lowercase().replace(['_', '-'], "").as_str() {
+                    "all" => ComputeUnits::All,
+                    "cpuonly" | "cpu" => ComputeUnits::CpuOnly,
+                    "cpuandgpu" | "gpu" => ComputeUnits::CpuAndGpu,
+                    "cpuandneuralengine" | "ane" => ComputeUnits::CpuAndNeuralEngine,
+                    _ => {
+                        return Err(Error::invalid_input(format!(
+                            "unknown compute_units '{v}' (expected all, cpuOnly, cpuAndGPU or cpuAndNeuralEngine)"
+                        )));
+                    }
+                },
+            ),
+        };
+        let min_ane_share = match x.get(MIN_ANE_SHARE_KEY) {
+            None => None,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(f) if (0.0..=1.0).contains(&f) => Some(f),
+                _ => {
+                    return Err(Error::invalid_input(format!(
+                        "{MIN_ANE_SHARE_KEY} must be a fraction between 0 and 1, got '{v}'"
+                    )));
+                }
+            },
+        };
+        Ok(CoreMlOptions {
+            compute_units,
+            cache_dir: x.get("cache_dir").map(PathBuf::from),
+            allow_low_precision_gpu: flag(x, "allow_low_precision_gpu", false)?,
+            virtual_batch: flag(x, "virtual_batch", true)?,
+            min_ane_share,
+        })
+    }
+}
+
+/// A boolean option (`true` | `false`), `default` when absent.
+fn flag(x: &ExtraOptions<'_>, key: &'static str, default: bool) -> Result<bool> {
+    match x.get(key) {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(Error::invalid_input(format!(
+            "{key} '{other}' is not a boolean (true or false)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(extra: &[(&str, &str)]) -> LoadOptions {
+        LoadOptions {
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..LoadOptions::default()
+        }
+    }
+
+    #[test]
+    fn option_keys_are_what_the_parser_reads() {
+        let empty = Default::default();
+        let x = ExtraOptions::new(&empty);
+        CoreMlOptions::read(&x).unwrap();
+        let mut keys = KEYS.to_vec();
+        keys.sort_unstable();
+        assert_eq!(x.keys_read(), keys);
+    }
+
+    #[test]
+    fn wrong_values_are_refused_naming_the_key() {
+        for (key, bad) in [
+            ("compute_units", "npu"),
+            ("allow_low_precision_gpu", "yes"),
+            ("virtual_batch", "off"),
+            ("min_ane_share", "80%"),
+        ] {
+            let e = CoreMlOptions::from_load_options(&opts(&[(key, bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("invalid input: "), "{e}");
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn values_and_defaults() {
+        let o = CoreMlOptions::from_load_options(&opts(&[])).unwrap();
+        assert_eq!(o.compute_units, None);
+        assert!(o.virtual_batch && !o.allow_low_precision_gpu);
+        let o = CoreMlOptions::from_load_options(&opts(&[
+            ("compute_units", "CPU_AND_GPU"),
+            ("cache_dir", "/tmp/c"),
+            ("virtual_batch", "false"),
+            ("min_ane_share", "0.8"),
+        ]))
+        .unwrap();
+        assert_eq!(o.compute_units, Some(ComputeUnits::CpuAndGpu));
+        assert_eq!(o.compute_units.unwrap().as_str(), "cpuAndGPU");
+        assert_eq!(o.cache_dir, Some(PathBuf::from("/tmp/c")));
+        assert!(!o.virtual_batch);
+        assert_eq!(o.min_ane_share, Some(0.8));
+    }
+
+    fn min_ane_share(extra: &std::collections::BTreeMap<String, String>) -> Result<Option<f64>> {
+        CoreMlOptions::read(&ExtraOptions::new(extra)).map(|o| o.min_ane_share)
+    }
+
+    #[test]
+    fn min_ane_share_setting_is_validated() {
+        let mut extra = std::collections::BTreeMap::new();
+        assert_eq!(min_ane_share(&extra).unwrap(), None);
+        extra.insert(MIN_ANE_SHARE_KEY.to_string(), "0.8".to_string());
+        assert_eq!(min_ane_share(&extra).unwrap(), Some(0.8));
+        for bad in ["1.5", "-0.1", "most", ""] {
+            extra.insert(MIN_ANE_SHARE_KEY.to_string(), bad.to_string());
+            let e = min_ane_share(&extra).unwrap_err().to_string();
+            assert!(e.contains("min_ane_share must be a fraction"), "{e}");
+        }
+    }
+}
