@@ -171,6 +171,14 @@ pub fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The platform's automatic routing candidates (named in pomme-backends).
+pub fn automatic_candidates() -> Vec<pomme_runtime::Candidate> {
+    pomme_backends::automatic_candidates()
+        .into_iter()
+        .map(|(backend, device)| pomme_runtime::Candidate::new(backend, device))
+        .collect()
+}
+
 /// `pomme serve`: configuration is merged and validated before any port is bound.
 fn serve(args: pomme_server::ServerArgs, settings: &Settings) -> Result<ExitCode> {
     let config = pomme_server::ServerConfig::load(&args).map_err(|e| usage(e.to_string()))?;
@@ -178,11 +186,22 @@ fn serve(args: pomme_server::ServerArgs, settings: &Settings) -> Result<ExitCode
         true,
         config.log_format == pomme_server::config::LogFormat::Json,
     );
+    let mut backend_settings = settings.backends.clone();
+    if let Some(root) = &config.cache_dir {
+        backend_settings.cache_root = root.clone();
+    }
     let mut builder = pomme_runtime::Runtime::builder()
         .max_concurrency(config.runtime.max_concurrency)
         .default_timeout(config.runtime.default_timeout)
         .fail_fast(true)
-        .backends(pomme_backends::compiled_with(&settings.backends));
+        .automatic_candidates(automatic_candidates())
+        .backends(pomme_backends::compiled_with(&backend_settings));
+    if let Some(d) = config.runtime.worker_spin {
+        builder = builder.worker_spin(d);
+    }
+    if let Some(d) = config.runtime.reply_spin {
+        builder = builder.reply_spin(d);
+    }
     if config.runtime.memory_budget_mb > 0 {
         builder = builder.memory_budget_mb(config.runtime.memory_budget_mb);
     }

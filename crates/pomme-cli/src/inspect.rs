@@ -185,10 +185,12 @@ fn plan(args: &InspectArgs, settings: &Settings) -> Result<ExitCode> {
     }
     cfg.tolerance.abs = args.atol.unwrap_or(cfg.tolerance.abs);
     cfg.tolerance.rel = args.rtol.unwrap_or(cfg.tolerance.rel);
-    if !args.candidates.is_empty() {
-        cfg.candidates = parse_candidates(&args.candidates, DeviceKind::Cpu)
-            .map_err(|e| usage(format!("--candidates: {}", e.message())))?;
-    }
+    cfg.candidates = if args.candidates.is_empty() {
+        crate::cli::automatic_candidates()
+    } else {
+        parse_candidates(&args.candidates, DeviceKind::Cpu)
+            .map_err(|e| usage(format!("--candidates: {}", e.message())))?
+    };
     let artifact = pomme_runtime::detect_artifact(&args.model)?;
     let backends = pomme_backends::compiled_with(&settings.backends);
     // Loading and timing every candidate takes seconds on a big model.

@@ -36,9 +36,16 @@ fn route(path: &Path, cfg: &RoutingConfig) -> pomme_runtime::RoutingDecision {
 
 #[test]
 fn automatic_candidates_on_linux_agree_on_add_one() {
+    let automatic = pomme_backends::automatic_candidates()
+        .into_iter()
+        .map(|(b, d)| pomme_runtime::Candidate::new(b, d))
+        .collect();
     let d = route(
         &fixtures::repo_models().join("add_one.onnx"),
-        &RoutingConfig::default(),
+        &RoutingConfig {
+            candidates: automatic,
+            ..RoutingConfig::default()
+        },
     );
     // The automatic Linux list: CUDA first (not compiled into this test build),
     // then ONNX Runtime and tract on the CPU.
