@@ -193,11 +193,34 @@ fn serve(args: pomme_server::ServerArgs) -> Result<ExitCode> {
         std::sync::Arc::new(|| pomme_backends::extras::telemetry().map(|(_, json)| json));
     tokio_runtime()?.block_on(async move {
         let node = pomme_server::node::spawn(&runtime, source, interval, policy);
-        let served = pomme_server::serve(config, runtime).await;
+        let served = pomme_server::serve(config, runtime, triton_platform()).await;
         node.abort();
         served
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The backends Triton platforms mean and the device of `KIND_GPU`, for the
+/// server's `config.pbtxt` translation.
+// TODO(issue 18): `pomme_server::Platform::new(pomme_backends::triton_platform_backends,
+// pomme_backends::default_gpu_device())` once pomme-backends has them; this
+// copy of their table only keeps the branch building until the merge.
+fn triton_platform() -> pomme_server::Platform {
+    fn backends(platform: &str) -> Option<Vec<&'static str>> {
+        Some(match platform {
+            "onnxruntime_onnx" | "onnxruntime" | "onnx" => vec!["ort", "tract"],
+            "tract" => vec!["tract"],
+            "ort" => vec!["ort"],
+            "coreml" => vec!["coreml"],
+            _ => return None,
+        })
+    }
+    let gpu = if cfg!(target_vendor = "apple") {
+        pomme_core::DeviceKind::Metal
+    } else {
+        pomme_core::DeviceKind::Cuda
+    };
+    pomme_server::Platform::new(backends, gpu)
 }
 
 /// Telemetry refresh interval (`POMME_TELEMETRY_INTERVAL`, default 10s) and
