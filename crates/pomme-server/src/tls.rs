@@ -1,11 +1,10 @@
 //! TLS for the HTTP and gRPC ports: rustls with the ring provider.
 //!
 //! [`TlsConfig`] names the PEM files; [`Acceptors::load`] reads and checks
-//! them (it is also how
-//! [`ServerConfig::validate`](crate::config::ServerConfig::validate) finds a
-//! bad file before any port is bound; a [`TlsError`] names the setting, and
-//! the configuration turns it into its own error, so this module depends on
-//! nothing else in the server). [`TlsListener`] turns a bound
+//! them. The server configuration's validation calls it too, so a bad file
+//! fails before any port is bound; a [`TlsError`] names the setting and the
+//! configuration turns it into its own error, which keeps this module free of
+//! any dependency on the rest of the server. [`TlsListener`] turns a bound
 //! `TcpListener` into a stream of finished handshakes that axum (as a
 //! [`Listener`]) and tonic (through [`TlsListener::into_stream`]) serve as they
 //! serve plain TCP, so graceful shutdown works the same way. Handshakes run in

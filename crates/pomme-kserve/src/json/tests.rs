@@ -1,3 +1,6 @@
+//! The HTTP JSON codec against hand-written bodies: flattening, types,
+//! limits, the binary extension, and encoding round trips.
+
 use super::*;
 use proptest::prelude::*;
 

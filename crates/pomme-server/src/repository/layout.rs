@@ -32,7 +32,7 @@ pub fn validate_name(name: &str) -> Result<(), RepoError> {
 }
 
 /// Wraps an I/O error with the path it happened on.
-pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
     move |source| RepoError::Io {
         path: path.to_path_buf(),
         source,
