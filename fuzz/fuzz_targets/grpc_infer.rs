@@ -1,10 +1,10 @@
-//! gRPC `ModelInferRequest` bytes → prost decode → `kserve::grpc::decode_request`
+//! gRPC `ModelInferRequest` bytes → prost decode → `pomme_kserve::grpc::decode_request`
 //! (typed contents, raw contents, BYTES length prefixes, parameters, limits).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pomme_server::kserve::{Limits, grpc};
-use pomme_server::proto::ModelInferRequest;
+use pomme_kserve::proto::ModelInferRequest;
+use pomme_kserve::{Limits, grpc};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,4 @@
-//! An HTTP infer body → `kserve::json::decode_request`, with and without
+//! An HTTP infer body → `pomme_kserve::json::decode_request`, with and without
 //! Triton's binary tensor data extension (`Inference-Header-Content-Length`
 //! splitting the JSON header from the binary tensors).
 //!
@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use pomme_server::kserve::{Limits, json};
+use pomme_kserve::{Limits, json};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {

@@ -7,6 +7,10 @@
 //! process with `m/1/model.onnx`.
 #![no_main]
 
+/// The server tests' Triton platform table (the same names as the CLI's).
+#[path = "../../crates/pomme-server/tests/common/platform.rs"]
+mod platform;
+
 use libfuzzer_sys::fuzz_target;
 use pomme_server::{pbtxt, repository};
 use std::path::PathBuf;
@@ -43,5 +47,5 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = std::fs::remove_file(repo.join("m").join(other));
     std::fs::write(repo.join("m").join(write), text).unwrap();
-    let _ = repository::load_model(repo, "m");
+    let _ = repository::load_model(repo, "m", &platform::platform());
 });

@@ -207,14 +207,24 @@ fn serve(args: pomme_server::ServerArgs, settings: &Settings) -> Result<ExitCode
     }
     builder = builder.memory_policy(config.runtime.memory_policy);
     let runtime = builder.build()?;
+    let platform = triton_platform().with_cache_root(backend_settings.cache_root.clone());
     let (interval, policy) = (config.node.telemetry_interval, config.node.thermal_policy);
     let source: pomme_server::node::TelemetrySource =
         std::sync::Arc::new(|| serde_json::to_value(pomme_backends::telemetry::collect()).ok());
     tokio_runtime()?.block_on(async move {
         let node = pomme_server::node::spawn(&runtime, source, interval, policy);
-        let served = pomme_server::serve(config, runtime).await;
+        let served = pomme_server::serve(config, runtime, platform).await;
         node.abort();
         served
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The backends Triton platforms mean and the device of `KIND_GPU`, for the
+/// server's `config.pbtxt` translation (named in pomme-backends).
+fn triton_platform() -> pomme_server::Platform {
+    pomme_server::Platform::new(
+        pomme_backends::triton_platform_backends,
+        pomme_backends::default_gpu_device(),
+    )
 }

@@ -3,6 +3,9 @@
 //! gRPC, and the `--json` document checked field by field, including the
 //! counting invariant `sent == ok + rejected + timed_out + errors`.
 
+#[path = "../../pomme-server/tests/common/platform.rs"]
+mod platform;
+
 use pomme_runtime::Runtime;
 use pomme_server::config::{FileConfig, ServerArgs};
 use pomme_server::{RunningServer, ServerConfig};
@@ -33,7 +36,9 @@ fn identity_repo() -> tempfile::TempDir {
 async fn start(repo: &Path, runtime: Runtime) -> RunningServer {
     let args = ServerArgs::loopback(repo.to_path_buf());
     let config = ServerConfig::merge(FileConfig::default(), &args).unwrap();
-    let s = pomme_server::start(config, runtime).await.unwrap();
+    let s = pomme_server::start(config, runtime, platform::platform())
+        .await
+        .unwrap();
     assert!(
         s.wait_ready(Duration::from_secs(60)).await,
         "server never became ready"

@@ -16,26 +16,6 @@ use pomme_core::{Backend, Error};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-/// Transitional, for `pomme-server`'s default quantization cache until the
-/// server is handed `pomme_backends::BackendSettings::cache_root` (issue 18);
-/// delete it then. Everything else gets its cache directory as a parameter:
-/// this is the only place in the crate that reads the environment
-/// (`$POMME_CACHE_DIR`, else `$XDG_CACHE_HOME/pomme` when absolute, else
-/// `~/.cache/pomme`, else `pomme-cache` in the temp dir; the `pomme` binary
-/// computes the same root in `crates/pomme-cli/src/env.rs`).
-pub fn cache_base() -> PathBuf {
-    std::env::var_os("POMME_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-                .map(|p| p.join("pomme"))
-        })
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pomme")))
-        .unwrap_or_else(|| std::env::temp_dir().join("pomme-cache"))
-}
-
 fn read(path: &Path) -> Result<Vec<u8>> {
     Ok(std::fs::read(path)
         .map_err(|e| Error::InvalidModelFormat(format!("cannot read {}: {e}", path.display())))?)

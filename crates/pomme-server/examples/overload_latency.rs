@@ -10,6 +10,9 @@
 //! cargo run --release -p pomme-server --example overload_latency -- 5000
 //! ```
 
+#[path = "../tests/common/platform.rs"]
+mod platform;
+
 use pomme_core::Tensor;
 use pomme_runtime::{InferRequest, Runtime};
 use pomme_server::ServerConfig;
@@ -89,7 +92,9 @@ async fn main() {
         .fail_fast(true)
         .build()
         .unwrap();
-    let s = pomme_server::start(config, runtime.clone()).await.unwrap();
+    let s = pomme_server::start(config, runtime.clone(), platform::platform())
+        .await
+        .unwrap();
     assert!(s.wait_ready(Duration::from_secs(30)).await);
 
     // Fill the worker (one sleeping request) and the queue (one waiting).

@@ -2,6 +2,9 @@
 //! with stock clients (tritonclient, curl):
 //! `cargo run -p pomme-server --example serve_repo -- --model-repository DIR`.
 
+#[path = "../tests/common/platform.rs"]
+mod platform;
+
 use clap::Parser;
 use pomme_runtime::Runtime;
 use pomme_server::{ServerArgs, ServerConfig};
@@ -28,5 +31,5 @@ async fn main() -> anyhow::Result<()> {
         .default_timeout(config.runtime.default_timeout)
         .backends(vec![Arc::new(pomme_tract::TractBackend::new())])
         .build()?;
-    pomme_server::serve(config, runtime).await
+    pomme_server::serve(config, runtime, platform::platform()).await
 }

@@ -6,8 +6,11 @@
 //! arguments over the file and validates the result before any port is bound:
 //! every problem is a [`ConfigError`] of one line naming the setting.
 
+pub use crate::duration::parse_duration;
 use crate::kserve::Limits;
 use crate::routing::RoutingMode;
+pub use crate::tls::TlsConfig;
+use crate::tls::TlsError;
 use pomme_runtime::{MemoryPolicy, ThermalPolicy};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +27,12 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
+}
+
+impl From<TlsError> for ConfigError {
+    fn from(e: TlsError) -> Self {
+        invalid(e.setting, e.message)
+    }
 }
 
 pub(crate) fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
@@ -99,17 +108,6 @@ pub struct ServerConfig {
     pub auth_token: Option<String>,
     /// When set, the HTTP and gRPC ports speak TLS only (metrics stays plain).
     pub tls: Option<TlsConfig>,
-}
-
-/// PEM files for TLS on the HTTP and gRPC ports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsConfig {
-    /// Certificate chain, leaf first.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// CA bundle that client certificates must chain to (mutual TLS); `None`
-    /// asks for no client certificate.
-    pub client_ca: Option<PathBuf>,
 }
 
 /// Where models come from.
@@ -368,27 +366,6 @@ pub fn parse_thermal_policy(v: &str) -> Result<Option<ThermalPolicy>, String> {
         serious: frac(a)?,
         critical: frac(b)?,
     }))
-}
-
-/// Parses `30s`, `500ms`, `100us`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (like 30s, 500ms)"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1e3,
-        "us" | "µs" => n / 1e6,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("'{s}' has an unknown unit (use us, ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is out of range"))
 }
 
 impl ServerConfig {

@@ -1,5 +1,8 @@
 //! The gRPC `inference.GRPCInferenceService` (tonic), with the same semantics
-//! as the HTTP endpoints; status codes come from `Error::grpc_code()`.
+//! as the HTTP endpoints. Handlers only convert: messages through
+//! `pomme_kserve::grpc`, configuration and statistics through
+//! [`crate::triton`], and call [`Shared`]; status codes come from
+//! `Error::grpc_code()`.
 
 use crate::kserve;
 use crate::proto::{self, grpc_inference_service_server::GrpcInferenceService};
@@ -134,18 +137,7 @@ impl GrpcInferenceService for GrpcService {
         let r = req.into_inner();
         let v = kserve::parse_version(&r.version).map_err(status)?;
         let m = self.shared.metadata(&r.name, v).map_err(status)?;
-        let t = |t: crate::service::TensorMeta| proto::model_metadata_response::TensorMetadata {
-            name: t.name,
-            datatype: t.datatype,
-            shape: t.shape,
-        };
-        Ok(Response::new(proto::ModelMetadataResponse {
-            name: m.name,
-            versions: m.versions,
-            platform: m.platform,
-            inputs: m.inputs.into_iter().map(t).collect(),
-            outputs: m.outputs.into_iter().map(t).collect(),
-        }))
+        Ok(Response::new(m.into()))
     }
 
     async fn model_infer(
@@ -201,7 +193,7 @@ impl GrpcInferenceService for GrpcService {
         let v = kserve::parse_version(&r.version).map_err(status)?;
         let config = self.shared.model_config(&r.name, v).map_err(status)?;
         Ok(Response::new(proto::ModelConfigResponse {
-            config: Some(config),
+            config: Some(config.into_proto()),
         }))
     }
 
@@ -212,37 +204,8 @@ impl GrpcInferenceService for GrpcService {
         let r = req.into_inner();
         let v = kserve::parse_version(&r.version).map_err(status)?;
         let name = (!r.name.is_empty()).then_some(r.name.as_str());
-        let stats = self.shared.stats(name, v).map_err(status)?;
-        let d = |x: &pomme_runtime::StatDuration| {
-            Some(proto::StatisticDuration {
-                count: x.count,
-                ns: x.ns,
-            })
-        };
-        let model_stats = stats
-            .iter()
-            .map(|s| proto::ModelStatistics {
-                name: s.name.clone(),
-                version: s.version.to_string(),
-                last_inference: s.last_inference_ms,
-                inference_count: s.inference_count,
-                execution_count: s.execution_count,
-                inference_stats: Some(proto::InferStatistics {
-                    success: d(&s.success),
-                    fail: d(&s.fail),
-                    queue: d(&s.queue),
-                    compute_input: d(&s.compute_input),
-                    compute_infer: d(&s.compute_infer),
-                    compute_output: d(&s.compute_output),
-                    cache_hit: Some(Default::default()),
-                    cache_miss: Some(Default::default()),
-                }),
-                ..Default::default()
-            })
-            .collect();
-        Ok(Response::new(proto::ModelStatisticsResponse {
-            model_stats,
-        }))
+        let stats = self.shared.stats_report(name, v).map_err(status)?;
+        Ok(Response::new(stats.into_proto()))
     }
 
     async fn repository_index(

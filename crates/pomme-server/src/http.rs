@@ -1,6 +1,8 @@
 //! The HTTP/REST endpoints of the KServe v2 protocol and Triton's extensions
-//! (axum). Handlers translate wire types and call [`Shared`]; errors become
-//! `{"error": "..."}` with the status from `Error::http_status()`.
+//! (axum). Handlers only convert: the body through `pomme_kserve::json`,
+//! configuration and statistics through [`crate::triton`], and call
+//! [`Shared`]; errors become `{"error": "..."}` with the status from
+//! `Error::http_status()`.
 
 use crate::kserve::{self, HEADER_CONTENT_LENGTH};
 use crate::service::{EXTENSIONS, Shared};
@@ -13,7 +15,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use pomme_core::Error;
-use pomme_runtime::ModelStats;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -266,144 +267,34 @@ async fn model_config(
     State(s): State<Arc<Shared>>,
     Path(model): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(config_with_routing(&s, &model, None)?))
+    Ok(Json(s.model_config(&model, None)?.into_json()))
 }
 
 async fn model_config_v(
     State(s): State<Arc<Shared>>,
     Path((model, v)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(config_with_routing(&s, &model, version(&v)?)?))
-}
-
-/// The config JSON plus, for a routed model, its decision as a `routing`
-/// object (gRPC carries the same document as `parameters["routing"]`).
-fn config_with_routing(s: &Shared, model: &str, v: Option<u64>) -> ApiResult<Value> {
-    let c = s.model_config(model, v)?;
-    let mut out = config_json(&c);
-    if let Some(r) = c.parameters.get("routing") {
-        out["routing"] = serde_json::from_str(&r.string_value)
-            .map_err(|e| Error::Internal(format!("routing report: {e}")))?;
-    }
-    Ok(out)
-}
-
-/// Triton's JSON rendering of a `ModelConfig` (protobuf JSON names, enums as names).
-pub fn config_json(c: &crate::proto::ModelConfig) -> Value {
-    use crate::proto::{DataType, model_config::SchedulingChoice, model_instance_group::Kind};
-    let dt = |d: i32| {
-        DataType::try_from(d)
-            .map(|d| d.as_str_name())
-            .unwrap_or("TYPE_INVALID")
-    };
-    let mut v = json!({
-        "name": c.name,
-        "platform": c.platform,
-        "backend": c.backend,
-        "max_batch_size": c.max_batch_size,
-        "input": c.input.iter().map(|i| json!({"name": i.name, "data_type": dt(i.data_type), "dims": i.dims})).collect::<Vec<_>>(),
-        "output": c.output.iter().map(|o| json!({"name": o.name, "data_type": dt(o.data_type), "dims": o.dims})).collect::<Vec<_>>(),
-        "instance_group": c.instance_group.iter().map(|g| json!({
-            "name": g.name,
-            "kind": Kind::try_from(g.kind).map(|k| k.as_str_name()).unwrap_or("KIND_AUTO"),
-            "count": g.count,
-        })).collect::<Vec<_>>(),
-    });
-    if !c.parameters.is_empty() {
-        v["parameters"] = c
-            .parameters
-            .iter()
-            .map(|(k, p)| (k.clone(), json!({"string_value": p.string_value})))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
-    }
-    if let Some(p) = c
-        .version_policy
-        .as_ref()
-        .and_then(|p| p.policy_choice.as_ref())
-    {
-        use crate::proto::model_version_policy::PolicyChoice;
-        v["version_policy"] = match p {
-            PolicyChoice::Latest(l) => json!({"latest": {"num_versions": l.num_versions}}),
-            PolicyChoice::All(_) => json!({"all": {}}),
-            PolicyChoice::Specific(s) => json!({"specific": {"versions": s.versions}}),
-        };
-    }
-    if let Some(SchedulingChoice::DynamicBatching(b)) = &c.scheduling_choice {
-        let q = b.default_queue_policy.unwrap_or_default();
-        v["dynamic_batching"] = json!({
-            "preferred_batch_size": b.preferred_batch_size,
-            "max_queue_delay_microseconds": b.max_queue_delay_microseconds,
-            "priority_levels": b.priority_levels,
-            "default_priority_level": b.default_priority_level,
-            "default_queue_policy": {
-                "max_queue_size": q.max_queue_size,
-                "default_timeout_microseconds": q.default_timeout_microseconds,
-            },
-        });
-    }
-    v
-}
-
-/// Triton's statistics JSON.
-pub fn stats_json(stats: &[ModelStats]) -> Value {
-    let d = |x: &pomme_runtime::StatDuration| json!({"count": x.count, "ns": x.ns});
-    let zero = json!({"count": 0, "ns": 0});
-    json!({
-        "model_stats": stats.iter().map(|s| json!({
-            "name": s.name,
-            "version": s.version.to_string(),
-            "last_inference": s.last_inference_ms,
-            "inference_count": s.inference_count,
-            "execution_count": s.execution_count,
-            "inference_stats": {
-                "success": d(&s.success),
-                "fail": d(&s.fail),
-                "queue": d(&s.queue),
-                "compute_input": d(&s.compute_input),
-                "compute_infer": d(&s.compute_infer),
-                "compute_output": d(&s.compute_output),
-                "cache_hit": zero,
-                "cache_miss": zero,
-            },
-            "batch_stats": [],
-        })).collect::<Vec<_>>()
-    })
+    Ok(Json(s.model_config(&model, version(&v)?)?.into_json()))
 }
 
 async fn all_stats(State(s): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
-    Ok(Json(stats_with_routing(&s, &s.stats(None, None)?)))
+    Ok(Json(s.stats_report(None, None)?.into_json()))
 }
 
 async fn model_stats(
     State(s): State<Arc<Shared>>,
     Path(model): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(stats_with_routing(&s, &s.stats(Some(&model), None)?)))
+    Ok(Json(s.stats_report(Some(&model), None)?.into_json()))
 }
 
 async fn model_stats_v(
     State(s): State<Arc<Shared>>,
     Path((model, v)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(stats_with_routing(
-        &s,
-        &s.stats(Some(&model), version(&v)?)?,
-    )))
-}
-
-/// The statistics JSON plus, for each routed model version, a `routing`
-/// array: every loaded candidate's breaker state and call counters.
-fn stats_with_routing(s: &Shared, stats: &[ModelStats]) -> Value {
-    let mut out = stats_json(stats);
-    if let Some(rows) = out["model_stats"].as_array_mut() {
-        for (row, st) in rows.iter_mut().zip(stats) {
-            if let Some(r) = s.routing_live(&st.name, st.version) {
-                row["routing"] = r;
-            }
-        }
-    }
-    out
+    Ok(Json(
+        s.stats_report(Some(&model), version(&v)?)?.into_json(),
+    ))
 }
 
 fn check_auth(s: &Shared, headers: &HeaderMap) -> Option<Response> {

@@ -4,6 +4,7 @@
 //! accepting, and drain in-flight requests within the grace period. With
 //! `[tls]` configured, the HTTP and gRPC ports accept TLS only.
 
+use crate::Platform;
 use crate::config::{ControlMode, ServerConfig};
 use crate::grpc::GrpcService;
 use crate::http;
@@ -36,8 +37,12 @@ pub struct RunningServer {
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn serve(config: ServerConfig, runtime: Runtime) -> anyhow::Result<()> {
-    let server = start(config, runtime).await?;
+pub async fn serve(
+    config: ServerConfig,
+    runtime: Runtime,
+    platform: Platform,
+) -> anyhow::Result<()> {
+    let server = start(config, runtime, platform).await?;
     tracing::info!(http = %server.http_addr, grpc = %server.grpc_addr, metrics = %server.metrics_addr, tls = server.tls, "pomme serving");
     shutdown_signal().await;
     tracing::info!("shutdown signal received; draining");
@@ -50,11 +55,16 @@ pub async fn serve(config: ServerConfig, runtime: Runtime) -> anyhow::Result<()>
 
 /// Binds every port (0 picks a free one), starts serving and starts loading
 /// the configured models in the background. Readiness turns true once they
-/// have all been tried.
-pub async fn start(config: ServerConfig, runtime: Runtime) -> anyhow::Result<RunningServer> {
+/// have all been tried. `platform` names the backends and device that Triton
+/// configurations in the repository mean.
+pub async fn start(
+    config: ServerConfig,
+    runtime: Runtime,
+    platform: Platform,
+) -> anyhow::Result<RunningServer> {
     config.validate()?;
     let tls = config.tls.as_ref().map(Acceptors::load).transpose()?;
-    let shared = Arc::new(Shared::new(&config, runtime));
+    let shared = Arc::new(Shared::new(&config, runtime, platform));
     let bind = |port: u16, what: &'static str| {
         let addr = config.addr(port);
         async move {
@@ -242,8 +252,8 @@ async fn background(shared: Arc<Shared>, config: ServerConfig, stopped: impl Fut
     }
 }
 
-async fn scan(repo: PathBuf) -> Vec<repository::Scanned> {
-    match tokio::task::spawn_blocking(move || repository::scan(&repo)).await {
+async fn scan(repo: PathBuf, platform: Platform) -> Vec<repository::Scanned> {
+    match tokio::task::spawn_blocking(move || repository::scan(&repo, &platform)).await {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot scan the model repository");
@@ -275,7 +285,7 @@ async fn initial_load(
                 })
             })
             .collect(),
-        ControlMode::None | ControlMode::Poll => scan(repo)
+        ControlMode::None | ControlMode::Poll => scan(repo, shared.platform().clone())
             .await
             .into_iter()
             .filter_map(|(name, found)| match found {
@@ -307,7 +317,7 @@ async fn poll(shared: &Arc<Shared>, repo: PathBuf, interval: Duration) {
     let mut failed: BTreeMap<String, RepoModel> = BTreeMap::new();
     loop {
         tokio::time::sleep(interval).await;
-        let found = scan(repo.clone()).await;
+        let found = scan(repo.clone(), shared.platform().clone()).await;
         let loaded = shared.declared_fingerprints();
         for (name, result) in &found {
             let model = match result {

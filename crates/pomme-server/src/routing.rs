@@ -15,8 +15,8 @@
 //! (HTTP `routing` field, gRPC `parameters["routing"]`) and the HTTP
 //! statistics show it.
 
-use crate::config::parse_duration;
-use pomme_core::DeviceKind;
+use crate::duration::parse_duration;
+use pomme_core::{DeviceKind, one_line};
 use pomme_runtime::{RouteStatus, RoutingConfig, RoutingDecision, parse_candidates};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -203,10 +203,6 @@ fn on(t: TomlRouting, device: DeviceKind) -> Result<ModelRouting, String> {
     c.validate()
         .map_err(|e| format!("routing: {}", e.message()))?;
     Ok(ModelRouting::On(c))
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A routed model version's decision, each candidate with its load-time

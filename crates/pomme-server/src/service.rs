@@ -3,16 +3,17 @@
 //! into a runtime call. The HTTP and gRPC handlers only translate wire types
 //! to and from what this module returns.
 
+use crate::Platform;
 use crate::config::{ControlMode, ServerConfig};
-use crate::kserve::{DecodedRequest, Limits};
-use crate::proto;
+use crate::kserve::{DecodedRequest, Limits, ModelMetadata, TensorMetadata};
 use crate::repository::{self, RepoModel};
-use pomme_core::{DType, Error, Result};
+use crate::routing::RoutingMode;
+use crate::triton::{ModelConfigReport, StatsReport};
+use parking_lot::Mutex;
+use pomme_core::{Error, Result};
 use pomme_runtime::{InferRequest, InferResponse, ModelState, ModelStats, Runtime};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Protocol extensions pomme implements (reported by server metadata).
@@ -32,7 +33,9 @@ pub struct Shared {
     control_mode: ControlMode,
     repo: Option<PathBuf>,
     /// Routing of models whose configuration does not mention it.
-    default_routing: crate::routing::RoutingMode,
+    default_routing: RoutingMode,
+    /// Backend and device names for Triton configurations.
+    platform: Platform,
     /// Set once the models configured at start have been loaded (or failed).
     startup_done: AtomicBool,
     /// Not ready any more: shutting down.
@@ -53,26 +56,8 @@ pub struct IndexEntry {
     pub reason: String,
 }
 
-/// A tensor in model metadata.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct TensorMeta {
-    pub name: String,
-    pub datatype: String,
-    pub shape: Vec<i64>,
-}
-
-/// Model metadata (KServe v2).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ModelMeta {
-    pub name: String,
-    pub versions: Vec<String>,
-    pub platform: String,
-    pub inputs: Vec<TensorMeta>,
-    pub outputs: Vec<TensorMeta>,
-}
-
 impl Shared {
-    pub fn new(config: &ServerConfig, runtime: Runtime) -> Shared {
+    pub fn new(config: &ServerConfig, runtime: Runtime, platform: Platform) -> Shared {
         Shared {
             runtime,
             limits: config.limits.clone(),
@@ -80,6 +65,7 @@ impl Shared {
             control_mode: config.repository.control_mode,
             repo: config.repository.model_repository.clone(),
             default_routing: config.repository.default_routing,
+            platform,
             startup_done: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             declared: Mutex::new(BTreeMap::new()),
@@ -146,7 +132,7 @@ impl Shared {
     }
 
     /// KServe model metadata.
-    pub fn metadata(&self, name: &str, version: Option<u64>) -> Result<ModelMeta> {
+    pub fn metadata(&self, name: &str, version: Option<u64>) -> Result<ModelMetadata> {
         let view = self.runtime.model(name, version)?;
         let mut versions: Vec<u64> = self
             .runtime
@@ -157,129 +143,36 @@ impl Shared {
             .collect();
         versions.sort_unstable();
         versions.dedup();
-        let meta = |s: &pomme_core::TensorSpec| TensorMeta {
+        let meta = |s: &pomme_core::TensorSpec| TensorMetadata {
             name: s.name.clone(),
             datatype: s.dtype.kserve_name().to_string(),
             shape: s.shape.to_i64(),
         };
-        Ok(ModelMeta {
+        Ok(ModelMetadata {
             name: view.name.clone(),
             versions: versions.iter().map(u64::to_string).collect(),
-            platform: self.platform(name, &view.backend),
+            platform: self.declared_platform(name, &view.backend),
             inputs: view.signature.inputs.iter().map(meta).collect(),
             outputs: view.signature.outputs.iter().map(meta).collect(),
         })
     }
 
-    fn platform(&self, name: &str, backend: &str) -> String {
+    /// The Triton platform the repository declared for a model, else its backend.
+    fn declared_platform(&self, name: &str, backend: &str) -> String {
         self.declared
             .lock()
-            .expect("declared lock poisoned")
             .get(name)
             .and_then(|m| m.platform.clone())
             .unwrap_or_else(|| backend.to_string())
     }
 
-    /// Triton's model configuration, built from what is loaded and what the repository declared.
-    pub fn model_config(&self, name: &str, version: Option<u64>) -> Result<proto::ModelConfig> {
+    /// Triton's model configuration, built from what is loaded and what the
+    /// repository declared, with a routed model's routing report.
+    pub fn model_config(&self, name: &str, version: Option<u64>) -> Result<ModelConfigReport> {
         let view = self.runtime.model(name, version)?;
-        let declared = self
-            .declared
-            .lock()
-            .expect("declared lock poisoned")
-            .get(name)
-            .cloned();
-        let batched = view.max_batch_size > 0;
-        // Triton's dims leave out the batch dimension when max_batch_size > 0.
-        let dims = |shape: &pomme_core::Shape| -> Vec<i64> {
-            let d = shape.to_i64();
-            if batched && shape.has_symbolic_batch() {
-                d[1..].to_vec()
-            } else {
-                d
-            }
-        };
-        let input = view
-            .signature
-            .inputs
-            .iter()
-            .map(|s| proto::ModelInput {
-                name: s.name.clone(),
-                data_type: triton_type(s.dtype) as i32,
-                dims: dims(&s.shape),
-                ..Default::default()
-            })
-            .collect();
-        let output = view
-            .signature
-            .outputs
-            .iter()
-            .map(|s| proto::ModelOutput {
-                name: s.name.clone(),
-                data_type: triton_type(s.dtype) as i32,
-                dims: dims(&s.shape),
-                ..Default::default()
-            })
-            .collect();
-        let scheduling_choice = view.batching.as_ref().map(|b| {
-            proto::model_config::SchedulingChoice::DynamicBatching(proto::ModelDynamicBatching {
-                preferred_batch_size: b.preferred_batch_sizes.iter().map(|&p| p as i32).collect(),
-                max_queue_delay_microseconds: b.max_queue_delay.as_micros() as u64,
-                priority_levels: b.priority_levels as u64,
-                default_priority_level: b.default_priority as u64,
-                default_queue_policy: Some(proto::ModelQueuePolicy {
-                    max_queue_size: b.max_queue_size as u32,
-                    default_timeout_microseconds: b
-                        .default_queue_timeout
-                        .map(|t| t.as_micros() as u64)
-                        .unwrap_or(0),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-        });
-        // Triton's free-form parameters carry the routing decision, so gRPC
-        // clients see it without a field Triton's schema lacks.
-        let mut parameters = std::collections::HashMap::new();
-        if let Some(r) = self.routing_report(name, Some(view.version))? {
-            let p = |v: String| proto::ModelParameter { string_value: v };
-            parameters.insert(
-                "routing_chosen".to_string(),
-                p(r["chosen"].as_str().unwrap_or_default().to_string()),
-            );
-            parameters.insert("routing".to_string(), p(r.to_string()));
-        }
-        let kind = match view.device {
-            pomme_core::DeviceKind::Cpu => proto::model_instance_group::Kind::Cpu,
-            pomme_core::DeviceKind::Auto => proto::model_instance_group::Kind::Auto,
-            _ => proto::model_instance_group::Kind::Gpu,
-        };
-        Ok(proto::ModelConfig {
-            name: view.name.clone(),
-            platform: declared
-                .as_ref()
-                .and_then(|d| d.platform.clone())
-                .unwrap_or_default(),
-            backend: view.backend.clone(),
-            version_policy: Some(version_policy(
-                declared
-                    .as_ref()
-                    .map(|d| &d.version_policy)
-                    .unwrap_or(&repository::VersionPolicy::default()),
-            )),
-            max_batch_size: view.max_batch_size as i32,
-            input,
-            output,
-            scheduling_choice,
-            instance_group: vec![proto::ModelInstanceGroup {
-                name: view.name.clone(),
-                kind: kind as i32,
-                count: view.workers as i32,
-                ..Default::default()
-            }],
-            parameters,
-            ..Default::default()
-        })
+        let routing = self.routing_report(name, Some(view.version))?;
+        let declared = self.declared.lock();
+        Ok(ModelConfigReport::new(&view, declared.get(name), routing))
     }
 
     /// A routed model version's decision and live candidate figures
@@ -321,11 +214,20 @@ impl Shared {
         Ok(stats)
     }
 
+    /// Triton's statistics of one model (version) or all, with each routed
+    /// version's live candidate rows; an unknown model is `ModelNotFound`.
+    pub fn stats_report(&self, name: Option<&str>, version: Option<u64>) -> Result<StatsReport> {
+        let stats = self.stats(name, version)?;
+        Ok(StatsReport::new(&stats, |s| {
+            self.routing_live(&s.name, s.version)
+        }))
+    }
+
     /// Every model in the repository and the runtime, with its state.
     pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
         let mut rows: BTreeMap<(String, String), IndexEntry> = BTreeMap::new();
         if let Some(repo) = &self.repo
-            && let Ok(found) = repository::scan(repo)
+            && let Ok(found) = repository::scan(repo, &self.platform)
         {
             for (name, _) in found {
                 rows.insert(
@@ -389,37 +291,29 @@ impl Shared {
             .clone()
             .ok_or_else(|| Error::Unavailable("no model repository is configured".into()))?;
         repository::validate_name(name)?;
-        let n = name.to_string();
-        let model = tokio::task::spawn_blocking(move || repository::load_model(&repo, &n))
-            .await
-            .map_err(|e| Error::Internal(format!("repository task: {e}")))??;
+        let (n, platform) = (name.to_string(), self.platform.clone());
+        let model =
+            tokio::task::spawn_blocking(move || repository::load_model(&repo, &n, &platform))
+                .await
+                .map_err(|e| Error::Internal(format!("repository task: {e}")))??;
         let model = model.with_default_routing(self.default_routing);
         let loaded = self.runtime.models().iter().any(|m| m.name == name);
         // Every version the model's version policy selects.
         repository::load_versions(&self.runtime, &model, loaded).await?;
-        self.declared
-            .lock()
-            .expect("declared lock poisoned")
-            .insert(name.to_string(), model);
+        self.declared.lock().insert(name.to_string(), model);
         Ok(())
     }
 
     /// Unloads every version of a model.
     pub async fn unload(&self, name: &str) -> Result<()> {
         self.runtime.unload(name).await?;
-        self.declared
-            .lock()
-            .expect("declared lock poisoned")
-            .remove(name);
+        self.declared.lock().remove(name);
         Ok(())
     }
 
     /// Fingerprints of the models loaded from the repository (poll mode).
     pub fn declared_fingerprints(&self) -> BTreeMap<String, RepoModel> {
-        self.declared
-            .lock()
-            .expect("declared lock poisoned")
-            .clone()
+        self.declared.lock().clone()
     }
 
     /// Loads a model description already read from the repository.
@@ -427,10 +321,7 @@ impl Shared {
         let name = model.spec.name.clone();
         let model = model.with_default_routing(self.default_routing);
         repository::load_versions(&self.runtime, &model, reload).await?;
-        self.declared
-            .lock()
-            .expect("declared lock poisoned")
-            .insert(name, model);
+        self.declared.lock().insert(name, model);
         Ok(())
     }
 
@@ -441,46 +332,10 @@ impl Shared {
     pub fn control_mode(&self) -> ControlMode {
         self.control_mode
     }
-}
 
-/// Triton's `ModelVersionPolicy` for a repository version policy.
-pub fn version_policy(p: &repository::VersionPolicy) -> proto::ModelVersionPolicy {
-    use proto::model_version_policy::{All, Latest, PolicyChoice, Specific};
-    let choice = match p {
-        repository::VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest {
-            num_versions: u32::try_from(*n).unwrap_or(u32::MAX),
-        }),
-        repository::VersionPolicy::All => PolicyChoice::All(All {}),
-        repository::VersionPolicy::Specific(v) => PolicyChoice::Specific(Specific {
-            versions: v
-                .iter()
-                .map(|&v| i64::try_from(v).unwrap_or(i64::MAX))
-                .collect(),
-        }),
-    };
-    proto::ModelVersionPolicy {
-        policy_choice: Some(choice),
-    }
-}
-
-/// Triton's `DataType` for a dtype.
-pub fn triton_type(d: DType) -> proto::DataType {
-    use proto::DataType as T;
-    match d {
-        DType::Bool => T::TypeBool,
-        DType::U8 => T::TypeUint8,
-        DType::U16 => T::TypeUint16,
-        DType::U32 => T::TypeUint32,
-        DType::U64 => T::TypeUint64,
-        DType::I8 => T::TypeInt8,
-        DType::I16 => T::TypeInt16,
-        DType::I32 => T::TypeInt32,
-        DType::I64 => T::TypeInt64,
-        DType::F16 => T::TypeFp16,
-        DType::BF16 => T::TypeBf16,
-        DType::F32 => T::TypeFp32,
-        DType::F64 => T::TypeFp64,
-        DType::Bytes => T::TypeString,
+    /// The backend and device names Triton configurations resolve against.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
     }
 }
 
@@ -491,6 +346,3 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
-
-/// Shared state behind an `Arc`, as both servers hold it.
-pub type SharedRef = Arc<Shared>;

@@ -1,14 +1,15 @@
 //! TLS for the HTTP and gRPC ports: rustls with the ring provider.
 //!
-//! [`Acceptors::load`] reads and checks the PEM files (it is also how
-//! [`ServerConfig::validate`](crate::config::ServerConfig::validate) finds a
-//! bad file before any port is bound). [`TlsListener`] turns a bound
+//! [`TlsConfig`] names the PEM files; [`Acceptors::load`] reads and checks
+//! them. The server configuration's validation calls it too, so a bad file
+//! fails before any port is bound; a [`TlsError`] names the setting and the
+//! configuration turns it into its own error, which keeps this module free of
+//! any dependency on the rest of the server. [`TlsListener`] turns a bound
 //! `TcpListener` into a stream of finished handshakes that axum (as a
 //! [`Listener`]) and tonic (through [`TlsListener::into_stream`]) serve as they
 //! serve plain TCP, so graceful shutdown works the same way. Handshakes run in
 //! tasks of their own: a slow or silent client cannot hold up the others.
 
-use crate::config::{ConfigError, TlsConfig, invalid};
 use axum::serve::Listener;
 use futures::Stream;
 use rustls::crypto::CryptoProvider;
@@ -16,13 +17,40 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+/// PEM files for TLS on the HTTP and gRPC ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle that client certificates must chain to (mutual TLS); `None`
+    /// asks for no client certificate.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A TLS file that cannot be used, naming the setting (`tls.cert`,
+/// `tls.key`, `tls.client_ca`) and what is wrong, on one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct TlsError {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> TlsError {
+    TlsError {
+        setting,
+        message: message.into(),
+    }
+}
 
 /// A connection's handshake must finish within this, or it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,7 +67,7 @@ pub struct Acceptors {
 impl Acceptors {
     /// Reads the certificate chain, the key (checked against the
     /// certificate) and the optional client CA bundle.
-    pub fn load(c: &TlsConfig) -> Result<Acceptors, ConfigError> {
+    pub fn load(c: &TlsConfig) -> Result<Acceptors, TlsError> {
         // Named explicitly rather than installed process-wide, so nothing
         // depends on which rustls providers happen to be compiled in.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -84,7 +112,7 @@ impl Acceptors {
 fn read_certs(
     setting: &'static str,
     path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| pem_error(setting, path, "certificate", e))?;
@@ -99,7 +127,7 @@ fn read_certs(
     Ok(certs)
 }
 
-fn pem_error(setting: &'static str, path: &Path, what: &str, e: pem::Error) -> ConfigError {
+fn pem_error(setting: &'static str, path: &Path, what: &str, e: pem::Error) -> TlsError {
     let path = path.display();
     invalid(
         setting,
@@ -119,7 +147,7 @@ fn check_key(
     certs: &[CertificateDer<'static>],
     key: PrivateKeyDer<'static>,
     c: &TlsConfig,
-) -> Result<(), ConfigError> {
+) -> Result<(), TlsError> {
     let signing = provider
         .key_provider
         .load_private_key(key)

@@ -11,6 +11,9 @@
 //! name" column of the table in RELIABILITY.md; run with `--nocapture` to print
 //! the observed table.
 
+#[path = "common/platform.rs"]
+mod platform;
+
 use pomme_core::Tensor;
 use pomme_runtime::Runtime;
 use pomme_server::config::{FileConfig, ServerArgs};
@@ -75,7 +78,9 @@ async fn server(repo: &Path) -> RunningServer {
         .backends(vec![Arc::new(pomme_tract::TractBackend::new())])
         .build()
         .unwrap();
-    let s = pomme_server::start(config, runtime).await.unwrap();
+    let s = pomme_server::start(config, runtime, platform::platform())
+        .await
+        .unwrap();
     assert!(
         s.wait_ready(Duration::from_secs(30)).await,
         "server never became ready"

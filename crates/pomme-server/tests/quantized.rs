@@ -4,6 +4,9 @@
 //! be met is refused with the figures while the rest of the server serves.
 //! Needs `digits_mlp.onnx` and `digits_test.npz` from `POMME_TEST_MODELS`.
 
+#[path = "common/platform.rs"]
+mod platform;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -66,7 +69,9 @@ async fn int8_config_is_quantized_validated_and_served() {
         ..ServerArgs::loopback(repo.clone())
     };
     let config = ServerConfig::merge(FileConfig::default(), &args).unwrap();
-    let s = pomme_server::start(config, runtime).await.unwrap();
+    let s = pomme_server::start(config, runtime, platform::platform())
+        .await
+        .unwrap();
     s.wait_ready(Duration::from_secs(120)).await;
 
     // The quantized file is in the cache, with its validation report.

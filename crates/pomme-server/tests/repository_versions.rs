@@ -6,6 +6,9 @@
 //! `add_one` (`x: f32[batch, 4]`, `y = x + 1`) and `identity_f32`
 //! (`x: f32[batch, 16]`, `y = x`) fixtures.
 
+#[path = "common/platform.rs"]
+mod platform;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use bytes::Bytes;
@@ -43,7 +46,9 @@ async fn start(repo: &Path, mode: &str, runtime: Runtime) -> RunningServer {
         ..ServerArgs::loopback(repo.to_path_buf())
     };
     let config = ServerConfig::merge(FileConfig::default(), &args).unwrap();
-    let s = pomme_server::start(config, runtime).await.unwrap();
+    let s = pomme_server::start(config, runtime, platform::platform())
+        .await
+        .unwrap();
     assert!(
         s.wait_ready(Duration::from_secs(60)).await,
         "server never became ready"
@@ -279,7 +284,7 @@ async fn policy_changes_apply_on_reload() {
             .collect()
     };
     std::fs::write(&cfg, "version_policy = \"all\"\n").unwrap();
-    let m = repository::load_model(repo, "m").unwrap();
+    let m = repository::load_model(repo, "m", &platform::platform()).unwrap();
     repository::load_versions(&runtime, &m, false)
         .await
         .unwrap();
@@ -290,12 +295,12 @@ async fn policy_changes_apply_on_reload() {
         .unwrap();
 
     std::fs::write(&cfg, "version_policy = { latest = 1 }\n").unwrap();
-    let m = repository::load_model(repo, "m").unwrap();
+    let m = repository::load_model(repo, "m", &platform::platform()).unwrap();
     repository::load_versions(&runtime, &m, true).await.unwrap();
     assert_eq!(serving(&runtime), vec![3]);
 
     std::fs::write(&cfg, "version_policy = { specific = [1, 3] }\n").unwrap();
-    let m = repository::load_model(repo, "m").unwrap();
+    let m = repository::load_model(repo, "m", &platform::platform()).unwrap();
     repository::load_versions(&runtime, &m, true).await.unwrap();
     assert_eq!(serving(&runtime), vec![1, 3]);
 
@@ -305,11 +310,11 @@ async fn policy_changes_apply_on_reload() {
     let v4 = repo.join("m/4");
     std::fs::create_dir_all(&v4).unwrap();
     std::fs::write(v4.join("model.onnx"), b"not a model").unwrap();
-    let m = repository::load_model(repo, "m").unwrap();
+    let m = repository::load_model(repo, "m", &platform::platform()).unwrap();
     assert!(repository::load_versions(&runtime, &m, true).await.is_err());
     assert_eq!(serving(&runtime), vec![1, 3]);
     std::fs::copy(shipped("add_one.onnx"), v4.join("model.onnx")).unwrap();
-    let m = repository::load_model(repo, "m").unwrap();
+    let m = repository::load_model(repo, "m", &platform::platform()).unwrap();
     repository::load_versions(&runtime, &m, true).await.unwrap();
     assert_eq!(serving(&runtime), vec![4]);
     assert!(runtime.model("m", Some(1)).is_err());

@@ -58,7 +58,9 @@ async fn routed_model_config_shows_the_decision() {
         .fail_fast(true)
         .build()
         .unwrap();
-    let s = pomme_server::start(config, runtime).await.unwrap();
+    let s = pomme_server::start(config, runtime, common::platform::platform())
+        .await
+        .unwrap();
     assert!(s.wait_ready(Duration::from_secs(30)).await, "never ready");
     for m in ["routed", "plain", "off"] {
         assert!(s.shared().model_ready(m, None), "{m} did not load");

@@ -2,6 +2,9 @@
 //! and the `add_one` fixture (`y = x + 1`, `x: f32[batch, 4]`). HTTP goes
 //! through `app().oneshot`, gRPC through a tonic client on the bound port.
 
+#[path = "common/platform.rs"]
+mod platform;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use bytes::Bytes;
@@ -58,7 +61,9 @@ async fn server(repo: &Path) -> RunningServer {
         .backends(vec![Arc::new(pomme_tract::TractBackend::new())])
         .build()
         .unwrap();
-    let s = pomme_server::start(config, runtime).await.unwrap();
+    let s = pomme_server::start(config, runtime, platform::platform())
+        .await
+        .unwrap();
     assert!(
         s.wait_ready(Duration::from_secs(30)).await,
         "server never became ready"
@@ -449,7 +454,9 @@ async fn none_mode_loads_everything_and_poll_picks_up_changes() {
         .backends(vec![Arc::new(pomme_tract::TractBackend::new())])
         .build()
         .unwrap();
-    let s = pomme_server::start(config, runtime).await.unwrap();
+    let s = pomme_server::start(config, runtime, platform::platform())
+        .await
+        .unwrap();
     assert!(s.wait_ready(Duration::from_secs(30)).await);
     assert!(s.shared().model_ready("add_one", None));
     assert!(s.shared().model_ready("spare", None));

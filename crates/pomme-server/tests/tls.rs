@@ -4,6 +4,9 @@
 //! ports, requires a client certificate when `tls.client_ca` is set, and
 //! reports bad TLS settings as one line naming the setting.
 
+#[path = "common/platform.rs"]
+mod platform;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use pomme_core::Tensor;
@@ -164,7 +167,9 @@ async fn start(repo: &Path, args: ServerArgs) -> RunningServer {
         .backends(vec![Arc::new(pomme_tract::TractBackend::new())])
         .build()
         .unwrap();
-    let s = pomme_server::start(config, runtime).await.unwrap();
+    let s = pomme_server::start(config, runtime, platform::platform())
+        .await
+        .unwrap();
     assert!(s.wait_ready(Duration::from_secs(60)).await, "never ready");
     assert!(
         s.shared().model_ready("identity", None),

@@ -3,6 +3,8 @@
 //! request per connection) so the tests exercise hyper's real parsing and
 //! body limits rather than `oneshot`.
 
+pub mod platform;
+
 use pomme_runtime::Runtime;
 use pomme_server::config::{FileConfig, ServerArgs};
 use pomme_server::{RunningServer, ServerConfig};
@@ -50,7 +52,9 @@ pub async fn start(repo: &std::path::Path, fake: &FakeBackend, args: ServerArgs)
         .default_timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let s = pomme_server::start(config, runtime).await.unwrap();
+    let s = pomme_server::start(config, runtime, platform::platform())
+        .await
+        .unwrap();
     assert!(s.wait_ready(Duration::from_secs(30)).await, "never ready");
     assert!(
         s.shared().model_ready("slow", None),

@@ -1,3 +1,6 @@
+//! The HTTP JSON codec against hand-written bodies: flattening, types,
+//! limits, the binary extension, and encoding round trips.
+
 use super::*;
 use proptest::prelude::*;
 
@@ -412,4 +415,28 @@ proptest! {
             prop_assert!(matches!(e, Error::InvalidInput(_)));
         }
     }
+}
+
+#[test]
+fn requests_encode_for_the_decoder() {
+    let inputs = vec![
+        (
+            "x".to_string(),
+            Tensor::from_vec(vec![1, 2], vec![1.5f32, -2.0]).unwrap(),
+        ),
+        (
+            "s".to_string(),
+            Tensor::from_strings(vec![1], vec![Bytes::from_static(b"ab")]).unwrap(),
+        ),
+    ];
+    let plain = encode_request(&inputs, false).unwrap();
+    assert_eq!(plain.json_len, None);
+    let d = decode_request(Bytes::from(plain.body), None, &Limits::default()).unwrap();
+    assert_eq!(d.inputs, inputs);
+    assert!(!d.binary_data_output);
+    let bin = encode_request(&inputs, true).unwrap();
+    let n = bin.json_len.unwrap().to_string();
+    let d = decode_request(Bytes::from(bin.body), Some(&n), &Limits::default()).unwrap();
+    assert_eq!(d.inputs, inputs);
+    assert!(d.binary_data_output);
 }

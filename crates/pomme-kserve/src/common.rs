@@ -1,112 +1,11 @@
-//! Wire conversions for the KServe v2 / Open Inference Protocol, as pure
-//! functions: HTTP JSON (with Triton's binary tensor data extension) and gRPC
-//! messages to and from pomme tensors.
-//!
-//! Nothing here touches the runtime: decoding yields a [`DecodedRequest`]
-//! (inputs as [`Tensor`]s plus the wire options that only matter for encoding
-//! the reply), and encoding takes the runtime's named output tensors. Every
-//! malformed input becomes [`Error::InvalidInput`] with a one-line message, and
-//! every size is checked against [`Limits`] before memory is committed.
+//! Helpers both wire formats share: shape and datatype checks, model
+//! versions, request parameters and the binary form of a tensor (raw
+//! little-endian elements, or length-prefixed `BYTES`), which the HTTP binary
+//! extension and gRPC's `raw_*_contents` carry alike.
 
-pub mod grpc;
-pub mod json;
-
+use crate::Limits;
+use bytes::Bytes;
 use pomme_core::{DType, Error, Result, Tensor};
-use serde::{Deserialize, Serialize};
-use std::time::Duration;
-
-/// The HTTP header carrying the JSON part's length when binary tensor data follows it.
-pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
-
-/// Size limits enforced while decoding requests.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// Largest request body accepted, in bytes (JSON and binary parts together).
-    pub max_body_bytes: usize,
-    /// Most elements a single input tensor may hold.
-    pub max_elements: usize,
-    /// Deepest nesting of a JSON `data` array.
-    pub max_json_depth: usize,
-    /// Longest single `BYTES` element, in bytes.
-    pub max_string_bytes: usize,
-    /// Most input tensors in one request.
-    pub max_inputs: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: 64 << 20,
-            max_elements: 64 << 20,
-            max_json_depth: 64,
-            max_string_bytes: 16 << 20,
-            max_inputs: 1024,
-        }
-    }
-}
-
-/// An output the client asked for by name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestedOutput {
-    pub name: String,
-    /// Per-output `binary_data` parameter; `None` follows the request default.
-    pub binary: Option<bool>,
-}
-
-/// A decoded inference request, independent of the transport it came on.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DecodedRequest {
-    pub id: Option<String>,
-    pub inputs: Vec<(String, Tensor)>,
-    /// Outputs asked for; `None` means all of the model's outputs.
-    pub outputs: Option<Vec<RequestedOutput>>,
-    /// Request-level `binary_data_output` (HTTP only).
-    pub binary_data_output: bool,
-    pub priority: Option<u32>,
-    /// Triton's `timeout` parameter (given in microseconds).
-    pub timeout: Option<Duration>,
-}
-
-impl DecodedRequest {
-    /// Names of the requested outputs, as the runtime wants them.
-    pub fn output_names(&self) -> Option<Vec<String>> {
-        self.outputs
-            .as_ref()
-            .map(|o| o.iter().map(|r| r.name.clone()).collect())
-    }
-
-    /// How each output of the reply is to be encoded.
-    pub fn output_prefs(&self) -> OutputPrefs {
-        OutputPrefs {
-            binary_default: self.binary_data_output,
-            per_output: self
-                .outputs
-                .iter()
-                .flatten()
-                .filter_map(|o| o.binary.map(|b| (o.name.clone(), b)))
-                .collect(),
-        }
-    }
-}
-
-/// Which outputs of an HTTP reply go in the binary section.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OutputPrefs {
-    pub binary_default: bool,
-    pub per_output: Vec<(String, bool)>,
-}
-
-impl OutputPrefs {
-    /// Whether output `name` is sent as binary data.
-    pub fn is_binary(&self, name: &str) -> bool {
-        self.per_output
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, b)| *b)
-            .unwrap_or(self.binary_default)
-    }
-}
 
 /// Parses a shape given as signed integers, checking sign, overflow and the element limit.
 pub(crate) fn checked_shape(input: &str, dims: &[i64], limits: &Limits) -> Result<Vec<usize>> {
@@ -140,14 +39,83 @@ pub(crate) fn parse_dtype(input: &str, name: &str) -> Result<DType> {
     })
 }
 
+/// Parses a model version string: empty means "the latest".
+pub fn parse_version(v: &str) -> Result<Option<u64>> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse::<u64>().map(Some).map_err(|_| {
+        Error::invalid_input(format!(
+            "model version '{}' is not a non-negative integer",
+            truncate(v, 32)
+        ))
+    })
+}
+
+/// The request-level `priority` parameter, shared by HTTP and gRPC.
+pub(crate) fn priority_from(v: Option<u64>) -> Result<Option<u32>> {
+    v.map(|p| {
+        u32::try_from(p)
+            .map_err(|_| Error::invalid_input(format!("parameters.priority {p} is too large")))
+    })
+    .transpose()
+}
+
+/// At most `max` characters of `s`, for echoing client text in errors.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out.replace(['\n', '\r'], " ")
+}
+
+/// Prefixes a tensor-construction error with the input's name.
+pub(crate) fn named(input: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidInput(m) => Error::invalid_input(format!("input '{input}': {m}")),
+        other => other,
+    }
+}
+
+/// A tensor from its binary wire form (raw little-endian, or length-prefixed BYTES).
+pub(crate) fn binary_tensor(
+    name: &str,
+    dtype: DType,
+    shape: Vec<usize>,
+    raw: Bytes,
+    limits: &Limits,
+) -> Result<Tensor> {
+    if dtype == DType::Bytes {
+        let count = shape.iter().product();
+        let strings = split_length_prefixed(name, &raw, count, limits)?;
+        Tensor::from_strings(shape, strings).map_err(|e| named(name, e))
+    } else {
+        Tensor::from_raw(dtype, shape, raw).map_err(|e| named(name, e))
+    }
+}
+
+/// The binary wire form of a tensor: its raw buffer (shared, not copied) or
+/// length-prefixed strings.
+pub fn raw_contents(t: &Tensor) -> Result<Bytes> {
+    match t.strings() {
+        Some(s) => {
+            let mut out = Vec::with_capacity(binary_len(t));
+            write_length_prefixed(&mut out, s)?;
+            Ok(Bytes::from(out))
+        }
+        None => Ok(t.raw().expect("fixed-size dtype has raw data").clone()),
+    }
+}
+
 /// Splits `BYTES` data in the binary wire form (4-byte little-endian length
 /// before each element) into elements, without copying.
 pub(crate) fn split_length_prefixed(
     input: &str,
-    raw: &bytes::Bytes,
+    raw: &Bytes,
     count: usize,
     limits: &Limits,
-) -> Result<Vec<bytes::Bytes>> {
+) -> Result<Vec<Bytes>> {
     let mut out = Vec::with_capacity(count.min(raw.len() / 4 + 1));
     let mut at = 0usize;
     while at < raw.len() {
@@ -182,7 +150,7 @@ pub(crate) fn split_length_prefixed(
 }
 
 /// Appends `BYTES` elements in the binary wire form.
-pub(crate) fn write_length_prefixed(out: &mut Vec<u8>, strings: &[bytes::Bytes]) -> Result<()> {
+pub(crate) fn write_length_prefixed(out: &mut Vec<u8>, strings: &[Bytes]) -> Result<()> {
     for s in strings {
         let len = u32::try_from(s.len())
             .map_err(|_| Error::Internal("BYTES element longer than 4 GiB".into()))?;
@@ -200,32 +168,9 @@ pub(crate) fn binary_len(t: &Tensor) -> usize {
     }
 }
 
-/// At most `max` characters of `s`, for echoing client text in errors.
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    let mut out: String = s.chars().take(max).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out.replace(['\n', '\r'], " ")
-}
-
-/// Parses a model version string: empty means "the latest".
-pub fn parse_version(v: &str) -> Result<Option<u64>> {
-    if v.is_empty() {
-        return Ok(None);
-    }
-    v.parse::<u64>().map(Some).map_err(|_| {
-        Error::invalid_input(format!(
-            "model version '{}' is not a non-negative integer",
-            truncate(v, 32)
-        ))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[test]
     fn shapes_are_checked() {
@@ -285,15 +230,5 @@ mod tests {
         assert_eq!(parse_version("").unwrap(), None);
         assert_eq!(parse_version("3").unwrap(), Some(3));
         assert!(parse_version("-1").is_err());
-    }
-
-    #[test]
-    fn output_prefs_follow_request_default() {
-        let p = OutputPrefs {
-            binary_default: true,
-            per_output: vec![("a".into(), false)],
-        };
-        assert!(!p.is_binary("a"));
-        assert!(p.is_binary("b"));
     }
 }

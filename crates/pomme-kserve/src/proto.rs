@@ -1,5 +1,6 @@
-//! Types and service traits generated from `proto/grpc_service.proto`
-//! (package `inference`, Triton-compatible field numbers).
+//! Types, service traits and client generated from the repository's
+//! `proto/grpc_service.proto` (package `inference`, Triton-compatible field
+//! numbers) by `build.rs`.
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
 tonic::include_proto!("inference");

@@ -7,11 +7,15 @@
 //! `Vec<T>` sized from the declared shape. When a client sends `data` before
 //! `datatype`/`shape` (legal JSON, unusual in practice), the array is kept as a
 //! borrowed raw slice and parsed the same way once the type is known.
+//!
+//! Encoding writes the JSON bytes directly (no `Value` tree either), for
+//! responses on the server and for requests in the load generator alike.
 
-use super::{
-    DecodedRequest, Limits, OutputPrefs, RequestedOutput, binary_len, checked_shape, parse_dtype,
-    split_length_prefixed, truncate, write_length_prefixed,
+use crate::common::{
+    binary_len, binary_tensor, checked_shape, named, parse_dtype, priority_from, truncate,
+    write_length_prefixed,
 };
+use crate::{DecodedRequest, Limits, OutputPrefs, RequestedOutput};
 use bytes::Bytes;
 use pomme_core::{DType, Error, Result, Tensor};
 use serde::Deserialize;
@@ -579,15 +583,6 @@ fn param_u64(params: &Params, key: &str, what: &str) -> Result<Option<u64>> {
     }
 }
 
-/// Reads the request-level parameters shared by HTTP and gRPC.
-pub(crate) fn priority_from(v: Option<u64>) -> Result<Option<u32>> {
-    v.map(|p| {
-        u32::try_from(p)
-            .map_err(|_| Error::invalid_input(format!("parameters.priority {p} is too large")))
-    })
-    .transpose()
-}
-
 fn assemble(wire: WireRequest<'_>, binary: Bytes, ctx: Ctx<'_>) -> Result<DecodedRequest> {
     let limits = ctx.limits;
     let binary_data_output =
@@ -689,38 +684,13 @@ fn assemble(wire: WireRequest<'_>, binary: Bytes, ctx: Ctx<'_>) -> Result<Decode
     })
 }
 
-/// Prefixes a tensor-construction error with the input's name.
-fn named(input: &str, e: Error) -> Error {
-    match e {
-        Error::InvalidInput(m) => Error::invalid_input(format!("input '{input}': {m}")),
-        other => other,
-    }
-}
-
-/// A tensor from its binary wire form (raw little-endian, or length-prefixed BYTES).
-pub(crate) fn binary_tensor(
-    name: &str,
-    dtype: DType,
-    shape: Vec<usize>,
-    raw: Bytes,
-    limits: &Limits,
-) -> Result<Tensor> {
-    if dtype == DType::Bytes {
-        let count = shape.iter().product();
-        let strings = split_length_prefixed(name, &raw, count, limits)?;
-        Tensor::from_strings(shape, strings).map_err(|e| named(name, e))
-    } else {
-        Tensor::from_raw(dtype, shape, raw).map_err(|e| named(name, e))
-    }
-}
-
-/// An encoded HTTP infer response.
+/// An encoded HTTP infer request or response body.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EncodedResponse {
-    /// JSON, followed by the binary outputs when there are any.
+pub struct EncodedBody {
+    /// JSON, followed by the binary tensors when there are any.
     pub body: Vec<u8>,
     /// Length of the JSON part when binary data follows (the value of the
-    /// `Inference-Header-Content-Length` response header).
+    /// `Inference-Header-Content-Length` header).
     pub json_len: Option<usize>,
 }
 
@@ -731,20 +701,9 @@ pub fn encode_response(
     id: Option<&str>,
     outputs: &[(String, Tensor)],
     prefs: &OutputPrefs,
-) -> Result<EncodedResponse> {
+) -> Result<EncodedBody> {
     let binary: Vec<bool> = outputs.iter().map(|(n, _)| prefs.is_binary(n)).collect();
-    let binary_total: usize = outputs
-        .iter()
-        .zip(&binary)
-        .filter(|(_, b)| **b)
-        .map(|((_, t), _)| binary_len(t))
-        .sum();
-    let json_estimate: usize = outputs
-        .iter()
-        .zip(&binary)
-        .map(|((_, t), b)| if *b { 128 } else { 128 + t.len() * 12 })
-        .sum();
-    let mut out = Vec::with_capacity(64 + json_estimate + binary_total);
+    let mut out = Vec::with_capacity(64 + body_estimate(outputs, &binary));
     out.extend_from_slice(b"{\"model_name\":");
     write_json(&mut out, model)?;
     out.extend_from_slice(b",\"model_version\":\"");
@@ -754,36 +713,88 @@ pub fn encode_response(
         out.extend_from_slice(b",\"id\":");
         write_json(&mut out, id)?;
     }
-    out.extend_from_slice(b",\"outputs\":[");
-    for (i, ((name, t), &bin)) in outputs.iter().zip(&binary).enumerate() {
+    out.extend_from_slice(b",\"outputs\":");
+    write_tensors(&mut out, outputs, &binary)?;
+    out.push(b'}');
+    let any_binary = binary.iter().any(|b| *b);
+    finish_body(out, outputs, &binary, any_binary)
+}
+
+/// Encodes an infer request (client side: the load generator and tests).
+/// With `binary`, every input goes in the binary section and the reply's
+/// outputs are asked for in binary too (`binary_data_output`); otherwise the
+/// inputs are JSON `data`.
+pub fn encode_request(inputs: &[(String, Tensor)], binary: bool) -> Result<EncodedBody> {
+    let marks = vec![binary; inputs.len()];
+    let mut out = Vec::with_capacity(64 + body_estimate(inputs, &marks));
+    out.extend_from_slice(b"{\"inputs\":");
+    write_tensors(&mut out, inputs, &marks)?;
+    if binary {
+        out.extend_from_slice(b",\"parameters\":{\"binary_data_output\":true}");
+    }
+    out.push(b'}');
+    finish_body(out, inputs, &marks, binary)
+}
+
+/// A capacity guess for a body holding `tensors`, binary ones as marked.
+fn body_estimate(tensors: &[(String, Tensor)], binary: &[bool]) -> usize {
+    tensors
+        .iter()
+        .zip(binary)
+        .map(|((_, t), b)| {
+            if *b {
+                128 + binary_len(t)
+            } else {
+                128 + t.len() * 12
+            }
+        })
+        .sum()
+}
+
+/// Writes a JSON array of tensor objects: each with its data, or (when
+/// marked binary) with its `binary_data_size` for the section after the JSON.
+fn write_tensors(out: &mut Vec<u8>, tensors: &[(String, Tensor)], binary: &[bool]) -> Result<()> {
+    out.push(b'[');
+    for (i, ((name, t), &bin)) in tensors.iter().zip(binary).enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"name\":");
-        write_json(&mut out, name)?;
+        write_json(out, name)?;
         out.extend_from_slice(b",\"datatype\":\"");
         out.extend_from_slice(t.dtype().kserve_name().as_bytes());
         out.extend_from_slice(b"\",\"shape\":");
-        write_json(&mut out, t.shape())?;
+        write_json(out, t.shape())?;
         if bin {
             out.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
             out.extend_from_slice(binary_len(t).to_string().as_bytes());
             out.push(b'}');
         } else {
             out.extend_from_slice(b",\"data\":");
-            write_data(&mut out, t)?;
+            write_data(out, t)?;
         }
         out.push(b'}');
     }
-    out.extend_from_slice(b"]}");
-    if !binary.iter().any(|b| *b) {
-        return Ok(EncodedResponse {
+    out.push(b']');
+    Ok(())
+}
+
+/// Appends the binary section (the marked tensors, in order) after the JSON;
+/// without `with_binary` the body is the JSON alone.
+fn finish_body(
+    mut out: Vec<u8>,
+    tensors: &[(String, Tensor)],
+    binary: &[bool],
+    with_binary: bool,
+) -> Result<EncodedBody> {
+    if !with_binary {
+        return Ok(EncodedBody {
             body: out,
             json_len: None,
         });
     }
     let json_len = out.len();
-    for ((_, t), &bin) in outputs.iter().zip(&binary) {
+    for ((_, t), &bin) in tensors.iter().zip(binary) {
         if bin {
             match t.strings() {
                 Some(s) => write_length_prefixed(&mut out, s)?,
@@ -791,7 +802,7 @@ pub fn encode_response(
             }
         }
     }
-    Ok(EncodedResponse {
+    Ok(EncodedBody {
         body: out,
         json_len: Some(json_len),
     })

@@ -1,5 +1,6 @@
-//! Compiles `proto/grpc_service.proto` with protox (pure Rust, no system
-//! `protoc`) and generates the tonic service and prost messages from it.
+//! Compiles the repository's `proto/grpc_service.proto` with protox (pure
+//! Rust, no system `protoc`) and generates the tonic service, client and
+//! prost messages from it.
 
 use std::path::PathBuf;
 

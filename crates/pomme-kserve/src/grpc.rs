@@ -5,20 +5,26 @@
 //! little-endian length before each element). Outputs always go back as
 //! `raw_output_contents`, as Triton does, which shares the output buffers
 //! instead of copying them into typed repeated fields.
+//!
+//! The client side (tests, the load generator) builds requests with raw or
+//! typed contents, frames them for clients that bypass tonic, and reads
+//! responses back into tensors.
 
-use super::json::{binary_tensor, priority_from};
-use super::{
-    DecodedRequest, Limits, RequestedOutput, checked_shape, parse_dtype, parse_version,
-    split_length_prefixed, write_length_prefixed,
+use crate::common::{
+    binary_tensor, checked_shape, named, parse_dtype, parse_version, priority_from, raw_contents,
 };
 use crate::proto::{
     InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse,
     infer_parameter::ParameterChoice, model_infer_request, model_infer_response,
 };
+use crate::{DecodedRequest, Limits, RequestedOutput};
 use bytes::Bytes;
 use pomme_core::{DType, Error, Result, Tensor};
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// The HTTP/2 path of the `ModelInfer` call, for clients that bypass tonic.
+pub const MODEL_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// A decoded gRPC infer request: model name, version (`None` = latest) and the request.
 pub type DecodedGrpc = (String, Option<u64>, DecodedRequest);
@@ -121,13 +127,6 @@ fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(
         .collect()
 }
 
-fn named(name: &str, e: Error) -> Error {
-    match e {
-        Error::InvalidInput(m) => Error::invalid_input(format!("input '{name}': {m}")),
-        other => other,
-    }
-}
-
 fn typed_tensor(
     name: &str,
     dtype: DType,
@@ -170,36 +169,12 @@ fn typed_tensor(
     t.map_err(|e| named(name, e))
 }
 
-/// The binary wire form of a tensor: its raw buffer (shared, not copied) or
-/// length-prefixed strings.
-pub fn raw_contents(t: &Tensor) -> Result<Bytes> {
-    match t.strings() {
-        Some(s) => {
-            let mut out = Vec::with_capacity(s.iter().map(|b| 4 + b.len()).sum());
-            write_length_prefixed(&mut out, s)?;
-            Ok(Bytes::from(out))
-        }
-        None => Ok(t.raw().expect("fixed-size dtype has raw data").clone()),
-    }
-}
-
-/// Tensor descriptions (built by `describe` from name, KServe datatype and
-/// shape) and their raw contents, for requests and responses alike.
-fn raw_tensors<D>(
-    tensors: &[(String, Tensor)],
-    describe: impl Fn(String, String, Vec<i64>) -> D,
-) -> Result<(Vec<D>, Vec<Bytes>)> {
-    let mut descs = Vec::with_capacity(tensors.len());
-    let mut raw = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        descs.push(describe(
-            name.clone(),
-            t.dtype().kserve_name().to_string(),
-            t.shape().iter().map(|&d| d as i64).collect(),
-        ));
-        raw.push(raw_contents(t)?);
-    }
-    Ok((descs, raw))
+/// A tensor's KServe datatype name and its shape as the messages carry it.
+fn describe(t: &Tensor) -> (String, Vec<i64>) {
+    (
+        t.dtype().kserve_name().to_string(),
+        t.shape().iter().map(|&d| d as i64).collect(),
+    )
 }
 
 /// Encodes an infer response with every output in `raw_output_contents`.
@@ -209,15 +184,19 @@ pub fn encode_response(
     id: Option<&str>,
     outputs: &[(String, Tensor)],
 ) -> Result<ModelInferResponse> {
-    let (tensors, raw) = raw_tensors(outputs, |name, datatype, shape| {
-        model_infer_response::InferOutputTensor {
-            name,
+    let mut tensors = Vec::with_capacity(outputs.len());
+    let mut raw = Vec::with_capacity(outputs.len());
+    for (name, t) in outputs {
+        let (datatype, shape) = describe(t);
+        tensors.push(model_infer_response::InferOutputTensor {
+            name: name.clone(),
             datatype,
             shape,
             parameters: HashMap::new(),
             contents: None,
-        }
-    })?;
+        });
+        raw.push(raw_contents(t)?);
+    }
     Ok(ModelInferResponse {
         model_name: model.to_string(),
         model_version: version.to_string(),
@@ -228,22 +207,53 @@ pub fn encode_response(
     })
 }
 
-/// Builds a request with raw inputs (client side: tests and `pomme infer --grpc`).
+/// How a request built by [`encode_request_with`] carries its input data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contents {
+    /// `raw_input_contents`: each tensor's binary form, its buffer shared.
+    Raw,
+    /// The typed `contents` fields. 16-bit floats have none, so a request
+    /// with an FP16 or BF16 input is an error; send those raw.
+    Typed,
+}
+
+/// Builds a request with raw inputs (client side: tests and the load generator).
 pub fn encode_request(
     model: &str,
     version: Option<u64>,
     inputs: &[(String, Tensor)],
     outputs: &[&str],
 ) -> Result<ModelInferRequest> {
-    let (tensors, raw) = raw_tensors(inputs, |name, datatype, shape| {
-        model_infer_request::InferInputTensor {
-            name,
+    encode_request_with(model, version, inputs, outputs, Contents::Raw)
+}
+
+/// Builds a request with the inputs in raw or typed contents (client side).
+pub fn encode_request_with(
+    model: &str,
+    version: Option<u64>,
+    inputs: &[(String, Tensor)],
+    outputs: &[&str],
+    contents: Contents,
+) -> Result<ModelInferRequest> {
+    let mut tensors = Vec::with_capacity(inputs.len());
+    let mut raw = Vec::new();
+    for (name, t) in inputs {
+        let (datatype, shape) = describe(t);
+        let typed = match contents {
+            Contents::Raw => {
+                raw.push(raw_contents(t)?);
+                None
+            }
+            Contents::Typed => Some(typed_contents(name, t)?),
+        };
+        tensors.push(model_infer_request::InferInputTensor {
+            name: name.clone(),
             datatype,
             shape,
             parameters: HashMap::new(),
-            contents: None,
-        }
-    })?;
+            contents: typed,
+        });
+    }
     Ok(ModelInferRequest {
         model_name: model.to_string(),
         model_version: version.map(|v| v.to_string()).unwrap_or_default(),
@@ -261,6 +271,59 @@ pub fn encode_request(
     })
 }
 
+/// A tensor in the typed `contents` fields: the inverse of `typed_tensor`
+/// (8- and 16-bit integers widen to the 32-bit fields).
+fn typed_contents(name: &str, t: &Tensor) -> Result<InferTensorContents> {
+    let mut c = InferTensorContents::default();
+    match t.dtype() {
+        DType::Bool => {
+            c.bool_contents = t
+                .raw()
+                .expect("BOOL has raw data")
+                .iter()
+                .map(|&b| b != 0)
+                .collect()
+        }
+        DType::I8 => c.int_contents = widen::<i8, i32>(t)?,
+        DType::I16 => c.int_contents = widen::<i16, i32>(t)?,
+        DType::I32 => c.int_contents = t.to_vec()?,
+        DType::I64 => c.int64_contents = t.to_vec()?,
+        DType::U8 => c.uint_contents = widen::<u8, u32>(t)?,
+        DType::U16 => c.uint_contents = widen::<u16, u32>(t)?,
+        DType::U32 => c.uint_contents = t.to_vec()?,
+        DType::U64 => c.uint64_contents = t.to_vec()?,
+        DType::F32 => c.fp32_contents = t.to_vec()?,
+        DType::F64 => c.fp64_contents = t.to_vec()?,
+        dtype @ (DType::F16 | DType::BF16) => {
+            return Err(Error::invalid_input(format!(
+                "{dtype} input '{name}' must be sent in raw_input_contents"
+            )));
+        }
+        DType::Bytes => c.bytes_contents = t.strings().expect("BYTES has strings").to_vec(),
+    }
+    Ok(c)
+}
+
+/// A narrow integer tensor's elements in a wider field.
+fn widen<S: pomme_core::Element, T: From<S>>(t: &Tensor) -> Result<Vec<T>> {
+    Ok(t.as_slice::<S>()?.iter().map(|&x| T::from(x)).collect())
+}
+
+/// A message in gRPC's length-prefixed framing: an uncompressed flag byte and
+/// the 4-byte big-endian length before the encoded message, as an HTTP/2
+/// DATA frame carries it (for clients that skip tonic's codec).
+pub fn frame(msg: &impl prost::Message) -> Result<Bytes> {
+    let len = msg.encoded_len();
+    let prefix =
+        u32::try_from(len).map_err(|_| Error::invalid_input("the message is larger than 4 GiB"))?;
+    let mut out = Vec::with_capacity(5 + len);
+    out.push(0);
+    out.extend_from_slice(&prefix.to_be_bytes());
+    msg.encode(&mut out)
+        .map_err(|e| Error::Internal(format!("protobuf encoding: {e}")))?;
+    Ok(Bytes::from(out))
+}
+
 /// Reads the outputs of a response (client side), from raw or typed contents.
 pub fn decode_response(resp: ModelInferResponse, limits: &Limits) -> Result<Vec<(String, Tensor)>> {
     let use_raw = !resp.raw_output_contents.is_empty();
@@ -274,12 +337,7 @@ pub fn decode_response(resp: ModelInferResponse, limits: &Limits) -> Result<Vec<
                 let raw = raws.next().ok_or_else(|| {
                     Error::invalid_input("fewer raw_output_contents than outputs")
                 })?;
-                if dtype == DType::Bytes {
-                    let n = shape.iter().product();
-                    Tensor::from_strings(shape, split_length_prefixed(&o.name, &raw, n, limits)?)?
-                } else {
-                    Tensor::from_raw(dtype, shape, raw)?
-                }
+                binary_tensor(&o.name, dtype, shape, raw, limits)?
             } else {
                 typed_tensor(
                     &o.name,
@@ -452,6 +510,48 @@ mod tests {
             ..Default::default()
         });
         assert!(m.contains("model version 'x'"), "{m}");
+    }
+
+    #[test]
+    fn typed_requests_round_trip_through_a_frame() {
+        let inputs = vec![
+            (
+                "a".to_string(),
+                Tensor::from_vec(vec![2], vec![-3i8, 4]).unwrap(),
+            ),
+            (
+                "b".to_string(),
+                Tensor::from_vec(vec![1], vec![65535u16]).unwrap(),
+            ),
+            (
+                "c".to_string(),
+                Tensor::from_bools(vec![2], &[true, false]).unwrap(),
+            ),
+            (
+                "d".to_string(),
+                Tensor::from_vec(vec![1], vec![0.25f64]).unwrap(),
+            ),
+            (
+                "e".to_string(),
+                Tensor::from_strings(vec![1], vec![Bytes::from_static(b"z")]).unwrap(),
+            ),
+        ];
+        let req = encode_request_with("m", Some(3), &inputs, &["y"], Contents::Typed).unwrap();
+        assert!(req.raw_input_contents.is_empty());
+        let framed = frame(&req).unwrap();
+        assert_eq!(framed[0], 0, "uncompressed");
+        let len = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
+        assert_eq!(len, framed.len() - 5);
+        let back: ModelInferRequest = prost::Message::decode(&framed[5..]).unwrap();
+        let (model, version, d) = decode_request(back, &Limits::default()).unwrap();
+        assert_eq!((model.as_str(), version), ("m", Some(3)));
+        assert_eq!(d.inputs, inputs);
+        let half = vec![(
+            "h".to_string(),
+            Tensor::from_vec(vec![1], vec![half::f16::ONE]).unwrap(),
+        )];
+        let e = encode_request_with("m", None, &half, &[], Contents::Typed).unwrap_err();
+        assert!(e.to_string().contains("raw_input_contents"), "{e}");
     }
 
     proptest! {

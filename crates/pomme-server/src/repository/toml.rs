@@ -1,0 +1,245 @@
+//! pomme's `config.toml` for a model → [`Declared`]: backends, batching,
+//! workers, device, precision, declared tensors, version policy, served
+//! quantization and routing. Unknown keys are errors, so a typo is a
+//! one-line model error rather than a silent default.
+
+use super::{Declared, TensorDecl, VersionPolicy, check_batching};
+use crate::routing::ModelRouting;
+use pomme_core::{DType, DeviceKind, LoadOptions, Precision, one_line};
+use pomme_runtime::BatchingConfig;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// pomme's `config.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlConfig {
+    #[serde(default)]
+    backends: Vec<String>,
+    #[serde(default)]
+    max_batch_size: usize,
+    dynamic_batching: Option<TomlBatching>,
+    workers: Option<usize>,
+    memory_budget_mb: Option<u64>,
+    /// `"all"`, `"latest"`, `{ latest = N }`, `{ all = true }` or `{ specific = [1, 3] }`.
+    version_policy: Option<TomlPolicy>,
+    device: Option<String>,
+    threads: Option<usize>,
+    precision: Option<String>,
+    #[serde(default)]
+    input: Vec<TomlTensor>,
+    #[serde(default)]
+    output: Vec<TomlTensor>,
+    /// Backend-specific settings (`compute_units`, `cache_dir`...).
+    #[serde(default)]
+    extra: BTreeMap<String, String>,
+    /// How `precision = "int8" | "int4"` is quantized and validated at load.
+    quantization: Option<TomlQuant>,
+    /// Measured routing: `"auto"`, `"off"`, a candidate list or a table (`routing.rs`).
+    routing: Option<toml::Value>,
+}
+
+/// `[quantization]`: paths are relative to the model directory.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TomlQuant {
+    /// `int8`, `int8-static`, `int4` (default: from `precision`).
+    pub(super) scheme: Option<String>,
+    /// INT4 block size (32, 64, 128).
+    pub(super) block_size: Option<usize>,
+    /// `.npz` calibration data (needed by `int8-static`).
+    pub(super) calibration: Option<PathBuf>,
+    /// `.npz` validation data (default: the calibration data, else synthetic warm-up rows).
+    pub(super) validation: Option<PathBuf>,
+    /// Label array in the validation data.
+    pub(super) labels: Option<String>,
+    /// Refuse to serve beyond this drop (points; default 1.0).
+    pub(super) max_accuracy_drop: Option<f64>,
+    pub(super) warmup_samples: Option<usize>,
+    /// Where quantized files are cached (default: `quantized/` under the
+    /// server's cache root, [`crate::Platform::cache_root`]).
+    pub(super) cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TomlPolicy {
+    Name(String),
+    Table(TomlPolicyTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlPolicyTable {
+    latest: Option<u64>,
+    all: Option<bool>,
+    specific: Option<Vec<u64>>,
+}
+
+impl TomlPolicy {
+    fn resolve(self) -> Result<VersionPolicy, String> {
+        match self {
+            TomlPolicy::Name(n) if n == "all" => Ok(VersionPolicy::All),
+            TomlPolicy::Name(n) if n == "latest" => Ok(VersionPolicy::Latest(1)),
+            TomlPolicy::Name(n) => Err(format!(
+                "version_policy '{n}' is not one of \"all\", \"latest\", {{ latest = N }}, {{ specific = [..] }}"
+            )),
+            TomlPolicy::Table(t) => match (t.latest, t.all, t.specific) {
+                (Some(n), None, None) => Ok(VersionPolicy::Latest(n)),
+                (None, Some(true), None) => Ok(VersionPolicy::All),
+                (None, None, Some(v)) => Ok(VersionPolicy::Specific(v)),
+                _ => Err(
+                    "version_policy must set exactly one of latest = N, all = true, specific = [..]"
+                        .into(),
+                ),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlBatching {
+    max_queue_delay_us: Option<u64>,
+    #[serde(default)]
+    preferred_batch_sizes: Vec<usize>,
+    max_queue_size: Option<usize>,
+    default_queue_timeout_us: Option<u64>,
+    priority_levels: Option<u32>,
+    default_priority: Option<u32>,
+    /// Pad each batch to a preferred size and warm those sizes at load.
+    #[serde(default)]
+    pad_to_preferred: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlTensor {
+    name: String,
+    #[serde(alias = "datatype")]
+    dtype: String,
+    dims: Vec<i64>,
+}
+
+/// Parses a `config.toml`.
+pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
+    let c: TomlConfig = toml::from_str(text).map_err(|e| one_line(e.to_string()))?;
+    let mut d = Declared::default();
+    d.spec.backends = c.backends;
+    d.spec.max_batch_size = c.max_batch_size;
+    d.spec.workers = c.workers.unwrap_or(1).max(1);
+    d.memory_budget_mb = c.memory_budget_mb;
+    if let Some(p) = c.version_policy {
+        d.version_policy = p.resolve()?;
+    }
+    if let Some(b) = c.dynamic_batching {
+        let def = BatchingConfig::default();
+        d.spec.batching = Some(BatchingConfig {
+            max_queue_delay: b
+                .max_queue_delay_us
+                .map(Duration::from_micros)
+                .unwrap_or(def.max_queue_delay),
+            preferred_batch_sizes: b.preferred_batch_sizes,
+            max_queue_size: b.max_queue_size.unwrap_or(def.max_queue_size),
+            default_queue_timeout: b
+                .default_queue_timeout_us
+                .filter(|&t| t > 0)
+                .map(Duration::from_micros),
+            priority_levels: b.priority_levels.unwrap_or(def.priority_levels),
+            default_priority: b.default_priority.unwrap_or(def.default_priority),
+            pad_to_preferred: b.pad_to_preferred,
+        });
+    }
+    d.quantization = c.quantization;
+    d.spec.load = LoadOptions {
+        device: match c.device {
+            Some(s) => s.parse::<DeviceKind>().map_err(|e| e.to_string())?,
+            None => DeviceKind::Cpu,
+        },
+        threads: c.threads,
+        precision: match c.precision {
+            Some(s) => s.parse::<Precision>().map_err(|e| e.to_string())?,
+            None => Precision::F32,
+        },
+        extra: c.extra,
+    };
+    let decl = |t: TomlTensor| -> Result<TensorDecl, String> {
+        let dtype = DType::from_kserve(&t.dtype)
+            .or_else(|| DType::from_triton_config(&t.dtype))
+            .ok_or_else(|| format!("tensor '{}' has unknown dtype '{}'", t.name, t.dtype))?;
+        Ok(TensorDecl {
+            name: t.name,
+            dtype,
+            dims: t.dims,
+        })
+    };
+    d.inputs = c.input.into_iter().map(decl).collect::<Result<_, _>>()?;
+    d.outputs = c.output.into_iter().map(decl).collect::<Result<_, _>>()?;
+    if let Some(r) = c.routing {
+        d.routing = ModelRouting::from_toml(r, d.spec.load.device)?;
+    }
+    check_batching(&d.spec)?;
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{model, scan};
+    use super::*;
+
+    #[test]
+    fn scans_newest_version_and_toml() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path();
+        model(repo, "plain", 1, None);
+        model(repo, "plain", 3, None);
+        model(
+            repo,
+            "batched",
+            1,
+            Some((
+                "config.toml",
+                r#"
+backends = ["tract"]
+max_batch_size = 8
+workers = 2
+device = "cpu"
+threads = 2
+precision = "f16"
+[dynamic_batching]
+max_queue_delay_us = 200
+preferred_batch_sizes = [4, 8]
+max_queue_size = 64
+default_queue_timeout_us = 5000
+priority_levels = 2
+default_priority = 2
+[[input]]
+name = "x"
+dtype = "FP32"
+dims = [-1, 3]
+"#,
+            )),
+        );
+        std::fs::create_dir_all(repo.join("empty")).unwrap();
+        let found = scan(repo).unwrap();
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["batched", "empty", "plain"]);
+        let plain = found[2].1.as_ref().unwrap();
+        assert_eq!(plain.spec.version, 3);
+        assert_eq!(plain.versions, vec![1, 3]);
+        assert!(plain.spec.path.ends_with("plain/3/model.onnx"));
+        let b = found[0].1.as_ref().unwrap();
+        assert_eq!(b.spec.backends, vec!["tract"]);
+        assert_eq!(b.spec.workers, 2);
+        assert_eq!(b.spec.load.precision, Precision::F16);
+        let bc = b.spec.batching.as_ref().unwrap();
+        assert_eq!(bc.max_queue_delay, Duration::from_micros(200));
+        assert_eq!(bc.preferred_batch_sizes, vec![4, 8]);
+        assert_eq!(bc.default_queue_timeout, Some(Duration::from_millis(5)));
+        assert_eq!(b.inputs[0].dims, vec![-1, 3]);
+        let e = found[1].1.as_ref().unwrap_err().to_string();
+        assert!(e.contains("no version directory"), "{e}");
+    }
+}

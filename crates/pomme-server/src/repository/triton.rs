@@ -1,0 +1,270 @@
+//! Triton's `config.pbtxt` for a model → [`Declared`]: platform, batch size,
+//! tensors (Triton leaves the batch dimension out of `dims`), dynamic
+//! batching, instance groups, version policy, and pomme's own `parameters`
+//! (`memory_budget_mb`, `routing`). Which pomme backends a Triton platform
+//! means and which device `KIND_GPU` means are the caller's [`Platform`]: the
+//! server names no backend.
+
+use super::{Declared, TensorDecl, VersionPolicy, check_batching};
+use crate::Platform;
+use crate::pbtxt;
+use crate::routing::ModelRouting;
+use pomme_core::{DType, DeviceKind};
+use pomme_runtime::BatchingConfig;
+use std::time::Duration;
+
+/// Parses a Triton `config.pbtxt` for the model directory `dir_name`.
+pub(super) fn from_pbtxt(
+    text: &str,
+    dir_name: &str,
+    platform: &Platform,
+) -> Result<Declared, String> {
+    let m = pbtxt::parse(text).map_err(|e| e.to_string())?;
+    let mut d = Declared::default();
+    if let Some(n) = m.get("name").and_then(pbtxt::Value::as_str)
+        && n != dir_name
+    {
+        return Err(format!(
+            "name '{n}' does not match the directory '{dir_name}'"
+        ));
+    }
+    let declared = m
+        .get("backend")
+        .or_else(|| m.get("platform"))
+        .and_then(pbtxt::Value::as_str)
+        .map(str::to_string);
+    d.spec.backends = match declared.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(p) => (platform.triton_backends)(p)
+            .ok_or_else(|| format!("platform '{p}' is not supported"))?
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+    };
+    d.platform = declared;
+    let int = |m: &pbtxt::Message, f: &str| -> Result<Option<i64>, String> {
+        match m.get(f) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| format!("'{f}' must be an integer")),
+        }
+    };
+    let max_batch = int(&m, "max_batch_size")?.unwrap_or(0);
+    d.spec.max_batch_size = usize::try_from(max_batch)
+        .map_err(|_| format!("max_batch_size {max_batch} is negative"))?;
+    let tensors = |field: &str| -> Result<Vec<TensorDecl>, String> {
+        m.all(field)
+            .map(|v| {
+                let t = v
+                    .as_message()
+                    .ok_or_else(|| format!("'{field}' must be a message"))?;
+                let name = t
+                    .get("name")
+                    .and_then(pbtxt::Value::as_str)
+                    .ok_or_else(|| format!("an {field} has no name"))?
+                    .to_string();
+                let dt = t
+                    .get("data_type")
+                    .and_then(pbtxt::Value::as_ident)
+                    .ok_or_else(|| format!("{field} '{name}' has no data_type"))?;
+                let dtype = DType::from_triton_config(dt)
+                    .ok_or_else(|| format!("{field} '{name}' has unknown data_type {dt}"))?;
+                let mut dims = t
+                    .all("dims")
+                    .map(|v| {
+                        v.as_i64()
+                            .ok_or_else(|| format!("{field} '{name}' has a non-integer dim"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                // With max_batch_size > 0, Triton's dims leave out the batch dimension.
+                if max_batch > 0 {
+                    dims.insert(0, -1);
+                }
+                Ok(TensorDecl { name, dtype, dims })
+            })
+            .collect()
+    };
+    d.inputs = tensors("input")?;
+    d.outputs = tensors("output")?;
+    if let Some(db) = m.get("dynamic_batching") {
+        let db = db
+            .as_message()
+            .ok_or("'dynamic_batching' must be a message")?;
+        let def = BatchingConfig::default();
+        let u = |m: &pbtxt::Message, f: &str| -> Result<Option<u64>, String> {
+            match m.get(f) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| format!("'{f}' must be a non-negative integer")),
+            }
+        };
+        let policy = db
+            .get("default_queue_policy")
+            .and_then(pbtxt::Value::as_message);
+        let empty = pbtxt::Message::default();
+        let policy = policy.unwrap_or(&empty);
+        d.spec.batching = Some(BatchingConfig {
+            max_queue_delay: u(db, "max_queue_delay_microseconds")?
+                .map(Duration::from_micros)
+                .unwrap_or(def.max_queue_delay),
+            preferred_batch_sizes: db
+                .all("preferred_batch_size")
+                .map(|v| {
+                    v.as_u64().map(|p| p as usize).ok_or_else(|| {
+                        "preferred_batch_size must be a positive integer".to_string()
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            // Triton: 0 means unbounded; keep the runtime's bound instead.
+            max_queue_size: u(policy, "max_queue_size")?
+                .filter(|&q| q > 0)
+                .map(|q| q as usize)
+                .unwrap_or(def.max_queue_size),
+            default_queue_timeout: u(policy, "default_timeout_microseconds")?
+                .filter(|&t| t > 0)
+                .map(Duration::from_micros),
+            priority_levels: u(db, "priority_levels")?
+                .map(|p| p as u32)
+                .unwrap_or(def.priority_levels),
+            default_priority: u(db, "default_priority_level")?
+                .filter(|&p| p > 0)
+                .map(|p| p as u32)
+                .unwrap_or(def.default_priority),
+            // No Triton equivalent; config.toml only.
+            pad_to_preferred: false,
+        });
+    }
+    let mut workers = 0usize;
+    for g in m.all("instance_group") {
+        let g = g.as_message().ok_or("'instance_group' must be a message")?;
+        workers += int(g, "count")?.unwrap_or(1).max(0) as usize;
+        match g.get("kind").and_then(pbtxt::Value::as_ident) {
+            Some("KIND_GPU") => d.spec.load.device = platform.gpu_device,
+            Some("KIND_CPU") => d.spec.load.device = DeviceKind::Cpu,
+            _ => {}
+        }
+    }
+    d.spec.workers = workers.max(1);
+    if let Some(p) = m.get("version_policy") {
+        d.version_policy = pbtxt_policy(p)?;
+    }
+    // Not in Triton's schema: pomme's per-model budget and routing, also
+    // accepted in a pbtxt as `parameters { key: "memory_budget_mb" value {
+    // string_value: "64" } }` and `parameters { key: "routing" value {
+    // string_value: "auto" } }`.
+    for p in m.all("parameters") {
+        let p = p.as_message().ok_or("'parameters' must be a message")?;
+        let key = p.get("key").and_then(pbtxt::Value::as_str);
+        if !matches!(key, Some("memory_budget_mb" | "routing")) {
+            continue;
+        }
+        let key = key.expect("matched");
+        let v = p
+            .get("value")
+            .and_then(pbtxt::Value::as_message)
+            .and_then(|v| v.get("string_value"))
+            .and_then(pbtxt::Value::as_str)
+            .ok_or_else(|| format!("parameter {key} needs value {{ string_value: \"...\" }}"))?;
+        if key == "routing" {
+            d.routing = ModelRouting::from_parameter(v, d.spec.load.device)?;
+        } else {
+            d.memory_budget_mb = Some(
+                v.trim()
+                    .parse()
+                    .map_err(|_| format!("parameter memory_budget_mb '{v}' is not a number"))?,
+            );
+        }
+    }
+    check_batching(&d.spec)?;
+    Ok(d)
+}
+
+/// Triton's `version_policy: { latest { num_versions: N } }`, `{ all {} }`
+/// or `{ specific { versions: [..] } }`.
+fn pbtxt_policy(v: &pbtxt::Value) -> Result<VersionPolicy, String> {
+    let p = v.as_message().ok_or("'version_policy' must be a message")?;
+    let [(kind, body)] = p.fields.as_slice() else {
+        return Err("version_policy must hold exactly one of latest, all, specific".into());
+    };
+    let body = body
+        .as_message()
+        .ok_or_else(|| format!("version_policy {kind} must be a message"))?;
+    match kind.as_str() {
+        "latest" => Ok(VersionPolicy::Latest(
+            body.get("num_versions")
+                .map(|n| {
+                    n.as_u64()
+                        .ok_or("version_policy latest num_versions must be a non-negative integer")
+                })
+                .transpose()?
+                .unwrap_or(1),
+        )),
+        "all" => Ok(VersionPolicy::All),
+        "specific" => Ok(VersionPolicy::Specific(
+            body.all("versions")
+                .map(|n| {
+                    n.as_u64()
+                        .ok_or("version_policy specific versions must be non-negative integers")
+                })
+                .collect::<Result<_, _>>()?,
+        )),
+        other => Err(format!(
+            "version_policy '{other}' is not one of latest, all, specific"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{load_model, model, platform};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn from_pbtxt(text: &str, dir_name: &str) -> Result<Declared, String> {
+        super::from_pbtxt(text, dir_name, &platform())
+    }
+
+    #[test]
+    fn reads_triton_pbtxt() {
+        let tmp = tempfile::tempdir().unwrap();
+        model(
+            tmp.path(),
+            "resnet",
+            1,
+            Some((
+                "config.pbtxt",
+                r#"name: "resnet"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+input [ { name: "input" data_type: TYPE_FP32 dims: [3, 224, 224] } ]
+output [ { name: "probs" data_type: TYPE_FP32 dims: [1000] } ]
+dynamic_batching { preferred_batch_size: [8, 16] max_queue_delay_microseconds: 100
+  default_queue_policy { max_queue_size: 32 } priority_levels: 3 default_priority_level: 2 }
+instance_group [ { count: 2 kind: KIND_CPU } ]
+optimization { graph { level: 1 } }"#,
+            )),
+        );
+        let m = load_model(tmp.path(), "resnet").unwrap();
+        assert_eq!(m.spec.backends, vec!["ort", "tract"]);
+        assert_eq!(m.spec.max_batch_size, 16);
+        assert_eq!(m.spec.workers, 2);
+        assert_eq!(m.inputs[0].dims, vec![-1, 3, 224, 224]);
+        assert_eq!(m.outputs[0].dtype, DType::F32);
+        let b = m.spec.batching.unwrap();
+        assert_eq!(b.max_queue_size, 32);
+        assert_eq!(b.priority_levels, 3);
+        assert_eq!(b.default_priority, 2);
+        assert_eq!(m.platform.as_deref(), Some("onnxruntime_onnx"));
+    }
+
+    proptest! {
+        #[test]
+        fn pbtxt_configs_never_panic(s in "\\PC{0,120}") {
+            let _ = from_pbtxt(&s, "m");
+        }
+    }
+}
