@@ -2,6 +2,10 @@
 //! system protoc) and prost-build, and writes a table of the field numbers of
 //! the `Model.Type` and `NeuralNetworkLayer.layer` oneofs so the reader can
 //! name a model's or layer's type from the wire.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "a build script reads what cargo sets for it"
+)]
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -6,6 +6,10 @@
 //! plan pomme runs for these inputs (specialized to batch 1, from
 //! `TractModel::plan_for`) on inputs already converted to tract values, so the
 //! ratio is what pomme adds: admission, queueing, batching, tensor copies.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the bench's model is chosen with POMME_BENCH_MODEL"
+)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pomme_core::{Backend, DType, LoadOptions, Tensor};

@@ -1,6 +1,10 @@
 //! The one place the `pomme` binary reads its environment for the libraries
 //! below it, which read none: [`Settings::from_env`] runs once in `main` and
 //! every command gets the result.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the one module of the binary that reads the environment for the libraries"
+)]
 
 use pomme_backends::BackendSettings;
 use std::ffi::OsString;

@@ -90,6 +90,10 @@ fn run_main() -> u8 {
 /// the environment before any backend starts. Users who accept TF32's 10-bit
 /// mantissa for speed set `NVIDIA_TF32_OVERRIDE=1` themselves: reduced
 /// precision stays opt-in.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the process-wide override must be set before any thread starts"
+)]
 fn fp32_exact_gpu_math() {
     if std::env::var_os("NVIDIA_TF32_OVERRIDE").is_none() {
         // SAFETY: called first thing in `main`, before any thread (tokio,

@@ -4,6 +4,10 @@
 //! (default: `../shared/models` next to the workspace). Tests that need them
 //! call [`models_dir`] and skip, saying so, when it returns `None`. Test code
 //! reads the environment here so that the libraries under test need not.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests find their models and ONNX Runtime through POMME_TEST_MODELS and ORT_DYLIB_PATH"
+)]
 
 use pomme_core::{DType, Tensor};
 use std::path::{Path, PathBuf};

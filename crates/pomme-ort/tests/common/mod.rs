@@ -1,5 +1,9 @@
 //! Shared helpers: the backend (or a visible skip), the fixture models, and a
 //! tiny ONNX writer for identity models of any element type.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests find their models through POMME_TEST_MODELS"
+)]
 #![allow(dead_code)]
 
 use pomme_core::{Backend, ModelArtifact, ModelFormat};

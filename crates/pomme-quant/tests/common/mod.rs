@@ -1,4 +1,8 @@
 //! Shared helpers: where the models are, which engines exist.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests find their models through POMME_TEST_MODELS"
+)]
 #![allow(dead_code)]
 
 use pomme_core::Backend;

@@ -1,5 +1,9 @@
 //! Shared helpers for the tract backend's integration tests: fixture paths,
 //! `.npy` reading and reference comparison.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests find their models through POMME_TEST_MODELS"
+)]
 #![allow(dead_code)]
 
 use pomme_core::{Backend, LoadedModel, ModelArtifact, ModelFormat, Tensor};
