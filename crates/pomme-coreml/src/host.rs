@@ -4,7 +4,7 @@
 //! Only the sampling lives here, because it needs the Objective-C bindings
 //! this crate already has (`sample`, macOS only). Host telemetry as a whole
 //! (Linux `/proc`, NVIDIA GPUs, the snapshot the server exports) is
-//! `pomme_backends::telemetry`, which calls [`sample`] on macOS.
+//! `pomme_backends::telemetry`, which calls `sample` on macOS.
 
 /// macOS's thermal pressure (`NSProcessInfoThermalState`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

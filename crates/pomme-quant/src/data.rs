@@ -6,7 +6,7 @@
 //! or `input`. The dtype must equal the input's (no silent casts: feeding
 //! float64 to a float32 model is a mistake worth hearing about). The shape
 //! must fit the declared one; as a convenience, rows whose element count
-//! equals the input's fixed per-row size are reshaped (digits' `X` [N,64] →
+//! equals the input's fixed per-row size are reshaped (digits' `X` `[N,64]` →
 //! `[N,1,8,8]` for the CNN), and this is reported.
 
 use pomme_core::{DType, Error, ModelSignature, Result, Tensor};

@@ -8,7 +8,7 @@
 //! * [`quantize_file`]: model in, quantized model out (written atomically, and
 //!   only once everything — calibration, validation, the accuracy budget —
 //!   succeeded), with a [`QuantSummary`] and an optional [`ValidationReport`].
-//! * [`validate`]: compares any float / quantized pair on data, per engine.
+//! * [`validate()`]: compares any float / quantized pair on data, per engine.
 //! * [`quantize_cached`]: what the runtime calls when a model config asks for
 //!   `precision = "int8"`: quantizes once into a content-addressed cache.
 //! * [`prepare_served`]: the whole served-transparently step (quantize into

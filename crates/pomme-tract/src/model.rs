@@ -133,7 +133,7 @@ struct Shared {
 }
 
 /// A model prepared by tract: the analysed model with its symbols, and the
-/// plans specialized to the symbol values seen so far (see [`crate::plans`]).
+/// plans specialized to the symbol values seen so far (see `plans.rs`).
 pub struct TractModel {
     shared: Arc<Shared>,
     /// The key of the plan built at load (validation and warm-up).
