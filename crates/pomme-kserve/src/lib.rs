@@ -24,7 +24,7 @@ pub mod metadata;
 pub mod proto;
 
 pub use common::{parse_version, raw_contents};
-pub use metadata::{ModelMetadata, TensorMetadata};
+pub use metadata::{IndexEntry, ModelMetadata, ServerMetadata, TensorMetadata};
 
 #[cfg(doc)]
 use pomme_core::Error;
