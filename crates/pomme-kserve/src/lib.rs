@@ -1,8 +1,8 @@
 //! The KServe v2 / Open Inference Protocol on the wire, as pure functions:
 //! HTTP JSON with Triton's binary tensor data extension ([`json`]), the gRPC
 //! messages and service generated from `proto/` ([`proto`], converted by
-//! [`grpc`]), model metadata ([`metadata`]) and the [`Limits`] every decoder
-//! enforces.
+//! [`grpc`]), server and model metadata and the repository index
+//! ([`metadata`]), and the [`Limits`] every decoder enforces.
 //!
 //! One codec for every user of the protocol: the server decodes requests and
 //! encodes replies with it, the load generator (`pomme bench --url`) and the
@@ -11,8 +11,9 @@
 //! touches the runtime: decoding yields a [`DecodedRequest`] (inputs as
 //! [`Tensor`]s plus the wire options that only matter for encoding the
 //! reply), and encoding takes named output tensors. Every malformed input
-//! becomes [`Error::InvalidInput`] with a one-line message, and every size is
-//! checked against [`Limits`] before memory is committed.
+//! becomes [`Error::InvalidInput`](pomme_core::Error::InvalidInput) with a
+//! one-line message, and every size is checked against [`Limits`] before
+//! memory is committed.
 //!
 //! Module order (each uses only those before it): `common` (shared
 //! helpers) → [`proto`] → [`json`], [`grpc`], [`metadata`].
@@ -24,10 +25,8 @@ pub mod metadata;
 pub mod proto;
 
 pub use common::{parse_version, raw_contents};
-pub use metadata::{ModelMetadata, TensorMetadata};
+pub use metadata::{IndexEntry, ModelMetadata, ServerMetadata, TensorMetadata};
 
-#[cfg(doc)]
-use pomme_core::Error;
 use pomme_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

@@ -1,9 +1,33 @@
-//! Model metadata (KServe v2 `GET /v2/models/{name}` and gRPC
-//! `ModelMetadata`): one type that the server fills and renders in either
-//! protocol, and that clients read back from either.
+//! The documents that describe a server and its models: server metadata
+//! (`GET /v2`, gRPC `ServerMetadata`), model metadata (`GET
+//! /v2/models/{name}`, gRPC `ModelMetadata`) and Triton's repository index.
+//! One type each, which the server fills and renders in either protocol and
+//! clients read back from either.
 
 use crate::proto::{self, model_metadata_response};
 use serde::{Deserialize, Serialize};
+
+/// Server metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerMetadata {
+    pub name: String,
+    pub version: String,
+    /// Protocol extensions the server implements.
+    pub extensions: Vec<String>,
+}
+
+/// One row of Triton's repository index: a model (version) and its state;
+/// empty fields are left out of the JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
 
 /// A tensor in model metadata: `shape` has -1 for a variable dimension.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +49,27 @@ pub struct ModelMetadata {
     pub inputs: Vec<TensorMetadata>,
     #[serde(default)]
     pub outputs: Vec<TensorMetadata>,
+}
+
+impl From<ServerMetadata> for proto::ServerMetadataResponse {
+    fn from(m: ServerMetadata) -> Self {
+        proto::ServerMetadataResponse {
+            name: m.name,
+            version: m.version,
+            extensions: m.extensions,
+        }
+    }
+}
+
+impl From<IndexEntry> for proto::repository_index_response::ModelIndex {
+    fn from(e: IndexEntry) -> Self {
+        proto::repository_index_response::ModelIndex {
+            name: e.name,
+            version: e.version,
+            state: e.state,
+            reason: e.reason,
+        }
+    }
 }
 
 impl From<TensorMetadata> for model_metadata_response::TensorMetadata {

@@ -6,7 +6,7 @@
 
 use crate::kserve;
 use crate::proto::{self, grpc_inference_service_server::GrpcInferenceService};
-use crate::service::{EXTENSIONS, Shared};
+use crate::service::Shared;
 use futures::{Stream, StreamExt};
 use pomme_core::{Error, GrpcCode};
 use std::pin::Pin;
@@ -123,11 +123,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         _: Request<proto::ServerMetadataRequest>,
     ) -> Result<Response<proto::ServerMetadataResponse>, Status> {
-        Ok(Response::new(proto::ServerMetadataResponse {
-            name: "pomme".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
-        }))
+        Ok(Response::new(self.shared.server_metadata().into()))
     }
 
     async fn model_metadata(
@@ -218,12 +214,7 @@ impl GrpcInferenceService for GrpcService {
             .shared
             .index(r.ready)
             .into_iter()
-            .map(|e| proto::repository_index_response::ModelIndex {
-                name: e.name,
-                version: e.version,
-                state: e.state,
-                reason: e.reason,
-            })
+            .map(Into::into)
             .collect();
         Ok(Response::new(proto::RepositoryIndexResponse { models }))
     }

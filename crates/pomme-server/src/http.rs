@@ -5,7 +5,7 @@
 //! `Error::http_status()`.
 
 use crate::kserve::{self, HEADER_CONTENT_LENGTH};
-use crate::service::{EXTENSIONS, Shared};
+use crate::service::Shared;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -136,12 +136,8 @@ async fn ready(State(s): State<Arc<Shared>>) -> StatusCode {
     }
 }
 
-async fn server_metadata() -> Json<Value> {
-    Json(json!({
-        "name": "pomme",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": EXTENSIONS,
-    }))
+async fn server_metadata(State(s): State<Arc<Shared>>) -> Json<kserve::ServerMetadata> {
+    Json(s.server_metadata())
 }
 
 fn version(v: &str) -> ApiResult<Option<u64>> {
@@ -151,15 +147,15 @@ fn version(v: &str) -> ApiResult<Option<u64>> {
 async fn model_metadata(
     State(s): State<Arc<Shared>>,
     Path(model): Path<String>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(s.metadata(&model, None)?)))
+) -> ApiResult<Json<kserve::ModelMetadata>> {
+    Ok(Json(s.metadata(&model, None)?))
 }
 
 async fn model_metadata_v(
     State(s): State<Arc<Shared>>,
     Path((model, v)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(s.metadata(&model, version(&v)?)?)))
+) -> ApiResult<Json<kserve::ModelMetadata>> {
+    Ok(Json(s.metadata(&model, version(&v)?)?))
 }
 
 fn ready_status(s: &Shared, model: &str, v: Option<u64>) -> Response {

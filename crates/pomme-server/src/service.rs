@@ -5,7 +5,9 @@
 
 use crate::Platform;
 use crate::config::{ControlMode, ServerConfig};
-use crate::kserve::{DecodedRequest, Limits, ModelMetadata, TensorMetadata};
+use crate::kserve::{
+    DecodedRequest, IndexEntry, Limits, ModelMetadata, ServerMetadata, TensorMetadata,
+};
 use crate::repository::{self, RepoModel};
 use crate::routing::RoutingMode;
 use crate::triton::{ModelConfigReport, StatsReport};
@@ -42,18 +44,6 @@ pub struct Shared {
     stopping: AtomicBool,
     /// What the repository declared for each model loaded from it.
     declared: Mutex<BTreeMap<String, RepoModel>>,
-}
-
-/// One row of the repository index.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct IndexEntry {
-    pub name: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub version: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub state: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub reason: String,
 }
 
 impl Shared {
@@ -107,6 +97,15 @@ impl Shared {
             Some(want) => authorization
                 .and_then(|h| h.strip_prefix("Bearer "))
                 .is_some_and(|got| constant_time_eq(got.trim().as_bytes(), want.as_bytes())),
+        }
+    }
+
+    /// KServe server metadata.
+    pub fn server_metadata(&self) -> ServerMetadata {
+        ServerMetadata {
+            name: "pomme".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
         }
     }
 

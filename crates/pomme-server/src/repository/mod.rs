@@ -11,7 +11,7 @@
 //! files; names come from clients on the load endpoint, so they are checked
 //! before touching the file system, and paths are canonicalized so a symlink
 //! cannot lead outside the repository); `toml` and `triton` translate the two
-//! configuration formats into one [`Declared`] description; `load` loads the
+//! configuration formats into one `Declared` description; `load` loads the
 //! selected versions into the runtime, quantizing first when the
 //! configuration asks for a served precision.
 
