@@ -3,7 +3,7 @@
 //!
 //! The server does not name a platform: the caller hands in a
 //! [`TelemetrySource`] returning the telemetry snapshot as JSON (the CLI passes
-//! `pomme_backends::extras::telemetry`, i.e. pomme-coreml's collector: chip,
+//! `pomme_backends::telemetry::collect`: chip,
 //! memory, thermal state and low-power mode, Metal device and working set,
 //! Neural Engine on macOS; CPU, memory, thermal zones and `nvidia-smi` GPUs on
 //! Linux). Readings are taken on a blocking thread every `interval` (reading

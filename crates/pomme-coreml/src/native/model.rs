@@ -23,6 +23,7 @@ use objc2_core_ml::{
     MLOptimizationHints, MLReshapeFrequencyHint,
 };
 use objc2_foundation::{NSArray, NSDictionary, NSNumber, NSString};
+use parking_lot::Mutex;
 use pomme_core::tensor::AlignedBuf;
 use pomme_core::{
     DType, DeviceKind, Dim, Error, LoadOptions, LoadedModel, MemoryEstimate, ModelArtifact,
@@ -32,8 +33,8 @@ use std::cell::RefCell;
 use std::ffi::c_void;
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 
 /// A job for the model's thread: inputs in signature order, outputs back in signature order.
 struct Job {
@@ -83,11 +84,7 @@ impl LoadedModel for CoreMlLoaded {
         self.precision
     }
     fn session(&self) -> Result<Box<dyn Session>> {
-        let jobs = self
-            .jobs
-            .lock()
-            .map_err(|_| Error::Internal("Core ML job channel poisoned".into()))?
-            .clone();
+        let jobs = self.jobs.lock().clone();
         Ok(Box::new(CoreMlSession { jobs }))
     }
     fn placement(&self) -> Vec<PlacementShare> {
@@ -441,7 +438,7 @@ fn multiarray(t: &Tensor) -> Result<Retained<MLMultiArray>> {
     }
     let owner = Mutex::new(Some(bytes));
     let dealloc = RcBlock::new(move |_p: NonNull<c_void>| {
-        drop(owner.lock().ok().and_then(|mut g| g.take()));
+        drop(owner.lock().take());
     });
     // SAFETY: `ptr` points to `len * size` readable bytes kept alive by the
     // deallocator's `Bytes` until Core ML releases the array; shape and
