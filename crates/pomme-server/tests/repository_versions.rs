@@ -383,6 +383,41 @@ async fn declared_config_is_checked_at_load() {
     s.stop().await.unwrap();
 }
 
+/// A typo in a model's backend options is a load error naming the key and the
+/// valid ones, not a setting that silently does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_backend_option_fails_the_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path();
+    for (name, extra) in [("typo", "split_btach"), ("good", "split_batch")] {
+        version(repo, name, 1, "add_one.onnx");
+        std::fs::write(
+            repo.join(name).join("config.toml"),
+            format!("[extra]\n{extra} = \"true\"\n"),
+        )
+        .unwrap();
+    }
+    let s = start(repo, "explicit", tract()).await;
+    let load = |name: &str| {
+        Request::post(format!("/v2/repository/models/{name}/load"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (st, out) = call(&s, load("typo")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{out}");
+    let msg = out["error"].as_str().unwrap();
+    assert!(
+        msg.contains("unknown backend option 'split_btach'") && msg.contains("split_batch"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'));
+    let (st, out) = call(&s, load("good")).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    let (st, out) = call(&s, infer("/v2/models/good/infer", 4)).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    s.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_model_memory_budget_is_enforced() {
     let tmp = tempfile::tempdir().unwrap();
