@@ -150,6 +150,19 @@ pub struct LoadOptions {
     pub extra: BTreeMap<String, String>,
 }
 
+impl LoadOptions {
+    /// Default options with these backend settings (`extra`).
+    pub fn with_extra(pairs: &[(&str, &str)]) -> LoadOptions {
+        LoadOptions {
+            extra: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..LoadOptions::default()
+        }
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {

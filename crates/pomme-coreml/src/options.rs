@@ -122,16 +122,6 @@ fn flag(x: &ExtraOptions<'_>, key: &'static str, default: bool) -> Result<bool> 
 mod tests {
     use super::*;
 
-    fn opts(extra: &[(&str, &str)]) -> LoadOptions {
-        LoadOptions {
-            extra: extra
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..LoadOptions::default()
-        }
-    }
-
     #[test]
     fn option_keys_are_what_the_parser_reads() {
         let empty = Default::default();
@@ -150,7 +140,7 @@ mod tests {
             ("virtual_batch", "off"),
             ("min_ane_share", "80%"),
         ] {
-            let e = CoreMlOptions::from_load_options(&opts(&[(key, bad)]))
+            let e = CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[(key, bad)]))
                 .unwrap_err()
                 .to_string();
             assert!(e.starts_with("invalid input: "), "{e}");
@@ -160,10 +150,10 @@ mod tests {
 
     #[test]
     fn values_and_defaults() {
-        let o = CoreMlOptions::from_load_options(&opts(&[])).unwrap();
+        let o = CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[])).unwrap();
         assert_eq!(o.compute_units, None);
         assert!(o.virtual_batch && !o.allow_low_precision_gpu);
-        let o = CoreMlOptions::from_load_options(&opts(&[
+        let o = CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[
             ("compute_units", "CPU_AND_GPU"),
             ("cache_dir", "/tmp/c"),
             ("virtual_batch", "false"),

@@ -260,11 +260,7 @@ mod tests {
     fn opts(device: DeviceKind, extra: &[(&str, &str)]) -> LoadOptions {
         LoadOptions {
             device,
-            extra: extra
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..LoadOptions::default()
+            ..LoadOptions::with_extra(extra)
         }
     }
 

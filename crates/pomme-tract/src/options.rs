@@ -89,16 +89,6 @@ fn positive(x: &ExtraOptions<'_>, pattern: &'static str) -> Result<BTreeMap<Stri
 mod tests {
     use super::*;
 
-    fn opts(extra: &[(&str, &str)]) -> LoadOptions {
-        LoadOptions {
-            extra: extra
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..LoadOptions::default()
-        }
-    }
-
     #[test]
     fn option_keys_are_what_the_parser_reads() {
         let empty = Default::default();
@@ -117,7 +107,7 @@ mod tests {
             ("symbol.seq", "-1"),
             ("warmup.batch", "x"),
         ] {
-            let e = TractOptions::from_load_options(&opts(&[(key, bad)]))
+            let e = TractOptions::from_load_options(&LoadOptions::with_extra(&[(key, bad)]))
                 .unwrap_err()
                 .to_string();
             assert!(e.starts_with("invalid input: option "), "{e}");
@@ -127,9 +117,9 @@ mod tests {
 
     #[test]
     fn values_and_defaults() {
-        let o = TractOptions::from_load_options(&opts(&[])).unwrap();
+        let o = TractOptions::from_load_options(&LoadOptions::with_extra(&[])).unwrap();
         assert_eq!((o.split_batch, o.plan_cache), (false, 8));
-        let o = TractOptions::from_load_options(&opts(&[
+        let o = TractOptions::from_load_options(&LoadOptions::with_extra(&[
             ("symbol.seq", "128"),
             ("warmup.seq", " 17"),
             ("split_batch", "true"),
