@@ -3,7 +3,8 @@
 //! Everything else (runtime, server, CLI) takes `Arc<dyn Backend>`s and
 //! platform facts from here: which backends this build has ([`compiled_with`],
 //! one cargo feature each, in default preference order: tract first, pure Rust
-//! and always there; ONNX Runtime when its library is found; Core ML on macOS),
+//! and always there; ONNX Runtime when its library is found; Core ML on macOS;
+//! Core AI when a Python environment with Apple's `coreai-core` is found),
 //! which candidates automatic routing tries ([`automatic_candidates`]), what a
 //! Triton platform means ([`triton_platform_backends`]) and what "GPU" means
 //! here ([`default_gpu_device`]), plus host [`telemetry`]. Backends read no
@@ -37,6 +38,13 @@ pub struct BackendSettings {
     /// TF32 is off for the whole process (`NVIDIA_TF32_OVERRIDE=0`): loads
     /// asking for it are warned that they cannot have it.
     pub process_tf32_off: bool,
+    /// The Python interpreter of an environment holding Apple's
+    /// `coreai-core`, for the coreai backend; binding when set
+    /// (`POMME_COREAI_PYTHON`, `coreai_python`).
+    pub coreai_python: Option<PathBuf>,
+    /// Interpreters the coreai backend tries when `coreai_python` is not
+    /// set. Default `./.venv/bin/python`, then `python3`.
+    pub coreai_fallback_pythons: Vec<PathBuf>,
 }
 
 impl Default for BackendSettings {
@@ -47,6 +55,11 @@ impl Default for BackendSettings {
             ort_venv: None,
             ort_fallback_venvs: vec![PathBuf::from(".venv")],
             process_tf32_off: false,
+            coreai_python: None,
+            coreai_fallback_pythons: vec![
+                PathBuf::from(".venv/bin/python"),
+                PathBuf::from("python3"),
+            ],
         }
     }
 }
@@ -65,6 +78,11 @@ impl BackendSettings {
     /// Compiled Core ML models (`.mlmodelc`).
     pub fn coreml_dir(&self) -> PathBuf {
         self.cache_root.join("coreml")
+    }
+
+    /// Core AI programs compiled for the in-package runtime (`.aimodelx`).
+    pub fn coreai_dir(&self) -> PathBuf {
+        self.cache_root.join("coreai")
     }
 }
 
@@ -90,6 +108,14 @@ pub fn compiled_with(settings: &BackendSettings) -> Vec<Arc<dyn Backend>> {
     #[cfg(feature = "coreml")]
     v.push(Arc::new(pomme_coreml::CoreMlBackend::with_cache_dir(
         settings.coreml_dir(),
+    )));
+    #[cfg(feature = "coreai")]
+    v.push(Arc::new(pomme_coreai::CoreAiBackend::new(
+        pomme_coreai::CoreAiSettings {
+            python: settings.coreai_python.clone(),
+            fallback_pythons: settings.coreai_fallback_pythons.clone(),
+            cache_dir: settings.coreai_dir(),
+        },
     )));
     v
 }
@@ -168,6 +194,7 @@ pub fn triton_platform_backends(platform: &str) -> Option<Vec<&'static str>> {
         "tract" => vec!["tract"],
         "ort" => vec!["ort"],
         "coreml" => vec!["coreml"],
+        "coreai" => vec!["coreai"],
         _ => return None,
     })
 }
@@ -300,6 +327,7 @@ mod tests {
         assert_eq!(s.quantized_dir(), PathBuf::from("/c/quantized"));
         assert_eq!(s.fp16_dir(), PathBuf::from("/c/fp16"));
         assert_eq!(s.coreml_dir(), PathBuf::from("/c/coreml"));
+        assert_eq!(s.coreai_dir(), PathBuf::from("/c/coreai"));
     }
 
     /// Every backend's `option_keys` against `check_extra_keys`: known keys

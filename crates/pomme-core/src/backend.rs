@@ -23,6 +23,9 @@ pub enum ModelFormat {
     Nnef,
     /// Core ML: `.mlmodel`, `.mlpackage` or compiled `.mlmodelc`.
     CoreMl,
+    /// Core AI (macOS 27+): an `.aimodel` asset directory, or a program
+    /// compiled for the in-package runtime (`.aimodelx`).
+    CoreAi,
 }
 
 impl fmt::Display for ModelFormat {
@@ -31,6 +34,7 @@ impl fmt::Display for ModelFormat {
             ModelFormat::Onnx => "onnx",
             ModelFormat::Nnef => "nnef",
             ModelFormat::CoreMl => "coreml",
+            ModelFormat::CoreAi => "coreai",
         })
     }
 }
@@ -339,6 +343,22 @@ pub trait LoadedModel: Send + Sync {
     fn prefers_few_shapes(&self) -> bool {
         false
     }
+    /// Whether requests must carry sequence parameters (the model keeps state
+    /// per sequence).
+    fn is_stateful(&self) -> bool {
+        false
+    }
+}
+
+/// A request's place in a sequence (Triton's sequence parameters), for stateful models.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SequenceControl {
+    /// The sequence's id (`sequence_id`, a number or a string, as text).
+    pub id: String,
+    /// `sequence_start`: this request begins the sequence (state starts fresh).
+    pub start: bool,
+    /// `sequence_end`: this request ends it (its state is dropped after).
+    pub end: bool,
 }
 
 /// Per-thread execution state of a [`LoadedModel`].
@@ -346,6 +366,12 @@ pub trait Session: Send {
     /// Runs one batch. Inputs and outputs are in signature order; inputs have
     /// already been checked against the signature.
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
+    /// Runs one request of a sequence. Default: stateless models ignore
+    /// sequence parameters, like Triton models without a sequence batcher.
+    fn run_sequence(&mut self, inputs: Vec<Tensor>, seq: &SequenceControl) -> Result<Vec<Tensor>> {
+        let _ = seq;
+        self.run(inputs)
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,12 @@ pub struct TensorSpec {
     pub name: String,
     pub dtype: DType,
     pub shape: Shape,
+    /// A wider type also accepted for this input and narrowed to `dtype` with
+    /// a range check ([`ModelSignature::arrange_inputs`]): Core AI takes
+    /// int64 token ids as int32, while clients written for the ONNX model
+    /// send INT64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepts: Option<DType>,
 }
 
 impl TensorSpec {
@@ -18,17 +24,27 @@ impl TensorSpec {
             name: name.into(),
             dtype,
             shape,
+            accepts: None,
         }
+    }
+
+    /// This spec, also accepting `wider` tensors (narrowed with a range check).
+    pub fn accepting(mut self, wider: DType) -> TensorSpec {
+        self.accepts = Some(wider);
+        self
     }
 
     /// Checks one tensor against this spec, naming the problem on failure.
     pub fn check(&self, t: &Tensor) -> Result<()> {
-        if t.dtype() != self.dtype {
+        if t.dtype() != self.dtype && Some(t.dtype()) != self.accepts {
+            let expected = match self.accepts {
+                Some(w) => format!("{} or {w}", self.dtype),
+                None => self.dtype.to_string(),
+            };
             return Err(Error::invalid_input(format!(
-                "input '{}' has datatype {}, expected {}",
+                "input '{}' has datatype {}, expected {expected}",
                 self.name,
                 t.dtype(),
-                self.dtype
             )));
         }
         if !self.shape.accepts(t.shape()) {
@@ -83,8 +99,13 @@ impl ModelSignature {
             if slots[i].is_some() {
                 return Err(Error::invalid_input(format!("input '{name}' given twice")));
             }
-            self.inputs[i].check(&tensor)?;
-            slots[i] = Some(tensor);
+            let spec = &self.inputs[i];
+            spec.check(&tensor)?;
+            slots[i] = Some(if tensor.dtype() == spec.dtype {
+                tensor
+            } else {
+                narrow(&spec.name, &tensor, spec.dtype)?
+            });
         }
         let missing: Vec<&str> = self
             .inputs
@@ -121,6 +142,29 @@ impl ModelSignature {
             }
         }
         Ok(tensors)
+    }
+}
+
+/// `t` converted to the narrower `to`, refusing any value `to` cannot hold.
+/// Supported: INT64 → INT32 (the only narrowing a backend declares today).
+fn narrow(name: &str, t: &Tensor, to: DType) -> Result<Tensor> {
+    match (t.dtype(), to) {
+        (DType::I64, DType::I32) => {
+            let wide = t.as_slice::<i64>()?;
+            let mut out = Vec::with_capacity(wide.len());
+            for (i, &v) in wide.iter().enumerate() {
+                let Ok(n) = i32::try_from(v) else {
+                    return Err(Error::invalid_input(format!(
+                        "input '{name}' element {i} is {v}, outside INT32's range (the model takes INT32)"
+                    )));
+                };
+                out.push(n);
+            }
+            Tensor::from_vec(t.shape().to_vec(), out)
+        }
+        (from, to) => Err(Error::Internal(format!(
+            "input '{name}': no narrowing from {from} to {to}"
+        ))),
     }
 }
 
@@ -177,5 +221,34 @@ mod tests {
             .arrange_inputs(vec![("a".into(), a), ("b".into(), b)])
             .unwrap_err();
         assert!(e.to_string().contains("batch size"), "{e}");
+    }
+
+    #[test]
+    fn narrows_int64_to_int32_with_a_range_check() {
+        let s = ModelSignature {
+            inputs: vec![
+                TensorSpec::new("ids", DType::I32, Shape::fixed(&[1, 3])).accepting(DType::I64),
+            ],
+            outputs: vec![],
+        };
+        let ok = Tensor::from_vec(vec![1, 3], vec![1i64, -2, i32::MAX as i64]).unwrap();
+        let out = s.arrange_inputs(vec![("ids".into(), ok)]).unwrap();
+        assert_eq!(out[0].to_vec::<i32>().unwrap(), vec![1, -2, i32::MAX]);
+        let same = Tensor::from_vec(vec![1, 3], vec![4i32, 5, 6]).unwrap();
+        assert_eq!(
+            s.arrange_inputs(vec![("ids".into(), same.clone())])
+                .unwrap()[0],
+            same
+        );
+        let big = Tensor::from_vec(vec![1, 3], vec![1i64, 1 << 40, 0]).unwrap();
+        let e = s.arrange_inputs(vec![("ids".into(), big)]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("'ids' element 1 is 1099511627776, outside INT32's range"),
+            "{e}"
+        );
+        let f = Tensor::zeros(DType::F32, vec![1, 3]).unwrap();
+        let e = s.arrange_inputs(vec![("ids".into(), f)]).unwrap_err();
+        assert!(e.to_string().contains("expected INT32 or INT64"), "{e}");
     }
 }

@@ -20,6 +20,13 @@ pub fn detect_artifact(path: &Path) -> Result<ModelArtifact> {
         || name.ends_with(".mlmodelc")
     {
         ModelFormat::CoreMl
+    } else if name.ends_with(".aimodel") || name.ends_with(".aimodelx") {
+        if !meta.is_dir() {
+            return Err(Error::InvalidModelFormat(format!(
+                "{shown} is a file; a Core AI asset is a directory (main.mlirb, metadata.json)"
+            )));
+        }
+        ModelFormat::CoreAi
     } else if name.ends_with(".nnef") || name.ends_with(".nnef.tgz") || name.ends_with(".nnef.tar")
     {
         ModelFormat::Nnef
@@ -28,14 +35,14 @@ pub fn detect_artifact(path: &Path) -> Result<ModelArtifact> {
             ModelFormat::Nnef
         } else {
             return Err(Error::InvalidModelFormat(format!(
-                "{shown} is a directory, not a model file (expected .onnx, an NNEF directory with graph.nnef, or a Core ML bundle)"
+                "{shown} is a directory, not a model file (expected .onnx, an NNEF directory with graph.nnef, a Core ML bundle or a Core AI .aimodel)"
             )));
         }
     } else if name.ends_with(".onnx") {
         ModelFormat::Onnx
     } else {
         return Err(Error::InvalidModelFormat(format!(
-            "{shown}: unknown model format (expected .onnx, .nnef, .nnef.tgz, .mlmodel, .mlpackage or .mlmodelc)"
+            "{shown}: unknown model format (expected .onnx, .nnef, .nnef.tgz, .mlmodel, .mlpackage, .mlmodelc or .aimodel)"
         )));
     };
     if meta.is_file() && meta.len() == 0 {

@@ -67,6 +67,34 @@ pub fn ort_dylib() -> Option<PathBuf> {
     found.into_iter().next()
 }
 
+/// The Python interpreter tests run Core AI with: `POMME_COREAI_PYTHON` when
+/// set, else the workspace's `.venv` (where `scripts/setup.sh` installs
+/// `coreai-core`), when it can import `coreai.runtime`. `None` prints a SKIP
+/// line, or panics under `POMME_REQUIRE_COREAI=1` (CI), so the Core AI
+/// tests cannot pass by skipping there.
+pub fn coreai_python(test: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("POMME_COREAI_PYTHON")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import coreai.runtime"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    let why = format!(
+        "no Core AI runtime: {} cannot import coreai.runtime (pip install coreai-core, or set POMME_COREAI_PYTHON)",
+        python.display()
+    );
+    if std::env::var_os("POMME_REQUIRE_COREAI").is_some_and(|v| v == "1") {
+        panic!("{test}: {why}; POMME_REQUIRE_COREAI=1 forbids skipping");
+    }
+    eprintln!("SKIP {test}: {why}");
+    None
+}
+
 /// Reads a `.npy` file of f32, f64, i32, i64, u8 or bool into a tensor.
 pub fn read_npy(path: &Path) -> Tensor {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
