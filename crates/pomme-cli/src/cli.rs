@@ -30,6 +30,9 @@ pub enum Command {
     Devices(DevicesArgs),
     /// Quantize an ONNX model to INT8 or INT4 and measure the accuracy cost.
     Quantize(crate::quantize::QuantizeArgs),
+    /// Run a model and a reference (e.g. a Core AI conversion and its ONNX source) on the
+    /// same inputs and report per-output agreement; exit 1 when an output disagrees.
+    Check(crate::check::CheckArgs),
 }
 
 /// How to load a model (shared by infer and bench).
@@ -71,7 +74,7 @@ impl EngineArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Model file (.onnx, .nnef/.nnef.tgz, .mlmodel, .mlpackage, .mlmodelc).
+    /// Model file (.onnx, .nnef/.nnef.tgz, .mlmodel, .mlpackage, .mlmodelc, .aimodel).
     pub model: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -161,6 +164,7 @@ pub fn run(cli: Cli, settings: &Settings) -> Result<ExitCode> {
         Command::Bench(a) => crate::bench::run(a, settings),
         Command::Devices(a) => crate::devices::run(a, settings),
         Command::Quantize(a) => crate::quantize::run(a, settings),
+        Command::Check(a) => crate::check::run(a, settings),
     }
 }
 
@@ -189,6 +193,9 @@ fn serve(args: pomme_server::ServerArgs, settings: &Settings) -> Result<ExitCode
     let mut backend_settings = settings.backends.clone();
     if let Some(root) = &config.cache_dir {
         backend_settings.cache_root = root.clone();
+    }
+    if let Some(python) = &config.coreai_python {
+        backend_settings.coreai_python = Some(python.clone());
     }
     let mut builder = pomme_runtime::Runtime::builder()
         .max_concurrency(config.runtime.max_concurrency)

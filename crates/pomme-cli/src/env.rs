@@ -39,6 +39,8 @@ impl Settings {
                 ort_venv: set("POMME_ORT_VENV").map(PathBuf::from),
                 ort_fallback_venvs,
                 process_tf32_off: var("NVIDIA_TF32_OVERRIDE").is_some_and(|v| v == "0"),
+                coreai_python: set("POMME_COREAI_PYTHON").map(PathBuf::from),
+                ..BackendSettings::default()
             },
             log_json: var("POMME_LOG_FORMAT").is_some_and(|f| f == "json"),
         }

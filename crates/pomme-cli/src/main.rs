@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 mod bench;
+mod check;
 mod cli;
 mod devices;
 mod env;

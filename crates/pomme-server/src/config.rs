@@ -94,6 +94,10 @@ pub struct ServerConfig {
     /// models); `None`: the CLI's default (`$XDG_CACHE_HOME/pomme`, else
     /// `~/.cache/pomme`).
     pub cache_dir: Option<PathBuf>,
+    /// The Python interpreter of an environment holding Apple's
+    /// `coreai-core`, for Core AI models (`coreai_python`,
+    /// `POMME_COREAI_PYTHON`); `None`: the CLI's search (`./.venv`, `python3`).
+    pub coreai_python: Option<PathBuf>,
     pub host: IpAddr,
     /// Ports; 0 asks the OS for a free one (tests).
     pub http_port: u16,
@@ -163,6 +167,7 @@ impl Default for ServerConfig {
         ServerConfig {
             node: NodeConfig::default(),
             cache_dir: None,
+            coreai_python: None,
             host: IpAddr::from([0, 0, 0, 0]),
             http_port: 8000,
             grpc_port: 8001,
@@ -257,6 +262,9 @@ pub struct ServerArgs {
     /// Cache root (quantized and float16 models, compiled Core ML models).
     #[arg(long, env = "POMME_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Python interpreter of an environment with Apple's coreai-core (Core AI models).
+    #[arg(long, env = "POMME_COREAI_PYTHON")]
+    pub coreai_python: Option<PathBuf>,
     /// Largest request body in bytes.
     #[arg(long, env = "POMME_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -319,6 +327,7 @@ pub struct FileConfig {
     pub worker_spin_us: Option<u64>,
     pub reply_spin_us: Option<u64>,
     pub cache_dir: Option<PathBuf>,
+    pub coreai_python: Option<PathBuf>,
     pub auth_token: Option<String>,
     pub limits: Option<Limits>,
     pub tls: Option<FileTls>,
@@ -463,6 +472,7 @@ impl ServerConfig {
         c.runtime.worker_spin = args.worker_spin_us.or(file.worker_spin_us).map(us);
         c.runtime.reply_spin = args.reply_spin_us.or(file.reply_spin_us).map(us);
         c.cache_dir = args.cache_dir.clone().or(file.cache_dir);
+        c.coreai_python = args.coreai_python.clone().or(file.coreai_python);
         c.auth_token = args.auth_token.clone().or(file.auth_token);
         if let Some(l) = file.limits {
             c.limits = l;

@@ -137,7 +137,7 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
     for (version, vdir) in versions.iter().filter(|(v, _)| selected.contains(v)) {
         let artifact = find_artifact(vdir).ok_or_else(|| {
             invalid(format!(
-                "version {version} holds no model file (model.onnx, model.nnef, model.nnef.tgz, model.mlmodel, model.mlpackage or model.mlmodelc)"
+                "version {version} holds no model file (model.onnx, model.nnef, model.nnef.tgz, model.mlmodel, model.mlpackage, model.mlmodelc or model.aimodel)"
             ))
         })?;
         let artifact = artifact.canonicalize().map_err(io(&artifact))?;
@@ -182,7 +182,7 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
 /// The model file of a version directory: `model.*` first, else the single
 /// file or bundle with a known extension.
 fn find_artifact(vdir: &Path) -> Option<PathBuf> {
-    const PREFERRED: [&str; 7] = [
+    const PREFERRED: [&str; 9] = [
         "model.onnx",
         "model.nnef",
         "model.nnef.tgz",
@@ -190,6 +190,8 @@ fn find_artifact(vdir: &Path) -> Option<PathBuf> {
         "model.mlpackage",
         "model.mlmodelc",
         "model.mlmodel",
+        "model.aimodel",
+        "model.aimodelx",
     ];
     if let Some(p) = PREFERRED.iter().map(|f| vdir.join(f)).find(|p| p.exists()) {
         return Some(p);
@@ -203,6 +205,8 @@ fn find_artifact(vdir: &Path) -> Option<PathBuf> {
             ".mlpackage",
             ".mlmodelc",
             ".mlmodel",
+            ".aimodel",
+            ".aimodelx",
         ]
         .iter()
         .any(|e| n.ends_with(e))
