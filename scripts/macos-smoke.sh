@@ -112,7 +112,10 @@ done
 # and macOS 27 to run.
 echo "== Core AI: building the Swift shim (POMME_COREAI_REQUIRE_SHIM=1)"
 MACOS_MAJOR=$(sw_vers -productVersion 2>/dev/null | cut -d. -f1)
-if POMME_COREAI_REQUIRE_SHIM=1 cargo build --release -p pomme-cli; then
+SDK_VERSION=$(xcrun --sdk macosx --show-sdk-version 2>/dev/null || echo 0)
+if [ "$(echo "$SDK_VERSION" | cut -d. -f1)" -lt 27 ]; then
+  echo "SKIP: the Swift shim needs the macOS 27 SDK (Xcode 27); this SDK is $SDK_VERSION"
+elif POMME_COREAI_REQUIRE_SHIM=1 cargo build --release -p pomme-cli; then
   # Weak: a pomme built with the shim still starts on macOS < 27.
   link=$(otool -l "$POMME" | awk '/ cmd LC_/ { cmd = $2 } /CoreAI.framework/ { print cmd; exit }')
   case "$link" in
