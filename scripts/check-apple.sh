@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 CRATES=("$@")
 if [ ${#CRATES[@]} -eq 0 ]; then
-  read -r -a CRATES <<< "${APPLE_CRATES:-pomme-coreml}"
+  read -r -a CRATES <<< "${APPLE_CRATES:-pomme-coreml pomme-coreai}"
 fi
 TARGET=aarch64-apple-darwin
 

@@ -187,9 +187,7 @@ impl Plan {
                 }
             }
             chosen.to_vec()
-        } else if desc.order.len() == 1 {
-            desc.order.clone()
-        } else if family(desc, &desc.order) {
+        } else if desc.order.len() == 1 || family(desc, &desc.order) {
             desc.order.clone()
         } else if desc.functions.contains_key("main") {
             vec!["main".to_string()]

@@ -19,15 +19,31 @@
 //! [`CoreAiSettings::cache_dir`], keyed by the asset's content hash
 //! (`main.hash`, the SHA-256 of `main.mlirb`), the `coreai-core` version
 //! and the platform ([`cache_key`]).
+//!
+//! On macOS there is a second transport, [`shim`]: a small Swift library
+//! (`swift/PommeCoreAI.swift`) with a C ABI over the Core AI Swift API,
+//! compiled by the build script when building for macOS with `swiftc`
+//! (`cfg(pomme_coreai_shim)`) and called in-process with the engine
+//! worker's contract. A load uses it when it is compiled in and
+//! CoreAI.framework is there (macOS 27+), unless the model's `bridge`
+//! option says `python` (or names a `python`). The Swift file is written
+//! from Apple's documentation and has never been compiled or run here: its
+//! Rust side is type-checked for `aarch64-apple-darwin` and tested on Linux
+//! against a stand-in of the ABI, and `scripts/macos-smoke.sh` builds and
+//! runs it on a Mac (`swift/README.md`). `unsafe` is denied crate-wide and
+//! allowed only in [`shim`].
+#![deny(unsafe_code)]
 
 pub mod bridge;
 pub mod describe;
 mod model;
 pub mod options;
+#[allow(unsafe_code)]
+pub mod shim;
 
 pub use describe::{Description, FunctionDesc, Plan, SpecDesc};
 pub use model::{CoreAiModel, describe_asset};
-pub use options::CoreAiOptions;
+pub use options::{Bridge, CoreAiOptions};
 
 use pomme_core::{
     Availability, Backend, DeviceInfo, DeviceKind, Error, LoadOptions, LoadedModel, ModelArtifact,
@@ -71,6 +87,9 @@ pub struct Runtime {
     /// Compute unit kinds the framework offers (`cpu`, `gpu`, `ane`); `cpu`
     /// only on the in-package runtime.
     pub kinds: Vec<String>,
+    /// Served in-process by pomme's Swift shim ([`shim`]) rather than a
+    /// Python engine process (`python` is then empty).
+    pub shim: bool,
 }
 
 const PROBE: &str = r#"
@@ -116,6 +135,7 @@ pub fn probe(python: &Path) -> std::result::Result<Runtime, String> {
                     .collect()
             })
             .unwrap_or_default(),
+        shim: false,
     })
 }
 
@@ -152,6 +172,7 @@ pub fn cache_key(asset: &Path) -> Result<String> {
 pub struct CoreAiBackend {
     settings: CoreAiSettings,
     runtime: OnceLock<std::result::Result<Runtime, String>>,
+    shim: OnceLock<std::result::Result<Runtime, String>>,
 }
 
 impl CoreAiBackend {
@@ -159,10 +180,11 @@ impl CoreAiBackend {
         CoreAiBackend {
             settings,
             runtime: OnceLock::new(),
+            shim: OnceLock::new(),
         }
     }
 
-    /// The runtime found (probed once per process), or why none was.
+    /// The Python runtime found (probed once per process), or why none was.
     pub fn runtime(&self) -> std::result::Result<&Runtime, String> {
         self.runtime
             .get_or_init(|| find_runtime(&self.settings))
@@ -170,7 +192,29 @@ impl CoreAiBackend {
             .map_err(Clone::clone)
     }
 
+    /// The Swift shim's runtime (probed once per process), or why there is
+    /// none: not compiled in, or no CoreAI.framework.
+    pub fn shim_runtime(&self) -> std::result::Result<&Runtime, String> {
+        self.shim
+            .get_or_init(shim::find_runtime)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// What serves a load with default options: the shim when it can, else
+    /// the Python runtime.
+    fn default_runtime(&self) -> std::result::Result<&Runtime, String> {
+        self.shim_runtime().or_else(|_| self.runtime())
+    }
+
     fn runtime_for(&self, options: &CoreAiOptions) -> Result<Runtime> {
+        if let Some(rt) = shim::choose(
+            options.bridge,
+            options.python.is_some(),
+            self.shim_runtime(),
+        )? {
+            return Ok(rt.clone());
+        }
         match &options.python {
             Some(p) => probe(p).map_err(|e| {
                 Error::Unavailable(format!(
@@ -211,14 +255,14 @@ impl Backend for CoreAiBackend {
     }
 
     fn availability(&self) -> Availability {
-        match self.runtime() {
+        match self.default_runtime() {
             Ok(_) => Availability::Available,
             Err(e) => Availability::Unavailable(e),
         }
     }
 
     fn devices(&self) -> Vec<DeviceInfo> {
-        let rt = self.runtime();
+        let rt = self.default_runtime();
         let kind = |kind: DeviceKind, name: &str, short: &str| {
             DeviceInfo {
             kind,

@@ -7,6 +7,7 @@
 use crate::bridge::{Engine, WireTensor, unpack, wire};
 use crate::describe::{Description, Plan, SpecDesc};
 use crate::{CoreAiOptions, Runtime, cache_key};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use pomme_core::{
     DType, DeviceKind, Error, LoadedModel, MemoryEstimate, ModelInfo, ModelSignature, Precision,
@@ -16,6 +17,51 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+
+/// How a session reaches Apple's runtime: a Python engine process, or the
+/// Swift shim in this process (`runtime.shim`; only when compiled in). Both
+/// speak the worker's ops.
+enum AnyEngine {
+    Process(Engine),
+    #[cfg(pomme_coreai_shim)]
+    Shim(crate::shim::ShimEngine),
+}
+
+impl AnyEngine {
+    fn start(runtime: &Runtime) -> Result<AnyEngine> {
+        if runtime.shim {
+            #[cfg(pomme_coreai_shim)]
+            return Ok(AnyEngine::Shim(crate::shim::ShimEngine::swift()));
+            #[cfg(not(pomme_coreai_shim))]
+            return Err(Error::Unavailable(crate::shim::NOT_BUILT.into()));
+        }
+        Engine::spawn(&runtime.python).map(AnyEngine::Process)
+    }
+
+    fn call(&mut self, header: &Value, tensors: &[&Tensor]) -> Result<(Value, Bytes)> {
+        match self {
+            AnyEngine::Process(e) => e.call(header, tensors),
+            #[cfg(pomme_coreai_shim)]
+            AnyEngine::Shim(e) => e.call(header, tensors),
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        match self {
+            AnyEngine::Process(e) => e.alive(),
+            #[cfg(pomme_coreai_shim)]
+            AnyEngine::Shim(e) => e.alive(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            AnyEngine::Process(e) => e.pid(),
+            #[cfg(pomme_coreai_shim)]
+            AnyEngine::Shim(e) => e.pid(),
+        }
+    }
+}
 
 /// What every session of a model shares.
 struct Shared {
@@ -37,12 +83,12 @@ pub struct CoreAiModel {
     memory: MemoryEstimate,
     description: Description,
     /// The engine started by the load, handed to the first session.
-    first: Mutex<Option<Engine>>,
+    first: Mutex<Option<AnyEngine>>,
 }
 
 /// Starts an engine and loads the asset into it.
-fn start(runtime: &Runtime, load: &Value) -> Result<(Engine, Description)> {
-    let mut engine = Engine::spawn(&runtime.python)?;
+fn start(runtime: &Runtime, load: &Value) -> Result<(AnyEngine, Description)> {
+    let mut engine = AnyEngine::start(runtime)?;
     let (reply, _) = engine.call(load, &[]).map_err(|e| match e {
         Error::InferenceFailed(m) => Error::CompilationFailed(m),
         other => other,
@@ -202,14 +248,14 @@ impl LoadedModel for CoreAiModel {
 /// One compute worker's engine.
 struct CoreAiSession {
     shared: Arc<Shared>,
-    engine: Option<Engine>,
+    engine: Option<AnyEngine>,
 }
 
 impl CoreAiSession {
     /// The live engine, started (again) when there is none or it died
     /// while idle.
-    fn engine(&mut self) -> Result<&mut Engine> {
-        let alive = self.engine.as_mut().is_some_and(Engine::alive);
+    fn engine(&mut self) -> Result<&mut AnyEngine> {
+        let alive = self.engine.as_mut().is_some_and(AnyEngine::alive);
         if !alive {
             if let Some(old) = self.engine.take() {
                 tracing::warn!(

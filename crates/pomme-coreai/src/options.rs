@@ -6,7 +6,21 @@ use pomme_core::{Error, ExtraOptions, LoadOptions, Result};
 use std::path::PathBuf;
 
 /// Every key [`CoreAiOptions`] reads ([`pomme_core::Backend::option_keys`]).
-pub const KEYS: &[&str] = &["function", "python", "cache_dir", "max_sequences"];
+pub const KEYS: &[&str] = &["function", "python", "cache_dir", "max_sequences", "bridge"];
+
+/// How pomme reaches Apple's runtime (`bridge`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Bridge {
+    /// The Swift shim when this build has it and CoreAI.framework is there
+    /// (macOS 27+) and no `python` is named for the model; else Python.
+    #[default]
+    Auto,
+    /// A Python engine process ([`crate::bridge`]).
+    Python,
+    /// pomme's Swift shim, in-process ([`crate::shim`]); the load fails when
+    /// this build or machine has none.
+    Shim,
+}
 
 /// The coreai backend's settings for one load, from `LoadOptions.extra`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +40,8 @@ pub struct CoreAiOptions {
     /// `max_sequences`: how many live sequences a stateful function keeps
     /// state for (default 1024); a new sequence beyond that is refused.
     pub max_sequences: usize,
+    /// `bridge`: `auto` (default), `python` or `shim`; see [`Bridge`].
+    pub bridge: Bridge,
 }
 
 impl CoreAiOptions {
@@ -57,11 +73,22 @@ impl CoreAiOptions {
                     ))
                 })?,
         };
+        let bridge = match x.get("bridge").map(str::trim) {
+            None | Some("auto") => Bridge::Auto,
+            Some("python") => Bridge::Python,
+            Some("shim") => Bridge::Shim,
+            Some(v) => {
+                return Err(Error::invalid_input(format!(
+                    "bridge = '{v}': expected auto, python or shim"
+                )));
+            }
+        };
         Ok(CoreAiOptions {
             functions,
             python: x.get("python").map(PathBuf::from),
             cache_dir: x.get("cache_dir").map(PathBuf::from),
             max_sequences,
+            bridge,
         })
     }
 }
@@ -92,5 +119,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_sequences = '0'"), "{e}");
+        assert_eq!(
+            CoreAiOptions::parse(&LoadOptions::default())
+                .unwrap()
+                .bridge,
+            Bridge::Auto
+        );
+        let o = CoreAiOptions::parse(&LoadOptions::with_extra(&[("bridge", "shim")])).unwrap();
+        assert_eq!(o.bridge, Bridge::Shim);
+        let e = CoreAiOptions::parse(&LoadOptions::with_extra(&[("bridge", "swift")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bridge = 'swift': expected auto, python or shim"),
+            "{e}"
+        );
     }
 }

@@ -114,15 +114,8 @@ impl Engine {
         let sent = self.write_request(header, tensors);
         let reply = sent.and_then(|()| self.read_reply());
         let (head, payload) = reply?;
-        if let Some(e) = head.get("error") {
-            let msg = e
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| e.to_string());
-            return Err(Error::InferenceFailed(format!(
-                "Core AI: {}",
-                one_line(&msg)
-            )));
+        if let Some(e) = error_reply(&head) {
+            return Err(e);
         }
         Ok((head, payload))
     }
@@ -130,21 +123,7 @@ impl Engine {
     fn write_request(&mut self, header: &Value, tensors: &[&Tensor]) -> Result<()> {
         let head = serde_json::to_vec(header)
             .map_err(|e| Error::Internal(format!("cannot encode a request: {e}")))?;
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + 2 * tensors.len());
-        let mut total = 0usize;
-        const PAD: [u8; 8] = [0; 8];
-        for t in tensors {
-            let raw = t.raw().ok_or_else(|| {
-                Error::invalid_input("Core AI takes numeric tensors only (no BYTES)")
-            })?;
-            let pad = total.wrapping_neg() % 8;
-            if pad > 0 {
-                parts.push(&PAD[..pad]);
-                total += pad;
-            }
-            parts.push(raw);
-            total += raw.len();
-        }
+        let (parts, total) = payload_parts(tensors)?;
         let mut prefix = [0u8; 12];
         prefix[..4].copy_from_slice(&(head.len() as u32).to_le_bytes());
         prefix[4..].copy_from_slice(&(total as u64).to_le_bytes());
@@ -252,6 +231,41 @@ fn write_all_vectored(w: &mut impl Write, parts: &[&[u8]]) -> std::io::Result<()
     w.flush()
 }
 
+/// A frame's payload for `tensors`: their bytes in order, each starting at a
+/// multiple of 8 (zero padding between), as the slices to send, and its length.
+pub(crate) fn payload_parts<'a>(tensors: &[&'a Tensor]) -> Result<(Vec<&'a [u8]>, usize)> {
+    const PAD: [u8; 8] = [0; 8];
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * tensors.len());
+    let mut total = 0usize;
+    for t in tensors {
+        let raw = t
+            .raw()
+            .ok_or_else(|| Error::invalid_input("Core AI takes numeric tensors only (no BYTES)"))?;
+        let pad = total.wrapping_neg() % 8;
+        if pad > 0 {
+            parts.push(&PAD[..pad]);
+            total += pad;
+        }
+        parts.push(raw);
+        total += raw.len();
+    }
+    Ok((parts, total))
+}
+
+/// A reply header `{"error": ...}` as pomme's error (`InferenceFailed`, one
+/// line); `None` for any other reply.
+pub(crate) fn error_reply(head: &Value) -> Option<Error> {
+    let e = head.get("error")?;
+    let msg = e
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| e.to_string());
+    Some(Error::InferenceFailed(format!(
+        "Core AI: {}",
+        one_line(&msg)
+    )))
+}
+
 fn forward_stderr(pid: u32, pipe: impl Read, tail: &Mutex<VecDeque<String>>) {
     for line in BufReader::new(pipe).lines() {
         let Ok(line) = line else { break };
@@ -344,4 +358,50 @@ pub fn unpack(specs: &[WireTensor], payload: &Bytes) -> Result<Vec<Tensor>> {
         offset += n;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_tensors_start_8_byte_aligned_and_unpack_back() {
+        let a = Tensor::from_vec(vec![3], vec![1u8, 2, 3]).unwrap();
+        let b = Tensor::from_vec(vec![2], vec![half::f16::from_f32(1.5); 2]).unwrap();
+        let c = Tensor::from_vec(vec![1, 2], vec![7.0f32, -1.0]).unwrap();
+        let (parts, total) = payload_parts(&[&a, &b, &c]).unwrap();
+        // a at 0 (3 bytes), 5 bytes of padding, b at 8 (4 bytes), 4 of padding, c at 16.
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [3, 5, 4, 4, 8]
+        );
+        assert_eq!(total, 24);
+        let mut buf = AlignedBuf::zeroed(total);
+        let mut at = 0;
+        for p in &parts {
+            buf.as_mut_bytes()[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        let specs = [
+            wire("a", &a).unwrap(),
+            wire("b", &b).unwrap(),
+            wire("c", &c).unwrap(),
+        ];
+        let back = unpack(&specs, &buf.freeze()).unwrap();
+        assert_eq!(back, [a, b, c]);
+        let strings = Tensor::from_strings(vec![1], vec![bytes::Bytes::from_static(b"x")]).unwrap();
+        assert!(payload_parts(&[&strings]).is_err());
+    }
+
+    #[test]
+    fn error_replies_become_one_line_inference_failures() {
+        let e = error_reply(&serde_json::json!({"error": "ValueError: bad\n  shape"})).unwrap();
+        assert!(matches!(e, Error::InferenceFailed(_)));
+        assert_eq!(e.to_string().lines().count(), 1);
+        assert!(
+            e.to_string().contains("Core AI: ValueError: bad shape"),
+            "{e}"
+        );
+        assert!(error_reply(&serde_json::json!({"outputs": []})).is_none());
+    }
 }
