@@ -40,7 +40,7 @@ fn devices_inspect_and_infer() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|b| b["name"] == "coreai")
+        .find(|b| b["backend"] == "coreai")
         .unwrap_or_else(|| panic!("no coreai in {v}"));
     assert_eq!(coreai["availability"]["status"], "available", "{coreai}");
 
@@ -80,6 +80,26 @@ fn check_gates_a_conversion() {
         let first = &v["outputs"][0];
         assert!(first["max_abs"].as_f64().unwrap() < 1e-4, "{t}");
         assert!(first["cosine"].as_f64().unwrap() > 0.9999, "{t}");
+    }
+    // Against ONNX Runtime itself, where this build has it.
+    let ort = pomme(&py, &["devices", "--json"]);
+    let ort_up = String::from_utf8_lossy(&ort.stdout)
+        .contains(r#""status":"available"},"backend":"ort""#);
+    if ort_up {
+        let out = pomme(
+            &py,
+            &[
+                "check",
+                &fixture("mlp.aimodel"),
+                "--against",
+                &fixture("mlp.onnx"),
+                "--against-backend",
+                "ort",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    } else {
+        eprintln!("SKIP check against ort: ONNX Runtime not available");
     }
     // No tolerance at all: the conversion's 1e-7 differences fail the gate.
     let out = pomme(
