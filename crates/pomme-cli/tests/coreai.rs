@@ -11,14 +11,21 @@ fn pomme(python: &PathBuf, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pomme"))
         .args(args)
         .env("POMME_COREAI_PYTHON", python)
-        .env("POMME_CACHE_DIR", std::env::temp_dir().join(format!("pomme-cli-coreai-{}", std::process::id())))
+        .env(
+            "POMME_CACHE_DIR",
+            std::env::temp_dir().join(format!("pomme-cli-coreai-{}", std::process::id())),
+        )
         .current_dir(workspace_root())
         .output()
         .expect("pomme runs")
 }
 
 fn fixture(name: &str) -> String {
-    repo_models().join("coreai").join(name).display().to_string()
+    repo_models()
+        .join("coreai")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 fn text(o: &Output) -> String {
@@ -71,7 +78,13 @@ fn check_gates_a_conversion() {
     ] {
         let out = pomme(
             &py,
-            &["check", &fixture(model), "--against", &fixture(source), "--json"],
+            &[
+                "check",
+                &fixture(model),
+                "--against",
+                &fixture(source),
+                "--json",
+            ],
         );
         let t = text(&out);
         assert_eq!(out.status.code(), Some(0), "{model}: {t}");
@@ -83,8 +96,8 @@ fn check_gates_a_conversion() {
     }
     // Against ONNX Runtime itself, where this build has it.
     let ort = pomme(&py, &["devices", "--json"]);
-    let ort_up = String::from_utf8_lossy(&ort.stdout)
-        .contains(r#""status":"available"},"backend":"ort""#);
+    let ort_up =
+        String::from_utf8_lossy(&ort.stdout).contains(r#""status":"available"},"backend":"ort""#);
     if ort_up {
         let out = pomme(
             &py,
@@ -117,7 +130,10 @@ fn check_gates_a_conversion() {
     );
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("DISAGREES") && t.contains("outputs disagree"), "{t}");
+    assert!(
+        t.contains("DISAGREES") && t.contains("outputs disagree"),
+        "{t}"
+    );
     // A reference that does not exist is an error (2), not a disagreement.
     let out = pomme(
         &py,

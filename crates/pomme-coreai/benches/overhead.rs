@@ -9,10 +9,6 @@
 //! `coreai-core` (`POMME_COREAI_PYTHON` or the workspace `.venv`).
 //!
 //!     cargo bench -p pomme-coreai --bench overhead
-#![expect(
-    clippy::disallowed_methods,
-    reason = "a bench binary; it finds its Python through the test fixtures helper"
-)]
 
 use pomme_core::{Backend, LoadOptions, ModelArtifact, ModelFormat, Tensor};
 use pomme_coreai::{CoreAiBackend, CoreAiSettings};
@@ -90,7 +86,9 @@ fn main() {
     let x = Tensor::from_vec(vec![1, 32], vec![0.5f32; 32]).unwrap();
 
     let rt = Runtime::builder()
-        .backends(vec![Arc::new(CoreAiBackend::new(settings)) as Arc<dyn Backend>])
+        .backends(vec![
+            Arc::new(CoreAiBackend::new(settings)) as Arc<dyn Backend>
+        ])
         .build()
         .unwrap();
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -110,7 +108,11 @@ fn main() {
             .arg(CALLS.to_string())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let d: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         direct.push(d);
 
@@ -146,10 +148,18 @@ fn main() {
         );
     }
     let added = |v: &[f64]| -> Vec<f64> { v.iter().zip(&direct).map(|(a, b)| a - b).collect() };
-    println!("Core AI mlp fixture, batch 1, p50 per call: median of {ROUNDS} rounds (min–max), {CALLS} calls each");
+    println!(
+        "Core AI mlp fixture, batch 1, p50 per call: median of {ROUNDS} rounds (min–max), {CALLS} calls each"
+    );
     println!("  direct coreai.runtime (Python)  {}", summary(&direct));
     println!("  pomme coreai session            {}", summary(&sess));
     println!("  pomme Runtime::infer            {}", summary(&served));
-    println!("  added by the session            {}", summary(&added(&sess)));
-    println!("  added by Runtime::infer         {}", summary(&added(&served)));
+    println!(
+        "  added by the session            {}",
+        summary(&added(&sess))
+    );
+    println!(
+        "  added by Runtime::infer         {}",
+        summary(&added(&served))
+    );
 }

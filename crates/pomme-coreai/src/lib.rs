@@ -31,7 +31,7 @@
 //! Rust side is type-checked for `aarch64-apple-darwin` and tested on Linux
 //! against a stand-in of the ABI, and `scripts/macos-smoke.sh` builds and
 //! runs it on a Mac (`swift/README.md`). `unsafe` is denied crate-wide and
-//! allowed only in [`shim`].
+//! allowed only in [`shim`] and the bridge's two pipe calls (fcntl, poll).
 #![deny(unsafe_code)]
 
 pub mod bridge;

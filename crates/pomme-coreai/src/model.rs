@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How a session reaches Apple's runtime: a Python engine process, or the
 /// Swift shim in this process (`runtime.shim`; only when compiled in). Both
@@ -28,14 +29,14 @@ enum AnyEngine {
 }
 
 impl AnyEngine {
-    fn start(runtime: &Runtime) -> Result<AnyEngine> {
+    fn start(runtime: &Runtime, spin: Duration) -> Result<AnyEngine> {
         if runtime.shim {
             #[cfg(pomme_coreai_shim)]
             return Ok(AnyEngine::Shim(crate::shim::ShimEngine::swift()));
             #[cfg(not(pomme_coreai_shim))]
             return Err(Error::Unavailable(crate::shim::NOT_BUILT.into()));
         }
-        Engine::spawn(&runtime.python).map(AnyEngine::Process)
+        Engine::spawn(&runtime.python, spin).map(AnyEngine::Process)
     }
 
     fn call(&mut self, header: &Value, tensors: &[&Tensor]) -> Result<(Value, Bytes)> {
@@ -74,6 +75,8 @@ struct Shared {
     /// Per-sequence state of a stateful function, in `plan.states` order.
     states: Mutex<HashMap<String, Vec<Tensor>>>,
     max_sequences: usize,
+    /// Each engine's poll window ([`CoreAiOptions::spin`]).
+    spin: Duration,
 }
 
 /// A `.aimodel` loaded for serving.
@@ -87,8 +90,8 @@ pub struct CoreAiModel {
 }
 
 /// Starts an engine and loads the asset into it.
-fn start(runtime: &Runtime, load: &Value) -> Result<(AnyEngine, Description)> {
-    let mut engine = AnyEngine::start(runtime)?;
+fn start(runtime: &Runtime, load: &Value, spin: Duration) -> Result<(AnyEngine, Description)> {
+    let mut engine = AnyEngine::start(runtime, spin)?;
     let (reply, _) = engine.call(load, &[]).map_err(|e| match e {
         Error::InferenceFailed(m) => Error::CompilationFailed(m),
         other => other,
@@ -137,7 +140,7 @@ impl CoreAiModel {
         options: &CoreAiOptions,
     ) -> Result<CoreAiModel> {
         let load = load_request(path, cache, device)?;
-        let (engine, description) = start(&runtime, &load)?;
+        let (engine, description) = start(&runtime, &load, options.spin)?;
         let plan = Plan::new(&description, &options.functions)?;
         tracing::info!(
             model = %path.display(),
@@ -174,6 +177,7 @@ impl CoreAiModel {
                 plan,
                 states: Mutex::new(HashMap::new()),
                 max_sequences: options.max_sequences,
+                spin: options.spin,
             }),
             device,
             memory: MemoryEstimate {
@@ -263,7 +267,7 @@ impl CoreAiSession {
                     "Core AI engine is gone; starting a new one"
                 );
             }
-            let (engine, desc) = start(&self.shared.runtime, &self.shared.load)?;
+            let (engine, desc) = start(&self.shared.runtime, &self.shared.load, self.shared.spin)?;
             if desc.order != self.shared.functions {
                 return Err(Error::Unavailable(format!(
                     "the restarted Core AI engine sees functions {:?}, not {:?}: the asset changed on disk",
@@ -452,7 +456,7 @@ fn fresh_states(specs: &[SpecDesc]) -> Result<Vec<Tensor>> {
 /// runtime that read it.
 pub fn describe_asset(runtime: &Runtime, path: &Path, cache: &Path) -> Result<ModelInfo> {
     let load = load_request(path, cache, DeviceKind::Cpu)?;
-    let (_engine, desc) = start(runtime, &load)?;
+    let (_engine, desc) = start(runtime, &load, Duration::ZERO)?;
     let mut metadata = std::collections::BTreeMap::new();
     for name in &desc.order {
         metadata.insert(format!("function {name}"), desc.functions[name].line());

@@ -6,7 +6,17 @@ use pomme_core::{Error, ExtraOptions, LoadOptions, Result};
 use std::path::PathBuf;
 
 /// Every key [`CoreAiOptions`] reads ([`pomme_core::Backend::option_keys`]).
-pub const KEYS: &[&str] = &["function", "python", "cache_dir", "max_sequences", "bridge"];
+pub const KEYS: &[&str] = &[
+    "function",
+    "python",
+    "cache_dir",
+    "max_sequences",
+    "bridge",
+    "spin_us",
+];
+
+/// `spin_us` when unset.
+pub const DEFAULT_SPIN_US: u64 = 100;
 
 /// How pomme reaches Apple's runtime (`bridge`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,6 +52,11 @@ pub struct CoreAiOptions {
     pub max_sequences: usize,
     /// `bridge`: `auto` (default), `python` or `shim`; see [`Bridge`].
     pub bridge: Bridge,
+    /// `spin_us`: microseconds pomme and a Python engine each poll for the
+    /// other's next frame before sleeping (default 100; 0: never). Spinning
+    /// saves two process wake-ups per call at the cost of that much CPU
+    /// after each frame; see BENCHMARKS.md.
+    pub spin: std::time::Duration,
 }
 
 impl CoreAiOptions {
@@ -73,6 +88,20 @@ impl CoreAiOptions {
                     ))
                 })?,
         };
+        let spin = match x.get("spin_us") {
+            None => std::time::Duration::from_micros(DEFAULT_SPIN_US),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= 1_000_000)
+                .map(std::time::Duration::from_micros)
+                .ok_or_else(|| {
+                    Error::invalid_input(format!(
+                        "spin_us = '{v}': expected microseconds from 0 to 1000000"
+                    ))
+                })?,
+        };
         let bridge = match x.get("bridge").map(str::trim) {
             None | Some("auto") => Bridge::Auto,
             Some("python") => Bridge::Python,
@@ -89,6 +118,7 @@ impl CoreAiOptions {
             cache_dir: x.get("cache_dir").map(PathBuf::from),
             max_sequences,
             bridge,
+            spin,
         })
     }
 }

@@ -22,6 +22,7 @@ use std::io::{BufRead, BufReader, IoSlice, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The worker program (Python), run with `python -c`.
 pub const WORKER: &str = include_str!("worker.py");
@@ -46,14 +47,19 @@ pub struct Engine {
     stderr: Arc<Mutex<VecDeque<String>>>,
     pid: u32,
     dead: bool,
+    spin: Duration,
 }
 
 impl Engine {
     /// Starts a worker with `python` and waits for it to say it is ready.
-    pub fn spawn(python: &Path) -> Result<Engine> {
+    /// `spin`: how long each side polls for the other's next frame before
+    /// sleeping (zero: never), so that a request does not wait for two
+    /// process wake-ups.
+    pub fn spawn(python: &Path, spin: Duration) -> Result<Engine> {
         let mut child = Command::new(python)
             .arg("-c")
             .arg(WORKER)
+            .arg(spin.as_micros().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -79,7 +85,13 @@ impl Engine {
             stderr,
             pid,
             dead: false,
+            spin,
         };
+        if !spin.is_zero() {
+            set_nonblocking(&engine.stdout).map_err(|e| {
+                Error::Internal(format!("cannot make the engine's pipe non-blocking: {e}"))
+            })?;
+        }
         let (hello, _) = engine.read_reply()?;
         if hello.get("ready") != Some(&Value::Bool(true)) {
             return Err(Error::Unavailable(format!(
@@ -121,8 +133,10 @@ impl Engine {
     }
 
     fn write_request(&mut self, header: &Value, tensors: &[&Tensor]) -> Result<()> {
-        let head = serde_json::to_vec(header)
+        let mut head = serde_json::to_vec(header)
             .map_err(|e| Error::Internal(format!("cannot encode a request: {e}")))?;
+        // Spaces after the JSON put the payload 8-byte aligned in the frame.
+        head.resize(head.len() + (12 + head.len()).wrapping_neg() % 8, b' ');
         let (parts, total) = payload_parts(tensors)?;
         let mut prefix = [0u8; 12];
         prefix[..4].copy_from_slice(&(head.len() as u32).to_le_bytes());
@@ -135,26 +149,31 @@ impl Engine {
         result.map_err(|e| self.died(&e))
     }
 
+    /// Reads one frame into one aligned buffer; the payload is handed out as
+    /// a slice of it (the worker pads the header so it starts aligned).
     fn read_reply(&mut self) -> Result<(Value, Bytes)> {
+        let spin_until = Instant::now() + self.spin;
         let mut prefix = [0u8; 12];
-        if let Err(e) = self.stdout.read_exact(&mut prefix) {
+        if let Err(e) = read_full(&mut self.stdout, &mut prefix, spin_until) {
             return Err(self.died(&e));
         }
         let hlen = u32::from_le_bytes(prefix[..4].try_into().expect("4 bytes")) as usize;
         let plen = u64::from_le_bytes(prefix[4..].try_into().expect("8 bytes")) as usize;
-        let mut head = vec![0u8; hlen];
-        if let Err(e) = self.stdout.read_exact(&mut head) {
+        let mut frame = AlignedBuf::zeroed(12 + hlen + plen);
+        frame.as_mut_bytes()[..12].copy_from_slice(&prefix);
+        if let Err(e) = read_full(
+            &mut self.stdout,
+            &mut frame.as_mut_bytes()[12..],
+            spin_until,
+        ) {
             return Err(self.died(&e));
         }
-        let mut payload = AlignedBuf::zeroed(plen);
-        if let Err(e) = self.stdout.read_exact(payload.as_mut_bytes()) {
-            return Err(self.died(&e));
-        }
-        let head: Value = serde_json::from_slice(&head).map_err(|e| {
+        let frame = frame.freeze();
+        let head: Value = serde_json::from_slice(&frame[12..12 + hlen]).map_err(|e| {
             self.dead = true;
             Error::Internal(format!("the Core AI engine sent a bad reply: {e}"))
         })?;
-        Ok((head, payload.freeze()))
+        Ok((head, frame.slice(12 + hlen..)))
     }
 
     /// Marks the engine dead and describes its end: exit status or signal,
@@ -215,6 +234,71 @@ fn describe_status(s: std::process::ExitStatus) -> String {
 #[cfg(not(unix))]
 fn describe_status(s: std::process::ExitStatus) -> String {
     s.to_string()
+}
+
+/// Fills `buf` from `r`, which may be non-blocking: polls until
+/// `spin_until`, then sleeps in `poll(2)` until the worker writes.
+fn read_full(r: &mut ChildStdout, buf: &mut [u8], spin_until: Instant) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() < spin_until {
+                    std::hint::spin_loop();
+                } else {
+                    wait_readable(r)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+#[allow(unsafe_code)] // two fcntl calls on a pipe this process owns
+fn set_nonblocking(r: &ChildStdout) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = r.as_raw_fd();
+    // SAFETY: fcntl on a pipe fd this struct owns; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+#[allow(unsafe_code)] // one poll(2) on a pipe this process owns
+fn wait_readable(r: &ChildStdout) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: r.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, -1) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn set_nonblocking(_: &ChildStdout) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(not(unix))]
+fn wait_readable(_: &ChildStdout) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Writes every byte of `parts` (std's `write_all_vectored` is unstable).

@@ -8,14 +8,18 @@ anything the runtime prints never corrupts a reply. If Apple's runtime dies
 in-flight request with the stderr tail and starts a fresh worker.
 
 Frame (both ways): u32 header length, u64 payload length (little-endian),
-a JSON header, then the payload: the tensors' bytes in the order the header
-lists them, each starting at a multiple of 8 bytes (zero padding between).
+a JSON header (space-padded so the payload starts 8-byte aligned in the
+frame), then the payload: the tensors' bytes in the order the header lists
+them, each starting at a multiple of 8 bytes (zero padding between).
+`python -c WORKER SPIN_US`: after each reply, poll this long for the next
+request before sleeping.
 """
 
 import asyncio
 import json
 import os
 import platform
+import select
 import struct
 import sys
 import time
@@ -28,16 +32,50 @@ os.dup2(2, 1)
 REQUEST_FD = 0
 
 
-def read_exact(n):
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = os.readv(REQUEST_FD, [view[got:]])
-        if k == 0:
-            sys.exit(0)  # pomme closed the pipe: it is done with us
-        got += k
-    return buf
+class Requests:
+    """Reads request frames into one growing buffer (the runtime copies
+    inputs into its own arrays, so the buffer is reused). With a spin
+    window the fd is non-blocking and a read first polls for that long
+    before sleeping in select: a stream of requests then never waits for
+    a wake-up."""
+
+    def __init__(self, fd, spin_s):
+        self.fd = fd
+        self.spin_s = spin_s
+        self.buf = bytearray(1 << 16)
+        self.view = memoryview(self.buf)
+        if spin_s > 0:
+            os.set_blocking(fd, False)
+
+    def _fill(self, have, need):
+        if need > len(self.buf):
+            grown = bytearray(max(need, 2 * len(self.buf)))
+            grown[:have] = self.buf[:have]
+            self.buf, self.view = grown, memoryview(grown)
+        spin_until = None
+        while have < need:
+            try:
+                k = os.readv(self.fd, [self.view[have:]])
+            except BlockingIOError:
+                now = time.perf_counter()
+                if spin_until is None:
+                    spin_until = now + self.spin_s
+                if now >= spin_until:
+                    select.select([self.fd], [], [])
+                continue
+            if k == 0:
+                sys.exit(0)  # pomme closed the pipe: it is done with us
+            have += k
+        return have
+
+    def frame(self):
+        """(header dict, payload memoryview valid until the next frame)."""
+        have = self._fill(0, PREFIX.size)
+        hlen, plen = PREFIX.unpack_from(self.buf, 0)
+        total = PREFIX.size + hlen + plen
+        self._fill(have, total)
+        header = json.loads(bytes(self.view[PREFIX.size:PREFIX.size + hlen]))
+        return header, self.view[PREFIX.size + hlen:total]
 
 
 def write_all(parts):
@@ -66,6 +104,8 @@ def reply(header, arrays=()):
         blobs.append(a.reshape(-1).view(np.uint8).data)
         total += a.nbytes
     head = json.dumps(header).encode()
+    # Spaces after the JSON put the payload 8-byte aligned in the frame.
+    head += b" " * (-(PREFIX.size + len(head)) % 8)
     write_all([PREFIX.pack(len(head), total), head, *blobs])
 
 
@@ -265,10 +305,10 @@ class Engine:
 async def main():
     engine = Engine()
     reply({"ready": True, "runtime": runtime_name(), "pid": os.getpid()})
+    spin_s = float(sys.argv[1]) / 1e6 if len(sys.argv) > 1 else 0.0
+    requests = Requests(REQUEST_FD, spin_s)
     while True:
-        hlen, plen = PREFIX.unpack(read_exact(PREFIX.size))
-        header = json.loads(read_exact(hlen))
-        payload = read_exact(plen) if plen else b""
+        header, payload = requests.frame()
         op = header.get("op")
         try:
             if op == "run":
