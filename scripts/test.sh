@@ -11,6 +11,10 @@ bash scripts/setup.sh
 ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* | head -n1)
 export ORT_DYLIB_PATH
 export POMME_TEST_MODELS=${POMME_TEST_MODELS:-$PWD/../shared/models}
+# The Core AI tests run Apple's Linux runtime (coreai-core, installed in .venv
+# by setup.sh) for real: here a missing runtime fails them instead of skipping.
+export POMME_COREAI_PYTHON=${POMME_COREAI_PYTHON:-$PWD/.venv/bin/python}
+export POMME_REQUIRE_COREAI=${POMME_REQUIRE_COREAI:-1}
 
 echo "== deploy: Dockerfile, Kubernetes manifests, Helm chart, KServe, Prometheus, Grafana"
 bash scripts/validate-deploy.sh
@@ -26,7 +30,7 @@ if command -v clang >/dev/null 2>&1; then
   # Every crate with Apple code. Libraries only for those whose dev-dependencies
   # (criterion, npz) compile C that would need a macOS SDK; pomme-coreml in full.
   SKIP_SETUP=1 bash scripts/check-apple.sh pomme-coreml
-  SKIP_SETUP=1 APPLE_CHECK_TARGETS=--lib bash scripts/check-apple.sh pomme-core pomme-coreml pomme-tract pomme-ort pomme-backends
+  SKIP_SETUP=1 APPLE_CHECK_TARGETS=--lib bash scripts/check-apple.sh pomme-core pomme-coreml pomme-coreai pomme-tract pomme-ort pomme-backends
 else
   echo "SKIP apple type-check: clang not installed"
 fi

@@ -157,8 +157,11 @@ pub fn automatic_candidates() -> Vec<(&'static str, DeviceKind)> {
 }
 
 /// [`automatic_candidates`] for an operating system (`std::env::consts::OS`):
-/// on macOS `coreml/ane → coreml/metal → tract/metal → ort/cpu → tract/cpu`,
-/// elsewhere `tract/cuda → ort/cpu → tract/cpu`.
+/// on macOS `coreml/ane → coreml/metal → tract/metal → ort/cpu → tract/cpu`
+/// for ONNX and Core ML models and `coreai/ane → coreai/metal → coreai/cpu`
+/// for Core AI assets (macOS 27+), elsewhere `tract/cuda → ort/cpu →
+/// tract/cpu` and `coreai/cpu`. A candidate that does not read the model's
+/// format is skipped, so each model sees only its own format's list.
 ///
 /// `ort/cuda` (ONNX Runtime's CUDA EP, much faster than tract's CUDA runtime
 /// per call on convnets) is left out: it serves batches well only with one
@@ -176,9 +179,12 @@ pub fn automatic_candidates_for(os: &str) -> Vec<(&'static str, DeviceKind)> {
             ("tract", Metal),
             ("ort", Cpu),
             ("tract", Cpu),
+            ("coreai", Ane),
+            ("coreai", Metal),
+            ("coreai", Cpu),
         ]
     } else {
-        vec![("tract", Cuda), ("ort", Cpu), ("tract", Cpu)]
+        vec![("tract", Cuda), ("ort", Cpu), ("tract", Cpu), ("coreai", Cpu)]
     }
 }
 
@@ -287,10 +293,16 @@ mod tests {
                 "coreml/metal",
                 "tract/metal",
                 "ort/cpu",
-                "tract/cpu"
+                "tract/cpu",
+                "coreai/ane",
+                "coreai/metal",
+                "coreai/cpu"
             ]
         );
-        assert_eq!(names("linux"), ["tract/cuda", "ort/cpu", "tract/cpu"]);
+        assert_eq!(
+            names("linux"),
+            ["tract/cuda", "ort/cpu", "tract/cpu", "coreai/cpu"]
+        );
         assert_eq!(
             automatic_candidates(),
             automatic_candidates_for(std::env::consts::OS)

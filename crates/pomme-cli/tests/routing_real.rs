@@ -48,10 +48,10 @@ fn automatic_candidates_on_linux_agree_on_add_one() {
         },
     );
     // The automatic Linux list: CUDA first (not compiled into this test build),
-    // then ONNX Runtime and tract on the CPU.
+    // then ONNX Runtime and tract on the CPU; Core AI reads no ONNX.
     let names: Vec<String> = d.trials.iter().map(|t| t.candidate.to_string()).collect();
     if std::env::consts::OS == "linux" {
-        assert_eq!(names, ["tract/cuda", "ort/cpu", "tract/cpu"]);
+        assert_eq!(names, ["tract/cuda", "ort/cpu", "tract/cpu", "coreai/cpu"]);
         assert!(matches!(
             d.trials[0].outcome,
             TrialOutcome::Unavailable { .. } | TrialOutcome::Failed { .. }
