@@ -126,7 +126,7 @@ impl Shared {
                 outputs,
                 priority: d.priority,
                 timeout: d.timeout,
-                sequence: None,
+                sequence: d.sequence,
             })
             .await
     }
