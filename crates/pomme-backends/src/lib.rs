@@ -184,7 +184,12 @@ pub fn automatic_candidates_for(os: &str) -> Vec<(&'static str, DeviceKind)> {
             ("coreai", Cpu),
         ]
     } else {
-        vec![("tract", Cuda), ("ort", Cpu), ("tract", Cpu), ("coreai", Cpu)]
+        vec![
+            ("tract", Cuda),
+            ("ort", Cpu),
+            ("tract", Cpu),
+            ("coreai", Cpu),
+        ]
     }
 }
 

@@ -343,10 +343,30 @@ pub trait LoadedModel: Send + Sync {
     fn prefers_few_shapes(&self) -> bool {
         false
     }
-    /// Whether requests must carry sequence parameters (the model keeps state
-    /// per sequence).
+    /// Whether the model keeps state between requests (Triton's sequence
+    /// batcher). The runtime then refuses requests without sequence
+    /// parameters, runs each sequence request alone through
+    /// [`Session::run_sequence`], on one worker thread (one session, so
+    /// state kept in the session is seen by every request of a sequence, in
+    /// order), and skips the padded-size warm-up.
     fn is_stateful(&self) -> bool {
         false
+    }
+}
+
+/// Per-thread execution state of a [`LoadedModel`].
+pub trait Session: Send {
+    /// Runs one batch. Inputs and outputs are in signature order; inputs have
+    /// already been checked against the signature.
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
+    /// Runs one request of a sequence, alone (never batched with another
+    /// request). A stateful model starts the sequence's state afresh on
+    /// `seq.start`, carries it from request to request, and drops it after
+    /// `seq.end`. The default ignores the sequence, like a Triton model
+    /// without a sequence batcher.
+    fn run_sequence(&mut self, inputs: Vec<Tensor>, seq: &SequenceControl) -> Result<Vec<Tensor>> {
+        let _ = seq;
+        self.run(inputs)
     }
 }
 
@@ -359,19 +379,6 @@ pub struct SequenceControl {
     pub start: bool,
     /// `sequence_end`: this request ends it (its state is dropped after).
     pub end: bool,
-}
-
-/// Per-thread execution state of a [`LoadedModel`].
-pub trait Session: Send {
-    /// Runs one batch. Inputs and outputs are in signature order; inputs have
-    /// already been checked against the signature.
-    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
-    /// Runs one request of a sequence. Default: stateless models ignore
-    /// sequence parameters, like Triton models without a sequence batcher.
-    fn run_sequence(&mut self, inputs: Vec<Tensor>, seq: &SequenceControl) -> Result<Vec<Tensor>> {
-        let _ = seq;
-        self.run(inputs)
-    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 //! Helpers both wire formats share: shape and datatype checks, model
-//! versions, request parameters and the binary form of a tensor (raw
-//! little-endian elements, or length-prefixed `BYTES`), which the HTTP binary
-//! extension and gRPC's `raw_*_contents` carry alike.
+//! versions, request parameters (priority, sequence) and the binary form of a
+//! tensor (raw little-endian elements, or length-prefixed `BYTES`), which the
+//! HTTP binary extension and gRPC's `raw_*_contents` carry alike.
 
 use crate::Limits;
 use bytes::Bytes;
-use pomme_core::{DType, Error, Result, Tensor};
+use pomme_core::{DType, Error, Result, SequenceControl, Tensor};
 
 /// Parses a shape given as signed integers, checking sign, overflow and the element limit.
 pub(crate) fn checked_shape(input: &str, dims: &[i64], limits: &Limits) -> Result<Vec<usize>> {
@@ -59,6 +59,43 @@ pub(crate) fn priority_from(v: Option<u64>) -> Result<Option<u32>> {
             .map_err(|_| Error::invalid_input(format!("parameters.priority {p} is too large")))
     })
     .transpose()
+}
+
+/// A request's `sequence_id` as the wire carried it, before normalization.
+pub(crate) enum SequenceId {
+    Number(u64),
+    Text(String),
+}
+
+/// The request-level sequence parameters, shared by HTTP and gRPC. Id 0 and
+/// "" mean "no sequence" (Triton's convention); a number's id is its decimal
+/// text, so `42` and `"42"` name the same sequence. `sequence_start` or
+/// `sequence_end` set without an id is refused: it would silently be a
+/// stateless request.
+pub(crate) fn sequence_from(
+    id: Option<SequenceId>,
+    start: Option<bool>,
+    end: Option<bool>,
+) -> Result<Option<SequenceControl>> {
+    let id = match id {
+        None | Some(SequenceId::Number(0)) => None,
+        Some(SequenceId::Text(s)) if s.is_empty() => None,
+        Some(SequenceId::Number(n)) => Some(n.to_string()),
+        Some(SequenceId::Text(s)) => Some(s),
+    };
+    let (start, end) = (start.unwrap_or(false), end.unwrap_or(false));
+    match id {
+        Some(id) => Ok(Some(SequenceControl { id, start, end })),
+        None if start || end => Err(Error::invalid_input(format!(
+            "parameters.{} is set but the request has no sequence_id (0 and \"\" mean none)",
+            if start {
+                "sequence_start"
+            } else {
+                "sequence_end"
+            }
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// At most `max` characters of `s`, for echoing client text in errors.

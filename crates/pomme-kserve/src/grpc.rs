@@ -11,7 +11,8 @@
 //! responses back into tensors.
 
 use crate::common::{
-    binary_tensor, checked_shape, named, parse_dtype, parse_version, priority_from, raw_contents,
+    SequenceId, binary_tensor, checked_shape, named, parse_dtype, parse_version, priority_from,
+    raw_contents, sequence_from,
 };
 use crate::proto::{
     InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse,
@@ -76,6 +77,11 @@ pub fn decode_request(req: ModelInferRequest, limits: &Limits) -> Result<Decoded
     }
     let priority = priority_from(param_u64(&req.parameters, "priority")?)?;
     let timeout = param_u64(&req.parameters, "timeout")?.map(Duration::from_micros);
+    let sequence = sequence_from(
+        param_sequence_id(&req.parameters)?,
+        param_bool(&req.parameters, "sequence_start")?,
+        param_bool(&req.parameters, "sequence_end")?,
+    )?;
     let outputs = if req.outputs.is_empty() {
         None
     } else {
@@ -96,6 +102,7 @@ pub fn decode_request(req: ModelInferRequest, limits: &Limits) -> Result<Decoded
         binary_data_output: false,
         priority,
         timeout,
+        sequence,
     };
     Ok((req.model_name, version, decoded))
 }
@@ -108,6 +115,32 @@ fn param_u64(params: &HashMap<String, InferParameter>, key: &str) -> Result<Opti
         Some(_) => Err(Error::invalid_input(format!(
             "parameter '{key}' must be a non-negative integer"
         ))),
+    }
+}
+
+fn param_bool(params: &HashMap<String, InferParameter>, key: &str) -> Result<Option<bool>> {
+    match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(ParameterChoice::BoolParam(b)) => Ok(Some(*b)),
+        Some(_) => Err(Error::invalid_input(format!(
+            "parameter '{key}' must be a boolean (bool_param)"
+        ))),
+    }
+}
+
+/// `sequence_id`: `uint64_param`, a non-negative `int64_param` or `string_param`.
+fn param_sequence_id(params: &HashMap<String, InferParameter>) -> Result<Option<SequenceId>> {
+    match params
+        .get("sequence_id")
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => Ok(None),
+        Some(ParameterChoice::Uint64Param(v)) => Ok(Some(SequenceId::Number(*v))),
+        Some(ParameterChoice::Int64Param(v)) if *v >= 0 => Ok(Some(SequenceId::Number(*v as u64))),
+        Some(ParameterChoice::StringParam(s)) => Ok(Some(SequenceId::Text(s.clone()))),
+        Some(_) => Err(Error::invalid_input(
+            "parameter 'sequence_id' must be a non-negative integer or a string",
+        )),
     }
 }
 
@@ -510,6 +543,107 @@ mod tests {
             ..Default::default()
         });
         assert!(m.contains("model version 'x'"), "{m}");
+    }
+
+    /// A request with no inputs and these request-level parameters.
+    fn with_params(params: Vec<(&str, ParameterChoice)>) -> ModelInferRequest {
+        ModelInferRequest {
+            model_name: "m".into(),
+            parameters: params
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        InferParameter {
+                            parameter_choice: Some(v),
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sequence_parameters() {
+        use ParameterChoice::{BoolParam, Int64Param, StringParam, Uint64Param};
+        let seq = |id: &str, start, end| {
+            Some(pomme_core::SequenceControl {
+                id: id.into(),
+                start,
+                end,
+            })
+        };
+        let cases = vec![
+            (
+                vec![
+                    ("sequence_id", Uint64Param(42)),
+                    ("sequence_start", BoolParam(true)),
+                ],
+                seq("42", true, false),
+            ),
+            (
+                vec![
+                    ("sequence_id", Int64Param(7)),
+                    ("sequence_end", BoolParam(true)),
+                ],
+                seq("7", false, true),
+            ),
+            (
+                vec![
+                    ("sequence_id", StringParam("abc".into())),
+                    ("sequence_start", BoolParam(false)),
+                ],
+                seq("abc", false, false),
+            ),
+            (vec![("sequence_id", Uint64Param(0))], None),
+            (vec![("sequence_id", Int64Param(0))], None),
+            (vec![("sequence_id", StringParam(String::new()))], None),
+            (vec![("sequence_end", BoolParam(false))], None),
+            (vec![], None),
+        ];
+        for (params, want) in cases {
+            let what = format!("{params:?}");
+            let (_, _, d) = decode_request(with_params(params), &Limits::default())
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(d.sequence, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn bad_sequence_parameters_are_named() {
+        use ParameterChoice::{BoolParam, DoubleParam, Int64Param, StringParam, Uint64Param};
+        let id = "parameter 'sequence_id' must be a non-negative integer or a string";
+        let cases = vec![
+            (vec![("sequence_id", Int64Param(-1))], id),
+            (vec![("sequence_id", DoubleParam(1.0))], id),
+            (vec![("sequence_id", BoolParam(true))], id),
+            (
+                vec![
+                    ("sequence_id", Uint64Param(1)),
+                    ("sequence_start", Int64Param(1)),
+                ],
+                "parameter 'sequence_start' must be a boolean",
+            ),
+            (
+                vec![
+                    ("sequence_id", Uint64Param(1)),
+                    ("sequence_end", StringParam("true".into())),
+                ],
+                "parameter 'sequence_end' must be a boolean",
+            ),
+            (
+                vec![("sequence_start", BoolParam(true))],
+                "parameters.sequence_start is set but the request has no sequence_id",
+            ),
+        ];
+        for (params, want) in cases {
+            let what = format!("{params:?}");
+            let e = decode_request(with_params(params), &Limits::default()).unwrap_err();
+            assert!(matches!(e, Error::InvalidInput(_)), "{what}: {e:?}");
+            let m = e.to_string();
+            assert!(m.contains(want) && !m.contains('\n'), "{what}: {m}");
+        }
     }
 
     #[test]

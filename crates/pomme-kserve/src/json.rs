@@ -12,8 +12,8 @@
 //! responses on the server and for requests in the load generator alike.
 
 use crate::common::{
-    binary_len, binary_tensor, checked_shape, named, parse_dtype, priority_from, truncate,
-    write_length_prefixed,
+    SequenceId, binary_len, binary_tensor, checked_shape, named, parse_dtype, priority_from,
+    sequence_from, truncate, write_length_prefixed,
 };
 use crate::{DecodedRequest, Limits, OutputPrefs, RequestedOutput};
 use bytes::Bytes;
@@ -583,12 +583,33 @@ fn param_u64(params: &Params, key: &str, what: &str) -> Result<Option<u64>> {
     }
 }
 
+/// `sequence_id`: a non-negative integer or a string.
+fn param_sequence_id(params: &Params) -> Result<Option<SequenceId>> {
+    match params.get("sequence_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(SequenceId::Text(s.clone()))),
+        Some(v) => v
+            .as_u64()
+            .map(|n| Some(SequenceId::Number(n)))
+            .ok_or_else(|| {
+                Error::invalid_input(
+                    "parameters.sequence_id must be a non-negative integer or a string",
+                )
+            }),
+    }
+}
+
 fn assemble(wire: WireRequest<'_>, binary: Bytes, ctx: Ctx<'_>) -> Result<DecodedRequest> {
     let limits = ctx.limits;
     let binary_data_output =
         param_bool(&wire.parameters, "binary_data_output", "")?.unwrap_or(false);
     let priority = priority_from(param_u64(&wire.parameters, "priority", "")?)?;
     let timeout = param_u64(&wire.parameters, "timeout", "")?.map(Duration::from_micros);
+    let sequence = sequence_from(
+        param_sequence_id(&wire.parameters)?,
+        param_bool(&wire.parameters, "sequence_start", "")?,
+        param_bool(&wire.parameters, "sequence_end", "")?,
+    )?;
 
     let mut at = 0usize;
     let mut inputs = Vec::with_capacity(wire.inputs.len());
@@ -681,6 +702,7 @@ fn assemble(wire: WireRequest<'_>, binary: Bytes, ctx: Ctx<'_>) -> Result<Decode
         binary_data_output,
         priority,
         timeout,
+        sequence,
     })
 }
 

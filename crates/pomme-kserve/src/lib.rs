@@ -27,7 +27,7 @@ pub mod proto;
 pub use common::{parse_version, raw_contents};
 pub use metadata::{IndexEntry, ModelMetadata, ServerMetadata, TensorMetadata};
 
-use pomme_core::Tensor;
+use pomme_core::{SequenceControl, Tensor};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -82,6 +82,9 @@ pub struct DecodedRequest {
     pub priority: Option<u32>,
     /// Triton's `timeout` parameter (given in microseconds).
     pub timeout: Option<Duration>,
+    /// Triton's `sequence_id` / `sequence_start` / `sequence_end` parameters;
+    /// `None` when the request has no sequence id (or id 0 or "").
+    pub sequence: Option<SequenceControl>,
 }
 
 impl DecodedRequest {

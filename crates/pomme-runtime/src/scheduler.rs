@@ -4,8 +4,10 @@
 //! [`ModelQueue::next_batch`] for work; with batching on, it gathers requests
 //! whose non-batch dimensions match the oldest one's, until the batch is full,
 //! hits a preferred size, or the oldest request has waited `max_queue_delay`.
-//! Requests whose caller went away are dropped unrun; those past their deadline
-//! are answered with `Timeout` unrun. A full queue rejects at once.
+//! A request that is part of a sequence (stateful models) is never batched:
+//! it goes alone, as soon as it is at the head. Requests whose caller went
+//! away are dropped unrun; those past their deadline are answered with
+//! `Timeout` unrun. A full queue rejects at once.
 //!
 //! An idle worker spins for [`BatchPolicy::idle_spin`] (checking a lock-free
 //! count) before it parks on the condition variable: on a busy stream of tiny
@@ -14,7 +16,7 @@
 
 use crate::admission::Permit;
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use pomme_core::{Error, Result, Tensor};
+use pomme_core::{Error, Result, SequenceControl, Tensor};
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +50,8 @@ pub struct Pending {
     /// Held until the request is answered.
     pub permit: Option<Permit>,
     pub span: tracing::Span,
+    /// The request's place in a sequence: it then runs alone.
+    pub sequence: Option<SequenceControl>,
 }
 
 impl Pending {
@@ -59,9 +63,13 @@ impl Pending {
         let _ = reply.send(result);
     }
 
-    /// Whether two requests can share a batch: same dtypes and same dimensions after the first.
+    /// Whether two requests can share a batch: neither is part of a sequence
+    /// (a sequence's state advances one request at a time), same dtypes and
+    /// same dimensions after the first.
     fn compatible(&self, other: &Pending) -> bool {
-        self.inputs.len() == other.inputs.len()
+        self.sequence.is_none()
+            && other.sequence.is_none()
+            && self.inputs.len() == other.inputs.len()
             && self
                 .inputs
                 .iter()
@@ -203,7 +211,13 @@ impl ModelQueue {
                 spun = false;
                 continue;
             }
-            if self.policy.max_batch <= 1 {
+            // Nothing can join a sequence request: it goes without waiting.
+            let head_alone = st
+                .levels
+                .iter()
+                .find_map(|q| q.front())
+                .is_some_and(|p| p.sequence.is_some());
+            if self.policy.max_batch <= 1 || head_alone {
                 let one = pop_first(&mut st);
                 self.publish_len(st.len);
                 return Some(vec![one]);
@@ -349,6 +363,7 @@ mod tests {
             reply: tx,
             permit: None,
             span: tracing::Span::none(),
+            sequence: None,
         };
         (p, rx)
     }
@@ -377,6 +392,32 @@ mod tests {
         assert_eq!(batch.len(), 4);
         assert!(batch.iter().all(|p| p.inputs[0].shape() == [1, 3]));
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn sequence_requests_go_alone_without_waiting() {
+        let q = ModelQueue::new(policy(4, 3_600_000));
+        let mut keep = vec![];
+        for (i, seq) in [true, true, false, false, true].into_iter().enumerate() {
+            let (mut p, rx) = pending(1, 3);
+            p.sequence = seq.then(|| SequenceControl {
+                id: i.to_string(),
+                start: true,
+                end: false,
+            });
+            keep.push(rx);
+            q.push(p, 1).unwrap();
+        }
+        // Each sequence request goes at once (the delay is an hour); the two
+        // plain ones wait for it (here: for the close) and batch together.
+        let ids = |b: Vec<Pending>| -> Vec<Option<String>> {
+            b.into_iter().map(|p| p.sequence.map(|s| s.id)).collect()
+        };
+        assert_eq!(ids(q.next_batch().unwrap()), [Some("0".to_string())]);
+        assert_eq!(ids(q.next_batch().unwrap()), [Some("1".to_string())]);
+        q.close();
+        assert_eq!(ids(q.next_batch().unwrap()), [None, None]);
+        assert_eq!(ids(q.next_batch().unwrap()), [Some("4".to_string())]);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! Engines block and spin CPU; running them on tokio's workers would stall I/O,
 //! so each worker is a plain thread that takes batches from the model's queue,
 //! concatenates inputs (into pooled buffers), runs the engine, splits outputs
-//! and answers every request. A panic inside the engine becomes an `Internal`
-//! error for that batch and the session is rebuilt; the thread carries on.
+//! and answers every request; a request that is part of a sequence runs
+//! alone, unpadded, through `Session::run_sequence`. A panic inside the
+//! engine becomes an `Internal` error for that batch and the session is
+//! rebuilt; the thread carries on.
 
 use crate::metrics::ModelMetrics;
 use crate::pool::BufferPool;
@@ -222,14 +224,23 @@ fn run_batch(
 ) -> Result<Vec<Vec<Tensor>>> {
     let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
     let total_rows: usize = rows.iter().sum();
+    // The batcher sends a sequence request alone.
+    let sequence = match batch {
+        [one] => one.sequence.as_ref(),
+        _ => None,
+    };
     // Padded up to the next preferred size when configured (rows beyond
     // `total_rows` are copies of the last one; their outputs are dropped).
-    let run_rows = ctx
-        .pad_sizes
-        .iter()
-        .copied()
-        .find(|&s| s >= total_rows)
-        .unwrap_or(total_rows);
+    // Never a sequence request: the padding rows would feed its state.
+    let run_rows = match sequence {
+        Some(_) => total_rows,
+        None => ctx
+            .pad_sizes
+            .iter()
+            .copied()
+            .find(|&s| s >= total_rows)
+            .unwrap_or(total_rows),
+    };
     let mut inputs = gather_inputs(ctx, batch)?;
     if run_rows != total_rows {
         inputs = inputs
@@ -239,7 +250,10 @@ fn run_batch(
     }
     marks.prepared = Some(Instant::now());
     *in_engine = true;
-    let result = session.run(inputs);
+    let result = match sequence {
+        Some(seq) => session.run_sequence(inputs, seq),
+        None => session.run(inputs),
+    };
     *in_engine = false;
     marks.ran = Some(Instant::now());
     let mut outputs = result?;

@@ -126,6 +126,7 @@ impl Shared {
                 outputs,
                 priority: d.priority,
                 timeout: d.timeout,
+                sequence: d.sequence,
             })
             .await
     }

@@ -2,6 +2,7 @@
 //! limits, the binary extension, and encoding round trips.
 
 use super::*;
+use pomme_core::SequenceControl;
 use proptest::prelude::*;
 
 fn decode(body: &str) -> Result<DecodedRequest> {
@@ -103,6 +104,80 @@ fn parameters_outputs_and_id() {
     let prefs = r.output_prefs();
     assert!(prefs.is_binary("a"));
     assert!(!prefs.is_binary("b"));
+}
+
+fn with_params(params: &str) -> String {
+    format!(
+        r#"{{"parameters":{params},"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[1]}}]}}"#
+    )
+}
+
+fn seq(id: &str, start: bool, end: bool) -> Option<SequenceControl> {
+    Some(SequenceControl {
+        id: id.into(),
+        start,
+        end,
+    })
+}
+
+#[test]
+fn sequence_parameters() {
+    let cases = [
+        (
+            r#"{"sequence_id":42,"sequence_start":true}"#,
+            seq("42", true, false),
+        ),
+        (
+            r#"{"sequence_id":"abc","sequence_end":true}"#,
+            seq("abc", false, true),
+        ),
+        (
+            r#"{"sequence_id":18446744073709551615,"sequence_start":false,"sequence_end":false}"#,
+            seq("18446744073709551615", false, false),
+        ),
+        // 0, "" and null mean no sequence; so does a false flag without an id.
+        (r#"{"sequence_id":0}"#, None),
+        (r#"{"sequence_id":""}"#, None),
+        (r#"{"sequence_id":null,"sequence_start":false}"#, None),
+        (r#"{}"#, None),
+    ];
+    for (params, want) in cases {
+        let r = decode(&with_params(params)).unwrap_or_else(|e| panic!("{params}: {e}"));
+        assert_eq!(r.sequence, want, "{params}");
+    }
+}
+
+#[test]
+fn bad_sequence_parameters_are_named() {
+    let id = "parameters.sequence_id must be a non-negative integer or a string";
+    let cases = [
+        (r#"{"sequence_id":-1}"#, id),
+        (r#"{"sequence_id":1.5}"#, id),
+        (r#"{"sequence_id":2.0}"#, id),
+        (r#"{"sequence_id":true}"#, id),
+        (r#"{"sequence_id":{"a":1}}"#, id),
+        (r#"{"sequence_id":[1]}"#, id),
+        (
+            r#"{"sequence_id":1,"sequence_start":"yes"}"#,
+            "parameters.sequence_start must be a boolean",
+        ),
+        (
+            r#"{"sequence_id":1,"sequence_end":1}"#,
+            "parameters.sequence_end must be a boolean",
+        ),
+        (
+            r#"{"sequence_start":true}"#,
+            "parameters.sequence_start is set but the request has no sequence_id",
+        ),
+        (
+            r#"{"sequence_id":0,"sequence_end":true}"#,
+            "parameters.sequence_end is set but the request has no sequence_id",
+        ),
+    ];
+    for (params, want) in cases {
+        let m = err(&with_params(params));
+        assert!(m.contains(want), "{params}: {m}");
+    }
 }
 
 #[test]

@@ -31,7 +31,7 @@ pub use routed::{Route, RouteMetrics, RouteSet, RouteStatus, RoutedModel, load_r
 pub use trials::{plan, synth_inputs};
 
 use crate::spec::ModelSpec;
-use pomme_core::{Backend, LoadedModel, ModelArtifact, Result};
+use pomme_core::{Backend, Error, LoadedModel, ModelArtifact, Result};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,6 +73,15 @@ impl RouteHandle {
             cfg,
             Some(metrics.clone()),
         )?;
+        // A sequence's state lives in one candidate's session: falling back
+        // or retrying elsewhere would silently restart it.
+        if model.is_stateful() {
+            set.forget_metrics();
+            return Err(Error::invalid_input(format!(
+                "model '{}' is stateful (sequence requests), which measured routing does not support; set routing = \"off\"",
+                spec.name
+            )));
+        }
         Ok((model, RouteHandle(Some(set))))
     }
 

@@ -331,6 +331,9 @@ impl LoadedModel for RoutedModel {
     fn placement(&self) -> Vec<PlacementShare> {
         self.set.routes[0].model.placement()
     }
+    fn is_stateful(&self) -> bool {
+        self.set.routes.iter().any(|r| r.model.is_stateful())
+    }
 }
 
 /// Runs a candidate's session inline, or on a helper thread when calls have

@@ -9,7 +9,7 @@ use super::Runtime;
 use crate::admission::Permit;
 use crate::registry::Instance;
 use crate::scheduler::Pending;
-use pomme_core::{Error, ModelSignature, Result, Tensor};
+use pomme_core::{Error, ModelSignature, Result, SequenceControl, Tensor};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -30,6 +30,11 @@ pub struct InferRequest {
     pub priority: Option<u32>,
     /// Deadline relative to now; `None`: the model's queue timeout or the runtime default.
     pub timeout: Option<Duration>,
+    /// The request's place in a sequence (Triton's `sequence_id`,
+    /// `sequence_start`, `sequence_end`). Such a request runs alone, through
+    /// [`pomme_core::Session::run_sequence`]; a stateful model refuses
+    /// requests without one.
+    pub sequence: Option<SequenceControl>,
 }
 
 impl InferRequest {
@@ -120,6 +125,12 @@ impl Runtime {
         timeout: Option<Duration>,
         span: tracing::Span,
     ) -> Result<InferResponse> {
+        if req.sequence.is_none() && inst.ctx.model.is_stateful() {
+            return Err(Error::invalid_input(format!(
+                "model '{}' is stateful: send parameters.sequence_id (with sequence_start on a sequence's first request)",
+                req.model
+            )));
+        }
         let sig = &inst.view.signature;
         let selected = select_outputs(sig, &req)?;
         let inputs = sig.arrange_inputs(req.inputs)?;
@@ -145,6 +156,7 @@ impl Runtime {
             reply: tx,
             permit: Some(permit),
             span,
+            sequence: req.sequence,
         };
         inst.queue
             .push(pending, req.priority.unwrap_or(inst.default_priority))?;

@@ -1,8 +1,9 @@
 //! Loading and unloading: a model version goes from a [`ModelSpec`] to a
 //! running instance (engine loaded, memory reserved, queue and workers
-//! started, padded batch sizes warmed) on a blocking thread, so other models
-//! keep serving. Under [`MemoryPolicy::EvictLru`] a full budget first unloads
-//! least recently used idle versions (`eviction.rs`).
+//! started, padded batch sizes warmed; a stateful model gets one worker and
+//! no warm-up) on a blocking thread, so other models keep serving. Under
+//! [`MemoryPolicy::EvictLru`] a full budget first unloads least recently used
+//! idle versions (`eviction.rs`).
 
 use super::Runtime;
 use crate::admission::MemoryReservation;
@@ -208,7 +209,17 @@ impl Runtime {
                 "dynamic batching without pad_to_preferred: this engine prepares each new batch size on its first run (up to seconds); set preferred_batch_sizes (e.g. [1, 8, 16, 32]) and pad_to_preferred = true"
             );
         }
-        let workers = spec.workers.max(1);
+        // One session serves a stateful model, so a sequence's requests run
+        // in order and see the state a backend keeps in its session.
+        let workers = if model.is_stateful() {
+            if spec.workers > 1 {
+                tracing::info!(model = %spec.name, workers = spec.workers,
+                    "stateful model: served by one worker thread");
+            }
+            1
+        } else {
+            spec.workers.max(1)
+        };
         let threads = start_workers(&ctx, &*model, &signature, workers)?;
         let view = ModelView {
             name: spec.name.clone(),
@@ -356,7 +367,10 @@ fn start_workers(
     signature: &pomme_core::ModelSignature,
     workers: usize,
 ) -> Result<Vec<std::thread::JoinHandle<()>>> {
-    let sample = if ctx.pad_sizes.is_empty() {
+    // A stateful model's requests are never padded (each runs alone, at its
+    // own size), so there are no padded sizes to warm, and a warm-up run
+    // would need a sequence of its own.
+    let sample = if ctx.pad_sizes.is_empty() || model.is_stateful() {
         None
     } else {
         synth_inputs(signature, 8).ok().map(Arc::new)
