@@ -173,7 +173,7 @@ def test_a_killed_engine_is_restarted(server):
     assert pids, "no engine processes found"
     for p in pids:
         os.kill(p, signal.SIGKILL)
-    # Idle engines found dead are replaced before the next call: no error.
+    # Dead engines are replaced (and a call that met one retried): no error.
     np.testing.assert_array_equal(call(), before)
     assert server["proc"].poll() is None
     assert c.is_server_live() and c.is_model_ready("mlp")

@@ -306,8 +306,23 @@ impl CoreAiSession {
             json!({"op": "run", "function": function, "inputs": in_specs, "states": state_specs});
         let tensors: Vec<&Tensor> = inputs.iter().chain(states).collect();
         let shared = self.shared.clone();
-        let engine = self.engine()?;
-        let (reply, payload) = engine.call(&header, &tensors)?;
+        // Inference is a pure function of the inputs and the state sent with
+        // them (state is only replaced on success), so a call whose engine
+        // died under it runs once more on a fresh engine: an engine killed
+        // while idle costs no request, and an input that crashes the runtime
+        // fails after its second crash.
+        let mut attempt = 0;
+        let (reply, payload) = loop {
+            let engine = self.engine()?;
+            match engine.call(&header, &tensors) {
+                Ok(r) => break r,
+                Err(e) if attempt == 0 && !engine.alive() => {
+                    tracing::warn!(error = %e, "Core AI engine died during a call; retrying once on a new engine");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let outs: Vec<WireTensor> = serde_json::from_value(reply["outputs"].clone())
             .map_err(|e| Error::Internal(format!("bad Core AI reply: {e}")))?;
         let new_states: Vec<WireTensor> =

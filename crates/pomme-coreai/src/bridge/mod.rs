@@ -195,7 +195,8 @@ impl Engine {
             .lock()
             .iter()
             .rev()
-            .find(|l| !l.trim().is_empty())
+            // The runtime's own progress lines say nothing about a death.
+            .find(|l| !l.trim().is_empty() && !l.starts_with("ODIE ["))
             .cloned();
         tracing::error!(pid = self.pid, %status, last = last.as_deref().unwrap_or(""), "Core AI engine died");
         Error::InferenceFailed(match last {
