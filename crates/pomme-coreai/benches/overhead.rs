@@ -9,6 +9,12 @@
 //! `coreai-core` (`POMME_COREAI_PYTHON` or the workspace `.venv`).
 //!
 //!     cargo bench -p pomme-coreai --bench overhead
+//!
+//! `POMME_BENCH_SPIN_US` sets the backend's `spin_us` for both pomme sides.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the bench's spin window is chosen with POMME_BENCH_SPIN_US"
+)]
 
 use pomme_core::{Backend, LoadOptions, ModelArtifact, ModelFormat, Tensor};
 use pomme_coreai::{CoreAiBackend, CoreAiSettings};
@@ -18,10 +24,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const CALLS: usize = 2000;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 
 const DIRECT: &str = r#"
-import asyncio, sys, time, numpy as np
+import asyncio, os, sys, time, numpy as np
 from pathlib import Path
 from coreai.runtime import AIModel, NDArray
 async def main():
@@ -37,8 +43,9 @@ async def main():
         y = out["y"].numpy()
         ts.append(time.perf_counter() - t)
     ts.sort()
-    print(ts[len(ts) // 2] * 1e6)
+    print(ts[len(ts) // 2] * 1e6, flush=True)
 asyncio.run(main())
+os._exit(0)  # the Swift runtime's teardown at interpreter exit sometimes aborts
 "#;
 
 fn p50(mut v: Vec<f64>) -> f64 {
@@ -74,8 +81,13 @@ fn main() {
         path: pomme_test_support::fixtures::repo_models().join("coreai/mlp.aimodel"),
         format: ModelFormat::CoreAi,
     };
+    let spin = std::env::var("POMME_BENCH_SPIN_US").ok();
+    let load = match &spin {
+        Some(us) => LoadOptions::with_extra(&[("spin_us", us.as_str())]),
+        None => LoadOptions::default(),
+    };
     let backend = CoreAiBackend::new(settings.clone());
-    let model = backend.load(&artifact, &LoadOptions::default()).unwrap();
+    let model = backend.load(&artifact, &load).unwrap();
     let compiled = std::fs::read_dir(cache.path())
         .unwrap()
         .flatten()
@@ -96,9 +108,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    tokio
-        .block_on(rt.load(ModelSpec::new("mlp", &artifact.path)))
-        .unwrap();
+    let mut spec = ModelSpec::new("mlp", &artifact.path);
+    spec.load = load.clone();
+    tokio.block_on(rt.load(spec)).unwrap();
 
     let (mut direct, mut sess, mut served) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {

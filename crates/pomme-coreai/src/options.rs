@@ -16,7 +16,7 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// `spin_us` when unset.
-pub const DEFAULT_SPIN_US: u64 = 100;
+pub const DEFAULT_SPIN_US: u64 = 500;
 
 /// How pomme reaches Apple's runtime (`bridge`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,9 +53,10 @@ pub struct CoreAiOptions {
     /// `bridge`: `auto` (default), `python` or `shim`; see [`Bridge`].
     pub bridge: Bridge,
     /// `spin_us`: microseconds pomme and a Python engine each poll for the
-    /// other's next frame before sleeping (default 100; 0: never). Spinning
-    /// saves two process wake-ups per call at the cost of that much CPU
-    /// after each frame; see BENCHMARKS.md.
+    /// other's next frame before sleeping (default 500; 0: never). A window
+    /// longer than a tiny model's call saves both process wake-ups of a
+    /// call, at the cost of up to that much CPU per frame (measured in
+    /// BENCHMARKS.md: 0, 100, 300, 1000 µs).
     pub spin: std::time::Duration,
 }
 

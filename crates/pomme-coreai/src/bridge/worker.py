@@ -64,7 +64,9 @@ class Requests:
                     select.select([self.fd], [], [])
                 continue
             if k == 0:
-                sys.exit(0)  # pomme closed the pipe: it is done with us
+                # pomme closed the pipe: it is done with us. os._exit skips the
+                # Swift runtime's teardown, which sometimes aborts at exit.
+                os._exit(0)
             have += k
         return have
 
@@ -317,7 +319,7 @@ async def main():
             elif op == "load":
                 reply(await engine.load(header))
             elif op == "exit":
-                return
+                os._exit(0)
             else:
                 reply({"error": f"unknown op {op!r}"})
         except Exception as e:  # noqa: BLE001 - every failure becomes a reply
