@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: rustfmt/clippy, the Apple
 # target for the type-check, Debian's clang (root only; the Apple check needs a
-# C compiler that can target arm64-apple-macos), and ./.venv with onnxruntime
-# and tritonclient.
+# C compiler that can target arm64-apple-macos), and ./.venv with onnxruntime,
+# tritonclient and Apple's coreai-core (the Core AI runtime).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +25,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import onnxruntime, tritonclient.http, tritonclient.grpc, numpy, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import onnxruntime, tritonclient.http, tritonclient.grpc, numpy, pytest, coreai.runtime" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 
