@@ -738,7 +738,7 @@ max_json_depth = 10
     #[test]
     fn node_spin_and_cache_settings() {
         let file = FileConfig::parse(
-            "telemetry_interval = \"2s\"\nthermal_policy = \"off\"\nworker_spin_us = 0\ncache_dir = \"/tmp/c\"\n",
+            "telemetry_interval = \"2s\"\nthermal_policy = \"off\"\nworker_spin_us = 0\ncache_dir = \"/tmp/c\"\ncoreai_python = \"/env/bin/python\"\n",
             Path::new("pomme.toml"),
         )
         .unwrap();
@@ -748,6 +748,14 @@ max_json_depth = 10
         assert_eq!(c.runtime.worker_spin, Some(Duration::ZERO));
         assert_eq!(c.runtime.reply_spin, Some(Duration::from_micros(5)));
         assert_eq!(c.cache_dir.as_deref(), Some(Path::new("/tmp/c")));
+        assert_eq!(
+            c.coreai_python.as_deref(),
+            Some(Path::new("/env/bin/python"))
+        );
+        // The flag (or POMME_COREAI_PYTHON) wins over the file.
+        let file = FileConfig::parse("coreai_python = \"/a\"\n", Path::new("pomme.toml")).unwrap();
+        let f = ServerConfig::merge(file, &args(&["--coreai-python", "/b"])).unwrap();
+        assert_eq!(f.coreai_python.as_deref(), Some(Path::new("/b")));
         let d = ServerConfig::merge(FileConfig::default(), &args(&[])).unwrap();
         assert_eq!(d.node, NodeConfig::default());
         assert_eq!(d.runtime.worker_spin, None);
