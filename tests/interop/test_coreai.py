@@ -127,6 +127,14 @@ def test_function_family_serves_any_batch(server):
         np.testing.assert_array_equal(c.infer("two_function", [i]).as_numpy("y"), 2 * x + 1)
 
 
+def test_stateful_model_config_has_a_sequence_batcher(server):
+    cfg = httpclient.InferenceServerClient(server["http"]).get_model_config("accumulator")
+    assert "sequence_batching" in cfg, cfg
+    assert "sequence_batching" not in httpclient.InferenceServerClient(server["http"]).get_model_config("mlp")
+    g = grpcclient.InferenceServerClient(server["grpc"]).get_model_config("accumulator")
+    assert g.config.HasField("sequence_batching"), g
+
+
 @pytest.mark.parametrize("proto", ["http", "grpc"])
 def test_state_follows_the_sequence(server, proto):
     client = (httpclient if proto == "http" else grpcclient)

@@ -47,6 +47,10 @@ pub struct ModelView {
     pub max_batch_size: usize,
     pub batching: Option<BatchingConfig>,
     pub workers: usize,
+    /// The model keeps state per sequence (`LoadedModel::is_stateful`):
+    /// requests must carry sequence parameters.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stateful: bool,
     /// Bytes reserved against the memory budget.
     pub memory_bytes: u64,
     pub load_ms: u64,

@@ -63,21 +63,34 @@ impl ModelConfigReport {
                 ..Default::default()
             })
             .collect();
-        let scheduling_choice = view.batching.as_ref().map(|b| {
-            proto::model_config::SchedulingChoice::DynamicBatching(proto::ModelDynamicBatching {
-                preferred_batch_size: b.preferred_batch_sizes.iter().map(|&p| p as i32).collect(),
-                max_queue_delay_microseconds: b.max_queue_delay.as_micros() as u64,
-                priority_levels: b.priority_levels as u64,
-                default_priority_level: b.default_priority as u64,
-                default_queue_policy: Some(proto::ModelQueuePolicy {
-                    max_queue_size: b.max_queue_size as u32,
-                    default_timeout_microseconds: b
-                        .default_queue_timeout
-                        .map(|t| t.as_micros() as u64)
-                        .unwrap_or(0),
-                    ..Default::default()
-                }),
-                ..Default::default()
+        let sequence = view.stateful.then(|| {
+            proto::model_config::SchedulingChoice::SequenceBatching(
+                proto::ModelSequenceBatching::default(),
+            )
+        });
+        let scheduling_choice = sequence.or_else(|| {
+            view.batching.as_ref().map(|b| {
+                proto::model_config::SchedulingChoice::DynamicBatching(
+                    proto::ModelDynamicBatching {
+                        preferred_batch_size: b
+                            .preferred_batch_sizes
+                            .iter()
+                            .map(|&p| p as i32)
+                            .collect(),
+                        max_queue_delay_microseconds: b.max_queue_delay.as_micros() as u64,
+                        priority_levels: b.priority_levels as u64,
+                        default_priority_level: b.default_priority as u64,
+                        default_queue_policy: Some(proto::ModelQueuePolicy {
+                            max_queue_size: b.max_queue_size as u32,
+                            default_timeout_microseconds: b
+                                .default_queue_timeout
+                                .map(|t| t.as_micros() as u64)
+                                .unwrap_or(0),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )
             })
         });
         let kind = match view.device {
@@ -180,6 +193,10 @@ pub fn config_json(c: &proto::ModelConfig) -> Value {
             PolicyChoice::All(_) => json!({"all": {}}),
             PolicyChoice::Specific(s) => json!({"specific": {"versions": s.versions}}),
         };
+    }
+    if let Some(SchedulingChoice::SequenceBatching(s)) = &c.scheduling_choice {
+        v["sequence_batching"] =
+            json!({"max_sequence_idle_microseconds": s.max_sequence_idle_microseconds});
     }
     if let Some(SchedulingChoice::DynamicBatching(b)) = &c.scheduling_choice {
         let q = b.default_queue_policy.unwrap_or_default();

@@ -234,6 +234,7 @@ impl Runtime {
             },
             batching: spec.batching.clone(),
             workers,
+            stateful: model.is_stateful(),
             memory_bytes: reservation.bytes(),
             load_ms: started.elapsed().as_millis() as u64,
             routing: routing.decision(),
