@@ -260,16 +260,17 @@ impl<'de> Visitor<'de> for InputSeed<'_> {
                             let name = input.name.as_deref().unwrap_or("?");
                             checked_shape(name, shape, self.ctx.limits)
                                 .ok()
-                                .map(|s| (dt, s.iter().product::<usize>()))
+                                .map(|s| (dt, s))
                         }),
                         _ => None,
                     };
                     input.data = Some(match known {
-                        Some((dtype, expected)) => {
+                        Some((dtype, shape)) => {
                             WireData::Parsed(map.next_value_seed(DataSeed {
                                 input: input.name.as_deref().unwrap_or("?"),
                                 dtype,
-                                expected,
+                                expected: shape.iter().product::<usize>(),
+                                shape: &shape,
                                 ctx: self.ctx,
                             })?)
                         }
@@ -328,6 +329,8 @@ impl DataBuf {
 struct DataSeed<'a> {
     input: &'a str,
     dtype: DType,
+    /// The declared shape: nested data must follow it exactly.
+    shape: &'a [usize],
     expected: usize,
     ctx: Ctx<'a>,
 }
@@ -338,14 +341,18 @@ impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
         macro_rules! flat {
             ($t:ty, $variant:ident) => {{
                 let mut out: Vec<$t> = Vec::with_capacity(self.expected.min(self.ctx.prealloc_cap));
+                let nesting = Nesting::default();
                 Flatten {
                     out: &mut out,
                     depth: 0,
                     input: self.input,
                     expected: self.expected,
                     limits: self.ctx.limits,
+                    shape: self.shape,
+                    nesting: &nesting,
                 }
                 .deserialize(d)?;
+                nesting.finish::<D::Error>(self.input, self.shape)?;
                 DataBuf::$variant(out)
             }};
         }
@@ -476,17 +483,53 @@ impl JsonElem for Bytes {
     }
 }
 
-/// Flattens nested arrays of scalars into `out`, in row-major order.
+/// Flattens nested arrays of scalars into `out`, in row-major order. Data
+/// is either flat (one array of scalars) or nested exactly as the shape
+/// says (every array at level k holds shape[k] items, scalars only at the
+/// innermost level): ragged rows are refused even when their total matches.
 struct Flatten<'a, T> {
     out: &'a mut Vec<T>,
     depth: usize,
     input: &'a str,
     expected: usize,
     limits: &'a Limits,
+    shape: &'a [usize],
+    nesting: &'a Nesting,
+}
+
+/// What a `data` value's nesting looked like so far.
+#[derive(Default)]
+struct Nesting {
+    /// The depth every scalar sits at (they must agree).
+    scalar_depth: std::cell::Cell<Option<usize>>,
+    /// An array was seen inside the top-level one.
+    nested: std::cell::Cell<bool>,
+}
+
+impl Nesting {
+    /// After the whole value: nested data must reach exactly the shape's rank.
+    fn finish<E: de::Error>(&self, input: &str, shape: &[usize]) -> Result<(), E> {
+        match self.scalar_depth.get() {
+            Some(d) if self.nested.get() && d != shape.len() => Err(E::custom(format!(
+                "input '{input}': data is nested {d} levels deep, but its shape {shape:?} has {} dimensions",
+                shape.len()
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl<T: JsonElem> Flatten<'_, T> {
     fn push<E: de::Error>(self, v: Result<T, String>) -> Result<(), E> {
+        match self.nesting.scalar_depth.get() {
+            Some(d) if d != self.depth => {
+                return Err(E::custom(format!(
+                    "input '{}': data mixes nesting levels (values at depth {d} and {}); give it flat or nested as the shape {:?}",
+                    self.input, self.depth, self.shape
+                )));
+            }
+            _ => self.nesting.scalar_depth.set(Some(self.depth)),
+        }
         let v = v.map_err(|m| E::custom(format!("input '{}': {m}", self.input)))?;
         if self.out.len() >= self.expected {
             return Err(E::custom(format!(
@@ -518,6 +561,7 @@ impl<'de, T: JsonElem> Visitor<'de> for Flatten<'_, T> {
                 self.input, self.limits.max_json_depth
             )));
         }
+        let mut n = 0usize;
         while seq
             .next_element_seed(Flatten {
                 out: &mut *self.out,
@@ -525,9 +569,33 @@ impl<'de, T: JsonElem> Visitor<'de> for Flatten<'_, T> {
                 input: self.input,
                 expected: self.expected,
                 limits: self.limits,
+                shape: self.shape,
+                nesting: self.nesting,
             })?
             .is_some()
-        {}
+        {
+            n += 1;
+        }
+        if self.depth >= 1 {
+            self.nesting.nested.set(true);
+        }
+        if self.nesting.nested.get() {
+            match self.shape.get(self.depth) {
+                None => {
+                    return Err(de::Error::custom(format!(
+                        "input '{}': data is nested deeper than its shape {:?}",
+                        self.input, self.shape
+                    )));
+                }
+                Some(&want) if want != n => {
+                    return Err(de::Error::custom(format!(
+                        "input '{}': nested data has {n} items at level {}, but its shape {:?} says {want}",
+                        self.input, self.depth, self.shape
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         Ok(())
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
@@ -654,6 +722,7 @@ fn assemble(wire: WireRequest<'_>, binary: Bytes, ctx: Ctx<'_>) -> Result<Decode
                 let buf = DataSeed {
                     input: &name,
                     dtype,
+                    shape: &shape,
                     expected,
                     ctx,
                 }

@@ -573,6 +573,10 @@ impl ServerConfig {
             ));
         }
         for m in &r.load_model {
+            // `*` loads every model of the repository, as Triton's --load-model=*.
+            if m == "*" {
+                continue;
+            }
             crate::repository::validate_name(m)
                 .map_err(|e| invalid("load_model", e.to_string()))?;
         }

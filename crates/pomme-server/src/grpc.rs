@@ -51,6 +51,30 @@ impl GrpcService {
     }
 }
 
+/// tonic refuses a request message over `max_decoding_message_size` with
+/// OUT_OF_RANGE before any handler runs; gRPC's status-code guide (and
+/// Triton) say RESOURCE_EXHAUSTED for a message over a size limit. The
+/// refusal is a trailers-only response, so its header is rewritten here.
+pub fn oversize_is_resource_exhausted<B>(
+    mut resp: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let h = resp.headers_mut();
+    let oversize = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("message%20length%20too%20large")
+                    || m.contains("message length too large")
+            });
+    if oversize {
+        h.insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("8"),
+        );
+    }
+    resp
+}
+
 /// Maps a pomme error to a gRPC status, hiding internal details.
 pub fn status(e: Error) -> Status {
     if let Error::Internal(detail) = &e {

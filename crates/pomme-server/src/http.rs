@@ -120,16 +120,24 @@ async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
-async fn live(State(s): State<Arc<Shared>>) -> StatusCode {
-    if s.is_live() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
+/// Health answers carry the Open Inference Protocol's JSON bodies
+/// (`{"live": true}`, `{"ready": true}`), which KServe's SDK reads; Triton's
+/// clients look at the status code only.
+async fn live(State(s): State<Arc<Shared>>) -> (StatusCode, Json<serde_json::Value>) {
+    let live = s.is_live();
+    (health_code(live), Json(serde_json::json!({ "live": live })))
 }
 
-async fn ready(State(s): State<Arc<Shared>>) -> StatusCode {
-    if s.is_ready() {
+async fn ready(State(s): State<Arc<Shared>>) -> (StatusCode, Json<serde_json::Value>) {
+    let ready = s.is_ready();
+    (
+        health_code(ready),
+        Json(serde_json::json!({ "ready": ready })),
+    )
+}
+
+fn health_code(ok: bool) -> StatusCode {
+    if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -160,7 +168,8 @@ async fn model_metadata_v(
 
 fn ready_status(s: &Shared, model: &str, v: Option<u64>) -> Response {
     if s.model_ready(model, v) {
-        StatusCode::OK.into_response()
+        // The Open Inference Protocol's model-ready body.
+        Json(serde_json::json!({ "name": model, "ready": true })).into_response()
     } else if s.runtime.models().iter().any(|m| m.name == model) {
         error_response(StatusCode::SERVICE_UNAVAILABLE, "model is not ready")
     } else {

@@ -124,7 +124,11 @@ pub async fn start(
         let stopped = stopped();
         let tls = tls.clone();
         async move {
-            let router = tonic::transport::Server::builder().add_service(grpc);
+            let router = tonic::transport::Server::builder()
+                .layer(tower::util::MapResponseLayer::new(
+                    crate::grpc::oversize_is_resource_exhausted,
+                ))
+                .add_service(grpc);
             match tls {
                 None => {
                     router
@@ -273,8 +277,10 @@ async fn initial_load(
     explicit: &[String],
 ) {
     let Some(repo) = repo else { return };
+    // `--load-model '*'` (Triton's spelling): every model, as the other modes.
+    let everything = explicit.iter().any(|m| m == "*");
     let loads: Vec<_> = match mode {
-        ControlMode::Explicit => explicit
+        ControlMode::Explicit if !everything => explicit
             .iter()
             .map(|name| {
                 let (shared, name) = (shared.clone(), name.clone());
@@ -285,24 +291,26 @@ async fn initial_load(
                 })
             })
             .collect(),
-        ControlMode::None | ControlMode::Poll => scan(repo, shared.platform().clone())
-            .await
-            .into_iter()
-            .filter_map(|(name, found)| match found {
-                Ok(model) => {
-                    let shared = shared.clone();
-                    Some(tokio::spawn(async move {
-                        if let Err(e) = shared.load_declared(model, false).await {
-                            tracing::error!(model = %name, error = %e, "model failed to load");
-                        }
-                    }))
-                }
-                Err(e) => {
-                    tracing::error!(model = %name, error = %e, "model skipped");
-                    None
-                }
-            })
-            .collect(),
+        ControlMode::Explicit | ControlMode::None | ControlMode::Poll => {
+            scan(repo, shared.platform().clone())
+                .await
+                .into_iter()
+                .filter_map(|(name, found)| match found {
+                    Ok(model) => {
+                        let shared = shared.clone();
+                        Some(tokio::spawn(async move {
+                            if let Err(e) = shared.load_declared(model, false).await {
+                                tracing::error!(model = %name, error = %e, "model failed to load");
+                            }
+                        }))
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %name, error = %e, "model skipped");
+                        None
+                    }
+                })
+                .collect()
+        }
     };
     for l in loads {
         let _ = l.await;

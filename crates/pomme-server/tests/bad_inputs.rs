@@ -813,6 +813,15 @@ async fn grpc_bad_inputs() {
         ..Default::default()
     };
     cases.push(("grpc_shape_huge_declared", Code::InvalidArgument, r));
+    // Over max_body_bytes: RESOURCE_EXHAUSTED, as gRPC's guide and Triton say
+    // (tonic itself answers OUT_OF_RANGE).
+    let mut r = good_grpc();
+    r.raw_input_contents[0] = vec![0u8; MAX_BODY + 64].into();
+    cases.push((
+        "grpc_message_over_the_size_limit",
+        Code::ResourceExhausted,
+        r,
+    ));
 
     let good = || async {
         let mut c = GrpcInferenceServiceClient::connect(format!("http://{}", s.grpc_addr))
@@ -914,4 +923,44 @@ fn check_status(
             }
         }
     }
+}
+
+/// `--model-control-mode explicit --load-model '*'` loads every model of the
+/// repository, as in Triton (it used to be refused as an invalid name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_model_star_loads_every_model() {
+    let tmp = repo();
+    let args = ServerArgs {
+        model_control_mode: Some("explicit".into()),
+        load_model: vec!["*".into()],
+        ..ServerArgs::loopback(tmp.path().to_path_buf())
+    };
+    let config = ServerConfig::merge(FileConfig::default(), &args).unwrap();
+    let runtime = Runtime::builder()
+        .backends(vec![Arc::new(pomme_tract::TractBackend::new())])
+        .build()
+        .unwrap();
+    let s = pomme_server::start(config, runtime, platform::platform())
+        .await
+        .unwrap();
+    assert!(s.wait_ready(HANG_GUARD).await, "server never became ready");
+    let mut names: Vec<String> = s
+        .shared()
+        .runtime
+        .models()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["add_one", "strings"]);
+    // Other names are still checked.
+    let bad = ServerArgs {
+        model_control_mode: Some("explicit".into()),
+        load_model: vec!["../x".into()],
+        ..ServerArgs::loopback(tmp.path().to_path_buf())
+    };
+    let e = ServerConfig::merge(FileConfig::default(), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("load_model"), "{e}");
 }

@@ -99,8 +99,16 @@ async fn http_endpoints() {
     let tmp = repo();
     let s = server(tmp.path()).await;
 
-    assert_eq!(call(&s, get("/v2/health/live")).await.0, StatusCode::OK);
-    assert_eq!(call(&s, get("/v2/health/ready")).await.0, StatusCode::OK);
+    // The Open Inference Protocol's health bodies (KServe's SDK reads them).
+    let (st, _, b) = call(&s, get("/v2/health/live")).await;
+    assert_eq!((st, json_of(&b)), (StatusCode::OK, json!({"live": true})));
+    let (st, _, b) = call(&s, get("/v2/health/ready")).await;
+    assert_eq!((st, json_of(&b)), (StatusCode::OK, json!({"ready": true})));
+    let (st, _, b) = call(&s, get("/v2/models/add_one/ready")).await;
+    assert_eq!(
+        (st, json_of(&b)),
+        (StatusCode::OK, json!({"name": "add_one", "ready": true}))
+    );
     let (_, _, b) = call(&s, get("/v2")).await;
     assert_eq!(json_of(&b)["name"], "pomme");
     assert!(

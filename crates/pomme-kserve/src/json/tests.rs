@@ -35,6 +35,48 @@ fn flat_and_nested_fp32() {
     assert!(!flat.binary_data_output);
 }
 
+/// Nested data must follow the shape exactly; ragged rows whose total
+/// happens to match the element count are refused (both parse paths: shape
+/// before data, and data before shape).
+#[test]
+fn ragged_nesting_is_refused() {
+    let body = |shape: &str, data: &str, data_first: bool| {
+        if data_first {
+            format!(
+                r#"{{"inputs":[{{"name":"x","data":{data},"shape":{shape},"datatype":"FP32"}}]}}"#
+            )
+        } else {
+            format!(
+                r#"{{"inputs":[{{"name":"x","shape":{shape},"datatype":"FP32","data":{data}}}]}}"#
+            )
+        }
+    };
+    for data_first in [false, true] {
+        let e = err(&body("[2,2]", "[[1,2,3],[4]]", data_first));
+        assert!(
+            e.contains(
+                "input 'x': nested data has 3 items at level 1, but its shape [2, 2] says 2"
+            ),
+            "{e}"
+        );
+        let e = err(&body("[2,2]", "[[1,2],3,4]", data_first));
+        assert!(e.contains("mixes nesting levels"), "{e}");
+        let e = err(&body("[4]", "[[1,2],[3,4]]", data_first));
+        assert!(e.contains("nested deeper than its shape [4]"), "{e}");
+        let e = err(&body("[1,2,2]", "[[1,2],[3,4]]", data_first));
+        assert!(
+            e.contains("has 2 items at level 0, but its shape [1, 2, 2] says 1"),
+            "{e}"
+        );
+        let e = err(&body("[2,1,2]", "[[1,2],[3,4]]", data_first));
+        assert!(e.contains("at level 1"), "{e}");
+        // Exact nesting and flat data both pass.
+        decode(&body("[1,2,2]", "[[[1,2],[3,4]]]", data_first)).unwrap();
+        decode(&body("[2,2]", "[1,2,3,4]", data_first)).unwrap();
+        decode(&body("[0,2]", "[]", data_first)).unwrap();
+    }
+}
+
 #[test]
 fn data_before_datatype_is_parsed_later() {
     let r = decode(
