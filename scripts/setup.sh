@@ -29,6 +29,14 @@ if ! .venv/bin/python -c "import onnxruntime, tritonclient.http, tritonclient.gr
   .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 
+# KServe's SDK has its own venv: its grpcio/protobuf pins are not tritonclient's.
+if [ ! -x .venv-kserve/bin/python ]; then
+  python3 -m venv .venv-kserve
+fi
+if ! .venv-kserve/bin/python -c "import kserve, pytest" 2>/dev/null; then
+  .venv-kserve/bin/pip install -q --disable-pip-version-check -r scripts/requirements-kserve.txt
+fi
+
 # The dependency audit (cargo deny) in scripts/test.sh; cargo-fuzz and the
 # nightly toolchain are installed by scripts/fuzz.sh itself.
 if ! command -v cargo-deny >/dev/null 2>&1; then

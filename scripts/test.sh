@@ -44,6 +44,9 @@ if [ -d tests/interop ]; then
   # `cargo test --workspace` above already built target/debug/pomme with the
   # workspace's unified features; building it alone would recompile dependencies.
   POMME_BIN=$PWD/target/debug/pomme .venv/bin/python -m pytest -q tests/interop
+  echo "== interop (KServe's SDK against a real pomme serve)"
+  POMME_BIN=$PWD/target/debug/pomme POMME_REQUIRE_KSERVE=1 \
+    .venv-kserve/bin/python -m pytest -q tests/interop/test_kserve_sdk.py
 fi
 
 echo "== loom (admission controller model checks)"

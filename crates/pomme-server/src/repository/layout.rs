@@ -114,8 +114,12 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
         super::toml::from_toml(&text).map_err(|m| invalid(format!("config.toml: {m}")))?
     } else if pbtxt_path.exists() {
         let text = std::fs::read_to_string(&pbtxt_path).map_err(io(&pbtxt_path))?;
-        super::triton::from_pbtxt(&text, name, platform)
-            .map_err(|m| invalid(format!("config.pbtxt: {m}")))?
+        let decl = super::triton::from_pbtxt(&text, name, platform)
+            .map_err(|m| invalid(format!("config.pbtxt: {m}")))?;
+        for field in &decl.ignored {
+            tracing::warn!(model = %name, %field, "config.pbtxt: '{field}' is not implemented by pomme and is ignored");
+        }
+        decl
     } else {
         Declared::default()
     };

@@ -162,6 +162,9 @@ struct Declared {
     /// `[quantization]` (config.toml only), resolved by `load` against the model directory.
     quantization: Option<self::toml::TomlQuant>,
     routing: ModelRouting,
+    /// `config.pbtxt` fields pomme does not implement (`model_warmup`,
+    /// `dynamic_batching.preserve_ordering`, ...): one warning line each at load.
+    ignored: Vec<String>,
 }
 
 impl Default for Declared {
@@ -175,6 +178,7 @@ impl Default for Declared {
             version_policy: VersionPolicy::default(),
             quantization: None,
             routing: ModelRouting::Unset,
+            ignored: Vec::new(),
         }
     }
 }

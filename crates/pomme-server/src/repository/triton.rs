@@ -13,6 +13,68 @@ use pomme_core::{DType, DeviceKind};
 use pomme_runtime::BatchingConfig;
 use std::time::Duration;
 
+/// The fields of a `config.pbtxt` pomme reads, per message: anything else is
+/// reported at load as not implemented (Triton users expect a word, not
+/// silence, when `model_warmup` or `response_cache` does nothing).
+const IMPLEMENTED: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "name",
+            "platform",
+            "backend",
+            "max_batch_size",
+            "input",
+            "output",
+            "dynamic_batching",
+            "instance_group",
+            "version_policy",
+            "parameters",
+        ],
+    ),
+    ("input", &["name", "data_type", "dims"]),
+    ("output", &["name", "data_type", "dims"]),
+    (
+        "dynamic_batching",
+        &[
+            "max_queue_delay_microseconds",
+            "preferred_batch_size",
+            "default_queue_policy",
+            "priority_levels",
+            "default_priority_level",
+        ],
+    ),
+    (
+        "dynamic_batching.default_queue_policy",
+        &["max_queue_size", "default_timeout_microseconds"],
+    ),
+    ("instance_group", &["name", "count", "kind"]),
+    ("version_policy", &["latest", "all", "specific"]),
+    ("parameters", &["key", "value"]),
+];
+
+/// Every field of `m` (under `path`) that [`IMPLEMENTED`] does not list,
+/// as dotted paths, once each, in the order written.
+fn unimplemented(m: &pbtxt::Message, path: &str, out: &mut Vec<String>) {
+    let Some((_, known)) = IMPLEMENTED.iter().find(|(p, _)| *p == path) else {
+        return; // a message pomme reads whole (version_policy's bodies, parameter values)
+    };
+    for (name, value) in &m.fields {
+        let full = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        if !known.contains(&name.as_str()) {
+            if !out.contains(&full) {
+                out.push(full);
+            }
+        } else if let Some(inner) = value.as_message() {
+            unimplemented(inner, &full, out);
+        }
+    }
+}
+
 /// Parses a Triton `config.pbtxt` for the model directory `dir_name`.
 pub(super) fn from_pbtxt(
     text: &str,
@@ -21,6 +83,7 @@ pub(super) fn from_pbtxt(
 ) -> Result<Declared, String> {
     let m = pbtxt::parse(text).map_err(|e| e.to_string())?;
     let mut d = Declared::default();
+    unimplemented(&m, "", &mut d.ignored);
     if let Some(n) = m.get("name").and_then(pbtxt::Value::as_str)
         && n != dir_name
     {
@@ -226,6 +289,36 @@ mod tests {
 
     fn from_pbtxt(text: &str, dir_name: &str) -> Result<Declared, String> {
         super::from_pbtxt(text, dir_name, &platform())
+    }
+
+    #[test]
+    fn unimplemented_fields_are_named() {
+        let d = from_pbtxt(
+            r#"name: "m"
+backend: "tract"
+max_batch_size: 4
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]
+dynamic_batching { max_queue_delay_microseconds: 100 preserve_ordering: true }
+model_warmup [ { name: "w" batch_size: 1 } ]
+response_cache { enable: true }
+instance_group [ { count: 1 kind: KIND_CPU gpus: [ 0 ] } ]
+version_policy: { specific: { versions: [1] } }
+"#,
+            "m",
+        )
+        .unwrap();
+        assert_eq!(
+            d.ignored,
+            [
+                "input.reshape",
+                "dynamic_batching.preserve_ordering",
+                "model_warmup",
+                "response_cache",
+                "instance_group.gpus"
+            ]
+        );
+        let plain = from_pbtxt("name: \"m\"\nbackend: \"tract\"\n", "m").unwrap();
+        assert!(plain.ignored.is_empty());
     }
 
     #[test]
