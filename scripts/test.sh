@@ -12,8 +12,9 @@ ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/lib
 export ORT_DYLIB_PATH
 export POMME_TEST_MODELS=${POMME_TEST_MODELS:-$PWD/../shared/models}
 # The Core AI tests run Apple's Linux runtime (coreai-core, installed in .venv
-# by setup.sh) for real: here a missing runtime fails them instead of skipping.
-export POMME_COREAI_PYTHON=${POMME_COREAI_PYTHON:-$PWD/.venv/bin/python}
+# by setup.sh, where they find it) for real: here a missing runtime fails them
+# instead of skipping. (POMME_COREAI_PYTHON is left alone: the server's config
+# tests read POMME_* variables through clap.)
 export POMME_REQUIRE_COREAI=${POMME_REQUIRE_COREAI:-1}
 
 echo "== deploy: Dockerfile, Kubernetes manifests, Helm chart, KServe, Prometheus, Grafana"
