@@ -41,7 +41,16 @@ pub fn run(args: InferArgs, settings: &Settings) -> Result<ExitCode> {
         .map(|(n, t)| serde_json::json!({"name": n, "datatype": t.dtype().kserve_name(), "shape": t.shape()}))
         .collect();
     let t_run = Instant::now();
-    let resp = tokio.block_on(rt.infer(InferRequest::new("model", named)))?;
+    let mut req = InferRequest::new("model", named);
+    if view.stateful {
+        // One request of a fresh sequence: state starts at zero and is dropped after.
+        req.sequence = Some(pomme_core::SequenceControl {
+            id: "pomme-infer".into(),
+            start: true,
+            end: true,
+        });
+    }
+    let resp = tokio.block_on(rt.infer(req))?;
     let infer_ms = t_run.elapsed().as_secs_f64() * 1e3;
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

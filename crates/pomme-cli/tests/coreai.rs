@@ -58,6 +58,40 @@ fn devices_inspect_and_infer() {
     assert!(t.contains("states acc FP32 [1,4]"), "{t}");
     assert!(t.contains("runtime: coreai-core 1.0.0b3"), "{t}");
 
+    // A stateful model runs as one fresh sequence: y = x + 0.
+    let dir = std::env::temp_dir().join(format!("pomme-cli-coreai-x-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let x = dir.join("x.npy");
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4), }".to_string();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    npy.extend_from_slice(header.as_bytes());
+    for v in [1.0f32, 2.0, 3.0, 4.0] {
+        npy.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(&x, npy).unwrap();
+    let out = pomme(
+        &py,
+        &[
+            "infer",
+            &fixture("accumulator.aimodel"),
+            "--input",
+            &format!("x={}", x.display()),
+        ],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["outputs"][0]["head"],
+        serde_json::json!([1.0, 2.0, 3.0, 4.0]),
+        "{t}"
+    );
+
     let out = pomme(&py, &["infer", &fixture("mlp.aimodel")]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
