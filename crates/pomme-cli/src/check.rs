@@ -10,7 +10,7 @@ use crate::env::Settings;
 use anyhow::{Context, Result};
 use clap::Args;
 use pomme_core::{DType, Fill, ModelSignature, Tensor};
-use pomme_runtime::{InferRequest, ModelSpec, Runtime};
+use pomme_runtime::{InferRequest, Runtime};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -96,12 +96,9 @@ fn load(
     args: &CheckArgs,
     settings: &Settings,
 ) -> Result<ModelSignature> {
-    let mut spec = ModelSpec::new(name, path);
-    spec.load = args.engine.load_options()?;
-    if let Some(b) = backend {
-        pomme_backends::by_name_with(&settings.backends, b)?;
-        spec.backends = vec![b.clone()];
-    }
+    let spec = args
+        .engine
+        .model_spec(name, path, backend.as_deref(), settings)?;
     let view = tokio
         .block_on(rt.load(spec))
         .with_context(|| format!("cannot load {}", path.display()))?;
@@ -136,16 +133,7 @@ fn compare(args: &CheckArgs, settings: &Settings) -> Result<Vec<Report>> {
             .map(|seed| generate(&sig, args.batch, args.size, seed))
             .collect::<Result<_>>()?
     } else {
-        let mut named = Vec::new();
-        for spec in &args.inputs {
-            let (name, file) = spec
-                .split_once('=')
-                .ok_or_else(|| usage(format!("--input '{spec}' is not NAME=FILE.npy")))?;
-            named.push((
-                name.to_string(),
-                crate::npy::read(std::path::Path::new(file))?,
-            ));
-        }
+        let named = crate::npy::read_named(&args.inputs)?;
         vec![named]
     };
     let mut reports: Vec<Report> = sig

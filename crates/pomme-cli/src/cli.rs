@@ -54,6 +54,24 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// The spec for loading `path` as `name` with these options, on
+    /// `backend` when one is named (refused when not compiled in).
+    pub fn model_spec(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        backend: Option<&str>,
+        settings: &crate::env::Settings,
+    ) -> Result<pomme_runtime::ModelSpec> {
+        let mut spec = pomme_runtime::ModelSpec::new(name, path);
+        spec.load = self.load_options()?;
+        if let Some(b) = backend {
+            pomme_backends::by_name_with(&settings.backends, b)?;
+            spec.backends = vec![b.to_string()];
+        }
+        Ok(spec)
+    }
+
     pub fn load_options(&self) -> Result<LoadOptions> {
         let device: DeviceKind = self.device.parse()?;
         let mut extra = std::collections::BTreeMap::new();

@@ -1,33 +1,21 @@
 //! `pomme infer`: one request through the runtime, .npy in and out.
 
-use crate::cli::{InferArgs, tokio_runtime, usage};
+use crate::cli::{InferArgs, tokio_runtime};
 use crate::env::Settings;
 use anyhow::{Context, Result};
 use pomme_core::{Fill, ModelSignature, Tensor};
-use pomme_runtime::{InferRequest, ModelSpec, Runtime};
+use pomme_runtime::{InferRequest, Runtime};
 use std::process::ExitCode;
 use std::time::Instant;
 
 pub fn run(args: InferArgs, settings: &Settings) -> Result<ExitCode> {
-    let mut named = Vec::new();
-    for spec in &args.inputs {
-        let (name, file) = spec
-            .split_once('=')
-            .ok_or_else(|| usage(format!("--input '{spec}' is not NAME=FILE.npy")))?;
-        named.push((
-            name.to_string(),
-            crate::npy::read(std::path::Path::new(file))?,
-        ));
-    }
+    let mut named = crate::npy::read_named(&args.inputs)?;
     let rt = Runtime::builder()
         .backends(pomme_backends::compiled_with(&settings.backends))
         .build()?;
-    let mut spec = ModelSpec::new("model", &args.model);
-    spec.load = args.engine.load_options()?;
-    if let Some(b) = &args.backend {
-        pomme_backends::by_name_with(&settings.backends, b)?;
-        spec.backends = vec![b.clone()];
-    }
+    let spec = args
+        .engine
+        .model_spec("model", &args.model, args.backend.as_deref(), settings)?;
     let tokio = tokio_runtime()?;
     let t_load = Instant::now();
     let view = tokio.block_on(rt.load(spec))?;

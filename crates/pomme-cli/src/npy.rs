@@ -5,6 +5,19 @@ use npyz::WriterBuilder;
 use pomme_core::{DType, Tensor};
 use std::path::Path;
 
+/// Reads `--input NAME=FILE.npy` arguments, in order.
+pub fn read_named(specs: &[String]) -> Result<Vec<(String, Tensor)>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, file) = spec.split_once('=').ok_or_else(|| {
+                crate::cli::usage(format!("--input '{spec}' is not NAME=FILE.npy"))
+            })?;
+            Ok((name.to_string(), read(Path::new(file))?))
+        })
+        .collect()
+}
+
 /// Reads a `.npy` file (bool, u8, i8, i16, i32, i64, u16, u32, u64, f16, f32, f64).
 pub fn read(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

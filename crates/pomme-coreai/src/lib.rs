@@ -127,16 +127,22 @@ pub fn probe(python: &Path) -> std::result::Result<Runtime, String> {
         python: python.to_path_buf(),
         description: v["description"].as_str().unwrap_or("?").to_string(),
         os_framework: v["os_framework"].as_bool().unwrap_or(false),
-        kinds: v["kinds"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|k| k.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        kinds: probed_kinds(&v),
         shim: false,
     })
+}
+
+/// The compute unit kinds a probe's JSON lists (`"kinds": ["cpu", ...]`),
+/// from the Python engine's probe or the shim's.
+pub(crate) fn probed_kinds(v: &serde_json::Value) -> Vec<String> {
+    v["kinds"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The compiled-program cache entry's name for an asset: its stem and a
@@ -293,14 +299,9 @@ impl Backend for CoreAiBackend {
     }
 
     fn inspect(&self, artifact: &ModelArtifact) -> Result<ModelInfo> {
-        let options = LoadOptions::default();
-        let opts = CoreAiOptions::parse(&options)?;
-        let rt = self.runtime_for(&opts)?;
-        let cache = opts
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| self.settings.cache_dir.clone());
-        describe_asset(&rt, &artifact.path, &cache)
+        // Inspection takes no load options: what a default load would use.
+        let rt = self.default_runtime().map_err(Error::Unavailable)?;
+        describe_asset(rt, &artifact.path, &self.settings.cache_dir)
     }
 
     fn load(

@@ -409,7 +409,8 @@ impl Session for CoreAiSession {
     }
 
     fn run_sequence(&mut self, inputs: Vec<Tensor>, seq: &SequenceControl) -> Result<Vec<Tensor>> {
-        let plan_states = self.shared.plan.states.clone();
+        let shared = self.shared.clone();
+        let plan_states = &shared.plan.states;
         if plan_states.is_empty() {
             return self.run(inputs);
         }
@@ -417,7 +418,7 @@ impl Session for CoreAiSession {
             let mut table = self.shared.states.lock();
             match table.remove(&seq.id) {
                 Some(s) if !seq.start => s,
-                _ if seq.start => fresh_states(&plan_states)?,
+                _ if seq.start => fresh_states(plan_states)?,
                 _ => {
                     return Err(Error::invalid_input(format!(
                         "sequence '{}' has no state: start it with sequence_start = true",

@@ -161,14 +161,7 @@ pub fn runtime(abi: &Abi) -> std::result::Result<Runtime, String> {
             .unwrap_or("CoreAI.framework (pomme's Swift shim)")
             .to_string(),
         os_framework: true,
-        kinds: v["kinds"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|k| k.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        kinds: crate::probed_kinds(&v),
         shim: true,
     })
 }

@@ -6,13 +6,15 @@
 //! contained and recovered from. Skips (printing SKIP) without a Python
 //! holding `coreai-core`, unless `POMME_REQUIRE_COREAI=1`.
 
+mod common;
+
+use common::{expected, fixture, tensor};
 use pomme_core::{
     Backend, DType, DeviceKind, LoadOptions, LoadedModel, ModelArtifact, ModelFormat,
     SequenceControl, Tensor,
 };
 use pomme_coreai::{CoreAiBackend, CoreAiSettings};
-use pomme_test_support::fixtures::{coreai_python, repo_models};
-use serde_json::Value;
+use pomme_test_support::fixtures::coreai_python;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,48 +29,6 @@ fn backend(test: &str) -> Option<(CoreAiBackend, tempfile::TempDir)> {
         }),
         cache,
     ))
-}
-
-fn fixture(name: &str) -> ModelArtifact {
-    ModelArtifact {
-        path: repo_models().join("coreai").join(format!("{name}.aimodel")),
-        format: ModelFormat::CoreAi,
-    }
-}
-
-fn expected() -> Value {
-    let text = std::fs::read_to_string(repo_models().join("coreai/expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn tensor(v: &Value) -> Tensor {
-    let shape: Vec<usize> = v["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap() as usize)
-        .collect();
-    let data = v["data"].as_array().unwrap();
-    let f = |d: &Value| d.as_f64().unwrap();
-    match v["dtype"].as_str().unwrap() {
-        "float32" => Tensor::from_vec(shape, data.iter().map(|d| f(d) as f32).collect()).unwrap(),
-        "float16" => Tensor::from_vec(
-            shape,
-            data.iter().map(|d| half::f16::from_f64(f(d))).collect(),
-        )
-        .unwrap(),
-        "bfloat16" => Tensor::from_vec(
-            shape,
-            data.iter().map(|d| half::bf16::from_f64(f(d))).collect(),
-        )
-        .unwrap(),
-        "int32" => Tensor::from_vec(
-            shape,
-            data.iter().map(|d| d.as_i64().unwrap() as i32).collect(),
-        )
-        .unwrap(),
-        other => panic!("dtype {other} in expected.json"),
-    }
 }
 
 fn close(got: &Tensor, want: &Tensor, tol: f64) {

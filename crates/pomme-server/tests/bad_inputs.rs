@@ -73,6 +73,11 @@ async fn server(repo: &Path) -> RunningServer {
         }),
         ..FileConfig::default()
     };
+    start(file, args).await
+}
+
+/// A tract-only server for `args` and `file`, once ready.
+async fn start(file: FileConfig, args: ServerArgs) -> RunningServer {
     let config = ServerConfig::merge(file, &args).unwrap();
     let runtime = Runtime::builder()
         .backends(vec![Arc::new(pomme_tract::TractBackend::new())])
@@ -935,15 +940,7 @@ async fn load_model_star_loads_every_model() {
         load_model: vec!["*".into()],
         ..ServerArgs::loopback(tmp.path().to_path_buf())
     };
-    let config = ServerConfig::merge(FileConfig::default(), &args).unwrap();
-    let runtime = Runtime::builder()
-        .backends(vec![Arc::new(pomme_tract::TractBackend::new())])
-        .build()
-        .unwrap();
-    let s = pomme_server::start(config, runtime, platform::platform())
-        .await
-        .unwrap();
-    assert!(s.wait_ready(HANG_GUARD).await, "server never became ready");
+    let s = start(FileConfig::default(), args).await;
     let mut names: Vec<String> = s
         .shared()
         .runtime
