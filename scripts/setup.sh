@@ -14,18 +14,30 @@ rustup target add aarch64-apple-darwin >/dev/null
 missing=""
 command -v clang >/dev/null 2>&1 || missing="$missing clang"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+# locales: ONNX Runtime's string operators (StringNormalizer) need the
+# en_US.UTF-8 locale, which a bare Debian lacks (the ONNX conformance runner).
+[ -e /usr/sbin/locale-gen ] || missing="$missing locales"
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   else
-    echo "setup: missing$missing and not root; the Apple type-check / TLS interop test will be skipped" >&2
+    echo "setup: missing$missing and not root; the Apple type-check / TLS interop test / string-op conformance will be skipped" >&2
+  fi
+fi
+if ! locale -a 2>/dev/null | grep -qi '^en_US\.utf-\?8$'; then
+  if [ "$(id -u)" = 0 ] && [ -e /etc/locale.gen ]; then
+    sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.gen
+    grep -q '^en_US.UTF-8 UTF-8' /etc/locale.gen || echo 'en_US.UTF-8 UTF-8' >> /etc/locale.gen
+    locale-gen >/dev/null
+  else
+    echo "setup: no en_US.UTF-8 locale and cannot generate it; ONNX Runtime's StringNormalizer will refuse models" >&2
   fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import onnxruntime, tritonclient.http, tritonclient.grpc, numpy, pytest, coreai.runtime" 2>/dev/null; then
+if ! .venv/bin/python -c "import onnxruntime, tritonclient.http, tritonclient.grpc, numpy, pytest, coreai.runtime, onnx, ml_dtypes; assert onnx.__version__ == '1.20.1'" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 

@@ -10,36 +10,71 @@ use std::time::Instant;
 
 pub fn run(args: InferArgs, settings: &Settings) -> Result<ExitCode> {
     let mut named = crate::npy::read_named(&args.inputs)?;
-    let rt = Runtime::builder()
-        .backends(pomme_backends::compiled_with(&settings.backends))
-        .build()?;
-    let spec = args
-        .engine
-        .model_spec("model", &args.model, args.backend.as_deref(), settings)?;
+    let backends = pomme_backends::compiled_with(&settings.backends);
+    let names: Vec<String> = backends.iter().map(|b| b.name().to_string()).collect();
+    let rt = Runtime::builder().backends(backends).build()?;
+    let mut spec =
+        args.engine
+            .model_spec("model", &args.model, args.backend.as_deref(), settings)?;
     let tokio = tokio_runtime()?;
-    let t_load = Instant::now();
-    let view = tokio.block_on(rt.load(spec))?;
-    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let generated = named.is_empty();
-    if generated {
-        named = synthetic_inputs(&view.signature)?;
-    }
+    // Without --backend, a backend that loads the model but cannot run it
+    // hands it to the next one that reads the format (load refusals already
+    // fall through inside the runtime): the union of the engines is the default.
+    let mut fallbacks: Vec<serde_json::Value> = Vec::new();
+    // The inference error that sent the model on to the next backend.
+    let mut failed: Option<anyhow::Error> = None;
+    let (view, resp, load_ms, infer_ms) = loop {
+        let t_load = Instant::now();
+        let view = match tokio.block_on(rt.load(spec.clone())) {
+            Ok(view) => view,
+            // No further backend loads it: the inference error is the news.
+            Err(_) if failed.is_some() => return Err(failed.take().expect("checked")),
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot load {}", args.model.display()))
+                );
+            }
+        };
+        let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
+        if generated {
+            named = synthetic_inputs(&view.signature)?;
+        }
+        let t_run = Instant::now();
+        let mut req = InferRequest::new("model", named.clone());
+        if view.stateful {
+            // One request of a fresh sequence: state starts at zero and is dropped after.
+            req.sequence = Some(pomme_core::SequenceControl {
+                id: "pomme-infer".into(),
+                start: true,
+                end: true,
+            });
+        }
+        let err = match tokio.block_on(rt.infer(req)) {
+            Ok(resp) => break (view, resp, load_ms, t_run.elapsed().as_secs_f64() * 1e3),
+            Err(e) => e,
+        };
+        let context = format!("{}/{}", view.backend, view.device);
+        // A bad input is the user's on every engine; a named backend is a choice.
+        if args.backend.is_some() || matches!(err, pomme_core::Error::InvalidInput(_)) {
+            return Err(anyhow::Error::new(err).context(context));
+        }
+        fallbacks.push(serde_json::json!({"backend": view.backend, "error": err.to_string()}));
+        failed = Some(anyhow::Error::new(err).context(context));
+        spec.backends = names
+            .iter()
+            .filter(|n| !fallbacks.iter().any(|f| f["backend"] == n.as_str()))
+            .cloned()
+            .collect();
+        tokio.block_on(rt.unload("model"))?;
+        if spec.backends.is_empty() {
+            return Err(failed.take().expect("just set"));
+        }
+    };
     let inputs_summary: Vec<serde_json::Value> = named
         .iter()
         .map(|(n, t)| serde_json::json!({"name": n, "datatype": t.dtype().kserve_name(), "shape": t.shape()}))
         .collect();
-    let t_run = Instant::now();
-    let mut req = InferRequest::new("model", named);
-    if view.stateful {
-        // One request of a fresh sequence: state starts at zero and is dropped after.
-        req.sequence = Some(pomme_core::SequenceControl {
-            id: "pomme-infer".into(),
-            start: true,
-            end: true,
-        });
-    }
-    let resp = tokio.block_on(rt.infer(req))?;
-    let infer_ms = t_run.elapsed().as_secs_f64() * 1e3;
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (name, t) in &resp.outputs {
@@ -76,6 +111,7 @@ pub fn run(args: InferArgs, settings: &Settings) -> Result<ExitCode> {
         "load_ms": round3(load_ms),
         "infer_ms": round3(infer_ms),
         "inputs_generated": generated,
+        "fallbacks": fallbacks,
         "inputs": inputs_summary,
         "outputs": outputs,
     });

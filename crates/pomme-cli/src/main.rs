@@ -133,7 +133,9 @@ thread_local! {
 /// errors only for one-shot commands, which report their own errors).
 pub fn init_logging(serve: bool, json: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if serve { "info" } else { "error" };
+    // ONNX Runtime logs every graph transformer at info level (dozens of
+    // lines per session): its warnings are what an operator needs.
+    let default = if serve { "info,ort=warn" } else { "error" };
     let filter = EnvFilter::try_from_env("POMME_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -86,7 +86,9 @@ impl DType {
         }
     }
 
-    /// The NumPy type string in little-endian form (`<f4`), `None` for `Bytes`.
+    /// The NumPy type string in little-endian form (`<f4`), `None` for `Bytes`
+    /// (written as fixed-width `<U`/`|S` arrays). BF16 is `<V2`, the raw
+    /// two-byte form NumPy writes for `ml_dtypes.bfloat16` arrays.
     pub const fn numpy_descr(self) -> Option<&'static str> {
         Some(match self {
             DType::Bool => "|b1",
@@ -101,7 +103,8 @@ impl DType {
             DType::F16 => "<f2",
             DType::F32 => "<f4",
             DType::F64 => "<f8",
-            DType::BF16 | DType::Bytes => return None,
+            DType::BF16 => "<V2",
+            DType::Bytes => return None,
         })
     }
 

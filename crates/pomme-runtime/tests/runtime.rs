@@ -381,3 +381,43 @@ async fn unknown_backend_options_are_one_line_errors() {
     );
     assert_eq!(fake.script.calls(), 0);
 }
+
+/// A model one engine's parser refuses ("invalid model") goes to the next
+/// backend reading the format; when every one refuses, the first error is
+/// kept, with each backend's reason.
+#[tokio::test]
+async fn a_model_one_engine_cannot_parse_loads_on_the_next() {
+    let picky = FakeBackend::new(4)
+        .named("picky")
+        .failing_load(Error::InvalidModelFormat(
+            "attribute softcap is not supported".into(),
+        ));
+    let other = FakeBackend::new(4).named("other");
+    let rt = Runtime::builder()
+        .backend(Arc::new(picky.clone()))
+        .backend(Arc::new(other))
+        .build()
+        .unwrap();
+    let view = rt.load(ModelSpec::new("m", model_file())).await.unwrap();
+    assert_eq!(view.backend, "other");
+    assert!(rt.infer(req(1.0)).await.is_ok());
+
+    let also_picky = FakeBackend::new(4)
+        .named("also")
+        .failing_load(Error::CompilationFailed("operator Foo".into()));
+    let rt = Runtime::builder()
+        .backend(Arc::new(picky))
+        .backend(Arc::new(also_picky))
+        .build()
+        .unwrap();
+    let e = rt
+        .load(ModelSpec::new("m", model_file()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), pomme_core::ErrorKind::InvalidModelFormat);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("picky: attribute softcap") && msg.contains("also: operator Foo"),
+        "{msg}"
+    );
+}

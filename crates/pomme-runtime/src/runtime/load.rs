@@ -311,8 +311,11 @@ impl Runtime {
             }
             match b.load(artifact, &spec.load) {
                 Ok(m) => return Ok(m),
-                // A broken model fails the same way everywhere: report it as it is.
-                Err(e @ (Error::InvalidModelFormat(_) | Error::InvalidInput(_))) => return Err(e),
+                // Bad load options are the caller's, whichever engine reads them.
+                Err(e @ Error::InvalidInput(_)) => return Err(e),
+                // Anything else, "invalid model" included, can be one engine's
+                // limit (an attribute or opset its parser lacks): the next one
+                // may read it. When none does, the first error is reported.
                 Err(e) => {
                     reasons.push(format!("{}: {}", b.name(), e.message()));
                     first_err.get_or_insert(e);
