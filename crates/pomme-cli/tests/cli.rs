@@ -216,7 +216,11 @@ fn bad_model_files_give_one_line() {
     assert_one_line_error(&pomme(&["inspect", no_shape.to_str().unwrap()]), "shape");
     if ort_available() {
         let out = pomme(&["infer", no_shape.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["backend"], "ort", "{v}");
         let out = pomme(&["infer", no_shape.to_str().unwrap(), "--backend", "tract"]);

@@ -28,6 +28,6 @@ pub use error::{Error, ErrorKind, GrpcCode, Result};
 pub use extra::ExtraOptions;
 pub use shape::{Dim, Shape};
 pub use signature::{ModelSignature, TensorSpec};
-pub use synthetic::{Fill, synthetic_inputs, synthetic_shape};
+pub use synthetic::{Fill, synthetic_inputs, synthetic_shape, synthetic_tensor};
 pub use tensor::Tensor;
 pub use text::{one_line, panic_message};

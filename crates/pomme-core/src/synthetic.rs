@@ -64,6 +64,20 @@ pub fn synthetic_inputs(
         .collect()
 }
 
+/// One tensor of `dtype` and `shape` filled by `fill`, continuing the random
+/// stream in `state` (seed it for `Uniform`/`Normal`). A dtype the fill cannot
+/// make is an `InvalidInput`.
+pub fn synthetic_tensor(
+    fill: Fill,
+    state: &mut u64,
+    dtype: DType,
+    shape: Vec<usize>,
+) -> Result<Tensor> {
+    make(fill, state, dtype, shape).ok_or_else(|| {
+        Error::invalid_input(format!("cannot make up synthetic values for {dtype}"))
+    })?
+}
+
 /// `None`: the fill has no values for `dtype`.
 fn make(fill: Fill, state: &mut u64, dtype: DType, shape: Vec<usize>) -> Option<Result<Tensor>> {
     let n: usize = shape.iter().product();

@@ -33,6 +33,7 @@ mod scheduler;
 mod spec;
 mod stats;
 mod thermal;
+mod warmup;
 mod worker;
 
 // The façade.
@@ -42,6 +43,7 @@ pub use runtime::{InferRequest, InferResponse, Runtime, RuntimeBuilder};
 pub use artifact::detect_artifact;
 pub use registry::{ModelState, ModelStatus, ModelView};
 pub use spec::{BatchingConfig, DeclaredTensor, ModelSpec};
+pub use warmup::{WarmupData, WarmupInput, WarmupSample};
 
 // Admission and memory.
 pub use admission::{Admission, MemoryReservation, Permit};

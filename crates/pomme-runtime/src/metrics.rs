@@ -60,6 +60,7 @@ pub struct Metrics {
     pending: Family<ModelLabels, Gauge>,
     model_ready: Family<BackendLabels, Gauge>,
     load_duration: Family<BackendLabels, Gauge<f64, AtomicU64>>,
+    warmup_duration: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     placement_op_share: Family<BackendLabels, Gauge<f64, AtomicU64>>,
     placement_cost_share: Family<BackendLabels, Gauge<f64, AtomicU64>>,
     pub(crate) memory_used: Gauge,
@@ -113,6 +114,7 @@ impl Metrics {
             pending: Family::default(),
             model_ready: Family::default(),
             load_duration: Family::default(),
+            warmup_duration: Family::default(),
             placement_op_share: Family::default(),
             placement_cost_share: Family::default(),
             memory_used: Gauge::default(),
@@ -186,6 +188,12 @@ impl Metrics {
             "Time the last load of the model took",
             prometheus_client::registry::Unit::Seconds,
             m.load_duration.clone(),
+        );
+        r.register_with_unit(
+            "model_warmup_duration",
+            "Time the last load's warm-up took (padded sizes and model_warmup samples, every worker)",
+            prometheus_client::registry::Unit::Seconds,
+            m.warmup_duration.clone(),
         );
         r.register(
             "memory_budget_used_bytes",
@@ -295,6 +303,16 @@ impl Metrics {
             .get_or_create(&labels)
             .set(took.as_secs_f64());
         self.model_ready.get_or_create(&labels).set(ready as i64);
+    }
+
+    /// Records how long a load's warm-up took.
+    pub(crate) fn warmed(&self, model: &str, version: u64, took: Duration) {
+        self.warmup_duration
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+                version: version.to_string(),
+            })
+            .set(took.as_secs_f64());
     }
 
     /// Marks a model version as no longer serving.

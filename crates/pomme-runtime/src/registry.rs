@@ -54,6 +54,10 @@ pub struct ModelView {
     /// Bytes reserved against the memory budget.
     pub memory_bytes: u64,
     pub load_ms: u64,
+    /// Time the warm-up (padded sizes and configured samples, on every
+    /// worker) took within `load_ms`; `None` when nothing was warmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_ms: Option<u64>,
     /// How the serving backend was chosen, with every candidate's figures
     /// (measured routing only).
     #[serde(skip_serializing_if = "Option::is_none")]

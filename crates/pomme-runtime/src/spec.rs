@@ -74,6 +74,9 @@ pub struct ModelSpec {
     /// fallbacks behind circuit breakers). `None`: the first backend of
     /// `backends` that loads serves.
     pub routing: Option<crate::routing::RoutingConfig>,
+    /// Samples every worker runs before the version is ready (Triton's
+    /// `model_warmup`); a failing one fails the load.
+    pub warmup: Vec<crate::warmup::WarmupSample>,
 }
 
 /// An input or output as a model configuration declares it.
@@ -101,6 +104,7 @@ impl ModelSpec {
             declared_inputs: Vec::new(),
             declared_outputs: Vec::new(),
             routing: None,
+            warmup: Vec::new(),
         }
     }
 

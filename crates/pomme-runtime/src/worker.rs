@@ -80,47 +80,61 @@ fn pad_rows(t: &Tensor, rows: usize) -> Result<Tensor> {
     Tensor::concat_rows(&parts)
 }
 
-/// Starts one worker thread with its own session. With a `warmup` sample the
-/// thread first runs it at every padded size (see [`warm`]) and then signals
-/// `warmed`, before taking any batch.
+/// What a worker runs before it takes its first batch.
+pub struct WarmupPlan {
+    /// Synthetic rows run at every padded size: a head start, so a failure
+    /// only warns (the first batch of that size pays instead).
+    pub padded: Option<Arc<Vec<Tensor>>>,
+    /// Configured samples (name, runs, inputs): a failure fails the load.
+    pub configured: Arc<Vec<(String, usize, Vec<Tensor>)>>,
+    /// Told once the worker is warm, or why it could not be.
+    pub done: std::sync::mpsc::Sender<std::result::Result<(), String>>,
+}
+
+/// Starts one worker thread with its own session; with a `warmup` plan the
+/// thread runs it (see [`WarmupPlan`]) and reports before taking any batch.
 pub fn spawn(
     ctx: Arc<WorkerContext>,
     session: Box<dyn Session>,
     index: usize,
-    warmup: Option<(Arc<Vec<Tensor>>, std::sync::mpsc::Sender<()>)>,
+    warmup: Option<WarmupPlan>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("pomme-{}-v{}-w{}", ctx.name, ctx.version, index))
-        .spawn(move || run_loop(ctx, session, warmup))
+        .spawn(move || run_loop(ctx, session, index, warmup))
 }
 
 fn run_loop(
     ctx: Arc<WorkerContext>,
     mut session: Box<dyn Session>,
-    warmup: Option<(Arc<Vec<Tensor>>, std::sync::mpsc::Sender<()>)>,
+    index: usize,
+    warmup: Option<WarmupPlan>,
 ) {
     // On this thread, not the loader's: engines may keep per-thread state
     // (ONNX Runtime's CUDA EP keeps cuDNN/cuBLAS handles per thread).
-    if let Some((sample, warmed)) = warmup {
-        let warming = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            warm(&mut *session, &sample, &ctx.pad_sizes)
-        }));
-        // Warming is a head start, not a requirement: the first batch of
-        // each size pays instead.
-        match warming {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(model = %ctx.name, error = %e, "warming the padded batch sizes failed")
-            }
-            Err(panic) => {
-                let msg = pomme_core::panic_message(&*panic);
-                tracing::warn!(model = %ctx.name, panic = %msg, "warming panicked; rebuilding the session");
-                if let Ok(fresh) = ctx.model.session() {
-                    session = fresh;
+    if let Some(plan) = warmup {
+        if let Some(sample) = &plan.padded {
+            let warming = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                warm(&mut *session, sample, &ctx.pad_sizes)
+            }));
+            match warming {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(model = %ctx.name, error = %e, "warming the padded batch sizes failed")
+                }
+                Err(panic) => {
+                    let msg = pomme_core::panic_message(&*panic);
+                    tracing::warn!(model = %ctx.name, panic = %msg, "warming panicked; rebuilding the session");
+                    if let Ok(fresh) = ctx.model.session() {
+                        session = fresh;
+                    }
                 }
             }
         }
-        let _ = warmed.send(());
+        let outcome = run_configured(&mut *session, &plan.configured)
+            .map_err(|e| format!("{e} (worker {index})"));
+        // After a failure the loader closes the queue, which ends this thread.
+        let _ = plan.done.send(outcome);
     }
     while let Some(batch) = ctx.queue.next_batch() {
         if let Some(fresh) = execute(&ctx, &mut *session, batch) {
@@ -128,6 +142,29 @@ fn run_loop(
         }
     }
     tracing::debug!(model = %ctx.name, version = ctx.version, "worker stopped");
+}
+
+/// Runs each configured warm-up sample its number of times.
+fn run_configured(
+    session: &mut dyn Session,
+    samples: &[(String, usize, Vec<Tensor>)],
+) -> std::result::Result<(), String> {
+    for (name, count, inputs) in samples {
+        for _ in 0..(*count).max(1) {
+            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| session.run(inputs.clone())));
+            match ran {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("model_warmup '{name}' failed: {e}")),
+                Err(panic) => {
+                    return Err(format!(
+                        "model_warmup '{name}' panicked: {}",
+                        pomme_core::panic_message(&*panic)
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// When a batch's inputs were ready and when the engine returned.

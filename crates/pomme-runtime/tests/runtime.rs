@@ -421,3 +421,61 @@ async fn a_model_one_engine_cannot_parse_loads_on_the_next() {
         "{msg}"
     );
 }
+
+fn warmup(count: usize) -> pomme_runtime::WarmupSample {
+    pomme_runtime::WarmupSample {
+        name: "w".into(),
+        batch_size: 2,
+        count,
+        inputs: vec![(
+            "x".into(),
+            pomme_runtime::WarmupInput {
+                dims: None,
+                dtype: None,
+                data: pomme_runtime::WarmupData::Random,
+            },
+        )],
+    }
+}
+
+/// Triton's `model_warmup`: every worker runs each sample its count of
+/// times before the version is ready, and the time is reported.
+#[tokio::test]
+async fn configured_warmup_runs_on_every_worker_before_ready() {
+    let fake = FakeBackend::new(4);
+    let rt = runtime(&fake);
+    let mut spec = ModelSpec::new("m", model_file());
+    spec.workers = 2;
+    spec.warmup = vec![warmup(3)];
+    let view = rt.load(spec).await.unwrap();
+    assert_eq!(fake.script.calls(), 6, "2 workers x 3 runs");
+    assert!(view.warmup_ms.is_some());
+    let metrics = rt.encode_metrics();
+    assert!(
+        metrics.contains("pomme_model_warmup_duration_seconds{model=\"m\",version=\"1\"}"),
+        "{metrics}"
+    );
+    assert!(rt.infer(req(1.0)).await.is_ok());
+}
+
+/// A warm-up that fails fails the load, naming the sample and the cause;
+/// nothing is left serving.
+#[tokio::test]
+async fn a_failing_warmup_fails_the_load() {
+    let fake = FakeBackend::new(4);
+    fake.then(Behaviour::Fail(Error::InferenceFailed("boom".into())), 1);
+    let rt = runtime(&fake);
+    let mut spec = ModelSpec::new("m", model_file());
+    spec.warmup = vec![warmup(1)];
+    let e = rt.load(spec).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("model_warmup 'w' failed") && msg.contains("boom"),
+        "{msg}"
+    );
+    assert!(rt.infer(req(1.0)).await.is_err());
+    // The same spec loads once the engine behaves.
+    let mut spec = ModelSpec::new("m", model_file());
+    spec.warmup = vec![warmup(1)];
+    assert!(rt.load(spec).await.is_ok());
+}

@@ -79,7 +79,8 @@ impl Runtime {
                     .metrics
                     .placement(&name, version, &view.backend, &view.placement);
                 tracing::info!(model = %name, version, backend = %view.backend, device = %view.device,
-                    ms = view.load_ms, memory_bytes = view.memory_bytes, "model loaded");
+                    ms = view.load_ms, warmup_ms = view.warmup_ms, memory_bytes = view.memory_bytes,
+                    "model loaded");
                 if let Some(old) = self.inner.registry.finish_load(&name, version, Ok(inst)) {
                     // The replaced instance finishes its queue in the background.
                     old.retire();
@@ -220,7 +221,27 @@ impl Runtime {
         } else {
             spec.workers.max(1)
         };
-        let threads = start_workers(&ctx, &*model, &signature, workers)?;
+        if !spec.warmup.is_empty() && model.is_stateful() {
+            ctx.queue.close();
+            return Err(Error::invalid_input(format!(
+                "model '{}' is stateful: model_warmup would need a sequence; remove it",
+                spec.name
+            )));
+        }
+        // Triton's convention: with max_batch_size > 0 a sample's dims leave
+        // out the batch dimension.
+        let configured = spec
+            .warmup
+            .iter()
+            .map(|w| {
+                let tensors = w.tensors(&signature, batchable && spec.max_batch_size > 0)?;
+                Ok((w.name.clone(), w.count, tensors))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (threads, warmed) = start_workers(&ctx, &*model, &signature, workers, configured)?;
+        if let Some(took) = warmed {
+            self.inner.metrics.warmed(&spec.name, spec.version, took);
+        }
         let view = ModelView {
             name: spec.name.clone(),
             version: spec.version,
@@ -237,6 +258,7 @@ impl Runtime {
             stateful: model.is_stateful(),
             memory_bytes: reservation.bytes(),
             load_ms: started.elapsed().as_millis() as u64,
+            warmup_ms: warmed.map(|d| d.as_millis() as u64),
             routing: routing.decision(),
             placement: model.placement(),
         };
@@ -363,26 +385,39 @@ impl Runtime {
 }
 
 /// Starts `workers` compute threads, each with its own session. With padded
-/// batch sizes, each thread first runs synthetic rows at every size; this
-/// returns once all are warm, so the model turns ready warm.
+/// batch sizes, each thread first runs synthetic rows at every size, then
+/// the configured warm-up samples; this returns once all are warm (with the
+/// time that took), so the model turns ready warm. A configured sample that
+/// fails fails the load.
 fn start_workers(
     ctx: &Arc<WorkerContext>,
     model: &dyn LoadedModel,
     signature: &pomme_core::ModelSignature,
     workers: usize,
-) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    configured: Vec<(String, usize, Vec<pomme_core::Tensor>)>,
+) -> Result<(
+    Vec<std::thread::JoinHandle<()>>,
+    Option<std::time::Duration>,
+)> {
     // A stateful model's requests are never padded (each runs alone, at its
     // own size), so there are no padded sizes to warm, and a warm-up run
     // would need a sequence of its own.
-    let sample = if ctx.pad_sizes.is_empty() || model.is_stateful() {
+    let padded = if ctx.pad_sizes.is_empty() || model.is_stateful() {
         None
     } else {
         synth_inputs(signature, 8).ok().map(Arc::new)
     };
+    let warming = padded.is_some() || !configured.is_empty();
+    let configured = Arc::new(configured);
+    let started = Instant::now();
     let (warmed_tx, warmed_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
-        let warmup = sample.as_ref().map(|s| (s.clone(), warmed_tx.clone()));
+        let warmup = warming.then(|| worker::WarmupPlan {
+            padded: padded.clone(),
+            configured: configured.clone(),
+            done: warmed_tx.clone(),
+        });
         let started = model.session().and_then(|session| {
             worker::spawn(ctx.clone(), session, i, warmup)
                 .map_err(|e| Error::Internal(format!("cannot start a worker thread: {e}")))
@@ -397,15 +432,21 @@ fn start_workers(
         }
     }
     drop(warmed_tx);
-    if sample.is_some() {
-        // Ends early only if a worker thread died; it still serves then.
-        for _ in 0..workers {
-            if warmed_rx.recv().is_err() {
-                break;
+    if !warming {
+        return Ok((threads, None));
+    }
+    for _ in 0..workers {
+        match warmed_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                ctx.queue.close();
+                return Err(Error::InferenceFailed(why));
             }
+            // A worker thread died while warming; the others still serve.
+            Err(_) => break,
         }
     }
-    Ok(threads)
+    Ok((threads, Some(started.elapsed())))
 }
 
 async fn spawn_blocking<T: Send + 'static>(

@@ -128,6 +128,16 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
     decl.spec.declared_inputs = decl.inputs.clone();
     decl.spec.declared_outputs = decl.outputs.clone();
     decl.spec.routing = decl.routing.resolve(RoutingMode::Off);
+    // Warm-up files live in the model's `warmup/` directory, as in Triton.
+    for sample in &mut decl.spec.warmup {
+        for (_, input) in &mut sample.inputs {
+            if let pomme_runtime::WarmupData::File(p) = &mut input.data
+                && p.is_relative()
+            {
+                *p = dir.join("warmup").join(&*p);
+            }
+        }
+    }
     let quantization = super::load::quantization(
         &dir,
         decl.spec.load.precision,

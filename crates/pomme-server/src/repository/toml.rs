@@ -39,6 +39,85 @@ struct TomlConfig {
     quantization: Option<TomlQuant>,
     /// Measured routing: `"auto"`, `"off"`, a candidate list or a table (`routing.rs`).
     routing: Option<toml::Value>,
+    /// `[[warmup]]`: Triton's `model_warmup`.
+    #[serde(default)]
+    warmup: Vec<TomlWarmup>,
+}
+
+/// `[[warmup]]`: a sample every worker runs before the model is ready.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlWarmup {
+    name: String,
+    #[serde(default = "one")]
+    batch_size: usize,
+    #[serde(default = "one")]
+    count: usize,
+    /// `[warmup.inputs.NAME]`: `data = "zero" | "random" | "file:PATH"`,
+    /// optional `dims` (without the batch dim) and `dtype`.
+    #[serde(default)]
+    inputs: BTreeMap<String, TomlWarmupInput>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlWarmupInput {
+    data: String,
+    dims: Option<Vec<usize>>,
+    #[serde(alias = "datatype")]
+    dtype: Option<String>,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl TomlWarmup {
+    fn resolve(self) -> Result<pomme_runtime::WarmupSample, String> {
+        use pomme_runtime::{WarmupData, WarmupInput};
+        let name = self.name;
+        let inputs = self
+            .inputs
+            .into_iter()
+            .map(|(key, i)| {
+                let what = |m: &str| format!("warmup '{name}' input '{key}': {m}");
+                let data = match i.data.as_str() {
+                    "zero" => WarmupData::Zero,
+                    "random" => WarmupData::Random,
+                    f => match f.strip_prefix("file:") {
+                        Some(p) if !p.is_empty() => WarmupData::File(p.into()),
+                        _ => {
+                            return Err(what(&format!(
+                                "data '{f}' is not \"zero\", \"random\" or \"file:PATH\""
+                            )));
+                        }
+                    },
+                };
+                let dtype = i
+                    .dtype
+                    .map(|d| {
+                        DType::from_kserve(&d.to_ascii_uppercase())
+                            .or_else(|| DType::from_triton_config(&d))
+                            .ok_or_else(|| what(&format!("unknown dtype '{d}'")))
+                    })
+                    .transpose()?;
+                Ok((
+                    key.clone(),
+                    WarmupInput {
+                        dims: i.dims,
+                        dtype,
+                        data,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(pomme_runtime::WarmupSample {
+            name,
+            batch_size: self.batch_size.max(1),
+            count: self.count.max(1),
+            inputs,
+        })
+    }
 }
 
 /// `[quantization]`: paths are relative to the model directory.
@@ -130,6 +209,11 @@ pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
     d.spec.backends = c.backends;
     d.spec.max_batch_size = c.max_batch_size;
     d.spec.workers = c.workers.unwrap_or(1).max(1);
+    d.spec.warmup = c
+        .warmup
+        .into_iter()
+        .map(TomlWarmup::resolve)
+        .collect::<Result<_, _>>()?;
     d.memory_budget_mb = c.memory_budget_mb;
     if let Some(p) = c.version_policy {
         d.version_policy = p.resolve()?;
@@ -188,6 +272,40 @@ pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
 mod tests {
     use super::super::testing::{model, scan};
     use super::*;
+
+    #[test]
+    fn reads_warmup() {
+        let d = from_toml(
+            r#"
+max_batch_size = 8
+[[warmup]]
+name = "batch8"
+batch_size = 8
+count = 3
+inputs.x = { data = "random", dims = [16], dtype = "FP32" }
+inputs.ids = { data = "file:ids.bin" }
+[[warmup]]
+name = "plain"
+"#,
+        )
+        .unwrap();
+        let w = &d.spec.warmup;
+        assert_eq!((w[0].batch_size, w[0].count), (8, 3));
+        assert_eq!(w[0].inputs[0].0, "ids");
+        assert_eq!(
+            w[0].inputs[0].1.data,
+            pomme_runtime::WarmupData::File("ids.bin".into())
+        );
+        assert_eq!(w[0].inputs[1].1.dims, Some(vec![16]));
+        assert_eq!(w[0].inputs[1].1.dtype, Some(DType::F32));
+        assert_eq!((w[1].batch_size, w[1].count, w[1].inputs.len()), (1, 1, 0));
+        let e =
+            from_toml("[[warmup]]\nname = \"w\"\ninputs.x = { data = \"ones\" }\n").unwrap_err();
+        assert!(
+            e.contains("warmup 'w' input 'x'") && e.contains("ones"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn scans_newest_version_and_toml() {

@@ -10,7 +10,7 @@ use crate::Platform;
 use crate::pbtxt;
 use crate::routing::ModelRouting;
 use pomme_core::{DType, DeviceKind};
-use pomme_runtime::BatchingConfig;
+use pomme_runtime::{BatchingConfig, WarmupData, WarmupInput, WarmupSample};
 use std::time::Duration;
 
 /// The fields of a `config.pbtxt` pomme reads, per message: anything else is
@@ -30,6 +30,19 @@ const IMPLEMENTED: &[(&str, &[&str])] = &[
             "instance_group",
             "version_policy",
             "parameters",
+            "model_warmup",
+        ],
+    ),
+    ("model_warmup", &["name", "batch_size", "count", "inputs"]),
+    ("model_warmup.inputs", &["key", "value"]),
+    (
+        "model_warmup.inputs.value",
+        &[
+            "data_type",
+            "dims",
+            "zero_data",
+            "random_data",
+            "input_data_file",
         ],
     ),
     ("input", &["name", "data_type", "dims"]),
@@ -242,8 +255,92 @@ pub(super) fn from_pbtxt(
             );
         }
     }
+    d.spec.warmup = m
+        .all("model_warmup")
+        .map(pbtxt_warmup)
+        .collect::<Result<_, _>>()?;
     check_batching(&d.spec)?;
     Ok(d)
+}
+
+/// One `model_warmup` entry. Files are relative to the model's `warmup/`
+/// directory (resolved by the caller, as Triton does).
+fn pbtxt_warmup(v: &pbtxt::Value) -> Result<WarmupSample, String> {
+    let w = v.as_message().ok_or("'model_warmup' must be a message")?;
+    let name = w
+        .get("name")
+        .and_then(pbtxt::Value::as_str)
+        .ok_or("a model_warmup has no name")?
+        .to_string();
+    let uint = |m: &pbtxt::Message, f: &str| -> Result<Option<u64>, String> {
+        m.get(f)
+            .map(|v| {
+                v.as_u64().ok_or_else(|| {
+                    format!("model_warmup '{name}': '{f}' must be a non-negative integer")
+                })
+            })
+            .transpose()
+    };
+    let batch_size = uint(w, "batch_size")?.unwrap_or(1).max(1) as usize;
+    // Triton: 0 (the default) runs the sample once.
+    let count = uint(w, "count")?.unwrap_or(1).max(1) as usize;
+    let mut inputs = Vec::new();
+    for i in w.all("inputs") {
+        let i = i
+            .as_message()
+            .ok_or_else(|| format!("model_warmup '{name}': 'inputs' must be a message"))?;
+        let key = i
+            .get("key")
+            .and_then(pbtxt::Value::as_str)
+            .ok_or_else(|| format!("model_warmup '{name}': an input has no key"))?
+            .to_string();
+        let value = i
+            .get("value")
+            .and_then(pbtxt::Value::as_message)
+            .ok_or_else(|| format!("model_warmup '{name}': input '{key}' has no value"))?;
+        let what = |msg: &str| format!("model_warmup '{name}' input '{key}': {msg}");
+        let dtype = match value.get("data_type").and_then(pbtxt::Value::as_ident) {
+            None => None,
+            Some(dt) => Some(
+                DType::from_triton_config(dt)
+                    .ok_or_else(|| what(&format!("unknown data_type {dt}")))?,
+            ),
+        };
+        let dims = value
+            .all("dims")
+            .map(|d| {
+                d.as_u64()
+                    .map(|d| d as usize)
+                    .ok_or_else(|| what("dims must be non-negative integers"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let flag = |f: &str| value.get(f).and_then(pbtxt::Value::as_bool) == Some(true);
+        let file = value.get("input_data_file").and_then(pbtxt::Value::as_str);
+        let data = match (flag("zero_data"), flag("random_data"), file) {
+            (true, false, None) => WarmupData::Zero,
+            (false, true, None) => WarmupData::Random,
+            (false, false, Some(f)) => WarmupData::File(f.into()),
+            _ => {
+                return Err(what(
+                    "set exactly one of zero_data: true, random_data: true, input_data_file",
+                ));
+            }
+        };
+        inputs.push((
+            key,
+            WarmupInput {
+                dims: (!dims.is_empty()).then_some(dims),
+                dtype,
+                data,
+            },
+        ));
+    }
+    Ok(WarmupSample {
+        name,
+        batch_size,
+        count,
+        inputs,
+    })
 }
 
 /// Triton's `version_policy: { latest { num_versions: N } }`, `{ all {} }`
@@ -312,13 +409,62 @@ version_policy: { specific: { versions: [1] } }
             [
                 "input.reshape",
                 "dynamic_batching.preserve_ordering",
-                "model_warmup",
                 "response_cache",
                 "instance_group.gpus"
             ]
         );
         let plain = from_pbtxt("name: \"m\"\nbackend: \"tract\"\n", "m").unwrap();
         assert!(plain.ignored.is_empty());
+    }
+
+    #[test]
+    fn reads_model_warmup() {
+        let d = from_pbtxt(
+            r#"name: "m"
+max_batch_size: 8
+model_warmup [
+  {
+    name: "zeros"
+    batch_size: 8
+    count: 2
+    inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 16 ] zero_data: true } }
+  },
+  {
+    name: "file"
+    inputs [
+      { key: "x" value: { data_type: TYPE_FP32 dims: [ 16 ] input_data_file: "x.bin" } },
+      { key: "y" value: { data_type: TYPE_INT64 random_data: true } }
+    ]
+  }
+]
+"#,
+            "m",
+        )
+        .unwrap();
+        assert!(d.ignored.is_empty(), "{:?}", d.ignored);
+        let w = &d.spec.warmup;
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            (w[0].name.as_str(), w[0].batch_size, w[0].count),
+            ("zeros", 8, 2)
+        );
+        assert_eq!(w[0].inputs[0].1.dims, Some(vec![16]));
+        assert_eq!(w[0].inputs[0].1.dtype, Some(DType::F32));
+        assert_eq!(w[0].inputs[0].1.data, WarmupData::Zero);
+        assert_eq!((w[1].batch_size, w[1].count), (1, 1));
+        assert_eq!(w[1].inputs[0].1.data, WarmupData::File("x.bin".into()));
+        assert_eq!(w[1].inputs[1].1.data, WarmupData::Random);
+        assert_eq!(w[1].inputs[1].1.dims, None);
+        let e = from_pbtxt(
+            r#"name: "m"
+model_warmup [ { name: "w" inputs { key: "x" value: { data_type: TYPE_FP32 zero_data: true random_data: true } } } ]"#,
+            "m",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("model_warmup 'w' input 'x'") && e.contains("exactly one"),
+            "{e}"
+        );
     }
 
     #[test]
