@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve a model repository over KServe v2 / Open Inference Protocol (HTTP, gRPC) with Prometheus metrics.
-    Serve(pomme_server::ServerArgs),
+    Serve(Box<pomme_server::ServerArgs>),
     /// Show a model's signature, operators, parameters, memory and which backends can run it.
     Inspect(InspectArgs),
     /// Run a model once on .npy inputs; write .npy outputs and print a JSON summary.
@@ -176,7 +176,7 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
 
 pub fn run(cli: Cli, settings: &Settings) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve(a) => serve(a, settings),
+        Command::Serve(a) => serve(*a, settings),
         Command::Inspect(a) => crate::inspect::run(a, settings),
         Command::Infer(a) => crate::infer::run(a, settings),
         Command::Bench(a) => crate::bench::run(a, settings),
@@ -227,6 +227,7 @@ fn serve(args: pomme_server::ServerArgs, settings: &Settings) -> Result<ExitCode
     if let Some(d) = config.runtime.reply_spin {
         builder = builder.reply_spin(d);
     }
+    builder = builder.response_cache_mb(config.runtime.response_cache_mb);
     if config.runtime.memory_budget_mb > 0 {
         builder = builder.memory_budget_mb(config.runtime.memory_budget_mb);
     }

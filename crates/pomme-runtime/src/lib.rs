@@ -23,6 +23,7 @@
 
 mod admission;
 mod artifact;
+mod cache;
 mod eviction;
 mod metrics;
 mod pool;

@@ -58,6 +58,9 @@ pub struct ModelView {
     /// worker) took within `load_ms`; `None` when nothing was warmed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warmup_ms: Option<u64>,
+    /// Answers are kept in the runtime's response cache.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub response_cache: bool,
     /// How the serving backend was chosen, with every candidate's figures
     /// (measured routing only).
     #[serde(skip_serializing_if = "Option::is_none")]

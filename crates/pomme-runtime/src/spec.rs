@@ -77,6 +77,9 @@ pub struct ModelSpec {
     /// Samples every worker runs before the version is ready (Triton's
     /// `model_warmup`); a failing one fails the load.
     pub warmup: Vec<crate::warmup::WarmupSample>,
+    /// Answers go to the runtime's response cache, keyed by the exact
+    /// inputs (Triton's `response_cache { enable: true }`).
+    pub response_cache: bool,
 }
 
 /// An input or output as a model configuration declares it.
@@ -105,6 +108,7 @@ impl ModelSpec {
             declared_outputs: Vec::new(),
             routing: None,
             warmup: Vec::new(),
+            response_cache: false,
         }
     }
 

@@ -95,6 +95,8 @@ pub struct ModelCounters {
     pub(crate) compute_input: DurationCounter,
     pub(crate) compute_infer: DurationCounter,
     pub(crate) compute_output: DurationCounter,
+    pub(crate) cache_hit: DurationCounter,
+    pub(crate) cache_miss: DurationCounter,
     pub(crate) inference_count: AtomicU64,
     pub(crate) execution_count: AtomicU64,
     pub(crate) last_inference_ms: AtomicU64,
@@ -151,6 +153,8 @@ impl ModelCounters {
             compute_input: self.compute_input.get(),
             compute_infer: self.compute_infer.get(),
             compute_output: self.compute_output.get(),
+            cache_hit: self.cache_hit.get(),
+            cache_miss: self.cache_miss.get(),
         }
     }
 }
@@ -178,6 +182,10 @@ pub struct ModelStats {
     pub compute_infer: StatDuration,
     /// Time splitting outputs and answering.
     pub compute_output: StatDuration,
+    /// Requests answered from the response cache, and the lookup time.
+    pub cache_hit: StatDuration,
+    /// Requests the cache could not answer, and the lookup + insert time.
+    pub cache_miss: StatDuration,
 }
 
 /// A whole-runtime performance summary.

@@ -479,3 +479,56 @@ async fn a_failing_warmup_fails_the_load() {
     spec.warmup = vec![warmup(1)];
     assert!(rt.load(spec).await.is_ok());
 }
+
+/// Triton's response cache: the same request is answered from memory (no
+/// second execution), counted as a hit; any other byte is a miss; sequence
+/// requests never use it; statistics and metrics count both.
+#[tokio::test]
+async fn response_cache_answers_repeats_without_running() {
+    let fake = FakeBackend::new(4);
+    let rt = runtime(&fake);
+    let mut spec = ModelSpec::new("m", model_file());
+    spec.response_cache = true;
+    rt.load(spec).await.unwrap();
+    let a = rt.infer(req(1.0)).await.unwrap();
+    let b = rt.infer(req(1.0)).await.unwrap();
+    assert_eq!(a.outputs, b.outputs);
+    assert_eq!(fake.script.calls(), 1, "the repeat came from the cache");
+    rt.infer(req(2.0)).await.unwrap();
+    assert_eq!(fake.script.calls(), 2);
+    let s = &rt.stats(Some("m"))[0];
+    assert_eq!((s.cache_hit.count, s.cache_miss.count), (1, 2));
+    assert_eq!(s.success.count, 3);
+    assert_eq!(s.execution_count, 2);
+    let metrics = rt.encode_metrics();
+    for line in [
+        "pomme_cache_hits_total{model=\"m\",version=\"1\"} 1",
+        "pomme_cache_misses_total{model=\"m\",version=\"1\"} 2",
+        "pomme_cache_entries 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    // A failed answer is not cached.
+    fake.then(Behaviour::Fail(Error::InferenceFailed("boom".into())), 1);
+    assert!(rt.infer(req(3.0)).await.is_err());
+    assert!(rt.infer(req(3.0)).await.is_ok());
+    // Unloading drops the version's entries.
+    rt.unload("m").await.unwrap();
+    let metrics = rt.encode_metrics();
+    assert!(metrics.contains("pomme_cache_entries 0"), "{metrics}");
+}
+
+/// Without a budget, a model asking for the cache fails to load, saying so.
+#[tokio::test]
+async fn response_cache_needs_a_budget() {
+    let fake = FakeBackend::new(4);
+    let rt = Runtime::builder()
+        .response_cache_mb(0)
+        .backend(Arc::new(fake))
+        .build()
+        .unwrap();
+    let mut spec = ModelSpec::new("m", model_file());
+    spec.response_cache = true;
+    let e = rt.load(spec).await.unwrap_err().to_string();
+    assert!(e.contains("response_cache_mb = 0"), "{e}");
+}

@@ -160,6 +160,9 @@ pub struct RuntimeConfig {
     /// How long a request polls for its reply before it sleeps; `None`: the
     /// runtime's default.
     pub reply_spin: Option<Duration>,
+    /// The response cache's budget, shared by the models that turn
+    /// `response_cache` on (0: no cache).
+    pub response_cache_mb: u64,
 }
 
 impl Default for ServerConfig {
@@ -183,6 +186,7 @@ impl Default for ServerConfig {
                 memory_policy: MemoryPolicy::Refuse,
                 worker_spin: None,
                 reply_spin: None,
+                response_cache_mb: 64,
             },
             shutdown_grace: Duration::from_secs(30),
             log_format: LogFormat::Text,
@@ -230,6 +234,9 @@ pub struct ServerArgs {
     /// Memory budget for loaded models in MiB (0: none).
     #[arg(long, env = "POMME_MEMORY_BUDGET_MB")]
     pub memory_budget_mb: Option<u64>,
+    /// Response cache budget in MiB for models with response_cache on (default 64; 0: none).
+    #[arg(long, env = "POMME_RESPONSE_CACHE_MB")]
+    pub response_cache_mb: Option<u64>,
     /// When a load does not fit the memory budget: refuse it, or evict least
     /// recently used idle models first (refuse, evict).
     #[arg(long, env = "POMME_MEMORY_POLICY")]
@@ -314,6 +321,7 @@ pub struct FileConfig {
     pub poll_interval: Option<String>,
     pub max_concurrency: Option<usize>,
     pub memory_budget_mb: Option<u64>,
+    pub response_cache_mb: Option<u64>,
     /// `refuse` or `evict`.
     pub memory_policy: Option<String>,
     /// Default routing mode: `off` or `auto`.
@@ -438,6 +446,10 @@ impl ServerConfig {
             .memory_budget_mb
             .or(file.memory_budget_mb)
             .unwrap_or(c.runtime.memory_budget_mb);
+        c.runtime.response_cache_mb = args
+            .response_cache_mb
+            .or(file.response_cache_mb)
+            .unwrap_or(c.runtime.response_cache_mb);
         if let Some(p) = args.memory_policy.clone().or(file.memory_policy) {
             c.runtime.memory_policy = p
                 .parse()

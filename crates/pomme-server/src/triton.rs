@@ -119,6 +119,9 @@ impl ModelConfigReport {
                 count: view.workers as i32,
                 ..Default::default()
             }],
+            response_cache: view
+                .response_cache
+                .then_some(proto::ModelResponseCache { enable: true }),
             ..Default::default()
         };
         ModelConfigReport { config, routing }
@@ -194,6 +197,9 @@ pub fn config_json(c: &proto::ModelConfig) -> Value {
             PolicyChoice::Specific(s) => json!({"specific": {"versions": s.versions}}),
         };
     }
+    if let Some(rc) = &c.response_cache {
+        v["response_cache"] = json!({"enable": rc.enable});
+    }
     if let Some(SchedulingChoice::SequenceBatching(s)) = &c.scheduling_choice {
         v["sequence_batching"] =
             json!({"max_sequence_idle_microseconds": s.max_sequence_idle_microseconds});
@@ -250,8 +256,8 @@ impl StatsReport {
                     compute_input: d(&s.compute_input),
                     compute_infer: d(&s.compute_infer),
                     compute_output: d(&s.compute_output),
-                    cache_hit: Some(Default::default()),
-                    cache_miss: Some(Default::default()),
+                    cache_hit: d(&s.cache_hit),
+                    cache_miss: d(&s.cache_miss),
                 }),
                 ..Default::default()
             })

@@ -7,6 +7,7 @@
 
 use super::Runtime;
 use crate::admission::Permit;
+use crate::cache::ResponseCache;
 use crate::registry::Instance;
 use crate::scheduler::Pending;
 use pomme_core::{Error, ModelSignature, Result, SequenceControl, Tensor};
@@ -84,6 +85,17 @@ impl Runtime {
                 return Err(e);
             }
         };
+        // Requests of a sequence carry state: never answered from the cache.
+        let cache = match &self.inner.cache {
+            Some(c) if inst.view.response_cache && req.sequence.is_none() => {
+                let key = ResponseCache::key(&req, inst.view.version);
+                if let Some(hit) = c.get(key) {
+                    return Ok(self.answer_from_cache(&inst, req, &hit.outputs, started));
+                }
+                Some((c, key, started.elapsed()))
+            }
+            _ => None,
+        };
         let timeout = req
             .timeout
             .or(inst.default_queue_timeout)
@@ -96,7 +108,41 @@ impl Runtime {
             })
             .await;
         self.record(&inst, &result, started.elapsed());
+        if let Some((c, key, lookup)) = cache {
+            let t = Instant::now();
+            if let Ok(resp) = &result {
+                let put = c.put(key, &inst.view.name, inst.view.version, &resp.outputs);
+                self.inner.cache_metrics.stored(c, &put);
+            }
+            let took = lookup + t.elapsed();
+            inst.counters.cache_miss.add(took);
+            self.inner
+                .cache_metrics
+                .miss(&inst.view.name, inst.view.version, took);
+        }
         result
+    }
+
+    /// A cache hit: counted as a success (no execution), answered at once.
+    fn answer_from_cache(
+        &self,
+        inst: &Instance,
+        req: InferRequest,
+        outputs: &[(String, Tensor)],
+        started: Instant,
+    ) -> InferResponse {
+        let took = started.elapsed();
+        inst.counters.cache_hit.add(took);
+        self.inner
+            .cache_metrics
+            .hit(&inst.view.name, inst.view.version, took);
+        self.succeeded(inst, took);
+        InferResponse {
+            model: req.model,
+            version: inst.view.version,
+            id: req.id,
+            outputs: outputs.to_vec(),
+        }
     }
 
     /// The serving instance for a request (one registry lookup per request),
@@ -223,17 +269,19 @@ impl Runtime {
     }
 
     /// Counts a finished request on the model version and the runtime.
+    fn succeeded(&self, inst: &Instance, elapsed: Duration) {
+        self.inner.totals.success(elapsed);
+        inst.counters.success.add(elapsed);
+        inst.ctx.metrics.success.inc();
+        inst.ctx
+            .metrics
+            .request_duration
+            .observe(elapsed.as_secs_f64());
+    }
+
     fn record(&self, inst: &Instance, result: &Result<InferResponse>, elapsed: Duration) {
         match result {
-            Ok(_) => {
-                self.inner.totals.success(elapsed);
-                inst.counters.success.add(elapsed);
-                inst.ctx.metrics.success.inc();
-                inst.ctx
-                    .metrics
-                    .request_duration
-                    .observe(elapsed.as_secs_f64());
-            }
+            Ok(_) => self.succeeded(inst, elapsed),
             Err(e) => {
                 self.inner.totals.failure();
                 // Labelled with the version that served (or refused) it, so

@@ -137,6 +137,10 @@ impl Runtime {
             .metrics
             .unloaded(&v.name, v.version, &v.backend, v.device.as_str());
         inst.routing.forget_metrics();
+        if let Some(cache) = &self.inner.cache {
+            cache.forget(&v.name, v.version);
+            self.inner.cache_metrics.refresh(cache);
+        }
         inst.retire();
     }
 
@@ -221,6 +225,22 @@ impl Runtime {
         } else {
             spec.workers.max(1)
         };
+        if spec.response_cache {
+            if self.inner.cache.is_none() {
+                ctx.queue.close();
+                return Err(Error::invalid_input(format!(
+                    "model '{}' turns response_cache on, but the server's response cache has no budget (response_cache_mb = 0)",
+                    spec.name
+                )));
+            }
+            if model.is_stateful() {
+                ctx.queue.close();
+                return Err(Error::invalid_input(format!(
+                    "model '{}' is stateful: its answers depend on the sequence, so response_cache cannot be on",
+                    spec.name
+                )));
+            }
+        }
         if !spec.warmup.is_empty() && model.is_stateful() {
             ctx.queue.close();
             return Err(Error::invalid_input(format!(
@@ -259,6 +279,7 @@ impl Runtime {
             memory_bytes: reservation.bytes(),
             load_ms: started.elapsed().as_millis() as u64,
             warmup_ms: warmed.map(|d| d.as_millis() as u64),
+            response_cache: spec.response_cache,
             routing: routing.decision(),
             placement: model.placement(),
         };

@@ -9,6 +9,7 @@ mod load;
 pub use infer::{InferRequest, InferResponse};
 
 use crate::admission::Admission;
+use crate::cache::{CacheMetrics, ResponseCache};
 use crate::eviction::{EvictionMetrics, MemoryPolicy};
 use crate::metrics::Metrics;
 use crate::pool::BufferPool;
@@ -31,6 +32,7 @@ pub struct RuntimeBuilder {
     automatic: Vec<Candidate>,
     worker_spin: Option<Duration>,
     reply_spin: Option<Duration>,
+    response_cache_bytes: u64,
 }
 
 impl Default for RuntimeBuilder {
@@ -45,6 +47,7 @@ impl Default for RuntimeBuilder {
             automatic: Vec::new(),
             worker_spin: None,
             reply_spin: None,
+            response_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -128,6 +131,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The response cache's byte budget, shared by every model whose spec
+    /// turns `response_cache` on (default 64 MiB; 0: no cache, and such a
+    /// model fails to load).
+    pub fn response_cache_mb(mut self, mb: u64) -> Self {
+        self.response_cache_bytes = mb.saturating_mul(1024 * 1024);
+        self
+    }
+
     pub fn build(self) -> Result<Runtime> {
         if self.backends.is_empty() {
             return Err(Error::Unavailable("no backend given to the runtime".into()));
@@ -142,6 +153,9 @@ impl RuntimeBuilder {
             });
         let route_metrics = RouteMetrics::register(&metrics);
         let eviction_metrics = EvictionMetrics::register(&metrics);
+        let cache =
+            (self.response_cache_bytes > 0).then(|| ResponseCache::new(self.response_cache_bytes));
+        let cache_metrics = CacheMetrics::register(&metrics, self.response_cache_bytes);
         Ok(Runtime {
             inner: Arc::new(Inner {
                 admission: Admission::new(self.max_concurrency, self.memory_budget),
@@ -160,6 +174,8 @@ impl RuntimeBuilder {
                 automatic: self.automatic,
                 worker_spin: self.worker_spin.unwrap_or_else(|| default_spin(150)),
                 reply_spin: self.reply_spin.unwrap_or_else(|| default_spin(20)),
+                cache,
+                cache_metrics,
             }),
         })
     }
@@ -192,6 +208,9 @@ struct Inner {
     automatic: Vec<Candidate>,
     worker_spin: Duration,
     reply_spin: Duration,
+    /// `None`: no budget (models asking for it fail to load).
+    cache: Option<ResponseCache>,
+    cache_metrics: CacheMetrics,
 }
 
 /// The inference runtime. Cheap to clone; all clones share state.

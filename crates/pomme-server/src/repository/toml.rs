@@ -39,6 +39,9 @@ struct TomlConfig {
     quantization: Option<TomlQuant>,
     /// Measured routing: `"auto"`, `"off"`, a candidate list or a table (`routing.rs`).
     routing: Option<toml::Value>,
+    /// Triton's `response_cache { enable: true }`.
+    #[serde(default)]
+    response_cache: bool,
     /// `[[warmup]]`: Triton's `model_warmup`.
     #[serde(default)]
     warmup: Vec<TomlWarmup>,
@@ -209,6 +212,7 @@ pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
     d.spec.backends = c.backends;
     d.spec.max_batch_size = c.max_batch_size;
     d.spec.workers = c.workers.unwrap_or(1).max(1);
+    d.spec.response_cache = c.response_cache;
     d.spec.warmup = c
         .warmup
         .into_iter()

@@ -31,8 +31,10 @@ const IMPLEMENTED: &[(&str, &[&str])] = &[
             "version_policy",
             "parameters",
             "model_warmup",
+            "response_cache",
         ],
     ),
+    ("response_cache", &["enable"]),
     ("model_warmup", &["name", "batch_size", "count", "inputs"]),
     ("model_warmup.inputs", &["key", "value"]),
     (
@@ -255,6 +257,17 @@ pub(super) fn from_pbtxt(
             );
         }
     }
+    if let Some(rc) = m.get("response_cache") {
+        let rc = rc
+            .as_message()
+            .ok_or("'response_cache' must be a message")?;
+        d.spec.response_cache = match rc.get("enable") {
+            None => false,
+            Some(v) => v
+                .as_bool()
+                .ok_or("response_cache enable must be true or false")?,
+        };
+    }
     d.spec.warmup = m
         .all("model_warmup")
         .map(pbtxt_warmup)
@@ -409,7 +422,6 @@ version_policy: { specific: { versions: [1] } }
             [
                 "input.reshape",
                 "dynamic_batching.preserve_ordering",
-                "response_cache",
                 "instance_group.gpus"
             ]
         );
