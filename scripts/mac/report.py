@@ -40,6 +40,7 @@ RUNNERS = {
     "coremltools": "coremltools MLModel.predict",
     "pomme-ort": "pomme bench --backend ort (CoreML EP)",
     "ort-py": "onnxruntime Python (CoreML EP)",
+    "pomme-coreai": "pomme bench --backend coreai (Swift shim)",
 }
 
 
@@ -258,6 +259,23 @@ def collect(out):
         if served:
             for r in served.get("rows", []):
                 rep["served"].append({"model": name, "protocol": served.get("protocol"), **r})
+    # Groups the kit wrote outside the manifest: models/coreml fixtures and Core AI assets.
+    known = {m["name"] for m in manifest["models"]}
+    extra = set()
+    for sub, pat in (("outputs", r"^(.+)$"), ("bench", r"^[a-z-]+\.(.+)\.(?:cpu|gpu|ane)\.b\d+\.json$")):
+        d = os.path.join(steps, sub)
+        for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+            m = re.match(pat, f)
+            if m and m.group(1) not in known:
+                extra.add(m.group(1))
+    for name in sorted(extra):
+        entry = {"name": name, "extra": True, "outputs": compare_outputs(out, {"name": name})}
+        for c in entry["outputs"]:
+            rep["checks"].append({"check": f"outputs {name} {c['runner']}.{c['device']} vs {c['against']}",
+                                  "ok": c["ok"], "detail": c.get("why") or
+                                  f"norm err {c['worst_norm_err']:.2e}, cosine {c['worst_cosine']:.6f}"})
+        rep["models"].append(entry)
+        latency_rows(out, name, rep, idle)
     for r in rep["latency"]:
         if r["batch"] == 1 and r["runner"] == "pomme" and r.get("ratio_vs_swift") is not None:
             rep["checks"].append({"check": f"overhead {r['model']} {r['device']} b1", "ok": r["ratio_vs_swift"] <= RATIO_GOAL,
@@ -266,6 +284,8 @@ def collect(out):
         if s["status"] == "fail":
             rep["checks"].append({"check": f"step {s['step']}", "ok": False, "detail": s["message"]})
     rep["passed"] = all(c["ok"] for c in rep["checks"])
+    rep["verdict"] = ("nothing checked" if not rep["checks"] else
+                      "all checks passed" if rep["passed"] else "some checks FAILED")
     return rep
 
 
@@ -340,7 +360,7 @@ def latency_rows(out, name, rep, idle):
             swift = found.get(("swift", device, batch))
             ct = found.get(("coremltools", device, batch))
             ortpy = found.get(("ort-py", device, batch))
-            for runner in ("pomme", "swift", "coremltools", "pomme-ort", "ort-py"):
+            for runner in RUNNERS:
                 s = found.get((runner, device, batch))
                 if not s:
                     continue
@@ -356,7 +376,7 @@ def latency_rows(out, name, rep, idle):
                     e = energy_per_inference(mean_power(parse_powermetrics(_text(pm))), idle, s.get("items_per_s"))
                     if e:
                         rep["energy"].append({"model": name, "runner": runner, "device": device, "batch": batch, **e})
-        for runner in ("pomme", "swift", "coremltools"):
+        for runner in RUNNERS:
             cpu, ane, gpu = (found.get((runner, d, batch)) for d in ("cpu", "ane", "gpu"))
             if cpu and (ane or gpu):
                 rep["speedup"].append({
@@ -376,7 +396,7 @@ def _f(x, fmt="{:.3f}"):
 def render_md(rep):
     env = rep["env"]
     out = ["# pomme on Apple hardware: proof kit report", ""]
-    out.append("**Verdict: " + ("all checks passed" if rep["passed"] else "some checks FAILED") + "** "
+    out.append(f"**Verdict: {rep['verdict']}** "
                f"({sum(c['ok'] for c in rep['checks'])} of {len(rep['checks'])} checks passed)")
     out += ["", "## Machine", ""]
     for k in ("chip", "model", "memory_gb", "os", "os_build", "pomme", "rustc", "swiftc", "xcode", "python",
@@ -390,6 +410,8 @@ def render_md(rep):
     out += ["| model | parameters | ANE share | basis | minimum | result |", "|---|---|---|---|---|---|"]
     for m in rep["models"]:
         v = m.get("placement")
+        if m.get("extra"):
+            continue
         if not v:
             out.append(f"| {m['name']} | {m.get('parameters') or '-'} | not run | | | |")
             continue
