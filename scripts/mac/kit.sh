@@ -35,7 +35,8 @@
 # check failed, 0 when all passed.
 #
 # Environment: POMME (a pomme binary; default: built here with cargo), PYTHON (the
-# python3 for the venv), POMME_KIT_PORT (first of three ports, default 18000).
+# python3 for the venv), POMME_KIT_VENV (the venv, default .venv-mackit; CI's tests
+# point it at .venv-mac), POMME_KIT_PORT (first of three ports, default 18000).
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 ROOT=$(pwd)
@@ -59,7 +60,7 @@ done
 case "$OUT" in /*) ;; *) OUT="$ROOT/$OUT" ;; esac
 STEPS="$OUT/steps"
 MODELS_DIR="$OUT/models"
-VENV="$ROOT/.venv-mackit"
+VENV=${POMME_KIT_VENV:-$ROOT/.venv-mackit}
 PORT=${POMME_KIT_PORT:-18000}
 rm -rf "$STEPS"
 mkdir -p "$STEPS/placement" "$STEPS/bench" "$STEPS/outputs" "$STEPS/served" "$STEPS/energy" "$STEPS/logs"

@@ -1,0 +1,59 @@
+"""scripts/mac/kit.sh on Linux: the Mac steps say why they cannot run, the rest runs and a report comes out."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import MAC, ROOT
+
+# The system's sh (dash on Debian) and bash in POSIX mode.
+SHELLS = [["sh"]] + ([["bash", "--posix"]] if shutil.which("bash") else [])
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=" ".join)
+def test_kit_runs_on_linux_and_writes_a_report(tmp_path, shell):
+    if sys.platform == "darwin":
+        pytest.skip("on a Mac the kit runs for real")
+    out = tmp_path / "report"
+    env = dict(os.environ, POMME_KIT_VENV=sys.prefix)
+    env.pop("POMME", None)
+    r = subprocess.run(shell + [os.path.join(MAC, "kit.sh"), "--quick", "--out", str(out), "--models",
+                        "mobilenet_v2 stateful"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((out / "mac-report.json").read_text())
+    steps = {s["step"]: s for s in rep["log"]}
+    assert steps["platform"]["status"] == "skip" and "needs macOS" in steps["platform"]["message"]
+    assert steps["models"]["status"] == "ok"
+    for step in ("build", "swift-direct", "mobilenet_v2", "served mobilenet_v2", "coreai"):
+        assert steps[step]["status"] == "skip" and steps[step]["message"], step
+    assert rep["verdict"] == "nothing checked"
+    assert [m["name"] for m in rep["models"]] == ["mobilenet_v2", "stateful"]
+    assert (out / "models" / "mobilenet_v2" / "model.onnx").exists()
+    assert "mac-report.md" in r.stdout
+
+
+def test_kit_refuses_unknown_arguments():
+    r = subprocess.run(["sh", os.path.join(MAC, "kit.sh"), "--bogus"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown argument '--bogus'" in r.stderr
+
+
+def test_pybench_ort_on_the_cpu(small_models):
+    model = os.path.join(small_models, "encoder", "model.onnx")
+    r = subprocess.run([sys.executable, os.path.join(MAC, "pybench.py"), "ort", model, "cpu", "8", "--warmup", "0.1",
+                        "--duration", "0.3", "--spec", "input_ids=1,8:int32"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["runner"] == "ort-py" and s["batch"] == 8 and s["requests"] > 0
+    assert s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"]
+
+
+def test_pybench_pattern_is_pommes():
+    import pybench
+
+    import numpy as np
+    f = pybench.pattern((2, 3), np.float32)
+    assert f.ravel()[1] == np.float32((7919 % 1000) / 1000 - 0.5)
+    assert pybench.pattern((4,), np.int32).tolist() == [1, 2, 1, 2]
