@@ -96,6 +96,7 @@ fi
 MACOS_MAJOR=0
 if [ "$OS" = Darwin ]; then
   MACOS_MAJOR=$(sw_vers -productVersion 2>/dev/null | cut -d. -f1)
+  MACOS_MAJOR=${MACOS_MAJOR:-0}
 fi
 
 # --- python and the venv -----------------------------------------------------------------------
@@ -163,26 +164,9 @@ else
   log models skip "no venv with coremltools"
 fi
 
-# manifest FIELD MODEL: one field of a model's manifest entry (inputs as NAME=FILE lists, ...).
+# manifest FIELD MODEL: what the kit needs of a model's manifest entry (report.py field).
 manifest() {
-  "$PY" - "$MODELS_DIR/manifest.json" "$1" "$2" <<'PY'
-import json, sys
-m = {e["name"]: e for e in json.load(open(sys.argv[1]))["models"]}[sys.argv[3]]
-d = sys.argv[1].rsplit("/", 1)[0] + "/" + m["name"]
-f = sys.argv[2]
-if f == "min":
-    print("-" if m["min_ane_share"] is None else m["min_ane_share"])
-elif f == "bench":
-    print("yes" if m["bench"] else "no")
-elif f == "onnx":
-    print(d + "/" + m["onnx"] if m["onnx"] else "")
-elif f == "ref-inputs":
-    print(" ".join(f"--input {k}={d}/{v}" for k, v in m["reference"]["inputs"].items()))
-elif f == "spec":
-    np_type = {"FP32": "float32", "INT32": "int32", "FP16": "float16"}
-    print(" ".join("--spec %s=%s:%s" % (i["name"], ",".join(map(str, i["shape"])), np_type[i["dtype"]])
-                   for i in m["inputs"]))
-PY
+  "$PY" scripts/mac/report.py field "$MODELS_DIR/manifest.json" "$1" "$2"
 }
 
 # --- pomme ---------------------------------------------------------------------------------------
@@ -207,8 +191,17 @@ if [ -n "$POMME" ]; then
   export POMME_ORT_VENV="$VENV"
 fi
 if [ -n "$PY" ]; then "$PY" scripts/mac/report.py env "$OUT" "${POMME:-}"; fi
-RUN_MAC=0
-if [ "$MAC" = 1 ] && [ -n "$POMME" ] && [ "$HAVE_MODELS" = 1 ]; then RUN_MAC=1; fi
+RUN=0
+if [ -n "$POMME" ] && [ "$HAVE_MODELS" = 1 ] && [ -n "$PY" ]; then RUN=1; fi
+# Off macOS (with POMME=path) only ONNX Runtime on the CPU runs: it checks the kit's
+# plumbing (pomme's flags, JSON, the report), not anything Apple-specific.
+if [ "$MAC" = 1 ]; then
+  DEVICES="cpu gpu ane"
+  ORT_DEVICES="cpu ane"
+else
+  DEVICES=""
+  ORT_DEVICES="cpu"
+fi
 
 # --- the direct Swift baseline -----------------------------------------------------------------------
 DIRECT=""
@@ -225,10 +218,10 @@ fi
 
 # --- energy ----------------------------------------------------------------------------------------
 ENERGY=0
+SUDO=""
 if [ "$MAC" = 1 ]; then
   if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then
     ENERGY=1
-    SUDO=""
     if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
     # shellcheck disable=SC2086 # $SUDO is empty or two words
     if $SUDO powermetrics --samplers cpu_power,gpu_power,ane_power -i 1000 -n 5 > "$STEPS/energy/idle.txt" 2>&1; then
@@ -271,9 +264,12 @@ units_of() {
 # --- per model: placement, outputs, latency ---------------------------------------------------------
 for model in $MODELS; do
   say "$model"
-  if [ "$RUN_MAC" = 0 ]; then
-    log "$model" skip "placement, outputs and latency need macOS, a pomme build and the models"
+  if [ "$RUN" = 0 ]; then
+    log "$model" skip "placement, outputs and latency need a pomme build and the models (and macOS for Core ML)"
     continue
+  fi
+  if [ "$MAC" = 0 ]; then
+    log "$model" skip "placement and Core ML need macOS: ONNX Runtime on the CPU only, as a check of the kit's plumbing"
   fi
   pkg="$MODELS_DIR/$model/model.mlpackage"
   min=$(manifest min "$model")
@@ -282,7 +278,9 @@ for model in $MODELS; do
   spec=$(manifest spec "$model")
 
   # Placement: Core ML's compute plan for cpuAndNeuralEngine, then pomme's own gate.
-  if "$POMME" inspect --json --placement "$pkg" > "$STEPS/placement/$model.json" 2> "$STEPS/logs/inspect.$model.txt"; then
+  if [ "$MAC" = 0 ]; then
+    :
+  elif "$POMME" inspect --json --placement "$pkg" > "$STEPS/placement/$model.json" 2> "$STEPS/logs/inspect.$model.txt"; then
     if "$PY" scripts/mac/report.py placement "$STEPS/placement/$model.json" "$min"; then
       log "placement $model" ok "see the table above (min_ane_share $min)"
     else
@@ -296,7 +294,7 @@ for model in $MODELS; do
   if [ "$min" != "-" ]; then gate="--backend-option min_ane_share=$min"; fi
 
   # Outputs on every device, on the model's reference input.
-  for dev in cpu gpu ane; do
+  for dev in $DEVICES; do
     opt=""
     if [ "$dev" = ane ]; then opt=$gate; fi
     # shellcheck disable=SC2086 # $ref_inputs and $opt are word lists
@@ -308,7 +306,7 @@ for model in $MODELS; do
     fi
   done
   if [ -n "$onnx" ]; then
-    for dev in cpu ane; do
+    for dev in $ORT_DEVICES; do
       # shellcheck disable=SC2086
       if "$POMME" infer "$onnx" $ref_inputs --backend ort --device "$dev" \
         -o "$STEPS/outputs/$model/pomme-ort.$dev" > "$STEPS/logs/infer-ort.$model.$dev.txt" 2>&1; then
@@ -324,7 +322,7 @@ for model in $MODELS; do
     continue
   fi
   for batch in 1 8; do
-    for dev in cpu gpu ane; do
+    for dev in $DEVICES; do
       opt=""
       if [ "$dev" = ane ]; then opt=$gate; fi
       key="$model.$dev.b$batch"
@@ -340,6 +338,9 @@ for model in $MODELS; do
       measure "coremltools.$key" "$PY" scripts/mac/pybench.py coremltools "$pkg" "$dev" "$batch" $spec \
         --warmup "$WARMUP" --duration "$DURATION" ||
         log "bench coremltools.$key" fail "$(tail -n 1 "$STEPS/logs/coremltools.$key.txt")"
+    done
+    for dev in $ORT_DEVICES; do
+      key="$model.$dev.b$batch"
       if [ -n "$onnx" ]; then
         ort_opt=""
         if [ "$dev" != cpu ]; then ort_opt="--backend-option coreml_model_format=mlprogram"; fi
@@ -364,11 +365,13 @@ done
 # --- served ------------------------------------------------------------------------------------------
 say "served: pomme serve, Core ML on the ANE, pomme bench --url"
 SERVED=mobilenet_v2
-if [ "$RUN_MAC" = 1 ] && [ -d "$MODELS_DIR/$SERVED/model.mlpackage" ]; then
+if [ "$RUN" = 1 ] && [ -d "$MODELS_DIR/$SERVED/model.mlpackage" ]; then
   repo="$WORK/repo"
   mkdir -p "$repo/$SERVED/1"
-  cp -R "$MODELS_DIR/$SERVED/model.mlpackage" "$repo/$SERVED/1/model.mlpackage"
-  cat > "$repo/$SERVED/config.toml" <<EOF
+  if [ "$MAC" = 1 ]; then
+    served_as="coreml/ane"
+    cp -R "$MODELS_DIR/$SERVED/model.mlpackage" "$repo/$SERVED/1/model.mlpackage"
+    cat > "$repo/$SERVED/config.toml" <<EOF
 backends = ["coreml"]
 device = "ane"
 max_batch_size = 8
@@ -379,6 +382,19 @@ max_queue_delay_us = 2000
 [extra]
 min_ane_share = "$(manifest min "$SERVED")"
 EOF
+  else
+    served_as="ort/cpu (off macOS: a check of the kit's plumbing, not the Core ML measurement)"
+    cp "$MODELS_DIR/$SERVED/model.onnx" "$repo/$SERVED/1/model.onnx"
+    cat > "$repo/$SERVED/config.toml" <<EOF
+backends = ["ort"]
+device = "cpu"
+max_batch_size = 8
+
+[dynamic_batching]
+max_queue_delay_us = 2000
+EOF
+  fi
+  echo "$served_as" > "$STEPS/served/$SERVED.backend"
   "$POMME" serve --model-repository "$repo" --http-port "$PORT" --grpc-port "$((PORT + 1))" \
     --metrics-port "$((PORT + 2))" > "$STEPS/logs/serve.txt" 2>&1 &
   SERVER_PID=$!
@@ -393,7 +409,7 @@ EOF
   if [ "$ready" = 1 ]; then
     if "$POMME" bench --url "http://127.0.0.1:$PORT" --model "$SERVED" --concurrency 1,8,32 \
       --duration "${DURATION}s" --warmup "${WARMUP}s" --json > "$STEPS/served/$SERVED.json" 2> "$STEPS/logs/served.txt"; then
-      log "served $SERVED" ok "concurrency 1, 8, 32 over HTTP"
+      log "served $SERVED" ok "$served_as: concurrency 1, 8, 32 over HTTP"
     else
       log "served $SERVED" fail "pomme bench --url: $(tail -n 1 "$STEPS/logs/served.txt")"
       rm -f "$STEPS/served/$SERVED.json"
@@ -406,7 +422,7 @@ EOF
   wait "$SERVER_PID" 2>/dev/null
   SERVER_PID=""
 else
-  log "served $SERVED" skip "needs macOS, a pomme build and the models"
+  log "served $SERVED" skip "needs a pomme build and the models (and macOS for Core ML on the ANE)"
 fi
 
 # --- small Core ML fixtures of the repository (models/coreml): every device against the CPU -----------
@@ -470,7 +486,7 @@ else
       for dev in cpu gpu ane; do
         for am in mlp encoder; do
           if "$POMME" infer "models/coreai/$am.aimodel" --backend coreai --backend-option bridge=shim --device "$dev" \
-            -o "$STEPS/outputs/coreai_$am/pomme.$dev" > "$STEPS/logs/coreai.$am.$dev.txt" 2>&1; then
+            -o "$STEPS/outputs/coreai_$am/pomme-coreai.$dev" > "$STEPS/logs/coreai.$am.$dev.txt" 2>&1; then
             log "coreai infer $am $dev" ok "through the shim"
           else
             log "coreai infer $am $dev" fail "$(tail -n 1 "$STEPS/logs/coreai.$am.$dev.txt")"
@@ -483,6 +499,27 @@ else
     fi
   else
     log coreai-shim fail "POMME_COREAI_REQUIRE_SHIM=1 cargo build failed: see steps/logs/build-shim.txt"
+  fi
+  # Core AI through Apple's Python package: pomme's Python bridge and the package's own API.
+  if [ "$HAS_COREAI_PY" = 1 ]; then
+    for dev in cpu gpu ane; do
+      for am in mlp encoder; do
+        if POMME_COREAI_PYTHON="$PY" "$POMME" infer "models/coreai/$am.aimodel" --backend coreai \
+          --backend-option bridge=python --device "$dev" -o "$STEPS/outputs/coreai_$am/pomme-coreai-py.$dev" \
+          > "$STEPS/logs/coreai-py.$am.$dev.txt" 2>&1; then
+          log "coreai-py infer $am $dev" ok "through the Python bridge"
+        else
+          log "coreai-py infer $am $dev" fail "$(tail -n 1 "$STEPS/logs/coreai-py.$am.$dev.txt")"
+        fi
+        measure "pomme-coreai-py.coreai_$am.$dev.b1" env POMME_COREAI_PYTHON="$PY" "$POMME" bench \
+          "models/coreai/$am.aimodel" --backend coreai --backend-option bridge=python --device "$dev" \
+          --duration "${DURATION}s" --warmup "${WARMUP}s" --json ||
+          log "bench coreai-py $am $dev" fail "$(tail -n 1 "$STEPS/logs/pomme-coreai-py.coreai_$am.$dev.b1.txt")"
+        measure "coreai-py.coreai_$am.$dev.b1" "$PY" scripts/mac/pybench.py coreai "models/coreai/$am.aimodel" \
+          "$dev" 1 --warmup "$WARMUP" --duration "$DURATION" ||
+          log "bench coreai direct $am $dev" fail "$(tail -n 1 "$STEPS/logs/coreai-py.coreai_$am.$dev.b1.txt")"
+      done
+    done
   fi
   if [ "$HAS_COREAI_PY" = 0 ]; then
     log coreai-python-bridge skip "coreai-core is not installed in the venv (see coreai-python above)"

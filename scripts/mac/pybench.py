@@ -3,10 +3,12 @@
 
     python3 scripts/mac/pybench.py coremltools MODEL.mlpackage DEVICE BATCH [--warmup 1] [--duration 10] [--spec NAME=1,3,224,224:float32 | --input NAME=FILE.npy ...]
     python3 scripts/mac/pybench.py ort MODEL.onnx DEVICE BATCH [...]   # onnxruntime's Python API, CoreML EP (CPU EP for cpu)
+    python3 scripts/mac/pybench.py coreai MODEL.aimodel DEVICE BATCH    # Core AI's Python API (macOS 27+), function main
 
 DEVICE is cpu, gpu or ane (Core ML compute units cpuOnly, cpuAndGPU, cpuAndNeuralEngine).
 Inputs are the given .npy files (their first row, repeated to BATCH rows) or, without
-them, pomme bench's synthetic pattern, so every runner times the same values. The model is loaded once; the loop times
+them, pomme bench's synthetic pattern, so every runner times the same values (Core AI:
+always the pattern, shaped by the function's descriptors, a dynamic dim taking BATCH). The model is loaded once; the loop times
 each call (batch 1: one predict of a dict; batch N: one batch predict of N dicts for
 coremltools, one call with an N-row array for ort). Written for macOS and never run on
 one; on Linux coremltools cannot predict (it says so and exits 3).
@@ -97,9 +99,70 @@ def run_ort(args, feeds):
     return 0
 
 
+def run_coreai(args):
+    """Core AI's Python API (coreai-core on macOS 27+, where it drives CoreAI.framework)."""
+    import asyncio
+
+    import numpy as np
+
+    try:
+        from coreai.runtime import AIModel, NDArray
+    except ImportError as e:
+        print(f"pybench: coreai-core is not importable: {e}", file=sys.stderr)
+        return 3
+    try:
+        from coreai.runtime import _use_os_coreai as use_os
+    except ImportError:
+        use_os = False
+    if not use_os:
+        print("pybench: coreai-core runs its in-package runtime here, not CoreAI.framework (macOS 27+)",
+              file=sys.stderr)
+        return 3
+    # Only the macOS extension has these (as pomme's Core AI worker imports them).
+    from coreai.runtime import ComputeUnitKind, SpecializationOptions
+
+    if args.device == "cpu":
+        opts = SpecializationOptions.cpu_only()
+    else:
+        kind = {"ane": ComputeUnitKind.neural_engine, "gpu": ComputeUnitKind.gpu}[args.device]()
+        opts = SpecializationOptions.from_preferred_compute_unit_kind(kind)
+
+    async def go():
+        t = time.perf_counter()
+        model = await AIModel.load(args.model, opts)
+        f = model.load_function("main")
+        load_ms = (time.perf_counter() - t) * 1000.0
+        d = f.desc
+        inputs = {}
+        for n in d.input_names:
+            desc = d.input_descriptor(n)
+            shape = tuple(args.batch if (s is None or int(s) < 0) else int(s) for s in desc.shape)
+            inputs[n] = NDArray(pattern(shape, np.dtype(str(desc.dtype))))
+
+        async def call():
+            out = await f(inputs, {})
+            for v in out.values():
+                np.ascontiguousarray(v.numpy())
+
+        t_end = time.perf_counter() + args.warmup
+        while time.perf_counter() < t_end:
+            await call()
+        times = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < args.duration:
+            t = time.perf_counter()
+            await call()
+            times.append((time.perf_counter() - t) * 1000.0)
+        return times, time.perf_counter() - start, load_ms
+
+    times, elapsed, load_ms = asyncio.run(go())
+    print(json.dumps(summary(times, elapsed, args.batch, load_ms, {"runner": "coreai-py", "device": args.device})))
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("runner", choices=["coremltools", "ort"])
+    ap.add_argument("runner", choices=["coremltools", "ort", "coreai"])
     ap.add_argument("model")
     ap.add_argument("device", choices=["cpu", "gpu", "ane"])
     ap.add_argument("batch", type=int)
@@ -109,6 +172,8 @@ def main(argv=None):
     ap.add_argument("--spec", action="append", default=[], metavar="NAME=D0,D1,..:DTYPE",
                     help="an input made of pomme's synthetic pattern (shape of one row, numpy dtype)")
     args = ap.parse_args(argv)
+    if args.runner == "coreai":
+        return run_coreai(args)
     import numpy as np
 
     feeds = {}

@@ -4,6 +4,7 @@
     python3 scripts/mac/report.py env OUT                 # OUT/steps/env.json: chip, OS build, versions
     python3 scripts/mac/report.py placement FILE MIN      # verdict + the ops off the Neural Engine; exit 1 below MIN
     python3 scripts/mac/report.py write OUT               # OUT/mac-report.json + OUT/mac-report.md; exit 1 on a failed check
+    python3 scripts/mac/report.py field MANIFEST FIELD MODEL  # what kit.sh needs of a model (min, bench, onnx, ref-inputs, spec)
 
 Standard library only, apart from numpy for output comparisons (imported when needed).
 What `write` reads under OUT (every piece is optional: a missing one is reported
@@ -41,7 +42,11 @@ RUNNERS = {
     "pomme-ort": "pomme bench --backend ort (CoreML EP)",
     "ort-py": "onnxruntime Python (CoreML EP)",
     "pomme-coreai": "pomme bench --backend coreai (Swift shim)",
+    "pomme-coreai-py": "pomme bench --backend coreai (Python bridge, coreai-core)",
+    "coreai-py": "coreai-core's Python API (CoreAI.framework)",
 }
+# The direct baseline each pomme runner is divided by.
+DIRECT = {"pomme": "swift", "pomme-ort": "ort-py", "pomme-coreai": "coreai-py", "pomme-coreai-py": "coreai-py"}
 
 
 # --- plain functions ---------------------------------------------------------------------------
@@ -257,8 +262,9 @@ def collect(out):
         latency_rows(out, name, rep, idle)
         served = _load(os.path.join(steps, "served", name + ".json"))
         if served:
+            served_as = _text(os.path.join(steps, "served", name + ".backend")).strip() or "coreml/ane"
             for r in served.get("rows", []):
-                rep["served"].append({"model": name, "protocol": served.get("protocol"), **r})
+                rep["served"].append({"model": name, "served_as": served_as, "protocol": served.get("protocol"), **r})
     # Groups the kit wrote outside the manifest: models/coreml fixtures and Core AI assets.
     known = {m["name"] for m in manifest["models"]}
     extra = set()
@@ -298,8 +304,10 @@ def _text(path):
 
 
 def compare_outputs(out, m):
-    """Every runner/device output directory of the model against pomme's Core ML CPU output and,
-    for the CPU itself, against the numpy float32 reference."""
+    """Each RUNNER.DEVICE output directory of a model against a reference:
+    pomme.cpu (Core ML on the CPU) against the numpy float32 reference; another runner's
+    cpu against pomme.cpu (the same function in another format or engine); a gpu or ane
+    directory against its own runner's cpu, else pomme.cpu."""
     import numpy as np
 
     base = os.path.join(out, "steps", "outputs", m["name"])
@@ -307,18 +315,25 @@ def compare_outputs(out, m):
     tol = m.get("tolerance") or {"max_norm_err": 0.05, "min_cosine": 0.998}
     if not os.path.isdir(base):
         return []
+
+    def npys(d):
+        p = os.path.join(base, d)
+        return {f[:-4]: os.path.join(p, f) for f in os.listdir(p) if f.endswith(".npy")} if os.path.isdir(p) else {}
+
+    numpy_ref = {k: os.path.join(mdir, v) for k, v in (m.get("reference") or {}).get("outputs", {}).items()}
     results = []
-    cpu_dir = os.path.join(base, "pomme.cpu")
-    ref_outs = {k: os.path.join(mdir, v) for k, v in (m.get("reference") or {}).get("outputs", {}).items()}
     for d in sorted(os.listdir(base)):
         runner, _, device = d.partition(".")
-        got_dir = os.path.join(base, d)
         if d == "pomme.cpu":
-            against, refs = "numpy fp32 reference", ref_outs
+            against, refs = "numpy fp32 reference", numpy_ref
+        elif device == "cpu":
+            against, refs = ("pomme.cpu", npys("pomme.cpu")) if npys("pomme.cpu") else ("numpy fp32 reference",
+                                                                                     numpy_ref)
+        elif npys(f"{runner}.cpu"):
+            against, refs = f"{runner}.cpu", npys(f"{runner}.cpu")
         else:
-            against = "pomme.cpu"
-            refs = {f[:-4]: os.path.join(cpu_dir, f) for f in os.listdir(cpu_dir) if f.endswith(".npy")} \
-                if os.path.isdir(cpu_dir) else {}
+            against, refs = "pomme.cpu", npys("pomme.cpu")
+        got_dir = os.path.join(base, d)
         if not refs:
             continue
         per, ok, why = [], True, None
@@ -365,6 +380,10 @@ def latency_rows(out, name, rep, idle):
                 if not s:
                     continue
                 row = {"model": name, "batch": batch, "device": device, "runner": runner, **s}
+                if runner in DIRECT:
+                    base = found.get((DIRECT[runner], device, batch))
+                    row["direct"] = DIRECT[runner]
+                    row["ratio_vs_direct"] = ratio(s.get("p50_ms"), base and base.get("p50_ms"))
                 if runner == "pomme":
                     row["ratio_vs_swift"] = ratio(s.get("p50_ms"), swift and swift.get("p50_ms"))
                     row["ratio_vs_coremltools"] = ratio(s.get("p50_ms"), ct and ct.get("p50_ms"))
@@ -424,16 +443,16 @@ def render_md(rep):
             out += ["", f"Ops of {m['name']} planned off the Neural Engine:", "", "```", placement_text(v), "```"]
     out += ["", "## Warm latency (ms; pomme / direct = p50 ratio, goal <= "
             f"{RATIO_GOAL} at batch 1)", ""]
-    out += ["| model | batch | device | runner | p50 | p90 | p99 | items/s | pomme / Swift | pomme / coremltools |",
+    out += ["| model | batch | device | runner | p50 | p90 | p99 | items/s | pomme / direct | pomme / coremltools |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["latency"]:
-        rs = r.get("ratio_vs_swift") if r["runner"] == "pomme" else r.get("ratio_vs_ort_py")
+        rd = f"{_f(r.get('ratio_vs_direct'), '{:.3f}x')} ({r['direct']})" if r["runner"] in DIRECT else ""
         out.append(f"| {r['model']} | {r['batch']} | {r['device']} | {r['runner']} | {_f(r.get('p50_ms'))} | "
                    f"{_f(r.get('p90_ms'))} | {_f(r.get('p99_ms'))} | {_f(r.get('items_per_s'), '{:.1f}')} | "
-                   f"{_f(rs, '{:.3f}x') if r['runner'] in ('pomme', 'pomme-ort') else ''} | "
-                   f"{_f(r.get('ratio_vs_coremltools'), '{:.3f}x') if r['runner'] == 'pomme' else ''} |")
+                   f"{rd} | {_f(r.get('ratio_vs_coremltools'), '{:.3f}x') if r['runner'] == 'pomme' else ''} |")
     out.append("")
-    out.append("(for pomme-ort the ratio column is pomme-ort / onnxruntime's Python API on the same EP)")
+    out.append("Runners: " + "; ".join(f"{k}: {v}" for k, v in RUNNERS.items()) + ". The overhead checks are "
+               "pomme (Core ML) / Swift at batch 1; the other ratios are reported, not checked.")
     out += ["", "## Neural Engine and GPU speed-up over the CPU (p50)", "",
             "| model | batch | runner | ANE / CPU | GPU / CPU |", "|---|---|---|---|---|"]
     for s in rep["speedup"]:
@@ -449,10 +468,10 @@ def render_md(rep):
                        f"{_f(c['worst_cosine'], '{:.6f}')} | err <= {t['max_norm_err']}, cos >= {t['min_cosine']} | "
                        f"{'pass' if c['ok'] else '**FAIL**'} |")
     out += ["", "## Served (pomme serve, Core ML on the ANE, pomme bench --url)", "",
-            "| model | protocol | concurrency | batch | ok | errors | req/s | p50 | p99 |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| model | served as | protocol | concurrency | batch | ok | errors | req/s | p50 | p99 |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["served"]:
-        out.append(f"| {r['model']} | {r.get('protocol', '-')} | {r.get('concurrency')} | {r.get('batch')} | {r.get('ok')} | "
+        out.append(f"| {r['model']} | {r.get('served_as', '-')} | {r.get('protocol', '-')} | {r.get('concurrency')} | {r.get('batch')} | {r.get('ok')} | "
                    f"{(r.get('errors') or 0) + (r.get('rejected') or 0) + (r.get('timed_out') or 0)} | "
                    f"{_f(r.get('rps'), '{:.1f}')} | {_f(r.get('p50_ms'))} | {_f(r.get('p99_ms'))} |")
     out += ["", "## Energy (powermetrics; mJ per inference)", ""]
@@ -479,6 +498,30 @@ def write(out):
     with open(os.path.join(out, "mac-report.md"), "w") as f:
         f.write(md)
     return rep, md
+
+
+# --- the kit's questions about the manifest ----------------------------------------------------
+
+
+def manifest_field(manifest_path, field, name):
+    """One field of a model's manifest entry, as kit.sh splits it into words. Paths are
+    relative to the working directory (the repository when the kit asks)."""
+    with open(manifest_path) as f:
+        m = {e["name"]: e for e in json.load(f)["models"]}[name]
+    d = os.path.relpath(os.path.join(os.path.dirname(manifest_path), name))
+    if field == "min":
+        return "-" if m["min_ane_share"] is None else str(m["min_ane_share"])
+    if field == "bench":
+        return "yes" if m["bench"] else "no"
+    if field == "onnx":
+        return os.path.join(d, m["onnx"]) if m["onnx"] else ""
+    if field == "ref-inputs":
+        return " ".join(f"--input {k}={os.path.join(d, v)}" for k, v in m["reference"]["inputs"].items())
+    if field == "spec":
+        np_type = {"FP32": "float32", "INT32": "int32", "FP16": "float16"}
+        return " ".join(f"--spec {i['name']}={','.join(map(str, i['shape']))}:{np_type[i['dtype']]}"
+                        for i in m["inputs"])
+    raise KeyError(field)
 
 
 # --- environment -------------------------------------------------------------------------------
@@ -539,6 +582,9 @@ def main(argv):
         v = placement_verdict(plan, None if argv[2] == "-" else float(argv[2]))
         print(placement_text(v))
         return 0 if v["ok"] is not False else 1
+    if len(argv) == 4 and argv[0] == "field":
+        print(manifest_field(argv[1], argv[2], argv[3]))
+        return 0
     if len(argv) == 2 and argv[0] == "write":
         rep, md = write(argv[1])
         print(md)

@@ -215,3 +215,22 @@ def test_full_size_models_are_realistic(name, params, out):
     result = mm.forward(name, Shapes(), p, shapes, cfg)
     assert tuple(list(result.values())[-1]) == out
     assert math.isclose(mm.param_count(p), params, rel_tol=0.01), mm.param_count(p)
+
+
+def test_the_kits_manifest_questions(small_models):
+    import subprocess
+    import sys
+
+    mf = os.path.join(small_models, "manifest.json")
+    assert report.manifest_field(mf, "min", "mobilenet_v2") == "0.8"
+    assert report.manifest_field(mf, "min", "stateful") == "-"
+    assert report.manifest_field(mf, "bench", "encoder") == "yes"
+    assert report.manifest_field(mf, "bench", "image_classifier") == "no"
+    assert report.manifest_field(mf, "onnx", "stateful") == ""
+    assert report.manifest_field(mf, "onnx", "resnet50").endswith("resnet50/model.onnx")
+    assert report.manifest_field(mf, "spec", "encoder") == "--spec input_ids=1,8:int32"
+    words = report.manifest_field(mf, "ref-inputs", "mobilenet_v2").split()
+    assert words[0] == "--input" and words[1].startswith("image=") and os.path.exists(words[1][len("image="):])
+    r = subprocess.run([sys.executable, os.path.join(os.path.dirname(report.__file__), "report.py"), "field", mf,
+                        "spec", "mobilenet_v2"], capture_output=True, text=True)
+    assert r.stdout.strip() == "--spec image=1,3,32,32:float32"

@@ -164,6 +164,13 @@ def canned(tmp_path):
     for dev, noise in (("cpu", 0.0), ("gpu", 1e-3), ("ane", 5e-3)):
         (o / f"pomme.{dev}").mkdir(parents=True)
         np.save(o / f"pomme.{dev}" / "logits.npy", logits + noise * rng.standard_normal(logits.shape).astype(np.float32))
+    for d, noise in (("pomme-ort.cpu", 1e-4), ("pomme-ort.ane", 4e-3)):
+        (o / d).mkdir()
+        np.save(o / d / "logits.npy", logits + noise * rng.standard_normal(logits.shape).astype(np.float32))
+    ca = steps / "outputs" / "coreai_mlp"
+    for d in ("pomme-coreai.cpu", "pomme-coreai.ane"):
+        (ca / d).mkdir(parents=True)
+        np.save(ca / d / "y.npy", np.arange(8, dtype=np.float32))
     fx = steps / "outputs" / "fixture_nn_dense"
     for dev, v in (("cpu", [0.2, 0.3, 0.5]), ("ane", [0.2, 0.3, 0.5]), ("gpu", [0.9, 0.05, 0.05])):
         (fx / f"pomme.{dev}").mkdir(parents=True)
@@ -187,6 +194,10 @@ def test_report_from_canned_steps(canned):
     assert checks["overhead encoder ane b1"]["ok"] is False  # 1.10
     assert checks["outputs mobilenet_v2 pomme.cpu vs numpy fp32 reference"]["ok"] is True
     assert checks["outputs mobilenet_v2 pomme.ane vs pomme.cpu"]["ok"] is True
+    assert checks["outputs mobilenet_v2 pomme-ort.cpu vs pomme.cpu"]["ok"] is True  # ONNX = mlpackage
+    assert checks["outputs mobilenet_v2 pomme-ort.ane vs pomme-ort.cpu"]["ok"] is True
+    assert checks["outputs coreai_mlp pomme-coreai.ane vs pomme-coreai.cpu"]["ok"] is True
+    assert "outputs coreai_mlp pomme-coreai.cpu vs pomme.cpu" not in checks  # nothing to compare it with
     assert checks["outputs fixture_nn_dense pomme.ane vs pomme.cpu"]["ok"] is True
     assert checks["outputs fixture_nn_dense pomme.gpu vs pomme.cpu"]["ok"] is False
     assert rep["passed"] is False and rep["verdict"] == "some checks FAILED"
