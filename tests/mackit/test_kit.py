@@ -57,3 +57,12 @@ def test_pybench_pattern_is_pommes():
     f = pybench.pattern((2, 3), np.float32)
     assert f.ravel()[1] == np.float32((7919 % 1000) / 1000 - 0.5)
     assert pybench.pattern((4,), np.int32).tolist() == [1, 2, 1, 2]
+
+
+@pytest.mark.parametrize("script", ["make_models.py", "report.py", "pybench.py"])
+def test_scripts_parse_as_python_3_9(script):
+    """The Command Line Tools' python3 on macOS is 3.9: the kit's scripts must not need newer grammar."""
+    import ast
+
+    with open(os.path.join(MAC, script)) as f:
+        ast.parse(f.read(), feature_version=(3, 9))
