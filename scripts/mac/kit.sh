@@ -66,9 +66,11 @@ rm -rf "$STEPS"
 mkdir -p "$STEPS/placement" "$STEPS/bench" "$STEPS/outputs" "$STEPS/served" "$STEPS/energy" "$STEPS/logs"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pomme-kit.XXXXXX") || exit 2
 SERVER_PID=""
+KEEPALIVE_PID=""
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null; fi
+  if [ -n "$KEEPALIVE_PID" ]; then kill "$KEEPALIVE_PID" 2>/dev/null; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -92,6 +94,21 @@ elif [ "$OS" = Darwin ]; then
   MAC=1
 else
   log platform skip "this is $OS/$ARCH: every Core ML, Swift and powermetrics step needs macOS; models and report only"
+fi
+# Energy needs root for powermetrics. Asked here, at the start: sudo's credentials
+# (`sudo -v` just before the kit) are kept fresh while the kit runs, since building
+# pomme alone may outlast sudo's 5-minute timeout.
+ENERGY=0
+SUDO=""
+if [ "$MAC" = 1 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    ENERGY=1
+  elif sudo -n true 2>/dev/null; then
+    ENERGY=1
+    SUDO="sudo -n"
+    (while sudo -n true 2>/dev/null; do sleep 60; done) &
+    KEEPALIVE_PID=$!
+  fi
 fi
 MACOS_MAJOR=0
 if [ "$OS" = Darwin ]; then
@@ -217,12 +234,8 @@ else
 fi
 
 # --- energy ----------------------------------------------------------------------------------------
-ENERGY=0
-SUDO=""
 if [ "$MAC" = 1 ]; then
-  if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then
-    ENERGY=1
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
+  if [ "$ENERGY" = 1 ]; then
     # shellcheck disable=SC2086 # $SUDO is empty or two words
     if $SUDO powermetrics --samplers cpu_power,gpu_power,ane_power -i 1000 -n 5 > "$STEPS/energy/idle.txt" 2>&1; then
       log energy ok "powermetrics available; idle sampled for 5 s"
