@@ -230,6 +230,7 @@ def collect(out):
     rep = {
         "schema": "pomme-mac-report/1",
         "env": _load(os.path.join(steps, "env.json")) or {},
+        "devices": _load(os.path.join(steps, "devices.json")),
         "log": read_log(out),
         "models": [],
         "latency": [],
@@ -422,6 +423,10 @@ def render_md(rep):
               "coremltools", "onnxruntime", "numpy", "kit_commit"):
         if env.get(k) is not None:
             out.append(f"- {k}: {env[k]}")
+    for b in (rep.get("devices") or {}).get("backends", []):
+        devs = ", ".join(str(d.get("kind", d)) if isinstance(d, dict) else str(d) for d in b.get("devices") or [])
+        out.append(f"- pomme backend {b.get('backend')}: {json.dumps(b.get('availability'))}"
+                   + (f" ({devs})" if devs else ""))
     out += ["", "## Checks", "", "| check | result | detail |", "|---|---|---|"]
     for c in rep["checks"]:
         out.append(f"| {c['check']} | {'pass' if c['ok'] else '**FAIL**'} | {c['detail']} |")

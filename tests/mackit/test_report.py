@@ -142,6 +142,9 @@ def canned(tmp_path):
     ]}
     (models / "manifest.json").write_text(json.dumps(manifest))
     (steps / "env.json").write_text(json.dumps({"chip": "Apple M2", "os": "15.1", "os_build": "24B83"}))
+    (steps / "devices.json").write_text(json.dumps({"backends": [
+        {"backend": "coreml", "formats": ["coreml"], "availability": "Available", "devices": [{"kind": "ane"}]}],
+        "cuda_feature": False}))
     (steps / "log.tsv").write_text("platform\tok\tApple M2\nserved mobilenet_v2\tok\tconcurrency 1, 8, 32\n")
     (steps / "placement" / "mobilenet_v2.json").write_text(json.dumps(
         {"model": "x", "placement": plan([("conv", "ane", 0.9), ("linear", "ane", 0.05), ("reduce_mean", "cpu", 0.05)])}))
@@ -216,7 +219,7 @@ def test_report_from_canned_steps(canned):
     for heading in ("## Machine", "## Placement", "## Warm latency", "## Neural Engine and GPU speed-up",
                     "## Outputs against the CPU", "## Served", "## Energy", "## Steps"):
         assert heading in md
-    assert "Apple M2" in md and "24B83" in md
+    assert "Apple M2" in md and "24B83" in md and "pomme backend coreml" in md
     assert "| mobilenet_v2 | 1 | ane | pomme | 1.020 |" in md
     assert "Ops of encoder planned off the Neural Engine" in md and "gather" in md
     assert json.loads((canned / "mac-report.json").read_text())["schema"] == "pomme-mac-report/1"
