@@ -49,9 +49,10 @@ MODELS="mobilenet_v2 resnet50 encoder image_classifier stateful"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; DURATION=2; WARMUP=1 ;;
-    --out) OUT=$2; shift ;;
-    --duration) DURATION=$2; shift ;;
-    --models) MODELS=$2; shift ;;
+    --out | --duration | --models)
+      if [ $# -lt 2 ]; then echo "kit: $1 needs a value" >&2; exit 2; fi
+      case "$1" in --out) OUT=$2 ;; --duration) DURATION=$2 ;; --models) MODELS=$2 ;; esac
+      shift ;;
     -h | --help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "kit: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -89,6 +90,7 @@ ARCH=$(uname -m)
 MAC=0
 if [ "$OS" = Darwin ] && [ "$ARCH" = arm64 ]; then
   MAC=1
+  log platform ok "$(sysctl -n machdep.cpu.brand_string 2>/dev/null), macOS $(sw_vers -productVersion 2>/dev/null) ($(sw_vers -buildVersion 2>/dev/null))"
 elif [ "$OS" = Darwin ]; then
   log platform skip "an Intel Mac has no Neural Engine: the ane rows fall back to CPU/GPU"
   MAC=1
@@ -130,6 +132,12 @@ pick_python() {
 say "python venv ($VENV)"
 PY=""
 if BASE_PY=$(pick_python); then
+  # A venv of another Python than the one picked (PYTHON=python3.12 after a first run
+  # with 3.9, say) is made again, when it is the kit's own.
+  if [ -z "${POMME_KIT_VENV:-}" ] && [ -x "$VENV/bin/python" ] &&
+    [ "$("$VENV/bin/python" -c 'import sys; print(sys.version_info[:2])')" != "$("$BASE_PY" -c 'import sys; print(sys.version_info[:2])')" ]; then
+    rm -rf "$VENV"
+  fi
   if [ ! -x "$VENV/bin/python" ]; then
     "$BASE_PY" -m venv "$VENV" || log venv fail "$BASE_PY -m venv $VENV failed"
   fi
