@@ -65,6 +65,9 @@ if [ -d tests/interop ]; then
     .venv-kserve/bin/python -m pytest -q tests/interop/test_kserve_sdk.py
 fi
 
+echo "== Mac proof kit's plumbing with this pomme (ONNX Runtime on the CPU; nothing Apple-specific)"
+POMME_BIN=$PWD/target/debug/pomme .venv-mac/bin/python -m pytest -q tests/mackit/test_kit.py -k plumbing
+
 echo "== loom (admission controller model checks)"
 # A target dir of its own: --cfg loom changes every crate's flags, so sharing
 # target/ would rebuild the workspace twice.

@@ -66,3 +66,29 @@ def test_scripts_parse_as_python_3_9(script):
 
     with open(os.path.join(MAC, script)) as f:
         ast.parse(f.read(), feature_version=(3, 9))
+
+
+def test_kit_plumbing_with_a_pomme_build(tmp_path):
+    """With POMME_BIN (a pomme build), the kit on Linux runs ONNX Runtime on the CPU: pomme infer,
+    pomme bench (batch 1 and 8) beside onnxruntime's Python API, and pomme serve under pomme bench --url.
+    That checks the kit's command lines and the report's reading of pomme's JSON, nothing Apple-specific."""
+    pomme = os.environ.get("POMME_BIN")
+    if not pomme or sys.platform == "darwin":
+        pytest.skip("set POMME_BIN to a pomme binary (scripts/test.sh does, after cargo test)")
+    out = tmp_path / "report"
+    env = dict(os.environ, POMME_KIT_VENV=sys.prefix, POMME=pomme, POMME_KIT_PORT="18700")
+    r = subprocess.run(["sh", os.path.join(MAC, "kit.sh"), "--quick", "--duration", "1", "--out", str(out),
+                        "--models", "mobilenet_v2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    rep = json.loads((out / "mac-report.json").read_text())
+    fails = [s for s in rep["log"] if s["status"] == "fail"]
+    assert r.returncode == 0 and not fails, r.stdout + r.stderr
+    runners = {(x["runner"], x["device"], x["batch"]) for x in rep["latency"]}
+    assert runners == {("pomme-ort", "cpu", 1), ("pomme-ort", "cpu", 8), ("ort-py", "cpu", 1), ("ort-py", "cpu", 8)}
+    for x in rep["latency"]:
+        assert x["requests"] > 0 and 0 < x["p50_ms"] <= x["p99_ms"], x
+    row = [x for x in rep["latency"] if x["runner"] == "pomme-ort" and x["batch"] == 1][0]
+    assert row["direct"] == "ort-py" and row["ratio_vs_direct"] > 0
+    outputs = {c["check"]: c["ok"] for c in rep["checks"]}
+    assert outputs == {"outputs mobilenet_v2 pomme-ort.cpu vs numpy fp32 reference": True}
+    assert [s["concurrency"] for s in rep["served"]] == [1, 8, 32]
+    assert all(s["ok"] > 0 and s["served_as"].startswith("ort/cpu") for s in rep["served"])
