@@ -92,3 +92,17 @@ def test_kit_plumbing_with_a_pomme_build(tmp_path):
     assert outputs == {"outputs mobilenet_v2 pomme-ort.cpu vs numpy fp32 reference": True}
     assert [s["concurrency"] for s in rep["served"]] == [1, 8, 32]
     assert all(s["ok"] > 0 and s["served_as"].startswith("ort/cpu") for s in rep["served"])
+
+
+def test_the_kit_calls_direct_swift_with_units_it_knows():
+    """kit.sh's units_of names must be the compute units Direct.swift's switch accepts."""
+    import re
+
+    kit = open(os.path.join(MAC, "kit.sh")).read()
+    swift = open(os.path.join(MAC, "Direct.swift")).read()
+    body = kit[kit.index("units_of() {"):]
+    body = body[:body.index("\n}\n")]
+    units = re.findall(r"echo (\w+)", body)
+    assert units == ["cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]
+    for u in units:
+        assert f'case "{u}": config.computeUnits = .{u}' in swift
