@@ -257,24 +257,25 @@ if [ "$MAC" = 1 ]; then
 fi
 
 # measure KEY CMD...: runs CMD (stdout to steps/bench/KEY.json), with powermetrics
-# sampling the measured window (after the warm-up) when energy is on.
+# sampling the measured window (after the warm-up) when energy is on. POSIX sh has no
+# `local`: the function's variables are m_-prefixed so they cannot clobber the caller's.
 measure() {
-  key=$1
+  m_key=$1
   shift
-  pm_pid=""
+  m_pm_pid=""
   if [ "$ENERGY" = 1 ]; then
     # shellcheck disable=SC2086
     (sleep "$WARMUP"; $SUDO powermetrics --samplers cpu_power,gpu_power,ane_power -i 1000 -n "$DURATION" \
-      > "$STEPS/energy/$key.txt" 2>&1) &
-    pm_pid=$!
+      > "$STEPS/energy/$m_key.txt" 2>&1) &
+    m_pm_pid=$!
   fi
-  if "$@" > "$STEPS/bench/$key.json" 2> "$STEPS/logs/$key.txt"; then
+  if "$@" > "$STEPS/bench/$m_key.json" 2> "$STEPS/logs/$m_key.txt"; then
     measure_rc=0
   else
     measure_rc=1
-    rm -f "$STEPS/bench/$key.json"
+    rm -f "$STEPS/bench/$m_key.json"
   fi
-  if [ -n "$pm_pid" ]; then wait "$pm_pid"; fi
+  if [ -n "$m_pm_pid" ]; then wait "$m_pm_pid"; fi
   return $measure_rc
 }
 
