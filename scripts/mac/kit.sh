@@ -315,14 +315,18 @@ for model in $MODELS; do
   gate=""
   if [ "$min" != "-" ]; then gate="--backend-option min_ane_share=$min"; fi
 
-  # Outputs on every device, on the model's reference input.
+  # Outputs on every device, on the model's reference input (as .npy where they are numbers;
+  # pomme's JSON summary, in steps/logs, for a classifier's label and dictionary).
+  npy=$(manifest npy-outputs "$model")
   for dev in $DEVICES; do
     opt=""
     if [ "$dev" = ane ]; then opt=$gate; fi
+    odir=""
+    if [ "$npy" = yes ]; then odir="$STEPS/outputs/$model/pomme.$dev"; fi
     # shellcheck disable=SC2086 # $ref_inputs and $opt are word lists
-    if "$POMME" infer "$pkg" $ref_inputs --backend coreml --device "$dev" $opt \
-      -o "$STEPS/outputs/$model/pomme.$dev" > "$STEPS/logs/infer.$model.$dev.txt" 2>&1; then
-      log "infer $model coreml/$dev" ok "outputs in steps/outputs/$model/pomme.$dev"
+    if "$POMME" infer "$pkg" $ref_inputs --backend coreml --device "$dev" $opt ${odir:+-o "$odir"} \
+      > "$STEPS/logs/infer.$model.$dev.txt" 2>&1; then
+      log "infer $model coreml/$dev" ok "${odir:-summary in steps/logs/infer.$model.$dev.txt}"
     else
       log "infer $model coreml/$dev" fail "$(tail -n 1 "$STEPS/logs/infer.$model.$dev.txt")"
     fi

@@ -417,10 +417,18 @@ def ref_inputs(name, cfg):
     if name == "encoder":
         return {"input_ids": rng.integers(0, cfg["vocab"], (1, cfg["seq"])).astype(np.int32)}
     if name == "image_classifier":
-        return {"image": rng.integers(0, 256, (1, 3, cfg["res"], cfg["res"])).astype(np.float32)}
+        # An RGB image as pomme takes one: uint8 height x width x 3.
+        return {"image": rng.integers(0, 256, (cfg["res"], cfg["res"], 3)).astype(np.uint8)}
     if name == "stateful":
         return {"x": rng.standard_normal((1, cfg["n"])).astype(np.float16)}
     raise KeyError(name)
+
+
+def network_inputs(name, inputs):
+    """What the network itself sees: the image classifier's pixels as float32 NCHW."""
+    if name == "image_classifier":
+        return {"image": inputs["image"].astype(np.float32).transpose(2, 0, 1)[None]}
+    return inputs
 
 
 def forward(name, ops, p, inputs, cfg):
@@ -448,11 +456,13 @@ def numpy_reference(name, cfg, inputs, p):
             acc = acc + np.maximum(x @ w.T, 0)
             steps.append(acc.copy())
         return {"y": steps[0]}, {"y_steps": np.stack(steps)}
-    return {k: np.asarray(v, np.float32) for k, v in forward(name, Numpy(), p, inputs, cfg).items()}, {}
+    outs = forward(name, Numpy(), p, network_inputs(name, inputs), cfg)
+    return {k: np.asarray(v, np.float32) for k, v in outs.items()}, {}
 
 
 def dtype_name(a):
-    return {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.int32): "INT32"}[a.dtype]
+    return {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.int32): "INT32",
+            np.dtype(np.uint8): "U8"}[a.dtype]
 
 
 def save_mlpackage(m, path):
@@ -486,6 +496,7 @@ def make_coreml(name, cfg, inputs, p, path):
         save_mlpackage(m, path)
         return
     specs = []
+    inputs = network_inputs(name, inputs)
     for k, v in inputs.items():
         dt = types.int32 if v.dtype == np.int32 else types.fp32
         specs.append(mb.TensorSpec(shape=v.shape, dtype=dt))
@@ -569,12 +580,15 @@ def make(name, out_dir, small):
         "outputs": [{"name": k, "shape": list(v.shape)} for k, v in outputs.items()],
         "reference": ref,
         "seconds": round(time.time() - t0, 2),
+        # pomme infer -o writes numeric outputs as .npy; a classifier's label and dictionary cannot be.
+        "npy_outputs": name != "image_classifier",
         **POLICY[name],
     }
     if name == "image_classifier":
-        entry["inputs"][0]["kind"] = "image (RGB, pixel values 0..255)"
+        entry["inputs"][0]["kind"] = "RGB image (height x width x 3, uint8), as pomme takes it"
         entry["outputs"] = [{"name": "classLabel"}, {"name": "classLabel_probs"}]
-        entry["note"] = "the .mlpackage's softmax-free classifier output; reference logits are in ref/"
+        entry["note"] = ("Core ML's classifier outputs (classLabel, classLabel_probs) are over the logits, no "
+                         "softmax; ref/ holds the numpy logits, which have no output of that name to compare")
     if name == "stateful":
         entry["state"] = {"name": "acc", "shape": [1, cfg["n"]], "dtype": "FP16"}
         entry["note"] = "y = acc + relu(W x); acc = y. ref/output.y_steps.npy: y after 1, 2, 3 calls of one sequence"

@@ -4,7 +4,7 @@
     python3 scripts/mac/report.py env OUT                 # OUT/steps/env.json: chip, OS build, versions
     python3 scripts/mac/report.py placement FILE MIN      # verdict + the ops off the Neural Engine; exit 1 below MIN
     python3 scripts/mac/report.py write OUT               # OUT/mac-report.json + OUT/mac-report.md; exit 1 on a failed check
-    python3 scripts/mac/report.py field MANIFEST FIELD MODEL  # what kit.sh needs of a model (min, bench, onnx, ref-inputs, spec)
+    python3 scripts/mac/report.py field MANIFEST FIELD MODEL  # what kit.sh needs of a model (min, bench, npy-outputs, onnx, ref-inputs, spec)
 
 Standard library only, apart from numpy for output comparisons (imported when needed).
 What `write` reads under OUT (every piece is optional: a missing one is reported
@@ -304,6 +304,39 @@ def _text(path):
         return ""
 
 
+def _label_values(a):
+    """Non-numeric outputs (a classifier's label, its probabilities as a dictionary)
+    as numbers where they hold a JSON dictionary of numbers, else None."""
+    try:
+        vals = []
+        for x in a.ravel().tolist():
+            x = x.decode() if isinstance(x, bytes) else x
+            d = json.loads(x)
+            vals += [float(d[k]) for k in sorted(d)]
+        return vals
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return None
+
+
+def compare_files(ref_path, got_path, tol):
+    """compare() of two .npy files; non-numeric outputs are compared as dictionaries of
+    numbers or exactly; a file that cannot be read is not compared (ok None)."""
+    import numpy as np
+
+    try:
+        a, b = np.load(ref_path), np.load(got_path)
+    except (OSError, ValueError) as e:
+        return {"ok": None, "why": f"not compared: {e}"}
+    if a.dtype.kind in "biuf" and b.dtype.kind in "biuf":
+        return compare(a, b, tol)
+    va, vb = _label_values(a), _label_values(b)
+    if va is not None and vb is not None and len(va) == len(vb):
+        return compare(np.array(va), np.array(vb), tol)
+    same = a.shape == b.shape and a.tolist() == b.tolist()
+    return {"ok": same, "why": None if same else "labels differ", "norm_err": 0.0 if same else 1.0,
+            "cosine": 1.0 if same else 0.0}
+
+
 def compare_outputs(out, m):
     """Each RUNNER.DEVICE output directory of a model against a reference:
     pomme.cpu (Core ML on the CPU) against the numpy float32 reference; another runner's
@@ -342,8 +375,10 @@ def compare_outputs(out, m):
             got_path = os.path.join(got_dir, out_name + ".npy")
             if not os.path.exists(got_path) or not os.path.exists(ref_path):
                 continue
-            c = compare(np.load(ref_path), np.load(got_path), tol)
+            c = compare_files(ref_path, got_path, tol)
             c["output"] = out_name
+            if c["ok"] is None:
+                continue
             per.append(c)
             if not c["ok"]:
                 ok = False
@@ -518,12 +553,14 @@ def manifest_field(manifest_path, field, name):
         return "-" if m["min_ane_share"] is None else str(m["min_ane_share"])
     if field == "bench":
         return "yes" if m["bench"] else "no"
+    if field == "npy-outputs":
+        return "yes" if m.get("npy_outputs", True) else "no"
     if field == "onnx":
         return os.path.join(d, m["onnx"]) if m["onnx"] else ""
     if field == "ref-inputs":
         return " ".join(f"--input {k}={os.path.join(d, v)}" for k, v in m["reference"]["inputs"].items())
     if field == "spec":
-        np_type = {"FP32": "float32", "INT32": "int32", "FP16": "float16"}
+        np_type = {"FP32": "float32", "INT32": "int32", "FP16": "float16", "U8": "uint8"}
         return " ".join(f"--spec {i['name']}={','.join(map(str, i['shape']))}:{np_type[i['dtype']]}"
                         for i in m["inputs"])
     raise KeyError(field)

@@ -106,6 +106,12 @@ def test_image_classifier_has_an_image_input_and_a_classifier_output(small_model
     assert inp.name == "image" and inp.type.WhichOneof("Type") == "imageType"
     assert inp.type.imageType.width == e["config"]["res"]
     assert spec.description.predictedFeatureName == "classLabel"
+    # The reference input is what pomme takes for an image (its signature: U8 height x width x 3).
+    res = e["config"]["res"]
+    assert e["inputs"] == [{"name": "image", "shape": [res, res, 3], "dtype": "U8",
+                            "kind": "RGB image (height x width x 3, uint8), as pomme takes it"}]
+    assert e["npy_outputs"] is False
+    assert report.manifest_field(os.path.join(small_models, "manifest.json"), "npy-outputs", "image_classifier") == "no"
     assert {o.name for o in spec.description.output} == {"classLabel", "classLabel_probs"}
 
 

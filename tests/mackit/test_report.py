@@ -245,3 +245,18 @@ def test_a_failed_step_fails_the_report(canned):
         f.write("build\tfail\tcargo build failed\n")
     rep, _ = report.write(str(canned))
     assert {"check": "step build", "ok": False, "detail": "cargo build failed"} in rep["checks"]
+
+
+def test_non_numeric_outputs(tmp_path):
+    tol = {"max_norm_err": 0.05, "min_cosine": 0.998}
+    a, b, c = tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "c.npy"
+    np.save(a, np.array([b"class_3"]))
+    np.save(b, np.array([b"class_3"]))
+    np.save(c, np.array([b"class_4"]))
+    assert report.compare_files(a, b, tol)["ok"] is True
+    assert report.compare_files(a, c, tol)["ok"] is False
+    np.save(a, np.array(['{"class_0": 0.25, "class_1": 0.75}']))
+    np.save(b, np.array(['{"class_0": 0.251, "class_1": 0.749}']))
+    assert report.compare_files(a, b, tol)["ok"] is True
+    np.save(c, np.array([{"x": 1}], dtype=object))  # pickled: not read, not compared
+    assert report.compare_files(a, c, tol)["ok"] is None
