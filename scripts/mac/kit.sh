@@ -26,7 +26,8 @@
 #      here with swiftc), coremltools' predict, and ONNX Runtime's CoreML EP through
 #      pomme and through its Python API;
 #   5. served: `pomme serve` with MobileNetV2 on the ANE under `pomme bench --url` at
-#      concurrency 1, 8 and 32;
+#      concurrency 1, 8 and 32, and the stateful model's state across one sequence of
+#      three requests (scripts/mac/sequence.py) in a server of its own;
 #   6. energy: with root (`sudo -v` just before), powermetrics during each bench;
 #   7. Core AI (macOS 27): the Swift shim's build and tests, and `pomme bench
 #      --backend coreai` on cpu, gpu and ane;
@@ -388,6 +389,29 @@ for model in $MODELS; do
   log "bench $model" ok "$rows timed rows"
 done
 
+# serve_start REPO MODEL LOG: pomme serve on $PORT.. in the background; 0 once MODEL is ready
+# (at most 120 s), 1 when the server ended or never got ready. serve_stop ends it.
+serve_start() {
+  "$POMME" serve --model-repository "$1" --http-port "$PORT" --grpc-port "$((PORT + 1))" \
+    --metrics-port "$((PORT + 2))" > "$STEPS/logs/$3.txt" 2>&1 &
+  SERVER_PID=$!
+  s_i=0
+  while [ $s_i -lt 240 ]; do
+    if curl -sf "http://127.0.0.1:$PORT/v2/models/$2/ready" > /dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then return 1; fi
+    sleep 0.5
+    s_i=$((s_i + 1))
+  done
+  return 1
+}
+serve_stop() {
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null
+    wait "$SERVER_PID" 2>/dev/null
+  fi
+  SERVER_PID=""
+}
+
 # --- served ------------------------------------------------------------------------------------------
 say "served: pomme serve, Core ML on the ANE, pomme bench --url"
 SERVED=mobilenet_v2
@@ -421,18 +445,7 @@ max_queue_delay_us = 2000
 EOF
   fi
   echo "$served_as" > "$STEPS/served/$SERVED.backend"
-  "$POMME" serve --model-repository "$repo" --http-port "$PORT" --grpc-port "$((PORT + 1))" \
-    --metrics-port "$((PORT + 2))" > "$STEPS/logs/serve.txt" 2>&1 &
-  SERVER_PID=$!
-  ready=0
-  i=0
-  while [ $i -lt 240 ]; do
-    if curl -sf "http://127.0.0.1:$PORT/v2/models/$SERVED/ready" > /dev/null 2>&1; then ready=1; break; fi
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
-    sleep 0.5
-    i=$((i + 1))
-  done
-  if [ "$ready" = 1 ]; then
+  if serve_start "$repo" "$SERVED" serve; then
     if "$POMME" bench --url "http://127.0.0.1:$PORT" --model "$SERVED" --concurrency 1,8,32 \
       --duration "${DURATION}s" --warmup "${WARMUP}s" --json > "$STEPS/served/$SERVED.json" 2> "$STEPS/logs/served.txt"; then
       log "served $SERVED" ok "$served_as: concurrency 1, 8, 32 over HTTP"
@@ -444,9 +457,42 @@ EOF
   else
     log "served $SERVED" fail "pomme serve did not get ready in 120 s: $(tail -n 1 "$STEPS/logs/serve.txt")"
   fi
-  kill "$SERVER_PID" 2>/dev/null
-  wait "$SERVER_PID" 2>/dev/null
-  SERVER_PID=""
+  serve_stop
+
+  # A stateful model's state across one sequence of three requests, in a server of its own.
+  seq_repo="$WORK/repo-seq"
+  seq_model=""
+  if [ "$MAC" = 1 ] && [ -d "$MODELS_DIR/stateful/model.mlpackage" ]; then
+    seq_model=stateful
+    seq_dev=ane
+    mkdir -p "$seq_repo/stateful/1"
+    cp -R "$MODELS_DIR/stateful/model.mlpackage" "$seq_repo/stateful/1/model.mlpackage"
+    printf 'backends = ["coreml"]\ndevice = "ane"\n' > "$seq_repo/stateful/config.toml"
+    seq_input="$MODELS_DIR/stateful/ref/input.x.npy"
+  elif [ "$MAC" = 0 ] && [ -n "${POMME_COREAI_PYTHON:-}" ]; then
+    # Off macOS: Core AI's stateful fixture through Apple's Linux runtime, as a plumbing check.
+    seq_model=coreai_accumulator
+    seq_dev=cpu
+    mkdir -p "$seq_repo/$seq_model/1"
+    cp -R models/coreai/accumulator.aimodel "$seq_repo/$seq_model/1/model.aimodel"
+    printf 'backends = ["coreai"]\n' > "$seq_repo/$seq_model/config.toml"
+    "$PY" -c "import sys, numpy as np; np.save(sys.argv[1], np.array([[1, 2, 3, 4]], np.float32))" "$WORK/acc-x.npy"
+    seq_input="$WORK/acc-x.npy"
+  fi
+  if [ -z "$seq_model" ]; then
+    log "served sequence" skip "no stateful model to serve here (macOS: the kit's stateful model; elsewhere: set POMME_COREAI_PYTHON)"
+  elif serve_start "$seq_repo" "$seq_model" serve-seq; then
+    if "$PY" scripts/mac/sequence.py "http://127.0.0.1:$PORT" "$seq_model" "x=$seq_input" 3 \
+      "$STEPS/outputs/$seq_model/served.$seq_dev" > "$STEPS/logs/sequence.txt" 2>&1; then
+      log "served sequence $seq_model" ok "three requests of one sequence on $seq_dev: steps/outputs/$seq_model/served.$seq_dev"
+    else
+      log "served sequence $seq_model" fail "$(tail -n 1 "$STEPS/logs/sequence.txt")"
+    fi
+    serve_stop
+  else
+    log "served sequence $seq_model" fail "pomme serve did not get ready: $(tail -n 1 "$STEPS/logs/serve-seq.txt")"
+    serve_stop
+  fi
 else
   log "served $SERVED" skip "needs a pomme build and the models (and macOS for Core ML on the ANE)"
 fi

@@ -77,6 +77,14 @@ def test_kit_plumbing_with_a_pomme_build(tmp_path):
         pytest.skip("set POMME_BIN to a pomme binary (scripts/test.sh does, after cargo test)")
     out = tmp_path / "report"
     env = dict(os.environ, POMME_KIT_VENV=sys.prefix, POMME=pomme, POMME_KIT_PORT="18700")
+    # A Python with Apple's coreai-core (CI's .venv) lets the kit serve Core AI's stateful fixture.
+    coreai_py = os.environ.get("POMME_COREAI_PYTHON") or os.path.join(ROOT, ".venv", "bin", "python")
+    has_coreai = os.path.exists(coreai_py) and subprocess.run(
+        [coreai_py, "-c", "import coreai.runtime"], capture_output=True).returncode == 0
+    if has_coreai:
+        env["POMME_COREAI_PYTHON"] = coreai_py
+    else:
+        env.pop("POMME_COREAI_PYTHON", None)
     r = subprocess.run(["sh", os.path.join(MAC, "kit.sh"), "--quick", "--duration", "1", "--out", str(out),
                         "--models", "mobilenet_v2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     rep = json.loads((out / "mac-report.json").read_text())
@@ -92,6 +100,16 @@ def test_kit_plumbing_with_a_pomme_build(tmp_path):
     assert outputs == {"outputs mobilenet_v2 pomme-ort.cpu vs numpy fp32 reference": True}
     assert [s["concurrency"] for s in rep["served"]] == [1, 8, 32]
     assert all(s["ok"] > 0 and s["served_as"].startswith("ort/cpu") for s in rep["served"])
+    steps = {s["step"]: s["status"] for s in rep["log"]}
+    if has_coreai:
+        import numpy as np
+
+        assert steps["served sequence coreai_accumulator"] == "ok"
+        y = np.load(out / "steps" / "outputs" / "coreai_accumulator" / "served.cpu" / "y_steps.npy")
+        x = np.array([[1, 2, 3, 4]], np.float32)
+        np.testing.assert_allclose(y, np.stack([x, 2 * x, 3 * x]))  # the state carried across the sequence
+    else:
+        assert steps["served sequence"] == "skip"
 
 
 def test_the_kit_calls_direct_swift_with_units_it_knows():

@@ -129,6 +129,7 @@ def canned(tmp_path):
     models = out / "models"
     (models / "mobilenet_v2" / "ref").mkdir(parents=True)
     (models / "encoder" / "ref").mkdir(parents=True)
+    (models / "stateful" / "ref").mkdir(parents=True)
     tol = {"max_norm_err": 0.05, "min_cosine": 0.998}
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((1, 1000)).astype(np.float32)
@@ -137,6 +138,8 @@ def canned(tmp_path):
         {"name": "mobilenet_v2", "parameters": 3470760, "min_ane_share": 0.8, "tolerance": tol, "bench": True,
          "inputs": [{"name": "image", "shape": [1, 3, 224, 224], "dtype": "FP32"}],
          "reference": {"inputs": {}, "outputs": {"logits": "ref/output.logits.npy"}}},
+        {"name": "stateful", "parameters": 256, "min_ane_share": None, "tolerance": tol, "bench": False,
+         "inputs": [], "reference": {"inputs": {}, "outputs": {"y_steps": "ref/output.y_steps.npy"}}},
         {"name": "encoder", "parameters": 22407168, "min_ane_share": 0.6, "tolerance": tol, "bench": True,
          "inputs": [], "reference": {"inputs": {}, "outputs": {}}},
     ]}
@@ -170,6 +173,13 @@ def canned(tmp_path):
     for d, noise in (("pomme-ort.cpu", 1e-4), ("pomme-ort.ane", 4e-3)):
         (o / d).mkdir()
         np.save(o / d / "logits.npy", logits + noise * rng.standard_normal(logits.shape).astype(np.float32))
+    st = steps / "outputs" / "stateful"
+    y_steps = np.stack([k * np.ones((1, 16), np.float32) for k in (1, 2, 3)])
+    np.save(models / "stateful" / "ref" / "output.y_steps.npy", y_steps)
+    (st / "served.ane").mkdir(parents=True)
+    np.save(st / "served.ane" / "y_steps.npy", y_steps + 1e-3)
+    (st / "served.gpu").mkdir(parents=True)
+    np.save(st / "served.gpu" / "y_steps.npy", np.stack([y_steps[0]] * 3))  # the state did not carry
     ca = steps / "outputs" / "coreai_mlp"
     for d in ("pomme-coreai.cpu", "pomme-coreai.ane"):
         (ca / d).mkdir(parents=True)
@@ -202,6 +212,8 @@ def test_report_from_canned_steps(canned):
     assert checks["outputs coreai_mlp pomme-coreai.ane vs pomme-coreai.cpu"]["ok"] is True
     assert "outputs coreai_mlp pomme-coreai.cpu vs pomme.cpu" not in checks  # nothing to compare it with
     assert checks["outputs fixture_nn_dense pomme.ane vs pomme.cpu"]["ok"] is True
+    assert checks["outputs stateful served.ane vs numpy fp32 reference"]["ok"] is True
+    assert checks["outputs stateful served.gpu vs numpy fp32 reference"]["ok"] is False
     assert checks["outputs fixture_nn_dense pomme.gpu vs pomme.cpu"]["ok"] is False
     assert rep["passed"] is False and rep["verdict"] == "some checks FAILED"
     row = [r for r in rep["latency"] if r["model"] == "mobilenet_v2" and r["runner"] == "pomme"
@@ -232,6 +244,7 @@ def test_write_exit_status(canned, capsys):
         os.remove(canned / "steps" / f)
     import shutil
     shutil.rmtree(canned / "steps" / "outputs" / "fixture_nn_dense" / "pomme.gpu")
+    shutil.rmtree(canned / "steps" / "outputs" / "stateful" / "served.gpu")
     assert report.main(["write", str(canned)]) == 0
 
 
