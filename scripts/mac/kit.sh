@@ -54,7 +54,7 @@ while [ $# -gt 0 ]; do
       if [ $# -lt 2 ]; then echo "kit: $1 needs a value" >&2; exit 2; fi
       case "$1" in --out) OUT=$2 ;; --duration) DURATION=$2 ;; --models) MODELS=$2 ;; esac
       shift ;;
-    -h | --help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "kit: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
