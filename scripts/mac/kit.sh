@@ -140,7 +140,12 @@ if BASE_PY=$(pick_python); then
     rm -rf "$VENV"
   fi
   if [ ! -x "$VENV/bin/python" ]; then
-    "$BASE_PY" -m venv "$VENV" || log venv fail "$BASE_PY -m venv $VENV failed"
+    # A new pip first: the Command Line Tools' Python 3.9 comes with pip 21.
+    if "$BASE_PY" -m venv "$VENV"; then
+      "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    else
+      log venv fail "$BASE_PY -m venv $VENV failed"
+    fi
   fi
   if [ -x "$VENV/bin/python" ]; then
     if "$VENV/bin/python" -c 'import coremltools, onnx, onnxruntime, numpy' >/dev/null 2>&1 ||
