@@ -2,7 +2,7 @@
 """The Mac proof kit's report: verdicts from the pieces each step of scripts/mac/kit.sh wrote.
 
     python3 scripts/mac/report.py env OUT                 # OUT/steps/env.json: chip, OS build, versions
-    python3 scripts/mac/report.py placement FILE MIN      # verdict + the ops off the Neural Engine; exit 1 below MIN
+    python3 scripts/mac/report.py placement FILE MIN      # verdict + the ops off the Neural Engine; exit 1 below MIN, 3 without a plan
     python3 scripts/mac/report.py write OUT               # OUT/mac-report.json + OUT/mac-report.md; exit 1 on a failed check
     python3 scripts/mac/report.py field MANIFEST FIELD MODEL  # what kit.sh needs of a model (min, bench, npy-outputs, onnx, ref-inputs, spec)
 
@@ -625,11 +625,11 @@ def main(argv):
         plan = _load(argv[1])
         if plan is None:
             print(f"no placement report in {argv[1]}")
-            return 1
+            return 3
         plan = plan.get("placement", plan)
         if plan is None:
-            print("pomme printed no compute plan (macOS 14.4+ only)")
-            return 1
+            print("pomme printed no compute plan (Core ML gives one on macOS 14.4+)")
+            return 3
         v = placement_verdict(plan, None if argv[2] == "-" else float(argv[2]))
         print(placement_text(v))
         return 0 if v["ok"] is not False else 1
