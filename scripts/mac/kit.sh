@@ -344,8 +344,10 @@ for model in $MODELS; do
   done
   if [ -n "$onnx" ]; then
     for dev in $ORT_DEVICES; do
+      ort_opt=""
+      if [ "$dev" != cpu ]; then ort_opt="--backend-option coreml_model_format=mlprogram"; fi
       # shellcheck disable=SC2086
-      if "$POMME" infer "$onnx" $ref_inputs --backend ort --device "$dev" \
+      if "$POMME" infer "$onnx" $ref_inputs --backend ort --device "$dev" $ort_opt \
         -o "$STEPS/outputs/$model/pomme-ort.$dev" > "$STEPS/logs/infer-ort.$model.$dev.txt" 2>&1; then
         log "infer $model ort/$dev" ok "outputs in steps/outputs/$model/pomme-ort.$dev"
       else
