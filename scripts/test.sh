@@ -20,6 +20,21 @@ export POMME_REQUIRE_COREAI=${POMME_REQUIRE_COREAI:-1}
 echo "== deploy: Dockerfile, Kubernetes manifests, Helm chart, KServe, Prometheus, Grafana"
 bash scripts/validate-deploy.sh
 
+echo "== Mac proof kit: shellcheck, POSIX syntax, tests/mackit"
+# scripts/mac/kit.sh runs under macOS's /bin/sh (bash 3.2): a bash-4-ism must not come back.
+mac_t0=$SECONDS
+if command -v shellcheck >/dev/null 2>&1; then
+  shellcheck -s sh scripts/mac/*.sh scripts/macos-smoke.sh
+else
+  echo "SKIP shellcheck: not installed (scripts/setup.sh installs it when run as root)"
+fi
+for f in scripts/mac/*.sh scripts/macos-smoke.sh; do
+  if command -v dash >/dev/null 2>&1; then dash -n "$f"; fi
+  bash --posix -n "$f"
+done
+.venv-mac/bin/python -m pytest -q tests/mackit
+echo "mac kit checks: $((SECONDS - mac_t0)) s"
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 
@@ -49,6 +64,9 @@ if [ -d tests/interop ]; then
   POMME_BIN=$PWD/target/debug/pomme POMME_REQUIRE_KSERVE=1 \
     .venv-kserve/bin/python -m pytest -q tests/interop/test_kserve_sdk.py
 fi
+
+echo "== Mac proof kit's plumbing with this pomme (ONNX Runtime on the CPU; nothing Apple-specific)"
+POMME_BIN=$PWD/target/debug/pomme .venv-mac/bin/python -m pytest -q tests/mackit/test_kit.py -k plumbing
 
 echo "== loom (admission controller model checks)"
 # A target dir of its own: --cfg loom changes every crate's flags, so sharing
