@@ -168,6 +168,23 @@ pub fn collect() -> Telemetry {
     }
 }
 
+/// Bytes of memory a new model can still take without the system swapping
+/// or killing processes, for the runtime's memory guard: Linux
+/// `MemAvailable`; `None` where it is not known (macOS: not read yet), and
+/// the guard then stays out of the way.
+pub fn available_memory() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| linux::parse_meminfo(&s).1)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 /// What macOS reported, as a [`Telemetry`].
 #[cfg(feature = "coreml")]
 pub fn from_mac(h: pomme_coreml::host::MacHost) -> Telemetry {

@@ -228,6 +228,12 @@ fn serve(args: pomme_server::ServerArgs, settings: &Settings) -> Result<ExitCode
         builder = builder.reply_spin(d);
     }
     builder = builder.response_cache_mb(config.runtime.response_cache_mb);
+    if config.runtime.memory_guard {
+        builder = builder.memory_guard(
+            std::sync::Arc::new(pomme_backends::telemetry::available_memory),
+            config.runtime.memory_reserve_mb,
+        );
+    }
     if config.runtime.memory_budget_mb > 0 {
         builder = builder.memory_budget_mb(config.runtime.memory_budget_mb);
     }

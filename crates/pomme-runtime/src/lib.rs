@@ -38,7 +38,7 @@ mod warmup;
 mod worker;
 
 // The façade.
-pub use runtime::{InferRequest, InferResponse, Runtime, RuntimeBuilder};
+pub use runtime::{InferRequest, InferResponse, MemoryProbe, Runtime, RuntimeBuilder};
 
 // Models: what to load, and what a loaded one looks like.
 pub use artifact::detect_artifact;

@@ -532,3 +532,65 @@ async fn response_cache_needs_a_budget() {
     let e = rt.load(spec).await.unwrap_err().to_string();
     assert!(e.contains("response_cache_mb = 0"), "{e}");
 }
+
+/// The memory guard refuses a load the system cannot hold, with the
+/// figures, before any backend touches the file; with room it loads.
+#[tokio::test]
+async fn memory_guard_refuses_with_the_figures() {
+    let fake = FakeBackend::new(4);
+    let file = model_file(); // 2 bytes
+    let starved = Runtime::builder()
+        .backend(Arc::new(fake.clone()))
+        .memory_guard(Arc::new(|| Some(1024 * 1024)), 2)
+        .build()
+        .unwrap();
+    let e = starved.load(ModelSpec::new("m", &file)).await.unwrap_err();
+    assert_eq!(e.kind(), pomme_core::ErrorKind::MemoryBudgetExceeded);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("2 MiB are kept in reserve") && msg.contains("only 1.0 MiB of memory is available"),
+        "{msg}"
+    );
+    let roomy = Runtime::builder()
+        .backend(Arc::new(fake.clone()))
+        .memory_guard(Arc::new(|| Some(64 * 1024 * 1024)), 2)
+        .build()
+        .unwrap();
+    assert!(roomy.load(ModelSpec::new("m", &file)).await.is_ok());
+    // An unknown figure keeps the guard out of the way.
+    let unknown = Runtime::builder()
+        .backend(Arc::new(fake))
+        .memory_guard(Arc::new(|| None), 1 << 30)
+        .build()
+        .unwrap();
+    assert!(unknown.load(ModelSpec::new("m", &file)).await.is_ok());
+}
+
+/// Idle time is per model, from its last request; a request in flight
+/// keeps it out of the idle list.
+#[tokio::test]
+async fn idle_models_are_reported_with_their_idle_time() {
+    let fake = FakeBackend::new(4);
+    let rt = runtime(&fake);
+    rt.load(ModelSpec::new("m", model_file())).await.unwrap();
+    let before = rt.idle_models();
+    assert_eq!(before.len(), 1);
+    fake.then(Behaviour::Hang, 1);
+    let sent = std::time::Instant::now();
+    let busy = {
+        let rt = rt.clone();
+        tokio::spawn(async move { rt.infer(req(1.0)).await })
+    };
+    // Wait (bounded) until the request is in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rt.idle_models().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the request never started");
+        tokio::task::yield_now().await;
+    }
+    fake.script.release_hangs();
+    busy.await.unwrap().unwrap();
+    let after = rt.idle_models();
+    assert_eq!(after.len(), 1);
+    // Counted from the last request, not the load.
+    assert!(after[0].1 <= sent.elapsed(), "{after:?}");
+}

@@ -163,6 +163,10 @@ pub struct RuntimeConfig {
     /// The response cache's budget, shared by the models that turn
     /// `response_cache` on (0: no cache).
     pub response_cache_mb: u64,
+    /// Refuse a load when the system's available memory cannot hold the
+    /// model's files plus `memory_reserve_mb`.
+    pub memory_guard: bool,
+    pub memory_reserve_mb: u64,
 }
 
 impl Default for ServerConfig {
@@ -187,6 +191,8 @@ impl Default for ServerConfig {
                 worker_spin: None,
                 reply_spin: None,
                 response_cache_mb: 64,
+                memory_guard: true,
+                memory_reserve_mb: 256,
             },
             shutdown_grace: Duration::from_secs(30),
             log_format: LogFormat::Text,
@@ -237,6 +243,12 @@ pub struct ServerArgs {
     /// Response cache budget in MiB for models with response_cache on (default 64; 0: none).
     #[arg(long, env = "POMME_RESPONSE_CACHE_MB")]
     pub response_cache_mb: Option<u64>,
+    /// Refuse a load the system's available memory cannot hold (true, false; default true).
+    #[arg(long, env = "POMME_MEMORY_GUARD")]
+    pub memory_guard: Option<bool>,
+    /// Memory in MiB the guard keeps free beyond the model's files (default 256).
+    #[arg(long, env = "POMME_MEMORY_RESERVE_MB")]
+    pub memory_reserve_mb: Option<u64>,
     /// When a load does not fit the memory budget: refuse it, or evict least
     /// recently used idle models first (refuse, evict).
     #[arg(long, env = "POMME_MEMORY_POLICY")]
@@ -322,6 +334,8 @@ pub struct FileConfig {
     pub max_concurrency: Option<usize>,
     pub memory_budget_mb: Option<u64>,
     pub response_cache_mb: Option<u64>,
+    pub memory_guard: Option<bool>,
+    pub memory_reserve_mb: Option<u64>,
     /// `refuse` or `evict`.
     pub memory_policy: Option<String>,
     /// Default routing mode: `off` or `auto`.
@@ -450,6 +464,14 @@ impl ServerConfig {
             .response_cache_mb
             .or(file.response_cache_mb)
             .unwrap_or(c.runtime.response_cache_mb);
+        c.runtime.memory_guard = args
+            .memory_guard
+            .or(file.memory_guard)
+            .unwrap_or(c.runtime.memory_guard);
+        c.runtime.memory_reserve_mb = args
+            .memory_reserve_mb
+            .or(file.memory_reserve_mb)
+            .unwrap_or(c.runtime.memory_reserve_mb);
         if let Some(p) = args.memory_policy.clone().or(file.memory_policy) {
             c.runtime.memory_policy = p
                 .parse()

@@ -251,8 +251,27 @@ async fn background(shared: Arc<Shared>, config: ServerConfig, stopped: impl Fut
     }
     shared.set_started();
     tracing::info!("startup models loaded; ready");
-    if let (ControlMode::Poll, Some(repo)) = (mode, repo) {
-        poll(&shared, repo, config.repository.poll_interval).await;
+    match (mode, repo) {
+        (ControlMode::Poll, Some(repo)) => {
+            tokio::join!(
+                poll(&shared, repo, config.repository.poll_interval),
+                idle_unloads(&shared)
+            );
+        }
+        _ => idle_unloads(&shared).await,
+    }
+}
+
+/// Unloads models idle past their `unload_after_idle`, checking at a
+/// quarter of the shortest such setting (between 50 ms and 5 s).
+async fn idle_unloads(shared: &Arc<Shared>) {
+    loop {
+        let pace = shared
+            .shortest_idle()
+            .map(|d| (d / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)))
+            .unwrap_or(Duration::from_secs(5));
+        tokio::time::sleep(pace).await;
+        shared.unload_idle().await;
     }
 }
 
@@ -340,7 +359,7 @@ async fn poll(shared: &Arc<Shared>, repo: PathBuf, interval: Duration) {
             let same = |old: &RepoModel| {
                 old.fingerprint == model.fingerprint && old.spec.version == model.spec.version
             };
-            if failed.get(name).is_some_and(same) {
+            if failed.get(name).is_some_and(same) || shared.is_idle_unloaded(name, &model) {
                 continue;
             }
             let reload = match loaded.get(name) {
@@ -368,5 +387,6 @@ async fn poll(shared: &Arc<Shared>, repo: PathBuf, interval: Duration) {
             }
         }
         failed.retain(|n, _| found.iter().any(|(f, _)| f == n));
+        shared.forget_idle_unloaded_except(|n| found.iter().any(|(f, _)| f == n));
     }
 }

@@ -44,6 +44,11 @@ pub struct Shared {
     stopping: AtomicBool,
     /// What the repository declared for each model loaded from it.
     declared: Mutex<BTreeMap<String, RepoModel>>,
+    /// Models unloaded for being idle (`unload_after_idle`), as declared.
+    idle_unloaded: Mutex<BTreeMap<String, RepoModel>>,
+    /// One reload-on-request at a time: concurrent requests for an
+    /// idle-unloaded model wait for the same load.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -59,6 +64,8 @@ impl Shared {
             startup_done: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             declared: Mutex::new(BTreeMap::new()),
+            idle_unloaded: Mutex::new(BTreeMap::new()),
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -109,13 +116,19 @@ impl Shared {
         }
     }
 
-    /// Runs an inference.
+    /// Runs an inference. A model unloaded for being idle is loaded again
+    /// first when its configuration says `reload_on_request`, and otherwise
+    /// refused with the reason.
     pub async fn infer(
         &self,
         model: String,
         version: Option<u64>,
         d: DecodedRequest,
     ) -> Result<InferResponse> {
+        let idle = self.idle_unloaded.lock().get(&model).cloned();
+        if let Some(m) = idle {
+            self.wake(&model, m).await?;
+        }
         let outputs = d.output_names();
         self.runtime
             .infer(InferRequest {
@@ -129,6 +142,87 @@ impl Shared {
                 sequence: d.sequence,
             })
             .await
+    }
+
+    /// Loads an idle-unloaded model again for a request, or says why not.
+    async fn wake(&self, name: &str, model: RepoModel) -> Result<()> {
+        let policy = model.idle.expect("only models with an idle policy are idle-unloaded");
+        if !policy.reload_on_request {
+            return Err(Error::Unavailable(format!(
+                "model '{name}' was unloaded after {} without requests (unload_after_idle); load it again, or set reload_on_request = true",
+                crate::duration::format_duration(policy.after)
+            )));
+        }
+        let _one = self.reloading.lock().await;
+        // Another request may have loaded it while this one waited.
+        let Some(model) = self.idle_unloaded.lock().remove(name) else {
+            return Ok(());
+        };
+        tracing::info!(model = %name, "reloading on request after idle unload");
+        if let Err(e) = self.load_declared(model.clone(), false).await {
+            self.idle_unloaded.lock().insert(name.to_string(), model);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unloads the models whose `unload_after_idle` has passed without a
+    /// request; returns their names. Run periodically by the server.
+    pub async fn unload_idle(&self) -> Vec<String> {
+        let due: Vec<(String, std::time::Duration)> = {
+            let declared = self.declared.lock();
+            self.runtime
+                .idle_models()
+                .into_iter()
+                .filter_map(|(name, idle)| {
+                    let after = declared.get(&name)?.idle?.after;
+                    (idle >= after).then_some((name, after))
+                })
+                .collect()
+        };
+        let mut unloaded = Vec::new();
+        for (name, after) in due {
+            let Some(model) = self.declared.lock().get(&name).cloned() else {
+                continue;
+            };
+            // Queued requests still run: unload waits for them.
+            match self.runtime.unload(&name).await {
+                Ok(()) => {
+                    tracing::info!(model = %name, idle = %crate::duration::format_duration(after),
+                        "unloaded after idle (unload_after_idle)");
+                    self.declared.lock().remove(&name);
+                    self.idle_unloaded.lock().insert(name.clone(), model);
+                    unloaded.push(name);
+                }
+                Err(e) => tracing::warn!(model = %name, error = %e, "idle unload failed"),
+            }
+        }
+        unloaded
+    }
+
+    /// The shortest `unload_after_idle` of the loaded models, to pace the
+    /// idle check; `None` when no model has one.
+    pub fn shortest_idle(&self) -> Option<std::time::Duration> {
+        self.declared
+            .lock()
+            .values()
+            .filter_map(|m| m.idle.map(|i| i.after))
+            .min()
+    }
+
+    /// Forgets idle-unloaded models that `keep` rejects (gone from the
+    /// repository).
+    pub fn forget_idle_unloaded_except(&self, keep: impl Fn(&str) -> bool) {
+        self.idle_unloaded.lock().retain(|n, _| keep(n));
+    }
+
+    /// Whether `name` is idle-unloaded with this very configuration (so a
+    /// repository poll leaves it unloaded).
+    pub fn is_idle_unloaded(&self, name: &str, model: &RepoModel) -> bool {
+        self.idle_unloaded
+            .lock()
+            .get(name)
+            .is_some_and(|m| m.fingerprint == model.fingerprint)
     }
 
     /// KServe model metadata.
@@ -258,6 +352,27 @@ impl Shared {
                 },
             );
         }
+        for (name, m) in self.idle_unloaded.lock().iter() {
+            let after = m.idle.map(|i| i.after).unwrap_or_default();
+            rows.remove(&(name.clone(), String::new()));
+            rows.insert(
+                (name.clone(), String::new()),
+                IndexEntry {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: "UNAVAILABLE".into(),
+                    reason: format!(
+                        "unloaded after {} without requests (unload_after_idle){}",
+                        crate::duration::format_duration(after),
+                        if m.idle.is_some_and(|i| i.reload_on_request) {
+                            "; the next request loads it"
+                        } else {
+                            ""
+                        }
+                    ),
+                },
+            );
+        }
         rows.into_values()
             .filter(|r| !ready_only || r.state == "READY")
             .collect()
@@ -297,6 +412,7 @@ impl Shared {
                 .await
                 .map_err(|e| Error::Internal(format!("repository task: {e}")))??;
         let model = model.with_default_routing(self.default_routing);
+        self.idle_unloaded.lock().remove(name);
         let loaded = self.runtime.models().iter().any(|m| m.name == name);
         // Every version the model's version policy selects.
         repository::load_versions(&self.runtime, &model, loaded).await?;
@@ -306,6 +422,9 @@ impl Shared {
 
     /// Unloads every version of a model.
     pub async fn unload(&self, name: &str) -> Result<()> {
+        if self.idle_unloaded.lock().remove(name).is_some() {
+            return Ok(());
+        }
         self.runtime.unload(name).await?;
         self.declared.lock().remove(name);
         Ok(())

@@ -146,6 +146,7 @@ impl Runtime {
 
     fn build_instance(&self, spec: &ModelSpec, started: Instant) -> Result<Arc<Instance>> {
         let artifact = detect_artifact(&spec.path)?;
+        self.check_free_memory(spec)?;
         let (model, routing) = match &spec.routing {
             Some(cfg) => RouteHandle::load(
                 spec,
@@ -299,6 +300,30 @@ impl Runtime {
                     .as_nanos() as u64,
             ),
         }))
+    }
+
+    /// The memory guard: the model's files (what its weights will take, at
+    /// least) plus the reserve must fit in what the system still has.
+    fn check_free_memory(&self, spec: &ModelSpec) -> Result<()> {
+        let Some(probe) = &self.inner.available_memory else {
+            return Ok(());
+        };
+        let Some(available) = probe() else {
+            return Ok(());
+        };
+        let files = disk_bytes(&spec.path);
+        let need = files.saturating_add(self.inner.memory_reserve);
+        if need > available {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            return Err(Error::MemoryBudgetExceeded(format!(
+                "cannot load '{}': its files take {:.1} MiB and {:.0} MiB are kept in reserve, but only {:.1} MiB of memory is available",
+                spec.name,
+                mib(files),
+                mib(self.inner.memory_reserve),
+                mib(available)
+            )));
+        }
+        Ok(())
     }
 
     /// Loads on the first of the spec's backends (or of every backend reading
@@ -468,6 +493,17 @@ fn start_workers(
         }
     }
     Ok((threads, Some(started.elapsed())))
+}
+
+/// Bytes a file, or every file under a directory (a bundle), takes on disk.
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|d| d.flatten().map(|e| disk_bytes(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
 }
 
 async fn spawn_blocking<T: Send + 'static>(

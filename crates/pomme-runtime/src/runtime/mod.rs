@@ -33,7 +33,13 @@ pub struct RuntimeBuilder {
     worker_spin: Option<Duration>,
     reply_spin: Option<Duration>,
     response_cache_bytes: u64,
+    available_memory: Option<MemoryProbe>,
+    memory_reserve: u64,
 }
+
+/// Reports the bytes of memory still available to the process (`None`:
+/// unknown); see [`RuntimeBuilder::memory_guard`].
+pub type MemoryProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 impl Default for RuntimeBuilder {
     fn default() -> Self {
@@ -48,6 +54,8 @@ impl Default for RuntimeBuilder {
             worker_spin: None,
             reply_spin: None,
             response_cache_bytes: 64 * 1024 * 1024,
+            available_memory: None,
+            memory_reserve: 0,
         }
     }
 }
@@ -139,6 +147,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Refuses a load, with the figures, when the model's files plus
+    /// `reserve_mb` exceed what `probe` says is still available, instead of
+    /// letting the operating system kill the process mid-load. The probe is
+    /// the platform's (`pomme_backends::telemetry::available_memory`).
+    pub fn memory_guard(mut self, probe: MemoryProbe, reserve_mb: u64) -> Self {
+        self.available_memory = Some(probe);
+        self.memory_reserve = reserve_mb.saturating_mul(1024 * 1024);
+        self
+    }
+
     pub fn build(self) -> Result<Runtime> {
         if self.backends.is_empty() {
             return Err(Error::Unavailable("no backend given to the runtime".into()));
@@ -176,6 +194,8 @@ impl RuntimeBuilder {
                 reply_spin: self.reply_spin.unwrap_or_else(|| default_spin(20)),
                 cache,
                 cache_metrics,
+                available_memory: self.available_memory,
+                memory_reserve: self.memory_reserve,
             }),
         })
     }
@@ -211,6 +231,8 @@ struct Inner {
     /// `None`: no budget (models asking for it fail to load).
     cache: Option<ResponseCache>,
     cache_metrics: CacheMetrics,
+    available_memory: Option<MemoryProbe>,
+    memory_reserve: u64,
 }
 
 /// The inference runtime. Cheap to clone; all clones share state.
@@ -238,6 +260,29 @@ impl Runtime {
     /// Every model version known, with its state.
     pub fn models(&self) -> Vec<ModelStatus> {
         self.inner.registry.statuses()
+    }
+
+    /// How long each loaded model has been idle: no request queued or
+    /// running on any of its versions, and none started since (the least
+    /// idle version counts). Models with work in hand are left out.
+    pub fn idle_models(&self) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        let mut idle: std::collections::BTreeMap<String, Option<Duration>> = Default::default();
+        for inst in self.inner.registry.instances() {
+            // The registry's reference and this scan's: nothing else holds it.
+            let quiet = Arc::strong_count(&inst) <= 2 && inst.queue.is_empty();
+            let used = self.inner.started
+                + Duration::from_nanos(inst.last_used_ns.load(Ordering::Relaxed));
+            let since = now.saturating_duration_since(used);
+            let entry = idle.entry(inst.view.name.clone()).or_insert(Some(since));
+            *entry = match (*entry, quiet) {
+                (Some(d), true) => Some(d.min(since)),
+                _ => None,
+            };
+        }
+        idle.into_iter()
+            .filter_map(|(name, d)| d.map(|d| (name, d)))
+            .collect()
     }
 
     /// A serving model version (newest when `version` is `None`).

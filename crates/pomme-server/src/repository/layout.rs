@@ -190,6 +190,7 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
         quantization,
         fingerprint,
         routing: decl.routing,
+        idle: decl.idle,
     })
 }
 

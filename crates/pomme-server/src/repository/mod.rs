@@ -136,6 +136,18 @@ pub struct RepoModel {
     /// Measured routing as the configuration declares it (`Unset`: the
     /// server's default applies, see [`RepoModel::with_default_routing`]).
     pub routing: ModelRouting,
+    /// Unload after this long without a request (`unload_after_idle`).
+    pub idle: Option<IdlePolicy>,
+}
+
+/// `unload_after_idle = "10m"` and `reload_on_request = true`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdlePolicy {
+    /// Unloaded once no request came for this long.
+    pub after: std::time::Duration,
+    /// The next request loads it again (and waits for the load) instead of
+    /// being refused.
+    pub reload_on_request: bool,
 }
 
 impl RepoModel {
@@ -162,6 +174,7 @@ struct Declared {
     /// `[quantization]` (config.toml only), resolved by `load` against the model directory.
     quantization: Option<self::toml::TomlQuant>,
     routing: ModelRouting,
+    idle: Option<IdlePolicy>,
     /// `config.pbtxt` fields pomme does not implement (`model_warmup`,
     /// `dynamic_batching.preserve_ordering`, ...): one warning line each at load.
     ignored: Vec<String>,
@@ -178,6 +191,7 @@ impl Default for Declared {
             version_policy: VersionPolicy::default(),
             quantization: None,
             routing: ModelRouting::Unset,
+            idle: None,
             ignored: Vec::new(),
         }
     }

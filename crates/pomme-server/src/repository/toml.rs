@@ -39,6 +39,11 @@ struct TomlConfig {
     quantization: Option<TomlQuant>,
     /// Measured routing: `"auto"`, `"off"`, a candidate list or a table (`routing.rs`).
     routing: Option<toml::Value>,
+    /// Unload after this long without a request (`"10m"`).
+    unload_after_idle: Option<String>,
+    /// With `unload_after_idle`: the next request loads the model again.
+    #[serde(default)]
+    reload_on_request: bool,
     /// Triton's `response_cache { enable: true }`.
     #[serde(default)]
     response_cache: bool,
@@ -205,6 +210,30 @@ struct TomlTensor {
     dims: Vec<i64>,
 }
 
+/// `unload_after_idle` (and `reload_on_request`, which needs it), in either format.
+pub(super) fn idle_policy(
+    after: Option<&str>,
+    reload_on_request: bool,
+) -> Result<Option<super::IdlePolicy>, String> {
+    match after {
+        None if reload_on_request => {
+            Err("reload_on_request needs unload_after_idle (e.g. \"10m\")".into())
+        }
+        None => Ok(None),
+        Some(a) => {
+            let after = crate::duration::parse_duration(a)
+                .map_err(|e| format!("unload_after_idle: {e}"))?;
+            if after.is_zero() {
+                return Err("unload_after_idle must be more than 0".into());
+            }
+            Ok(Some(super::IdlePolicy {
+                after,
+                reload_on_request,
+            }))
+        }
+    }
+}
+
 /// Parses a `config.toml`.
 pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
     let c: TomlConfig = toml::from_str(text).map_err(|e| one_line(e.to_string()))?;
@@ -213,6 +242,7 @@ pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
     d.spec.max_batch_size = c.max_batch_size;
     d.spec.workers = c.workers.unwrap_or(1).max(1);
     d.spec.response_cache = c.response_cache;
+    d.idle = idle_policy(c.unload_after_idle.as_deref(), c.reload_on_request)?;
     d.spec.warmup = c
         .warmup
         .into_iter()
@@ -276,6 +306,23 @@ pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
 mod tests {
     use super::super::testing::{model, scan};
     use super::*;
+
+    #[test]
+    fn reads_idle_unload() {
+        let d = from_toml("unload_after_idle = \"10m\"\nreload_on_request = true\n").unwrap();
+        assert_eq!(
+            d.idle,
+            Some(crate::repository::IdlePolicy {
+                after: Duration::from_secs(600),
+                reload_on_request: true
+            })
+        );
+        assert!(from_toml("").unwrap().idle.is_none());
+        let e = from_toml("reload_on_request = true\n").unwrap_err();
+        assert!(e.contains("needs unload_after_idle"), "{e}");
+        let e = from_toml("unload_after_idle = \"soon\"\n").unwrap_err();
+        assert!(e.contains("unload_after_idle"), "{e}");
+    }
 
     #[test]
     fn reads_warmup() {

@@ -234,10 +234,14 @@ pub(super) fn from_pbtxt(
     // accepted in a pbtxt as `parameters { key: "memory_budget_mb" value {
     // string_value: "64" } }` and `parameters { key: "routing" value {
     // string_value: "auto" } }`.
+    let (mut idle_after, mut reload_on_request) = (None, false);
     for p in m.all("parameters") {
         let p = p.as_message().ok_or("'parameters' must be a message")?;
         let key = p.get("key").and_then(pbtxt::Value::as_str);
-        if !matches!(key, Some("memory_budget_mb" | "routing")) {
+        if !matches!(
+            key,
+            Some("memory_budget_mb" | "routing" | "unload_after_idle" | "reload_on_request")
+        ) {
             continue;
         }
         let key = key.expect("matched");
@@ -249,6 +253,18 @@ pub(super) fn from_pbtxt(
             .ok_or_else(|| format!("parameter {key} needs value {{ string_value: \"...\" }}"))?;
         if key == "routing" {
             d.routing = ModelRouting::from_parameter(v, d.spec.load.device)?;
+        } else if key == "unload_after_idle" {
+            idle_after = Some(v.to_string());
+        } else if key == "reload_on_request" {
+            reload_on_request = match v.trim() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(format!(
+                        "parameter reload_on_request '{other}' is not true or false"
+                    ));
+                }
+            };
         } else {
             d.memory_budget_mb = Some(
                 v.trim()
@@ -257,6 +273,7 @@ pub(super) fn from_pbtxt(
             );
         }
     }
+    d.idle = super::toml::idle_policy(idle_after.as_deref(), reload_on_request)?;
     if let Some(rc) = m.get("response_cache") {
         let rc = rc
             .as_message()
