@@ -548,7 +548,8 @@ async fn memory_guard_refuses_with_the_figures() {
     assert_eq!(e.kind(), pomme_core::ErrorKind::MemoryBudgetExceeded);
     let msg = e.to_string();
     assert!(
-        msg.contains("2 MiB are kept in reserve") && msg.contains("only 1.0 MiB of memory is available"),
+        msg.contains("2 MiB are kept in reserve")
+            && msg.contains("only 1.0 MiB of memory is available"),
         "{msg}"
     );
     let roomy = Runtime::builder()
@@ -584,7 +585,10 @@ async fn idle_models_are_reported_with_their_idle_time() {
     // Wait (bounded) until the request is in flight.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !rt.idle_models().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the request never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never started"
+        );
         tokio::task::yield_now().await;
     }
     fake.script.release_hangs();

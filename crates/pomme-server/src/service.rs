@@ -146,7 +146,9 @@ impl Shared {
 
     /// Loads an idle-unloaded model again for a request, or says why not.
     async fn wake(&self, name: &str, model: RepoModel) -> Result<()> {
-        let policy = model.idle.expect("only models with an idle policy are idle-unloaded");
+        let policy = model
+            .idle
+            .expect("only models with an idle policy are idle-unloaded");
         if !policy.reload_on_request {
             return Err(Error::Unavailable(format!(
                 "model '{name}' was unloaded after {} without requests (unload_after_idle); load it again, or set reload_on_request = true",
