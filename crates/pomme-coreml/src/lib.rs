@@ -3,6 +3,9 @@
 //! - [`reader`] (every platform, pure Rust): reads `.mlmodel` files and
 //!   `.mlpackage` bundles (a subset of the public Core ML protobuf spec) into a
 //!   [`reader::CoreMlInfo`], convertible to [`pomme_core::ModelInfo`].
+//! - [`convert`] (every platform): image tensor ↔ pixel buffer layouts,
+//!   classifier outputs and Triton top-k, per-sequence state bookkeeping; the
+//!   plain-Rust halves of the native backend's conversions.
 //! - [`ane_check`] (every platform): flags what is known to push work off the
 //!   Apple Neural Engine, each rule with its source.
 //! - [`placement`]: the [`placement::PlacementReport`] type and
@@ -21,6 +24,7 @@
 #![deny(unsafe_code)]
 
 pub mod ane_check;
+pub mod convert;
 pub mod host;
 pub mod options;
 pub mod placement;
