@@ -13,7 +13,9 @@
 use crate::proto::specification as pb;
 use crate::proto::specification::mil_spec as mil;
 use crate::proto::{LAYER_TYPES, MODEL_TYPES};
-use pomme_core::{DType, Dim, Error, ModelInfo, ModelSignature, Result, Shape, TensorSpec};
+use pomme_core::{
+    AllowedShapes, DType, Dim, Error, ModelInfo, ModelSignature, Result, Shape, TensorSpec,
+};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1238,7 +1240,16 @@ fn signature_of(
     classifier: Option<&ClassifierInfo>,
 ) -> ModelSignature {
     ModelSignature {
-        inputs: inputs.iter().map(|f| tensor_spec(f, None)).collect(),
+        inputs: inputs
+            .iter()
+            .map(|f| {
+                let spec = tensor_spec(f, None);
+                match allowed_shapes(f) {
+                    Some(a) => spec.allowing(a),
+                    None => spec,
+                }
+            })
+            .collect(),
         outputs: outputs
             .iter()
             .enumerate()
@@ -1340,6 +1351,40 @@ fn tensor_spec(f: &FeatureInfo, mil_type: Option<&mil::TensorType>) -> TensorSpe
     TensorSpec::new(f.name.clone(), dtype, shape)
 }
 
+/// The concrete shapes a flexible multi-array or image input takes, checked
+/// at the edge (a shape outside them is a 400 naming them, not a Core ML
+/// error at prediction). Images are `[height, width, channels]`.
+pub fn allowed_shapes(f: &FeatureInfo) -> Option<AllowedShapes> {
+    let us = |v: &[u64]| v.iter().map(|&d| d as usize).collect::<Vec<_>>();
+    let channels = match f.kind {
+        FeatureKind::MultiArray => None,
+        FeatureKind::Image if f.data_type.starts_with("GRAYSCALE") => Some(1),
+        FeatureKind::Image => Some(3),
+        _ => return None,
+    };
+    match &f.flexibility {
+        ShapeFlexibility::Fixed => None,
+        ShapeFlexibility::Enumerated(shapes) => Some(AllowedShapes::OneOf(
+            shapes
+                .iter()
+                .map(|s| {
+                    let mut v = us(s);
+                    v.extend(channels);
+                    v
+                })
+                .collect(),
+        )),
+        ShapeFlexibility::Range(r) => {
+            let mut v: Vec<(usize, Option<usize>)> = r
+                .iter()
+                .map(|r| (r.lower as usize, r.upper.map(|u| u as usize)))
+                .collect();
+            v.extend(channels.map(|c| (c, Some(c))));
+            Some(AllowedShapes::Ranges(v))
+        }
+    }
+}
+
 /// Dimensions equal in the default and every enumerated shape stay fixed; the others are symbolic.
 fn flexible_enumerated(default: &[u64], shapes: &[Vec<u64>]) -> Shape {
     let rank = shapes.first().map_or(default.len(), Vec::len);
@@ -1431,6 +1476,23 @@ impl CoreMlInfo {
         out.signature = f.signature.clone();
         out.classifier = f.classifier.clone();
         Ok(out)
+    }
+
+    /// An ML Program that computes in float16 (converted with
+    /// `compute_precision = FLOAT16`, coremltools' default).
+    pub fn is_fp16_program(&self) -> bool {
+        self.model_type == "mlProgram" && self.compute.value_dtypes.contains_key("FLOAT16")
+    }
+
+    /// A neural network (plain, classifier or regressor), possibly in a pipeline.
+    pub fn has_neural_network(&self) -> bool {
+        fn nn(t: &str) -> bool {
+            t.starts_with("neuralNetwork")
+        }
+        fn any(s: &[SubModel]) -> bool {
+            s.iter().any(|m| nn(&m.model_type) || any(&m.sub_models))
+        }
+        nn(&self.model_type) || any(&self.sub_models)
     }
 
     /// Whether the model keeps state between predictions (needs sequences).

@@ -225,6 +225,39 @@ fn signatures_in_pomme_terms() {
     assert_eq!(s.outputs[0].shape.rank(), 3);
 }
 
+/// Enumerated and range shapes are checked at the edge: a shape the model
+/// does not take is refused with a 400 naming the ones it does.
+#[test]
+fn flexible_shapes_are_refused_at_the_edge_naming_the_allowed_ones() {
+    let dir = models_dir();
+    let sig = |f: &str| reader::read(&dir.join(f)).unwrap().signature;
+    let input = |shape: &[usize]| {
+        vec![(
+            "x".to_string(),
+            pomme_core::Tensor::zeros(DType::F32, shape.to_vec()).unwrap(),
+        )]
+    };
+    let s = sig("enumerated.mlpackage");
+    s.arrange_inputs(input(&[2, 3, 8, 8])).unwrap();
+    let e = s.arrange_inputs(input(&[3, 3, 8, 8])).unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+    assert_eq!(e.http_status(), 400);
+    assert!(
+        e.to_string()
+            .contains("the model takes [1,3,8,8] or [2,3,8,8] or [4,3,8,8]"),
+        "{e}"
+    );
+    let s = sig("range.mlpackage");
+    s.arrange_inputs(input(&[8, 3, 64])).unwrap();
+    let e = s
+        .arrange_inputs(input(&[1, 3, 65]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the model takes [1..8,3,4..64]"), "{e}");
+    // Fixed-shape models carry no extra constraint.
+    assert!(sig("mlp_program.mlpackage").inputs[0].allowed.is_none());
+}
+
 #[test]
 fn classifiers_images_states_and_functions_in_pomme_terms() {
     let dir = models_dir();
@@ -279,6 +312,13 @@ fn classifiers_images_states_and_functions_in_pomme_terms() {
         e.contains("no function 'quadruple'") && e.contains("double, triple"),
         "{e}"
     );
+
+    // What routing's tolerance is chosen from.
+    assert!(read("mlp_program.mlpackage").is_fp16_program());
+    assert!(!read("nn_dense.mlmodel").is_fp16_program());
+    assert!(read("pipeline.mlmodel").has_neural_network());
+    assert!(read("nn_classifier.mlmodel").has_neural_network());
+    assert!(!read("stateful.mlpackage").has_neural_network());
 
     // Int64 and String scalars.
     let s = read("int64_mapping.mlmodel").signature;

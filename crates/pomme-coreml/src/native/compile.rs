@@ -176,6 +176,10 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Compiles into Core ML's temporary directory (the caller moves the result).
 fn compile(model: &Path) -> Result<PathBuf> {
+    super::catching("compilation", || compile_uncaught(model))
+}
+
+fn compile_uncaught(model: &Path) -> Result<PathBuf> {
     let url = file_url(model);
     if macos_at_least(13, 0) {
         let (tx, rx) = mpsc::channel::<Result<PathBuf>>();

@@ -126,6 +126,16 @@ pub(crate) fn plan_for_compiled(
     units: MLComputeUnits,
     units_name: &str,
 ) -> Result<PlacementReport> {
+    super::catching("the compute plan", || {
+        plan_uncaught(compiled, units, units_name)
+    })
+}
+
+fn plan_uncaught(
+    compiled: &Path,
+    units: MLComputeUnits,
+    units_name: &str,
+) -> Result<PlacementReport> {
     // SAFETY: a fresh configuration; setComputeUnits exists on 14.4+.
     let cfg = unsafe {
         let cfg = MLModelConfiguration::new();
@@ -138,7 +148,12 @@ pub(crate) fn plan_for_compiled(
         // borrowed for the call. MLComputePlan is not Send, so it is read here
         // and only Rust data crosses the channel.
         let res = match unsafe { plan.as_ref() } {
-            Some(p) => Ok(autoreleasepool(|_| report(p))),
+            // The walk runs on Core ML's queue, outside the caller's catch.
+            Some(p) => super::catch_objc(|| autoreleasepool(|_| report(p))).map_err(|e| {
+                Error::Internal(format!(
+                    "Core ML raised an Objective-C exception while walking the compute plan: {e}"
+                ))
+            }),
             None => Err(Error::CompilationFailed(
                 unsafe { err.as_ref() }.map_or_else(|| "compute plan failed".to_string(), ns_error),
             )),
