@@ -6,6 +6,9 @@
 //! - [`convert`] (every platform): image tensor ↔ pixel buffer layouts,
 //!   classifier outputs and Triton top-k, per-sequence state bookkeeping; the
 //!   plain-Rust halves of the native backend's conversions.
+//! - [`cache`] (every platform): the compiled-model cache's key (content and
+//!   OS build, re-hashed only when files change), LRU size cap, and the
+//!   weight bytes of compiled bundles.
 //! - [`ane_check`] (every platform): flags what is known to push work off the
 //!   Apple Neural Engine, each rule with its source.
 //! - [`placement`]: the [`placement::PlacementReport`] type and
@@ -24,6 +27,7 @@
 #![deny(unsafe_code)]
 
 pub mod ane_check;
+pub mod cache;
 pub mod convert;
 pub mod host;
 pub mod options;

@@ -19,7 +19,11 @@ pub const KEYS: &[&str] = &[
     "function",
     "max_sequences",
     "sequence_idle_timeout_s",
+    "cache_max_mb",
 ];
+
+/// The compiled-model cache's default size cap (`cache_max_mb`): 8 GiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 8 << 30;
 
 /// The Core ML backend's settings for one load, from `LoadOptions.extra`.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +36,9 @@ pub struct CoreMlOptions {
     /// `cache_dir`: where compiled `.mlmodelc` bundles are kept (default: the
     /// backend's, `<cache root>/coreml`).
     pub cache_dir: Option<PathBuf>,
+    /// `cache_max_mb`: the compiled-model cache's size cap in MiB (default
+    /// 8192); least recently used bundles are removed past it.
+    pub cache_max_mb: Option<u64>,
     /// `allow_low_precision_gpu` (`true` | `false`), default `false`: lets the
     /// GPU accumulate in float16 (always allowed with `precision = f16`).
     pub allow_low_precision_gpu: bool,
@@ -97,6 +104,12 @@ impl ComputeUnits {
 }
 
 impl CoreMlOptions {
+    /// The cache's size cap in bytes.
+    pub fn cache_max_bytes(&self) -> u64 {
+        self.cache_max_mb
+            .map_or(DEFAULT_CACHE_MAX_BYTES, |mb| mb.saturating_mul(1 << 20))
+    }
+
     /// Parses every key of [`KEYS`] from `options.extra`.
     pub fn from_load_options(options: &LoadOptions) -> Result<CoreMlOptions> {
         Self::read(&ExtraOptions::new(&options.extra))
@@ -133,6 +146,10 @@ impl CoreMlOptions {
         Ok(CoreMlOptions {
             compute_units,
             cache_dir: x.get("cache_dir").map(PathBuf::from),
+            cache_max_mb: match x.get("cache_max_mb") {
+                None => None,
+                Some(_) => Some(count(x, "cache_max_mb", 0)?),
+            },
             allow_low_precision_gpu: flag(x, "allow_low_precision_gpu", false)?,
             virtual_batch: flag(x, "virtual_batch", true)?,
             min_ane_share,
@@ -211,6 +228,7 @@ mod tests {
             ("min_ane_share", "80%"),
             ("max_sequences", "0"),
             ("sequence_idle_timeout_s", "ten"),
+            ("cache_max_mb", "-1"),
         ] {
             let e = CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[(key, bad)]))
                 .unwrap_err()
@@ -237,6 +255,11 @@ mod tests {
         assert_eq!(o.function.as_deref(), Some("prefill"));
         assert_eq!(o.states.max_sequences, 4);
         assert_eq!(o.states.idle_timeout.as_secs(), 600);
+        assert_eq!(o.cache_max_bytes(), DEFAULT_CACHE_MAX_BYTES);
+        let small =
+            CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[("cache_max_mb", "2")]))
+                .unwrap();
+        assert_eq!(small.cache_max_bytes(), 2 << 20);
         assert_eq!(o.compute_units, Some(ComputeUnits::CpuAndGpu));
         assert_eq!(o.compute_units.unwrap().as_str(), "cpuAndGPU");
         assert_eq!(o.cache_dir, Some(PathBuf::from("/tmp/c")));

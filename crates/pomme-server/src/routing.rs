@@ -51,14 +51,15 @@ pub enum ModelRouting {
     #[default]
     Unset,
     Off,
-    On(RoutingConfig),
+    /// Boxed: a routing configuration is large beside the other variants.
+    On(Box<RoutingConfig>),
 }
 
 impl ModelRouting {
     /// The spec's routing under the server's default.
     pub fn resolve(&self, default: RoutingMode) -> Option<RoutingConfig> {
         match (self, default) {
-            (ModelRouting::On(c), _) => Some(c.clone()),
+            (ModelRouting::On(c), _) => Some(RoutingConfig::clone(c)),
             (ModelRouting::Unset, RoutingMode::Auto) => Some(RoutingConfig::default()),
             _ => None,
         }
@@ -72,7 +73,7 @@ impl ModelRouting {
         };
         match v {
             toml::Value::String(s) => match s.as_str() {
-                "auto" => Ok(ModelRouting::On(RoutingConfig::default())),
+                "auto" => Ok(ModelRouting::On(Box::default())),
                 "off" => Ok(ModelRouting::Off),
                 other => Err(format!("routing '{other}' is not \"auto\" or \"off\"")),
             },
@@ -106,7 +107,7 @@ impl ModelRouting {
     /// or comma-separated candidates.
     pub fn from_parameter(s: &str, device: DeviceKind) -> Result<ModelRouting, String> {
         match s.trim() {
-            "auto" => Ok(ModelRouting::On(RoutingConfig::default())),
+            "auto" => Ok(ModelRouting::On(Box::default())),
             "off" => Ok(ModelRouting::Off),
             list => on(
                 TomlRouting {
@@ -210,7 +211,7 @@ fn on(t: TomlRouting, device: DeviceKind) -> Result<ModelRouting, String> {
     }
     c.validate()
         .map_err(|e| format!("routing: {}", e.message()))?;
-    Ok(ModelRouting::On(c))
+    Ok(ModelRouting::On(Box::new(c)))
 }
 
 /// A routed model version's decision, each candidate with its load-time
@@ -282,7 +283,7 @@ mod tests {
 
     fn cfg(text: &str) -> RoutingConfig {
         match parse(text).unwrap() {
-            ModelRouting::On(c) => c,
+            ModelRouting::On(c) => *c,
             other => panic!("{other:?}"),
         }
     }

@@ -207,7 +207,7 @@ pub(crate) fn load(
     let function = opts.function.clone();
     let limits = opts.states;
     let cache_dir = opts.cache_dir.as_deref().unwrap_or(cache_dir);
-    let compiled = compile::compiled(path, units_name, cache_dir)?;
+    let compiled = compile::compiled(path, cache_dir, opts.cache_max_bytes())?;
     let placement = placement_at_load(path, &compiled, units, units_name, opts.min_ane_share)?;
     let flexible = info
         .as_ref()
@@ -332,7 +332,11 @@ pub(crate) fn load(
         low_precision,
     );
     let memory = MemoryEstimate {
-        weight_bytes: info.as_ref().map_or(0, |i| i.weight_bytes),
+        // A compiled bundle has no reader info: its weight files are counted.
+        weight_bytes: info.as_ref().map_or_else(
+            || crate::cache::bundle_weight_bytes(&compiled),
+            |i| i.weight_bytes,
+        ),
         activation_bytes_per_item: info.as_ref().map_or(0, |i| i.activation_bytes_estimate),
     };
     Ok(Arc::new(CoreMlLoaded {
@@ -655,7 +659,9 @@ fn multiarray(t: &Tensor) -> Result<Retained<MLMultiArray>> {
     .map_err(|e| Error::invalid_input(format!("Core ML rejected an input array: {}", ns_error(&e))))
 }
 
-/// Copies a (possibly strided) MLMultiArray into a dense row-major tensor.
+/// Copies a (possibly strided) MLMultiArray into a dense row-major tensor:
+/// one copy when dense, a row at a time when only rows are padded
+/// (`convert::array`).
 fn read_array(a: &MLMultiArray) -> Result<Tensor> {
     // SAFETY: getters on a live array; `getBytesWithHandler` (12.3+, the
     // backend's minimum) calls the block synchronously with a pointer valid
@@ -669,36 +675,19 @@ fn read_array(a: &MLMultiArray) -> Result<Tensor> {
         let size = dtype.size_of().unwrap_or(1);
         let n: usize = shape.iter().product();
         let out = RefCell::new(AlignedBuf::zeroed(n * size));
-        let bad = std::cell::Cell::new(false);
+        let copied = RefCell::new(Ok(()));
         let block = StackBlock::new(|bytes: NonNull<c_void>, len: isize| {
             let src = std::slice::from_raw_parts(bytes.as_ptr().cast::<u8>(), len.max(0) as usize);
-            let mut out = out.borrow_mut();
-            let dst = out.as_mut_bytes();
-            let mut idx = vec![0usize; shape.len()];
-            for i in 0..n {
-                let off: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>() * size;
-                match src.get(off..off + size) {
-                    Some(s) => dst[i * size..(i + 1) * size].copy_from_slice(s),
-                    None => {
-                        bad.set(true);
-                        return;
-                    }
-                }
-                for d in (0..idx.len()).rev() {
-                    idx[d] += 1;
-                    if idx[d] < shape[d] {
-                        break;
-                    }
-                    idx[d] = 0;
-                }
-            }
+            *copied.borrow_mut() = crate::convert::array::gather_into(
+                src,
+                &shape,
+                &strides,
+                size,
+                out.borrow_mut().as_mut_bytes(),
+            );
         });
         a.getBytesWithHandler(&block);
-        if bad.get() {
-            return Err(Error::InferenceFailed(
-                "Core ML output strides address past its buffer".into(),
-            ));
-        }
+        copied.into_inner()?;
         Tensor::from_raw(dtype, shape, out.into_inner().freeze())
     }
 }

@@ -7,8 +7,8 @@ use objc2::rc::autoreleasepool;
 use objc2::runtime::{AnyObject, ProtocolObject};
 use objc2_core_ml::{
     MLCPUComputeDevice, MLComputeDeviceProtocol, MLComputePlan, MLComputePlanDeviceUsage,
-    MLComputeUnits, MLGPUComputeDevice, MLModelConfiguration, MLModelStructureProgramBlock,
-    MLNeuralEngineComputeDevice,
+    MLComputeUnits, MLGPUComputeDevice, MLModelConfiguration, MLModelStructure,
+    MLModelStructureProgramBlock, MLNeuralEngineComputeDevice,
 };
 use objc2_foundation::NSError;
 use pomme_core::{DeviceKind, Error, Result};
@@ -76,9 +76,28 @@ fn walk(plan: &MLComputePlan, block: &MLModelStructureProgramBlock, out: &mut Ve
 fn report(plan: &MLComputePlan) -> Vec<OpPlacement> {
     let mut v = Vec::new();
     // SAFETY: getters on a loaded plan (see `walk`).
+    let structure = unsafe { plan.modelStructure() };
+    walk_structure(plan, &structure, &mut v, 0);
+    v
+}
+
+/// One model of the structure; a pipeline's models in order (nested
+/// pipelines up to a depth that protects the stack).
+fn walk_structure(
+    plan: &MLComputePlan,
+    structure: &MLModelStructure,
+    v: &mut Vec<OpPlacement>,
+    depth: usize,
+) {
+    // SAFETY: getters on the plan's own structure (see `walk`).
     unsafe {
-        let structure = plan.modelStructure();
-        if let Some(program) = structure.program() {
+        if let Some(pipeline) = structure.pipeline() {
+            if depth < 16 {
+                for sub in pipeline.subModels().iter() {
+                    walk_structure(plan, &sub, v, depth + 1);
+                }
+            }
+        } else if let Some(program) = structure.program() {
             let (names, funcs) = program.functions().to_vecs();
             let mut pairs: Vec<(String, _)> = names
                 .iter()
@@ -87,7 +106,7 @@ fn report(plan: &MLComputePlan) -> Vec<OpPlacement> {
                 .collect();
             pairs.sort_by(|a, b| a.0.cmp(&b.0));
             for (_, block) in pairs {
-                walk(plan, &block, &mut v);
+                walk(plan, &block, v);
             }
         } else if let Some(nn) = structure.neuralNetwork() {
             for layer in nn.layers().iter() {
@@ -103,7 +122,6 @@ fn report(plan: &MLComputePlan) -> Vec<OpPlacement> {
             }
         }
     }
-    v
 }
 
 /// Compiles (cached) and asks Core ML for the plan under the device's compute units.
@@ -115,7 +133,8 @@ pub(crate) fn compute_plan(
     require_macos(14, 4, "MLComputePlan (the placement report)")?;
     let (units, units_name) = units_for_device(device)?;
     check_units(units)?;
-    let compiled = super::compile::compiled(model, units_name, cache_dir)?;
+    let compiled =
+        super::compile::compiled(model, cache_dir, crate::options::DEFAULT_CACHE_MAX_BYTES)?;
     plan_for_compiled(&compiled, units, units_name)
 }
 
