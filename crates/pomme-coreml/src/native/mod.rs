@@ -12,6 +12,7 @@
 
 pub(crate) mod compile;
 pub(crate) mod model;
+pub(crate) mod pixels;
 pub(crate) mod plan;
 pub(crate) mod telemetry;
 

@@ -11,8 +11,9 @@
 //! Stateful models (macOS 15+) keep one `MLState` per sequence in a
 //! `convert::state::StateTable` on the thread; a request without sequence
 //! runs on a fresh state. `function` picks a multifunction package's function
-//! (macOS 15+). Image features are refused at load for now (their pixel
-//! conversion is `convert::image`, not yet wired here).
+//! (macOS 15+). Image inputs are `U8 [H, W, C]` (or `[C, H, W]`) tensors
+//! written into a `CVPixelBuffer` of the model's format, image outputs come
+//! back as `U8 [H, W, C]` (`native::pixels` around `convert::image`).
 //!
 //! Loading and every job run inside Objective-C exception catching: an
 //! exception fails that request with `Error::Internal` and the thread loads a
@@ -26,6 +27,7 @@ use super::{
     require_macos,
 };
 use crate::convert::classifier::{LabelKey, ordered_probabilities};
+use crate::convert::image::{ImageSize, PixelFormat};
 use crate::convert::scalar;
 use crate::convert::state::StateTable;
 use crate::options::CoreMlOptions;
@@ -453,6 +455,21 @@ fn numbers(v: &[usize]) -> Retained<NSArray<NSNumber>> {
     NSArray::from_retained_slice(&nums)
 }
 
+/// The pixel format and default size of an image feature. Color formats
+/// other than the ones pomme builds (32ARGB...) get 32BGRA: Core ML converts.
+fn image_format(d: &MLFeatureDescription) -> Option<(PixelFormat, ImageSize)> {
+    // SAFETY: read-only getters on a description owned by the loaded model.
+    unsafe {
+        let c = d.imageConstraint()?;
+        let format = PixelFormat::from_four_cc(c.pixelFormatType()).unwrap_or(PixelFormat::Bgra32);
+        let size = ImageSize {
+            width: c.pixelsWide().max(0) as usize,
+            height: c.pixelsHigh().max(0) as usize,
+        };
+        Some((format, size))
+    }
+}
+
 /// A pomme spec from a Core ML feature description, flexible shapes included.
 fn feature_spec(d: &MLFeatureDescription) -> Result<TensorSpec> {
     // SAFETY: read-only getters on a description owned by the loaded model.
@@ -472,6 +489,19 @@ fn feature_spec(d: &MLFeatureDescription) -> Result<TensorSpec> {
         // `FP32 [labels]` when it knows the labels.
         if kind == MLFeatureType::Dictionary {
             return Ok(TensorSpec::new(name, DType::Bytes, Shape::fixed(&[1])));
+        }
+        // Images: the default size; `describe` takes the reader's spec (with
+        // its flexible sizes) when it has one.
+        if let Some((format, size)) = image_format(d) {
+            let dtype = match format {
+                PixelFormat::OneComponent16Half => DType::F16,
+                _ => DType::U8,
+            };
+            return Ok(TensorSpec::new(
+                name,
+                dtype,
+                Shape::fixed(&[size.height, size.width, format.channels()]),
+            ));
         }
         let c = d.multiArrayConstraint().ok_or_else(|| {
             Error::Unavailable(format!(
@@ -532,12 +562,17 @@ fn feature_spec(d: &MLFeatureDescription) -> Result<TensorSpec> {
     }
 }
 
+/// A feature's spec, Core ML type and, for images, pixel format and size.
+type Feature = (TensorSpec, MLFeatureType, Option<(PixelFormat, ImageSize)>);
+
 /// What the owner thread knows of the loaded model: its signature and each
 /// feature's Core ML type, in signature order.
 struct Described {
     sig: ModelSignature,
     inputs: Vec<MLFeatureType>,
     outputs: Vec<MLFeatureType>,
+    /// Each input's pixel format and default size when it is an image.
+    images: Vec<Option<(PixelFormat, ImageSize)>>,
     /// The model declares states (macOS 15+ reports them).
     stateful: bool,
 }
@@ -557,23 +592,23 @@ fn describe(
         let collect = |dict: Retained<NSDictionary<NSString, MLFeatureDescription>>,
                        names: Option<&Vec<String>>,
                        reader: Option<&[TensorSpec]>|
-         -> Result<Vec<(TensorSpec, MLFeatureType)>> {
+         -> Result<Vec<Feature>> {
             let (_, vals) = dict.to_vecs();
-            let mut specs: Vec<(TensorSpec, MLFeatureType)> = vals
+            let mut specs: Vec<Feature> = vals
                 .iter()
                 .map(|f| {
                     let kind = f.r#type();
                     let mut spec = feature_spec(f)?;
-                    if kind == MLFeatureType::Dictionary
+                    if (kind == MLFeatureType::Dictionary || kind == MLFeatureType::Image)
                         && let Some(r) = reader.and_then(|r| r.iter().find(|r| r.name == spec.name))
                     {
                         spec = r.clone();
                     }
-                    Ok((spec, kind))
+                    Ok((spec, kind, image_format(f)))
                 })
                 .collect::<Result<_>>()?;
             match names {
-                Some(names) => specs.sort_by_key(|(s, _)| {
+                Some(names) => specs.sort_by_key(|(s, _, _)| {
                     names
                         .iter()
                         .position(|n| *n == s.name)
@@ -583,19 +618,25 @@ fn describe(
             }
             Ok(specs)
         };
-        let (ins, in_kinds): (Vec<_>, Vec<_>) = collect(
+        let mut ins = Vec::new();
+        let mut in_kinds = Vec::new();
+        let mut images = Vec::new();
+        for (spec, kind, image) in collect(
             desc.inputDescriptionsByName(),
             order.map(|o| &o.0),
             reader_sig.map(|s| &s.inputs[..]),
-        )?
-        .into_iter()
-        .unzip();
+        )? {
+            ins.push(spec);
+            in_kinds.push(kind);
+            images.push(image);
+        }
         let (outs, out_kinds): (Vec<_>, Vec<_>) = collect(
             desc.outputDescriptionsByName(),
             order.map(|o| &o.1),
             reader_sig.map(|s| &s.outputs[..]),
         )?
         .into_iter()
+        .map(|(s, k, _)| (s, k))
         .unzip();
         let stateful = super::macos_at_least(15, 0) && desc.stateDescriptionsByName().count() > 0;
         Ok(Described {
@@ -605,6 +646,7 @@ fn describe(
             },
             inputs: in_kinds,
             outputs: out_kinds,
+            images,
             stateful,
         })
     }
@@ -703,8 +745,12 @@ struct Ctx<'a> {
 fn feature_value(
     spec: &TensorSpec,
     kind: MLFeatureType,
+    image: Option<(PixelFormat, ImageSize)>,
     t: &Tensor,
 ) -> Result<Retained<MLFeatureValue>> {
+    if let Some((format, size)) = image {
+        return super::pixels::image_value(&spec.name, t, format, Some(size));
+    }
     // SAFETY: constructors of immutable feature values from plain values or a
     // live multi-array.
     unsafe {
@@ -734,8 +780,9 @@ fn provider(ctx: &Ctx<'_>, inputs: &[Tensor]) -> Result<Retained<MLDictionaryFea
         .inputs
         .iter()
         .zip(&ctx.d.inputs)
+        .zip(&ctx.d.images)
         .zip(inputs)
-        .map(|((spec, &kind), t)| feature_value(spec, kind, t))
+        .map(|(((spec, &kind), &image), t)| feature_value(spec, kind, image, t))
         .collect::<Result<_>>()?;
     let key_refs: Vec<&NSString> = keys.iter().map(|k| &**k).collect();
     let val_refs: Vec<&AnyObject> = vals.iter().map(|v| v.as_ref()).collect();
@@ -807,6 +854,7 @@ fn outputs(ctx: &Ctx<'_>, out: &ProtocolObject<dyn MLFeatureProvider>) -> Result
                         scalar::from_string(&fv.stringValue().to_string())
                     }
                     k if k == MLFeatureType::Dictionary => probabilities(ctx, &s.name, &fv),
+                    k if k == MLFeatureType::Image => super::pixels::read_image(&s.name, &fv),
                     _ => {
                         let arr = fv.multiArrayValue().ok_or_else(|| {
                             Error::InferenceFailed(format!(
