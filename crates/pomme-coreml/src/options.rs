@@ -20,6 +20,7 @@ pub const KEYS: &[&str] = &[
     "max_sequences",
     "sequence_idle_timeout_s",
     "cache_max_mb",
+    "instances",
 ];
 
 /// The compiled-model cache's default size cap (`cache_max_mb`): 8 GiB.
@@ -58,6 +59,10 @@ pub struct CoreMlOptions {
     /// `sequence_idle_timeout_s`: seconds after which an idle sequence's
     /// state is dropped, default 600.
     pub states: StateLimits,
+    /// `instances`: model instances, each on its own thread, that predict
+    /// concurrently (sessions, one per worker, take them in turn); default 1.
+    /// Stateful models keep one (a sequence's state lives on one instance).
+    pub instances: usize,
 }
 
 /// Core ML compute units, as `MLComputeUnits` names them.
@@ -154,6 +159,7 @@ impl CoreMlOptions {
             virtual_batch: flag(x, "virtual_batch", true)?,
             min_ane_share,
             function: x.get("function").map(str::to_string),
+            instances: count(x, "instances", 1)? as usize,
             states: StateLimits {
                 max_sequences: count(x, "max_sequences", 64)? as usize,
                 idle_timeout: std::time::Duration::from_secs(count(
@@ -229,6 +235,7 @@ mod tests {
             ("max_sequences", "0"),
             ("sequence_idle_timeout_s", "ten"),
             ("cache_max_mb", "-1"),
+            ("instances", "0"),
         ] {
             let e = CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[(key, bad)]))
                 .unwrap_err()
@@ -256,6 +263,7 @@ mod tests {
         assert_eq!(o.states.max_sequences, 4);
         assert_eq!(o.states.idle_timeout.as_secs(), 600);
         assert_eq!(o.cache_max_bytes(), DEFAULT_CACHE_MAX_BYTES);
+        assert_eq!(o.instances, 1);
         let small =
             CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[("cache_max_mb", "2")]))
                 .unwrap();

@@ -69,7 +69,9 @@ struct Job {
 
 /// A loaded Core ML model: a handle to its owner thread.
 pub(crate) struct CoreMlLoaded {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    /// One job queue per model instance (`instances`); sessions take them in turn.
+    jobs: Vec<Mutex<mpsc::Sender<Job>>>,
+    next: std::sync::atomic::AtomicUsize,
     signature: ModelSignature,
     memory: MemoryEstimate,
     device: DeviceKind,
@@ -128,7 +130,8 @@ impl LoadedModel for CoreMlLoaded {
         self.compute_precision
     }
     fn session(&self) -> Result<Box<dyn Session>> {
-        let jobs = self.jobs.lock().clone();
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.jobs.len();
+        let jobs = self.jobs[i].lock().clone();
         Ok(Box::new(CoreMlSession { jobs }))
     }
     fn placement(&self) -> Vec<PlacementShare> {
@@ -217,22 +220,115 @@ pub(crate) fn load(
     let virtual_batch = opts.virtual_batch;
     let low_precision = options.precision == Precision::F16 || opts.allow_low_precision_gpu;
 
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(ModelSignature, bool)>>();
-    let (job_tx, job_rx) = mpsc::channel::<Job>();
-    let compiled_c = compiled.clone();
     let order = info.as_ref().map(|i| {
         (
             i.inputs.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
             i.outputs.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
         )
     });
+    let setup = Setup {
+        compiled: compiled.clone(),
+        units,
+        low_precision,
+        flexible,
+        function,
+        order,
+        reader_sig,
+        classifier,
+        limits,
+        virtual_batch,
+    };
+    let stem = path
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    // The first instance says whether the model is stateful: a sequence's
+    // state lives on one instance, so stateful models get only that one.
+    let (first, native_sig, stateful) = spawn_instance(setup.clone(), format!("coreml-{stem}"))?;
+    let mut senders = vec![Mutex::new(first)];
+    if !stateful {
+        for i in 1..opts.instances {
+            let (tx, _, _) = spawn_instance(setup.clone(), format!("coreml-{stem}-{i}"))?;
+            senders.push(Mutex::new(tx));
+        }
+    }
+
+    // Sequences run one request at a time: no batch is offered.
+    let signature = if virtual_batch && !stateful {
+        batch_view(&native_sig).unwrap_or(native_sig)
+    } else {
+        native_sig
+    };
+    let device = match units {
+        u if u == MLComputeUnits::CPUAndNeuralEngine => DeviceKind::Ane,
+        u if u == MLComputeUnits::CPUAndGPU => DeviceKind::Metal,
+        u if u == MLComputeUnits::CPUOnly => DeviceKind::Cpu,
+        _ => DeviceKind::Auto,
+    };
+    let compute_precision = super::units_kind(units).compute_precision(
+        options.precision == Precision::F16
+            || info
+                .as_ref()
+                .is_some_and(reader::CoreMlInfo::is_fp16_program),
+        info.as_ref()
+            .is_none_or(reader::CoreMlInfo::has_neural_network),
+        low_precision,
+    );
+    let memory = MemoryEstimate {
+        // A compiled bundle has no reader info: its weight files are counted.
+        weight_bytes: info.as_ref().map_or_else(
+            || crate::cache::bundle_weight_bytes(&compiled),
+            |i| i.weight_bytes,
+        ),
+        activation_bytes_per_item: info.as_ref().map_or(0, |i| i.activation_bytes_estimate),
+    };
+    Ok(Arc::new(CoreMlLoaded {
+        jobs: senders,
+        next: std::sync::atomic::AtomicUsize::new(0),
+        signature,
+        memory,
+        device,
+        precision: options.precision,
+        compute_precision,
+        placement,
+        stateful,
+    }))
+}
+
+/// What each instance's owner thread needs to load and run the model.
+#[derive(Clone)]
+struct Setup {
+    compiled: std::path::PathBuf,
+    units: MLComputeUnits,
+    low_precision: bool,
+    flexible: bool,
+    function: Option<String>,
+    order: Option<(Vec<String>, Vec<String>)>,
+    reader_sig: Option<ModelSignature>,
+    classifier: Option<ClassifierInfo>,
+    limits: crate::convert::state::StateLimits,
+    virtual_batch: bool,
+}
+
+/// Starts one model instance on its own thread; returns its job queue, its
+/// signature and whether it is stateful once it has loaded.
+fn spawn_instance(setup: Setup, name: String) -> Result<(mpsc::Sender<Job>, ModelSignature, bool)> {
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(ModelSignature, bool)>>();
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
     std::thread::Builder::new()
-        .name(format!(
-            "coreml-{}",
-            path.file_stem()
-                .map_or("model".into(), |s| s.to_string_lossy())
-        ))
+        .name(name)
         .spawn(move || {
+            let Setup {
+                compiled: compiled_c,
+                units,
+                low_precision,
+                flexible,
+                function,
+                order,
+                reader_sig,
+                classifier,
+                limits,
+                virtual_batch,
+            } = setup;
             // The model is created on, used on and released on this thread only.
             let open = || {
                 super::catching("loading the model", || {
@@ -308,49 +404,10 @@ pub(crate) fn load(
             }
         })
         .map_err(|e| Error::Internal(format!("cannot start the Core ML model thread: {e}")))?;
-    let (native_sig, stateful) = ready_rx
+    let (sig, stateful) = ready_rx
         .recv()
         .map_err(|_| Error::Internal("the Core ML model thread stopped while loading".into()))??;
-
-    // Sequences run one request at a time: no batch is offered.
-    let signature = if virtual_batch && !stateful {
-        batch_view(&native_sig).unwrap_or(native_sig)
-    } else {
-        native_sig
-    };
-    let device = match units {
-        u if u == MLComputeUnits::CPUAndNeuralEngine => DeviceKind::Ane,
-        u if u == MLComputeUnits::CPUAndGPU => DeviceKind::Metal,
-        u if u == MLComputeUnits::CPUOnly => DeviceKind::Cpu,
-        _ => DeviceKind::Auto,
-    };
-    let compute_precision = super::units_kind(units).compute_precision(
-        options.precision == Precision::F16
-            || info
-                .as_ref()
-                .is_some_and(reader::CoreMlInfo::is_fp16_program),
-        info.as_ref()
-            .is_none_or(reader::CoreMlInfo::has_neural_network),
-        low_precision,
-    );
-    let memory = MemoryEstimate {
-        // A compiled bundle has no reader info: its weight files are counted.
-        weight_bytes: info.as_ref().map_or_else(
-            || crate::cache::bundle_weight_bytes(&compiled),
-            |i| i.weight_bytes,
-        ),
-        activation_bytes_per_item: info.as_ref().map_or(0, |i| i.activation_bytes_estimate),
-    };
-    Ok(Arc::new(CoreMlLoaded {
-        jobs: Mutex::new(job_tx),
-        signature,
-        memory,
-        device,
-        precision: options.precision,
-        compute_precision,
-        placement,
-        stateful,
-    }))
+    Ok((job_tx, sig, stateful))
 }
 
 /// Core ML's compute plan at load (macOS 14.4+): logged, kept for the
