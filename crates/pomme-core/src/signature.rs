@@ -21,6 +21,11 @@ pub struct TensorSpec {
     /// ranges), checked at the edge like the shape itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed: Option<AllowedShapes>,
+    /// Class labels of an output of scores, in the order of its last
+    /// dimension (a classifier's probabilities): Triton's classification
+    /// extension names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
 }
 
 /// The concrete shapes a flexible input may take.
@@ -78,7 +83,14 @@ impl TensorSpec {
             shape,
             accepts: None,
             allowed: None,
+            labels: None,
         }
+    }
+
+    /// This spec, with class labels for its last dimension.
+    pub fn with_labels(mut self, labels: Vec<String>) -> TensorSpec {
+        self.labels = Some(labels);
+        self
     }
 
     /// This spec, taking only `allowed` shapes.

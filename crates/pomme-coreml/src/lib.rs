@@ -4,7 +4,7 @@
 //!   `.mlpackage` bundles (a subset of the public Core ML protobuf spec) into a
 //!   [`reader::CoreMlInfo`], convertible to [`pomme_core::ModelInfo`].
 //! - [`convert`] (every platform): image tensor ↔ pixel buffer layouts,
-//!   classifier outputs and Triton top-k, per-sequence state bookkeeping; the
+//!   classifier outputs, per-sequence state bookkeeping; the
 //!   plain-Rust halves of the native backend's conversions.
 //! - [`cache`] (every platform): the compiled-model cache's key (content and
 //!   OS build, re-hashed only when files change), LRU size cap, and the

@@ -1259,11 +1259,13 @@ fn signature_of(
                     && c.probabilities_feature == f.name
                     && let Some(labels) = &c.labels
                 {
+                    let names = (0..labels.len()).filter_map(|i| labels.label(i)).collect();
                     return TensorSpec::new(
                         f.name.clone(),
                         DType::F32,
                         Shape::fixed(&[labels.len()]),
-                    );
+                    )
+                    .with_labels(names);
                 }
                 let from_mil = mil_outputs
                     .iter()

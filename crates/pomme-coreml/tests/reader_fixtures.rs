@@ -274,6 +274,10 @@ fn classifiers_images_states_and_functions_in_pomme_terms() {
     assert_eq!(s.outputs[1].name, "classLabel_probs");
     assert_eq!(s.outputs[1].dtype, DType::F32);
     assert_eq!(s.outputs[1].shape.to_string(), "[3]");
+    assert_eq!(
+        s.outputs[1].labels.as_deref(),
+        Some(&["cat".to_string(), "dog".into(), "bird".into()][..])
+    );
     let mi = info.to_model_info();
     assert_eq!(mi.metadata["classifier.labels"], r#"["cat","dog","bird"]"#);
     assert_eq!(mi.metadata["classifier.label_type"], "string");

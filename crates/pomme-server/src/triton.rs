@@ -121,6 +121,19 @@ impl ModelConfigReport {
             }],
             ..Default::default()
         };
+        let mut config = config;
+        // Class labels (Triton keeps them in a label file; pomme lists them):
+        // `<output>.labels`, a JSON array, for outputs that have them.
+        for s in &view.signature.outputs {
+            if let Some(labels) = &s.labels {
+                config.parameters.insert(
+                    format!("{}.labels", s.name),
+                    proto::ModelParameter {
+                        string_value: serde_json::to_string(labels).unwrap_or_default(),
+                    },
+                );
+            }
+        }
         ModelConfigReport { config, routing }
     }
 

@@ -1,5 +1,5 @@
 //! Conversions between Core ML feature values and pomme tensors that need no
-//! Core ML: strided array copies ([`array`]), image pixel layouts ([`image`]), classifier outputs and top-k
+//! Core ML: strided array copies ([`array`]), image pixel layouts ([`image`]), classifier outputs
 //! ([`classifier`]), scalar features ([`scalar`]) and per-sequence state
 //! bookkeeping ([`state`]). The native
 //! backend (macOS) wraps these around the Objective-C calls; here they run and
