@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Type-checks and lints the Apple-only code (cfg(target_os = "macos")) of the
 # crates that have some, for aarch64-apple-darwin, on any host. Nothing is
-# linked or run: `cargo check` never links, so no macOS SDK is needed. Crates
-# with C build scripts get Debian's clang, told to target Apple arm64.
+# linked or run: `cargo check` never links, so no macOS SDK is needed. Build
+# scripts that compile C get scripts/apple-check-cc.sh as their compiler: C
+# libraries (ring, zstd-sys) include libc headers only a macOS SDK has, and
+# their objects are never linked by a check, so it writes empty arm64 objects
+# (preprocessing and version queries go to Debian's clang for Apple arm64).
+# Only Rust is checked. With it the whole `pomme` binary (pomme-cli and every
+# dependency) type-checks and lints.
 #
 #   scripts/check-apple.sh                       # the default crate list below
-#   scripts/check-apple.sh pomme-coreml pomme-cli
+#   scripts/check-apple.sh pomme-coreml pomme-cli    # pomme-cli: the whole binary
 #   APPLE_CRATES="pomme-coreml pomme-tract" scripts/check-apple.sh
 #
 # Needs: rustup target add aarch64-apple-darwin; apt-get install -y clang
@@ -16,7 +21,7 @@ cd "$(dirname "$0")/.."
 
 CRATES=("$@")
 if [ ${#CRATES[@]} -eq 0 ]; then
-  read -r -a CRATES <<< "${APPLE_CRATES:-pomme-coreml pomme-coreai}"
+  read -r -a CRATES <<< "${APPLE_CRATES:-pomme-coreml pomme-coreai pomme-cli}"
 fi
 TARGET=aarch64-apple-darwin
 
@@ -32,7 +37,8 @@ if [ "${SKIP_SETUP:-0}" != 1 ]; then
   fi
 fi
 
-export CC_aarch64_apple_darwin=clang
+CC_STUB="$(pwd)/scripts/apple-check-cc.sh"
+export CC_aarch64_apple_darwin="$CC_STUB"
 export CFLAGS_aarch64_apple_darwin=--target=arm64-apple-macos11
 
 PKGS=()

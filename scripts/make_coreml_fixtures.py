@@ -13,8 +13,22 @@ Fixtures (each a few KB):
   enumerated.mlpackage    mlProgram, input with enumerated shapes [1,3,8,8] / [2,3,8,8] / [4,3,8,8]
   range.mlpackage         mlProgram, input with range shape [1..8, 3, 4..64]
   pipeline.mlmodel        pipeline of two neuralNetwork models (innerProduct 4->3, 3->2)
+  image_classifier.mlpackage  mlProgram classifier: BGR 8x8 image input (scale 1/255), string
+                          labels cat/dog/bird; outputs classLabel (string) + classLabel_probs (dict)
+  nn_classifier.mlmodel   neuralNetworkClassifier: GRAYSCALE 4x4 image input, int64 labels 10/20/30
+  stateful.mlpackage      mlProgram (macOS 15): fp16 state `acc` (ct.StateType), y = acc += x
+  multifunction.mlpackage mlProgram (macOS 15), functions `double` (x [1,4]) and `triple`
+                          (x [1,8]), default `double`
+  int64_mapping.mlmodel   categoricalMapping: Int64 scalar input -> String scalar output
 expected.json holds what coremltools reports for each (get_spec() of
 MLModel(path, skip_model_load=True)).
+
+`--large DIR` also writes mobilenet_v2_fp16.mlpackage (an fp16 ML Program with
+MobileNetV2's layers and parameter count, random weights, ~7 MB) and its
+expected.json into DIR (not committed; tests/reader_fixtures.rs reads
+models/coreml/large/ and skips the check when it is absent):
+
+    /tmp/ctvenv/bin/python scripts/make_coreml_fixtures.py --large models/coreml/large
 """
 import json
 import os
@@ -144,6 +158,140 @@ def ranged():
     return program(prog, inputs, "range.mlpackage")
 
 
+def image_classifier():
+    w = rng.standard_normal((3, 3 * 8 * 8)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 8, 8))], opset_version=ct.target.macOS13)
+    def prog(image):
+        h = mb.reshape(x=image, shape=[1, 3 * 8 * 8])
+        h = mb.linear(x=h, weight=w)
+        return mb.softmax(x=h, axis=-1, name="probs")
+
+    m = ct.convert(prog, convert_to="mlprogram",
+                   inputs=[ct.ImageType(name="image", shape=(1, 3, 8, 8),
+                                        color_layout=ct.colorlayout.BGR, scale=1 / 255.0)],
+                   classifier_config=ct.ClassifierConfig(["cat", "dog", "bird"]),
+                   minimum_deployment_target=ct.target.macOS13, skip_model_load=True)
+    metadata(m, "image_classifier")
+    return save(m, "image_classifier.mlpackage")
+
+
+def nn_classifier():
+    b = NeuralNetworkBuilder([("image", datatypes.Array(1, 4, 4))], [("probs", datatypes.Array(3))],
+                             mode="classifier", disable_rank5_shape_mapping=True)
+    w = rng.standard_normal((3, 16)).astype(np.float32)
+    b.add_flatten_to_2d("flat", "image", "flat", axis=1)
+    b.add_inner_product("fc", W=w, b=None, input_channels=16, output_channels=3, has_bias=False,
+                        input_name="flat", output_name="logits")
+    b.add_softmax("softmax", "logits", "probs")
+    b.set_class_labels([10, 20, 30], predicted_feature_name="label", prediction_blob="probs")
+    spec = b.spec
+    img = spec.description.input[0].type.imageType
+    img.width, img.height = 4, 4
+    img.colorSpace = ct.proto.FeatureTypes_pb2.ImageFeatureType.GRAYSCALE
+    spec.specificationVersion = 4
+    m = ct.models.MLModel(spec, skip_model_load=True)
+    metadata(m, "nn_classifier")
+    return save(m, "nn_classifier.mlmodel")
+
+
+def stateful():
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4)),
+                             mb.StateTensorSpec(shape=(1, 4), dtype=types.fp16)],
+                opset_version=ct.target.macOS15)
+    def prog(x, acc):
+        s = mb.add(x=mb.read_state(input=acc), y=mb.cast(x=x, dtype="fp16"))
+        mb.coreml_update_state(state=acc, value=s)
+        return mb.cast(x=s, dtype="fp32", name="y")
+
+    return program(prog, None, "stateful.mlpackage", target=ct.target.macOS15)
+
+
+def multifunction():
+    import tempfile
+
+    def part(k, n, tmp):
+        @mb.program(input_specs=[mb.TensorSpec(shape=(1, n))], opset_version=ct.target.macOS15)
+        def prog(x):
+            return mb.mul(x=x, y=np.float32(k), name="y")
+
+        m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.macOS15,
+                       skip_model_load=True)
+        path = os.path.join(tmp, f"f{k}.mlpackage")
+        m.save(path)
+        return path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = ct.utils.MultiFunctionDescriptor()
+        d.add_function(part(2, 4, tmp), src_function_name="main", target_function_name="double")
+        d.add_function(part(3, 8, tmp), src_function_name="main", target_function_name="triple")
+        d.default_function_name = "double"
+        joined = os.path.join(tmp, "multifunction.mlpackage")
+        ct.utils.save_multifunction(d, joined)
+        m = ct.models.MLModel(joined, skip_model_load=True)
+        metadata(m, "multifunction")
+        return save(m, "multifunction.mlpackage")
+
+
+def int64_mapping():
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    spec.specificationVersion = 1
+    i = spec.description.input.add()
+    i.name = "code"
+    i.type.int64Type.SetInParent()
+    o = spec.description.output.add()
+    o.name = "name"
+    o.type.stringType.SetInParent()
+    for k, v in [(1, "one"), (2, "two"), (3, "three")]:
+        spec.categoricalMapping.int64ToStringMap.map[k] = v
+    spec.categoricalMapping.strValue = "unknown"
+    m = ct.models.MLModel(spec, skip_model_load=True)
+    metadata(m, "int64_mapping")
+    m.input_description["code"] = "an integer code"
+    return save(m, "int64_mapping.mlmodel")
+
+
+def mobilenet_v2(out_dir):
+    """MobileNetV2 (width 1.0, 224x224, batch norm folded into conv biases) with random weights."""
+    def w(*shape):
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+           (6, 160, 3, 2), (6, 320, 1, 1)]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 224, 224))], opset_version=ct.target.macOS13)
+    def prog(x):
+        def conv(h, cin, cout, k, stride=1, groups=1, act=True):
+            h = mb.conv(x=h, weight=w(cout, cin // groups, k, k), bias=w(cout),
+                        strides=[stride, stride], pad_type="same", groups=groups)
+            return mb.clip(x=h, alpha=0.0, beta=6.0) if act else h
+
+        h = conv(x, 3, 32, 3, 2)
+        cin = 32
+        for t, c, n, s in cfg:
+            for i in range(n):
+                hidden = cin * t
+                y = h if t == 1 else conv(h, cin, hidden, 1)
+                y = conv(y, hidden, hidden, 3, s if i == 0 else 1, groups=hidden)
+                y = conv(y, hidden, c, 1, act=False)
+                h = mb.add(x=h, y=y) if (i > 0 or s == 1) and cin == c else y
+                cin = c
+        h = conv(h, cin, 1280, 1)
+        h = mb.reduce_mean(x=h, axes=[2, 3], keep_dims=False)
+        return mb.linear(x=h, weight=w(1000, 1280), bias=w(1000), name="logits")
+
+    m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.macOS13,
+                   compute_precision=ct.precision.FLOAT16, skip_model_load=True)
+    metadata(m, "mobilenet_v2_fp16")
+    path = os.path.join(out_dir, "mobilenet_v2_fp16.mlpackage")
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    m.save(path)
+    return path
+
+
 ARRAY_TYPES = {65568: "FLOAT32", 65600: "DOUBLE", 131104: "INT32", 131080: "INT8", 65552: "FLOAT16", 0: "INVALID_ARRAY_DATA_TYPE"}
 
 
@@ -151,9 +299,22 @@ def feature(f):
     t = f.type
     kind = t.WhichOneof("Type")
     d = {"name": f.name, "description": f.shortDescription, "kind": kind.replace("Type", ""),
-         "optional": t.isOptional}
-    if kind == "multiArrayType":
-        a = t.multiArrayType
+         "optional": t.isOptional, "data_type": "", "shape": [], "flexibility": {"kind": "fixed"}}
+    if kind == "imageType":
+        img = t.imageType
+        d["data_type"] = ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(img.colorSpace)
+        d["shape"] = [img.height, img.width]
+        flex = img.WhichOneof("SizeFlexibility")
+        if flex == "enumeratedSizes":
+            d["flexibility"] = {"kind": "enumerated",
+                                "shapes": [[s.height, s.width] for s in img.enumeratedSizes.sizes]}
+        elif flex == "imageSizeRange":
+            r = img.imageSizeRange
+            d["flexibility"] = {"kind": "range", "shapes": [
+                {"lower": x.lowerBound, "upper": (x.upperBound if x.upperBound >= 0 else None)}
+                for x in (r.heightRange, r.widthRange)]}
+    if kind in ("multiArrayType", "stateType"):
+        a = t.multiArrayType if kind == "multiArrayType" else t.stateType.arrayType
         d["data_type"] = ARRAY_TYPES[a.dataType]
         d["shape"] = list(a.shape)
         flex = a.WhichOneof("ShapeFlexibility")
@@ -175,6 +336,9 @@ def weight_bytes(path):
     return sum(os.path.getsize(os.path.join(wdir, f)) for f in os.listdir(wdir))
 
 
+NN_KINDS = ("neuralNetwork", "neuralNetworkClassifier", "neuralNetworkRegressor")
+
+
 def op_histogram(spec):
     hist = {}
     kind = spec.WhichOneof("Type")
@@ -186,8 +350,8 @@ def op_histogram(spec):
                     walk(b)
         for f in spec.mlProgram.functions.values():
             walk(f.block_specializations[f.opset])
-    elif kind == "neuralNetwork":
-        for layer in spec.neuralNetwork.layers:
+    elif kind in NN_KINDS:
+        for layer in getattr(spec, kind).layers:
             k = layer.WhichOneof("layer")
             hist[k] = hist.get(k, 0) + 1
     elif kind == "pipeline":
@@ -201,10 +365,10 @@ def nn_weight_bytes(spec):
     kind = spec.WhichOneof("Type")
     if kind == "pipeline":
         return sum(nn_weight_bytes(s) for s in spec.pipeline.models)
-    if kind != "neuralNetwork":
+    if kind not in NN_KINDS:
         return 0
     total = 0
-    for layer in spec.neuralNetwork.layers:
+    for layer in getattr(spec, kind).layers:
         params = getattr(layer, layer.WhichOneof("layer"))
         for field, value in params.ListFields():
             if field.message_type is not None and field.message_type.name == "WeightParams":
@@ -213,10 +377,49 @@ def nn_weight_bytes(spec):
     return total
 
 
+def class_labels(spec):
+    """The labels as coremltools stored them: NN classifier fields or the ML Program's classify op."""
+    kind = spec.WhichOneof("Type")
+    if kind == "neuralNetworkClassifier":
+        nn = spec.neuralNetworkClassifier
+        which = nn.WhichOneof("ClassLabels")
+        if which == "stringClassLabels":
+            return {"kind": "string", "labels": list(nn.stringClassLabels.vector)}
+        if which == "int64ClassLabels":
+            return {"kind": "int64", "labels": list(nn.int64ClassLabels.vector)}
+    if kind == "mlProgram":
+        for f in spec.mlProgram.functions.values():
+            for op in f.block_specializations[f.opset].operations:
+                if op.type != "classify":
+                    continue
+                vals = op.inputs["classes"].arguments[0].value.immediateValue.list.values
+                tensors = [v.immediateValue.tensor for v in vals]
+                if all(t.WhichOneof("value") == "strings" for t in tensors):
+                    return {"kind": "string", "labels": [t.strings.values[0] for t in tensors]}
+                return {"kind": "int64", "labels": [
+                    (t.longInts.values[0] if t.WhichOneof("value") == "longInts" else t.ints.values[0])
+                    for t in tensors]}
+    if kind == "pipelineClassifier":
+        for sub in reversed(spec.pipelineClassifier.pipeline.models):
+            found = class_labels(sub)
+            if found:
+                return found
+    return None
+
+
 def describe(path):
     spec = ct.models.MLModel(path, skip_model_load=True).get_spec()
     md = spec.description.metadata
+    d = spec.description
     return {
+        "states": [feature(f) for f in d.state],
+        "functions": [{"name": f.name, "inputs": [feature(x) for x in f.input],
+                       "outputs": [feature(x) for x in f.output],
+                       "states": [feature(x) for x in f.state]} for f in d.functions],
+        "default_function": d.defaultFunctionName,
+        "predicted_feature": d.predictedFeatureName,
+        "probabilities_feature": d.predictedProbabilitiesName,
+        "class_labels": class_labels(spec),
         "specification_version": spec.specificationVersion,
         "model_type": spec.WhichOneof("Type"),
         "inputs": [feature(f) for f in spec.description.input],
@@ -231,18 +434,30 @@ def describe(path):
     }
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    paths = [nn_dense(), pipeline(), mlp_program(), enumerated(), ranged()]
+def write_expected(out_dir, paths):
     expected = {os.path.basename(p): describe(p) for p in paths}
     expected["_generator"] = f"scripts/make_coreml_fixtures.py, coremltools {ct.__version__}"
-    with open(os.path.join(OUT, "expected.json"), "w") as f:
+    with open(os.path.join(out_dir, "expected.json"), "w") as f:
         json.dump(expected, f, indent=2, sort_keys=True)
         f.write("\n")
     for p in paths:
         print(p)
+
+
+def main(argv):
+    if len(argv) == 2 and argv[0] == "--large":
+        os.makedirs(argv[1], exist_ok=True)
+        write_expected(argv[1], [mobilenet_v2(argv[1])])
+        return 0
+    if argv:
+        print("usage: make_coreml_fixtures.py [--large DIR]", file=sys.stderr)
+        return 2
+    os.makedirs(OUT, exist_ok=True)
+    paths = [nn_dense(), pipeline(), mlp_program(), enumerated(), ranged(), image_classifier(),
+             nn_classifier(), stateful(), multifunction(), int64_mapping()]
+    write_expected(OUT, paths)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,7 +1,8 @@
 //! Compiles the Core ML format subset in `proto/` with protox (pure Rust, no
 //! system protoc) and prost-build, and writes a table of the field numbers of
 //! the `Model.Type` and `NeuralNetworkLayer.layer` oneofs so the reader can
-//! name a model's or layer's type from the wire.
+//! name a model's or layer's type from the wire. On Apple targets it also
+//! links CoreGraphics (see `main`).
 #![expect(
     clippy::disallowed_methods,
     reason = "a build script reads what cargo sets for it"
@@ -11,6 +12,14 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 fn main() {
+    // Apple: "In macOS, in order for the system to provide a default Metal
+    // device object, you must link to the Core Graphics framework" (else
+    // MTLCreateSystemDefaultDevice returns nil in command-line tools, and the
+    // host sampling reports no GPU). Nothing else pulls it in, so it is
+    // linked explicitly into every binary using this crate on Apple targets.
+    if std::env::var("CARGO_CFG_TARGET_VENDOR").as_deref() == Ok("apple") {
+        println!("cargo:rustc-link-lib=framework=CoreGraphics");
+    }
     let files = [
         "proto/Model.proto",
         "proto/FeatureTypes.proto",

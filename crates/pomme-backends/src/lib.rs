@@ -14,7 +14,7 @@
 
 pub mod telemetry;
 
-use pomme_core::{Backend, DeviceKind, Error, Result};
+use pomme_core::{Backend, DeviceKind, Error, ModelFormat, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -157,8 +157,11 @@ pub fn automatic_candidates() -> Vec<(&'static str, DeviceKind)> {
 }
 
 /// [`automatic_candidates`] for an operating system (`std::env::consts::OS`):
-/// on macOS `coreml/ane → coreml/metal → tract/metal → ort/cpu → tract/cpu`
-/// for ONNX and Core ML models and `coreai/ane → coreai/metal → coreai/cpu`
+/// on macOS `coreml/ane → coreml/metal → coreml/cpu → tract/metal → ort/ane
+/// (ONNX Runtime's Core ML EP) → ort/cpu → tract/cpu` for ONNX and Core ML
+/// models (`coreml/cpu` is the reference Core ML models are checked against;
+/// Neural Engine candidates report float16 compute and are compared with
+/// routing's float16 tolerance) and `coreai/ane → coreai/metal → coreai/cpu`
 /// for Core AI assets (macOS 27+), elsewhere `tract/cuda → ort/cpu →
 /// tract/cpu` and `coreai/cpu`. A candidate that does not read the model's
 /// format is skipped, so each model sees only its own format's list.
@@ -176,7 +179,9 @@ pub fn automatic_candidates_for(os: &str) -> Vec<(&'static str, DeviceKind)> {
         vec![
             ("coreml", Ane),
             ("coreml", Metal),
+            ("coreml", Cpu),
             ("tract", Metal),
+            ("ort", Ane),
             ("ort", Cpu),
             ("tract", Cpu),
             ("coreai", Ane),
@@ -208,6 +213,17 @@ pub fn triton_platform_backends(platform: &str) -> Option<Vec<&'static str>> {
         "coreai" => vec!["coreai"],
         _ => return None,
     })
+}
+
+/// The device a model runs on when its configuration names none: `auto` for
+/// Core ML models (compute units `all`: the Neural Engine where Core ML
+/// places the work there, which is why one converts to Core ML), `cpu` for
+/// every other format. `device = "cpu"` stays one setting away.
+pub fn default_device(format: ModelFormat) -> DeviceKind {
+    match format {
+        ModelFormat::CoreMl => DeviceKind::Auto,
+        _ => DeviceKind::Cpu,
+    }
 }
 
 /// The device a configuration's "GPU" (Triton `KIND_GPU`) means on this
@@ -284,6 +300,13 @@ mod tests {
     }
 
     #[test]
+    fn core_ml_models_default_to_auto() {
+        assert_eq!(default_device(ModelFormat::CoreMl), DeviceKind::Auto);
+        assert_eq!(default_device(ModelFormat::Onnx), DeviceKind::Cpu);
+        assert_eq!(default_device(ModelFormat::CoreAi), DeviceKind::Cpu);
+    }
+
+    #[test]
     fn automatic_candidates_per_platform() {
         let names = |os| {
             automatic_candidates_for(os)
@@ -296,7 +319,9 @@ mod tests {
             [
                 "coreml/ane",
                 "coreml/metal",
+                "coreml/cpu",
                 "tract/metal",
+                "ort/ane",
                 "ort/cpu",
                 "tract/cpu",
                 "coreai/ane",

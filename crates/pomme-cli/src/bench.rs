@@ -129,7 +129,7 @@ pub fn run(args: BenchArgs, settings: &Settings) -> Result<ExitCode> {
             let mut spec = ModelSpec::new("bench", &model)
                 .backends(&[b.name()])
                 .workers(conc.max(1));
-            spec.load = args.engine.load_options()?;
+            spec.load = args.engine.load_options(&model)?;
             let view = tokio.block_on(rt.load(spec))?;
             for &batch in &args.batch {
                 let inputs = crate::infer::synthetic_batch(&view.signature, batch.max(1))?;

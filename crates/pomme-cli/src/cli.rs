@@ -38,9 +38,10 @@ pub enum Command {
 /// How to load a model (shared by infer and bench).
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Device to run on.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "metal", "gpu", "cuda", "ane", "auto"])]
-    pub device: String,
+    /// Device to run on (default: auto for Core ML models, which lets Core ML
+    /// use the Neural Engine; cpu for every other format).
+    #[arg(long, value_parser = ["cpu", "metal", "gpu", "cuda", "ane", "auto"])]
+    pub device: Option<String>,
     /// Intra-op threads for CPU engines (default: the engine's choice).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -64,7 +65,7 @@ impl EngineArgs {
         settings: &crate::env::Settings,
     ) -> Result<pomme_runtime::ModelSpec> {
         let mut spec = pomme_runtime::ModelSpec::new(name, path);
-        spec.load = self.load_options()?;
+        spec.load = self.load_options(path)?;
         if let Some(b) = backend {
             pomme_backends::by_name_with(&settings.backends, b)?;
             spec.backends = vec![b.to_string()];
@@ -72,8 +73,15 @@ impl EngineArgs {
         Ok(spec)
     }
 
-    pub fn load_options(&self) -> Result<LoadOptions> {
-        let device: DeviceKind = self.device.parse()?;
+    /// Load options for `model`; without `--device`, the format's default
+    /// device ([`pomme_backends::default_device`]).
+    pub fn load_options(&self, model: &std::path::Path) -> Result<LoadOptions> {
+        let device: DeviceKind = match &self.device {
+            Some(d) => d.parse()?,
+            None => pomme_runtime::detect_artifact(model).map_or(DeviceKind::Cpu, |a| {
+                pomme_backends::default_device(a.format)
+            }),
+        };
         let mut extra = std::collections::BTreeMap::new();
         for kv in &self.backend_options {
             let (k, v) = kv
@@ -252,11 +260,13 @@ fn serve(args: pomme_server::ServerArgs, settings: &Settings) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// The backends Triton platforms mean and the device of `KIND_GPU`, for the
+/// The backends Triton platforms mean, the device of `KIND_GPU` and of a model
+/// that names none, for the
 /// server's `config.pbtxt` translation (named in pomme-backends).
 fn triton_platform() -> pomme_server::Platform {
     pomme_server::Platform::new(
         pomme_backends::triton_platform_backends,
         pomme_backends::default_gpu_device(),
     )
+    .with_default_device(pomme_backends::default_device)
 }

@@ -236,8 +236,8 @@ fn print_plan(args: &InspectArgs, d: &RoutingDecision) {
     );
     match &d.reference {
         Some(r) => println!(
-            "reference:  {r} (agrees: |got - ref| <= {} + {}·|ref| everywhere)",
-            d.tolerance.abs, d.tolerance.rel
+            "reference:  {r} (agrees: |got - ref| <= {} + {}·|ref| everywhere; {} + {}·|ref| for float16 engines)",
+            d.tolerance.abs, d.tolerance.rel, d.tolerance_f16.abs, d.tolerance_f16.rel
         ),
         None => println!("reference:  none (no CPU candidate ran: timed, not validated)"),
     }

@@ -328,6 +328,13 @@ pub trait LoadedModel: Send + Sync {
     fn device(&self) -> DeviceKind;
     /// At what precision.
     fn precision(&self) -> Precision;
+    /// The precision the engine actually computes in, which can be lower than
+    /// [`LoadedModel::precision`]: the Apple Neural Engine computes in float16
+    /// whatever the model's weights are. Routing compares this candidate's
+    /// outputs with a tolerance suited to it. Default: `precision()`.
+    fn compute_precision(&self) -> Precision {
+        self.precision()
+    }
     /// New per-thread execution state.
     fn session(&self) -> Result<Box<dyn Session>>;
     /// Where the backend planned the work, per device (empty when it has no

@@ -27,7 +27,7 @@ pub use dtype::{DType, Element};
 pub use error::{Error, ErrorKind, GrpcCode, Result};
 pub use extra::ExtraOptions;
 pub use shape::{Dim, Shape};
-pub use signature::{ModelSignature, TensorSpec};
+pub use signature::{AllowedShapes, ModelSignature, TensorSpec};
 pub use synthetic::{Fill, synthetic_inputs, synthetic_shape, synthetic_tensor};
 pub use tensor::Tensor;
 pub use text::{one_line, panic_message};

@@ -16,6 +16,63 @@ pub struct TensorSpec {
     /// send INT64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepts: Option<DType>,
+    /// Shapes the input takes beyond what its symbolic dimensions say (a
+    /// model that runs only some sizes: Core ML's enumerated shapes and size
+    /// ranges), checked at the edge like the shape itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<AllowedShapes>,
+    /// Class labels of an output of scores, in the order of its last
+    /// dimension (a classifier's probabilities): Triton's classification
+    /// extension names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+}
+
+/// The concrete shapes a flexible input may take.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllowedShapes {
+    /// Exactly one of these shapes.
+    OneOf(Vec<Vec<usize>>),
+    /// Each dimension within `[min, max]` (`None`: no maximum).
+    Ranges(Vec<(usize, Option<usize>)>),
+}
+
+impl AllowedShapes {
+    pub fn allows(&self, dims: &[usize]) -> bool {
+        match self {
+            AllowedShapes::OneOf(shapes) => shapes.iter().any(|s| s == dims),
+            AllowedShapes::Ranges(r) => {
+                r.len() == dims.len()
+                    && r.iter()
+                        .zip(dims)
+                        .all(|(&(lo, hi), &d)| d >= lo && hi.is_none_or(|h| d <= h))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for AllowedShapes {
+    /// `[1,3,8,8] or [2,3,8,8]`; `[1..8,3,4..64]` (`4..`: no maximum).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllowedShapes::OneOf(shapes) => {
+                let s: Vec<String> = shapes.iter().map(|s| fmt_dims(s)).collect();
+                f.write_str(&s.join(" or "))
+            }
+            AllowedShapes::Ranges(r) => {
+                let s: Vec<String> = r
+                    .iter()
+                    .map(|&(lo, hi)| match hi {
+                        Some(h) if h == lo => lo.to_string(),
+                        Some(h) => format!("{lo}..{h}"),
+                        None => format!("{lo}.."),
+                    })
+                    .collect();
+                write!(f, "[{}]", s.join(","))
+            }
+        }
+    }
 }
 
 impl TensorSpec {
@@ -25,7 +82,21 @@ impl TensorSpec {
             dtype,
             shape,
             accepts: None,
+            allowed: None,
+            labels: None,
         }
+    }
+
+    /// This spec, with class labels for its last dimension.
+    pub fn with_labels(mut self, labels: Vec<String>) -> TensorSpec {
+        self.labels = Some(labels);
+        self
+    }
+
+    /// This spec, taking only `allowed` shapes.
+    pub fn allowing(mut self, allowed: AllowedShapes) -> TensorSpec {
+        self.allowed = Some(allowed);
+        self
     }
 
     /// This spec, also accepting `wider` tensors (narrowed with a range check).
@@ -53,6 +124,15 @@ impl TensorSpec {
                 self.name,
                 fmt_dims(t.shape()),
                 self.shape
+            )));
+        }
+        if let Some(a) = &self.allowed
+            && !a.allows(t.shape())
+        {
+            return Err(Error::invalid_input(format!(
+                "input '{}' has shape {}; the model takes {a}",
+                self.name,
+                fmt_dims(t.shape()),
             )));
         }
         Ok(())
@@ -172,6 +252,34 @@ fn narrow(name: &str, t: &Tensor, to: DType) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::Dim;
+
+    #[test]
+    fn allowed_shapes_are_checked_and_named() {
+        let sym = || Dim::Symbolic("?".into());
+        let spec = TensorSpec::new("x", DType::F32, Shape(vec![sym(), Dim::Fixed(2)]))
+            .allowing(AllowedShapes::OneOf(vec![vec![1, 2], vec![4, 2]]));
+        let t = |r: usize| Tensor::zeros(DType::F32, vec![r, 2]).unwrap();
+        spec.check(&t(4)).unwrap();
+        let e = spec.check(&t(3)).unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("input 'x' has shape [3,2]; the model takes [1,2] or [4,2]"),
+            "{e}"
+        );
+        let spec =
+            TensorSpec::new("y", DType::F32, Shape(vec![sym(), Dim::Fixed(3), sym()])).allowing(
+                AllowedShapes::Ranges(vec![(1, Some(8)), (3, Some(3)), (4, None)]),
+            );
+        let t = |a: usize, b: usize| Tensor::zeros(DType::F32, vec![a, 3, b]).unwrap();
+        spec.check(&t(8, 1000)).unwrap();
+        let e = spec.check(&t(9, 4)).unwrap_err().to_string();
+        assert!(e.contains("the model takes [1..8,3,4..]"), "{e}");
+        assert!(spec.check(&t(1, 3)).is_err());
+        // Serialized only when set.
+        let plain = serde_json::to_string(&TensorSpec::new("z", DType::F32, Shape::fixed(&[1])));
+        assert!(!plain.unwrap().contains("allowed"));
+    }
 
     fn sig() -> ModelSignature {
         let batch = |n| Shape(vec![Dim::Symbolic("batch".into()), Dim::Fixed(n)]);

@@ -3,6 +3,12 @@
 //! - [`reader`] (every platform, pure Rust): reads `.mlmodel` files and
 //!   `.mlpackage` bundles (a subset of the public Core ML protobuf spec) into a
 //!   [`reader::CoreMlInfo`], convertible to [`pomme_core::ModelInfo`].
+//! - [`convert`] (every platform): image tensor ↔ pixel buffer layouts,
+//!   classifier outputs, per-sequence state bookkeeping; the
+//!   plain-Rust halves of the native backend's conversions.
+//! - [`cache`] (every platform): the compiled-model cache's key (content and
+//!   OS build, re-hashed only when files change), LRU size cap, and the
+//!   weight bytes of compiled bundles.
 //! - [`ane_check`] (every platform): flags what is known to push work off the
 //!   Apple Neural Engine, each rule with its source.
 //! - [`placement`]: the [`placement::PlacementReport`] type and
@@ -21,6 +27,8 @@
 #![deny(unsafe_code)]
 
 pub mod ane_check;
+pub mod cache;
+pub mod convert;
 pub mod host;
 pub mod options;
 pub mod placement;

@@ -4,8 +4,9 @@
 //! each key. A bad value is a one-line [`Error::InvalidInput`] naming the key
 //! and what it accepts.
 
+use crate::convert::state::StateLimits;
 use crate::placement::MIN_ANE_SHARE_KEY;
-use pomme_core::{Error, ExtraOptions, LoadOptions, Result};
+use pomme_core::{Error, ExtraOptions, LoadOptions, Precision, Result};
 use std::path::PathBuf;
 
 /// Every key [`CoreMlOptions`] reads ([`pomme_core::Backend::option_keys`]).
@@ -15,7 +16,15 @@ pub const KEYS: &[&str] = &[
     "allow_low_precision_gpu",
     "virtual_batch",
     MIN_ANE_SHARE_KEY,
+    "function",
+    "max_sequences",
+    "sequence_idle_timeout_s",
+    "cache_max_mb",
+    "instances",
 ];
+
+/// The compiled-model cache's default size cap (`cache_max_mb`): 8 GiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 8 << 30;
 
 /// The Core ML backend's settings for one load, from `LoadOptions.extra`.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +37,9 @@ pub struct CoreMlOptions {
     /// `cache_dir`: where compiled `.mlmodelc` bundles are kept (default: the
     /// backend's, `<cache root>/coreml`).
     pub cache_dir: Option<PathBuf>,
+    /// `cache_max_mb`: the compiled-model cache's size cap in MiB (default
+    /// 8192); least recently used bundles are removed past it.
+    pub cache_max_mb: Option<u64>,
     /// `allow_low_precision_gpu` (`true` | `false`), default `false`: lets the
     /// GPU accumulate in float16 (always allowed with `precision = f16`).
     pub allow_low_precision_gpu: bool,
@@ -39,6 +51,18 @@ pub struct CoreMlOptions {
     /// ML's compute plan puts less of the model (its placed ops, or their
     /// estimated cost when Core ML gives costs) on the Neural Engine.
     pub min_ane_share: Option<f64>,
+    /// `function`: the function of a multifunction package to serve (macOS
+    /// 15+); default: the package's default function.
+    pub function: Option<String>,
+    /// `max_sequences` (stateful models): live sequences at most, default 64;
+    /// a new sequence past it is refused (429).
+    /// `sequence_idle_timeout_s`: seconds after which an idle sequence's
+    /// state is dropped, default 600.
+    pub states: StateLimits,
+    /// `instances`: model instances, each on its own thread, that predict
+    /// concurrently (sessions, one per worker, take them in turn); default 1.
+    /// Stateful models keep one (a sequence's state lives on one instance).
+    pub instances: usize,
 }
 
 /// Core ML compute units, as `MLComputeUnits` names them.
@@ -51,6 +75,28 @@ pub enum ComputeUnits {
 }
 
 impl ComputeUnits {
+    /// What Core ML computes in under these units, for routing's tolerance
+    /// ([`pomme_core::LoadedModel::compute_precision`]): float16 when the
+    /// Neural Engine may run the model (`all`, `cpuAndNeuralEngine`: it
+    /// computes in float16 only), when the GPU may run a neural network
+    /// (Core ML runs those in float16 there) or accumulate in float16
+    /// (`low_precision_gpu`), and for an ML Program converted to float16;
+    /// float32 otherwise.
+    pub fn compute_precision(
+        self,
+        fp16_program: bool,
+        neural_network: bool,
+        low_precision_gpu: bool,
+    ) -> Precision {
+        let gpu = matches!(self, ComputeUnits::All | ComputeUnits::CpuAndGpu);
+        let ane = matches!(self, ComputeUnits::All | ComputeUnits::CpuAndNeuralEngine);
+        if fp16_program || ane || (gpu && (neural_network || low_precision_gpu)) {
+            Precision::F16
+        } else {
+            Precision::F32
+        }
+    }
+
     /// The `MLComputeUnits` name (`cpuAndNeuralEngine`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,6 +109,12 @@ impl ComputeUnits {
 }
 
 impl CoreMlOptions {
+    /// The cache's size cap in bytes.
+    pub fn cache_max_bytes(&self) -> u64 {
+        self.cache_max_mb
+            .map_or(DEFAULT_CACHE_MAX_BYTES, |mb| mb.saturating_mul(1 << 20))
+    }
+
     /// Parses every key of [`KEYS`] from `options.extra`.
     pub fn from_load_options(options: &LoadOptions) -> Result<CoreMlOptions> {
         Self::read(&ExtraOptions::new(&options.extra))
@@ -99,10 +151,37 @@ impl CoreMlOptions {
         Ok(CoreMlOptions {
             compute_units,
             cache_dir: x.get("cache_dir").map(PathBuf::from),
+            cache_max_mb: match x.get("cache_max_mb") {
+                None => None,
+                Some(_) => Some(count(x, "cache_max_mb", 0)?),
+            },
             allow_low_precision_gpu: flag(x, "allow_low_precision_gpu", false)?,
             virtual_batch: flag(x, "virtual_batch", true)?,
             min_ane_share,
+            function: x.get("function").map(str::to_string),
+            instances: count(x, "instances", 1)? as usize,
+            states: StateLimits {
+                max_sequences: count(x, "max_sequences", 64)? as usize,
+                idle_timeout: std::time::Duration::from_secs(count(
+                    x,
+                    "sequence_idle_timeout_s",
+                    600,
+                )?),
+            },
         })
+    }
+}
+
+/// A positive integer option, `default` when absent.
+fn count(x: &ExtraOptions<'_>, key: &'static str, default: u64) -> Result<u64> {
+    match x.get(key) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Error::invalid_input(format!(
+                "{key} '{v}' is not a positive integer"
+            ))),
+        },
     }
 }
 
@@ -123,6 +202,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn compute_precision_by_units_and_model() {
+        use ComputeUnits::*;
+        let p = |u: ComputeUnits, fp16, nn, low| u.compute_precision(fp16, nn, low);
+        assert_eq!(p(CpuOnly, false, false, false), Precision::F32);
+        assert_eq!(p(CpuOnly, false, true, true), Precision::F32);
+        assert_eq!(p(CpuOnly, true, false, false), Precision::F16);
+        assert_eq!(p(All, false, false, false), Precision::F16);
+        assert_eq!(p(CpuAndNeuralEngine, false, false, false), Precision::F16);
+        assert_eq!(p(CpuAndGpu, false, false, false), Precision::F32);
+        assert_eq!(p(CpuAndGpu, false, true, false), Precision::F16);
+        assert_eq!(p(CpuAndGpu, false, false, true), Precision::F16);
+    }
+
+    #[test]
     fn option_keys_are_what_the_parser_reads() {
         let empty = Default::default();
         let x = ExtraOptions::new(&empty);
@@ -139,6 +232,10 @@ mod tests {
             ("allow_low_precision_gpu", "yes"),
             ("virtual_batch", "off"),
             ("min_ane_share", "80%"),
+            ("max_sequences", "0"),
+            ("sequence_idle_timeout_s", "ten"),
+            ("cache_max_mb", "-1"),
+            ("instances", "0"),
         ] {
             let e = CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[(key, bad)]))
                 .unwrap_err()
@@ -158,8 +255,19 @@ mod tests {
             ("cache_dir", "/tmp/c"),
             ("virtual_batch", "false"),
             ("min_ane_share", "0.8"),
+            ("function", "prefill"),
+            ("max_sequences", "4"),
         ]))
         .unwrap();
+        assert_eq!(o.function.as_deref(), Some("prefill"));
+        assert_eq!(o.states.max_sequences, 4);
+        assert_eq!(o.states.idle_timeout.as_secs(), 600);
+        assert_eq!(o.cache_max_bytes(), DEFAULT_CACHE_MAX_BYTES);
+        assert_eq!(o.instances, 1);
+        let small =
+            CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[("cache_max_mb", "2")]))
+                .unwrap();
+        assert_eq!(small.cache_max_bytes(), 2 << 20);
         assert_eq!(o.compute_units, Some(ComputeUnits::CpuAndGpu));
         assert_eq!(o.compute_units.unwrap().as_str(), "cpuAndGPU");
         assert_eq!(o.cache_dir, Some(PathBuf::from("/tmp/c")));

@@ -4,15 +4,18 @@
 //!
 //! It decodes the subset of the public Core ML format specification in
 //! `proto/` and reports a [`CoreMlInfo`]: the signature (with flexible shapes),
-//! the model type, metadata, an op / layer histogram, exact weight bytes and
-//! the specification version. It runs on every platform and never loads
+//! image inputs and outputs, states (stateful models), functions (multifunction
+//! packages), classifier outputs and class labels, the model type, metadata,
+//! an op / layer histogram, exact weight bytes and the specification version. It runs on every platform and never loads
 //! Core ML. Compiled `.mlmodelc` bundles are Core ML's private format and are
 //! not read here (the native backend describes them on macOS).
 
 use crate::proto::specification as pb;
 use crate::proto::specification::mil_spec as mil;
 use crate::proto::{LAYER_TYPES, MODEL_TYPES};
-use pomme_core::{DType, Dim, Error, ModelInfo, ModelSignature, Result, Shape, TensorSpec};
+use pomme_core::{
+    AllowedShapes, DType, Dim, Error, ModelInfo, ModelSignature, Result, Shape, TensorSpec,
+};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -110,7 +113,8 @@ impl FeatureKind {
 /// that the flexible shapes let vary made symbolic (`"?"`); images become
 /// `U8 [height, width, channels]` (`F16` for `GRAYSCALE_FLOAT16`); `int64`,
 /// `double` and `string` scalars become `[1]` tensors of I64 / F64 / BYTES;
-/// dictionaries (classifier scores) become a `[1]` BYTES tensor.
+/// a classifier's probabilities dictionary becomes `F32 [labels]`, in label
+/// order, when the labels are known, other dictionaries a `[1]` BYTES tensor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FeatureInfo {
     pub name: String,
@@ -143,11 +147,75 @@ pub struct ComputeSummary {
     /// that type of ML Program ops that compute (not `const`, `constexpr_*`, `cast`).
     pub value_dtypes: BTreeMap<String, usize>,
     /// The largest fixed dimension of any op output, and the op output naming it.
+    /// (Serialized as a pair.)
     pub largest_dim: Option<(u64, String)>,
     /// ML Program opset names (`CoreML5`, `CoreML7`, ...).
     pub opsets: BTreeSet<String>,
     /// ML Program function names.
     pub functions: Vec<String>,
+}
+
+/// A classifier's class labels, in the order of its probabilities.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "labels", rename_all = "lowercase")]
+pub enum ClassLabels {
+    #[serde(rename = "string")]
+    Strings(Vec<String>),
+    Int64(Vec<i64>),
+}
+
+impl ClassLabels {
+    pub fn len(&self) -> usize {
+        match self {
+            ClassLabels::Strings(v) => v.len(),
+            ClassLabels::Int64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Label `i` as text (`None` past the end).
+    pub fn label(&self, i: usize) -> Option<String> {
+        match self {
+            ClassLabels::Strings(v) => v.get(i).cloned(),
+            ClassLabels::Int64(v) => v.get(i).map(i64::to_string),
+        }
+    }
+
+    /// `string` or `int64`: the type of the predicted-label output.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            ClassLabels::Strings(_) => "string",
+            ClassLabels::Int64(_) => "int64",
+        }
+    }
+}
+
+/// What makes a model a classifier: the outputs Core ML fills and the labels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassifierInfo {
+    /// The output holding the predicted label (`predictedFeatureName`).
+    pub predicted_feature: String,
+    /// The output holding label → probability (`predictedProbabilitiesName`); may be empty.
+    pub probabilities_feature: String,
+    /// Labels from the neural-network classifier or the ML Program's `classify`
+    /// op (the last classifier of a pipeline); `None` when the model type
+    /// keeps them where the reader does not look.
+    pub labels: Option<ClassLabels>,
+}
+
+/// One function of a multifunction ML Program (`ModelDescription.functions`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub inputs: Vec<FeatureInfo>,
+    pub outputs: Vec<FeatureInfo>,
+    pub states: Vec<FeatureInfo>,
+    /// Inputs and outputs as pomme tensors.
+    pub signature: ModelSignature,
+    pub classifier: Option<ClassifierInfo>,
 }
 
 /// A model inside a pipeline.
@@ -172,10 +240,22 @@ pub struct CoreMlInfo {
     pub spec_version: i32,
     /// The model-type oneof field name: `neuralNetwork`, `mlProgram`, `pipeline`, ...
     pub model_type: String,
+    /// Inputs, outputs and states of the model, or of its default function
+    /// for a multifunction package (whose top-level description is empty).
     pub inputs: Vec<FeatureInfo>,
     pub outputs: Vec<FeatureInfo>,
+    /// State features (stateful ML Programs, macOS 15+): kept by Core ML
+    /// between predictions, never inputs or outputs of a request.
+    pub states: Vec<FeatureInfo>,
     /// Inputs and outputs as pomme tensors (see [`FeatureInfo`] for the mapping).
     pub signature: ModelSignature,
+    /// Set for classifiers (see [`ClassifierInfo`]).
+    pub classifier: Option<ClassifierInfo>,
+    /// Every function of a multifunction package, in declared order; empty
+    /// for single-function models.
+    pub functions: Vec<FunctionInfo>,
+    /// The function Core ML runs when none is named; `None` unless `functions` is set.
+    pub default_function: Option<String>,
     pub metadata: CoreMlMetadata,
     /// ML Program op type (`conv`, `linear`, `const`...) or neural-network layer
     /// type (`convolution`, `innerProduct`...) → count, over nested blocks,
@@ -407,6 +487,10 @@ struct Acc {
     activation_bytes: u64,
     blob_files: BTreeSet<String>,
     compute: ComputeSummary,
+    /// Labels of a neural-network classifier (the last one of a pipeline).
+    labels: Option<ClassLabels>,
+    /// Labels of the `classify` op of each ML Program function.
+    function_labels: BTreeMap<String, ClassLabels>,
 }
 
 fn parse_model(bytes: &[u8], model_dir: &Path, package: Option<&Path>) -> Result<CoreMlInfo> {
@@ -414,35 +498,91 @@ fn parse_model(bytes: &[u8], model_dir: &Path, package: Option<&Path>) -> Result
         return Err(invalid("empty model file"));
     }
     let mut acc = Acc::default();
-    let (model, model_type, sub_models) = parse_model_tree(bytes, 0, &mut acc)?;
-    let main_outputs = mil_main_outputs(&model);
+    let (mut model, model_type, sub_models) = parse_model_tree(bytes, 0, &mut acc)?;
     let desc = model
         .description
+        .take()
         .ok_or_else(|| invalid("model has no description (truncated or not a Core ML model?)"))?;
-    let inputs = desc
-        .input
+    let features = |list: &[pb::FeatureDescription]| -> Result<Vec<FeatureInfo>> {
+        list.iter().map(feature_info).collect()
+    };
+    let classifier = |predicted: &str, probabilities: &str, function: &str| {
+        (!predicted.is_empty() || !probabilities.is_empty()).then(|| ClassifierInfo {
+            predicted_feature: predicted.to_string(),
+            probabilities_feature: probabilities.to_string(),
+            labels: acc
+                .function_labels
+                .get(function)
+                .or_else(|| acc.function_labels.values().next())
+                .or(acc.labels.as_ref())
+                .cloned(),
+        })
+    };
+    let functions = desc
+        .functions
         .iter()
-        .map(feature_info)
-        .collect::<Result<Vec<_>>>()?;
-    let outputs = desc
-        .output
-        .iter()
-        .map(feature_info)
-        .collect::<Result<Vec<_>>>()?;
-    let signature = ModelSignature {
-        inputs: inputs.iter().map(|f| tensor_spec(f, None)).collect(),
-        outputs: outputs
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let from_mil = main_outputs
-                    .iter()
-                    .find(|(n, _)| *n == f.name)
-                    .or_else(|| main_outputs.get(i))
-                    .map(|(_, t)| t);
-                tensor_spec(f, from_mil)
+        .map(|f| {
+            let (inputs, outputs) = (features(&f.input)?, features(&f.output)?);
+            let classifier = classifier(
+                &f.predicted_feature_name,
+                &f.predicted_probabilities_name,
+                &f.name,
+            );
+            let signature = signature_of(
+                &inputs,
+                &outputs,
+                &mil_function_outputs(&model, &f.name),
+                classifier.as_ref(),
+            );
+            Ok(FunctionInfo {
+                name: f.name.clone(),
+                states: features(&f.state)?,
+                inputs,
+                outputs,
+                signature,
+                classifier,
             })
-            .collect(),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let default_function = (!functions.is_empty()).then(|| {
+        if desc.default_function_name.is_empty() {
+            functions[0].name.clone()
+        } else {
+            desc.default_function_name.clone()
+        }
+    });
+    let default = default_function
+        .as_ref()
+        .and_then(|name| functions.iter().find(|f| &f.name == name));
+    let (inputs, outputs, states, signature, classifier) = match default {
+        Some(f) if desc.input.is_empty() && desc.output.is_empty() => (
+            f.inputs.clone(),
+            f.outputs.clone(),
+            f.states.clone(),
+            f.signature.clone(),
+            f.classifier.clone(),
+        ),
+        _ => {
+            let (inputs, outputs) = (features(&desc.input)?, features(&desc.output)?);
+            let classifier = classifier(
+                &desc.predicted_feature_name,
+                &desc.predicted_probabilities_name,
+                "main",
+            );
+            let signature = signature_of(
+                &inputs,
+                &outputs,
+                &mil_function_outputs(&model, "main"),
+                classifier.as_ref(),
+            );
+            (
+                inputs,
+                outputs,
+                features(&desc.state)?,
+                signature,
+                classifier,
+            )
+        }
     };
     let metadata = desc
         .metadata
@@ -490,7 +630,11 @@ fn parse_model(bytes: &[u8], model_dir: &Path, package: Option<&Path>) -> Result
         model_type: model_type.to_string(),
         inputs,
         outputs,
+        states,
         signature,
+        classifier,
+        functions,
+        default_function,
         metadata,
         op_histogram: acc.ops,
         weight_bytes: acc.weight_bytes,
@@ -527,7 +671,15 @@ fn parse_model_tree(bytes: &[u8], depth: usize, acc: &mut Acc) -> Result<Tree> {
     let mut subs = Vec::new();
     match &model.r#type {
         Some(Type::NeuralNetwork(nn)) => walk_layers(&nn.layers, depth, acc)?,
-        Some(Type::NeuralNetworkClassifier(nn)) => walk_layers(&nn.layers, depth, acc)?,
+        Some(Type::NeuralNetworkClassifier(nn)) => {
+            walk_layers(&nn.layers, depth, acc)?;
+            use pb::neural_network_classifier::ClassLabels as L;
+            acc.labels = match &nn.class_labels {
+                Some(L::StringClassLabels(v)) => Some(ClassLabels::Strings(v.vector.clone())),
+                Some(L::Int64ClassLabels(v)) => Some(ClassLabels::Int64(v.vector.clone())),
+                None => acc.labels.take(),
+            };
+        }
         Some(Type::NeuralNetworkRegressor(nn)) => walk_layers(&nn.layers, depth, acc)?,
         Some(Type::MlProgram(p)) => walk_program(p, acc),
         Some(Type::Pipeline(p)) => subs = walk_pipeline(p, depth, acc)?,
@@ -756,6 +908,9 @@ fn walk_program(p: &mil::Program, acc: &mut Acc) {
         acc.compute.opsets.insert(f.opset.clone());
         for b in function_blocks(f) {
             walk_block(b, acc, 0);
+            if let Some(labels) = block_class_labels(b) {
+                acc.function_labels.insert(name.clone(), labels);
+            }
         }
     }
 }
@@ -822,6 +977,68 @@ fn walk_block(b: &mil::Block, acc: &mut Acc, depth: usize) {
     }
 }
 
+/// The `classes` of a block's `classify` op: a literal list of one-element
+/// tensors (what coremltools writes), a literal rank-1 tensor, or the name of
+/// a `const` op holding either.
+fn block_class_labels(b: &mil::Block) -> Option<ClassLabels> {
+    use mil::argument::binding::Binding;
+    let op = b.operations.iter().find(|op| op.r#type == "classify")?;
+    let value = match op
+        .inputs
+        .get("classes")?
+        .arguments
+        .first()?
+        .binding
+        .as_ref()?
+    {
+        Binding::Value(v) => v,
+        Binding::Name(name) => b
+            .operations
+            .iter()
+            .find(|c| c.r#type == "const" && c.outputs.iter().any(|o| &o.name == name))?
+            .attributes
+            .get("val")?,
+    };
+    literal_labels(value)
+}
+
+fn literal_labels(v: &mil::Value) -> Option<ClassLabels> {
+    use mil::tensor_value::Value as T;
+    use mil::value::immediate_value::Value as I;
+    let Some(mil::value::Value::ImmediateValue(imm)) = &v.value else {
+        return None;
+    };
+    match imm.value.as_ref()? {
+        I::Tensor(t) => match t.value.as_ref()? {
+            T::Strings(s) => Some(ClassLabels::Strings(s.values.clone())),
+            T::LongInts(l) => Some(ClassLabels::Int64(l.values.clone())),
+            T::Ints(i) => Some(ClassLabels::Int64(
+                i.values.iter().map(|&x| i64::from(x)).collect(),
+            )),
+        },
+        I::List(list) => {
+            let parts: Vec<ClassLabels> = list
+                .values
+                .iter()
+                .map(literal_labels)
+                .collect::<Option<_>>()?;
+            let mut strings = Vec::new();
+            let mut ints = Vec::new();
+            for p in parts {
+                match p {
+                    ClassLabels::Strings(v) => strings.extend(v),
+                    ClassLabels::Int64(v) => ints.extend(v),
+                }
+            }
+            match (strings.is_empty(), ints.is_empty()) {
+                (_, true) => Some(ClassLabels::Strings(strings)),
+                (true, false) => Some(ClassLabels::Int64(ints)),
+                (false, false) => None,
+            }
+        }
+    }
+}
+
 fn tensor_type(v: &mil::ValueType) -> Option<&mil::TensorType> {
     match &v.r#type {
         Some(mil::value_type::Type::TensorType(t)) => Some(t),
@@ -870,14 +1087,14 @@ fn mil_dtype(code: i32) -> Option<DType> {
     })
 }
 
-/// The main function's block outputs with their MIL tensor types, in order.
-fn mil_main_outputs(model: &pb::Model) -> Vec<(String, mil::TensorType)> {
+/// A function's block outputs (`main`, else the first) with their MIL tensor types, in order.
+fn mil_function_outputs(model: &pb::Model, function: &str) -> Vec<(String, mil::TensorType)> {
     let Some(pb::model::Type::MlProgram(p)) = &model.r#type else {
         return Vec::new();
     };
     let Some(f) = p
         .functions
-        .get("main")
+        .get(function)
         .or_else(|| p.functions.values().next())
     else {
         return Vec::new();
@@ -1014,6 +1231,53 @@ fn array_dtype(spec_name: &str) -> DType {
 
 const ANY: &str = "?";
 
+/// Inputs and outputs in pomme terms; `mil_outputs` are the ML Program
+/// function's outputs (for outputs whose description leaves the shape unset).
+fn signature_of(
+    inputs: &[FeatureInfo],
+    outputs: &[FeatureInfo],
+    mil_outputs: &[(String, mil::TensorType)],
+    classifier: Option<&ClassifierInfo>,
+) -> ModelSignature {
+    ModelSignature {
+        inputs: inputs
+            .iter()
+            .map(|f| {
+                let spec = tensor_spec(f, None);
+                match allowed_shapes(f) {
+                    Some(a) => spec.allowing(a),
+                    None => spec,
+                }
+            })
+            .collect(),
+        outputs: outputs
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                if let Some(c) = classifier
+                    && f.kind == FeatureKind::Dictionary
+                    && c.probabilities_feature == f.name
+                    && let Some(labels) = &c.labels
+                {
+                    let names = (0..labels.len()).filter_map(|i| labels.label(i)).collect();
+                    return TensorSpec::new(
+                        f.name.clone(),
+                        DType::F32,
+                        Shape::fixed(&[labels.len()]),
+                    )
+                    .with_labels(names);
+                }
+                let from_mil = mil_outputs
+                    .iter()
+                    .find(|(n, _)| *n == f.name)
+                    .or_else(|| mil_outputs.get(i))
+                    .map(|(_, t)| t);
+                tensor_spec(f, from_mil)
+            })
+            .collect(),
+    }
+}
+
 /// The pomme tensor spec of a feature; `mil_type` is the ML Program's type for an
 /// output whose description leaves the shape unset.
 fn tensor_spec(f: &FeatureInfo, mil_type: Option<&mil::TensorType>) -> TensorSpec {
@@ -1089,6 +1353,40 @@ fn tensor_spec(f: &FeatureInfo, mil_type: Option<&mil::TensorType>) -> TensorSpe
     TensorSpec::new(f.name.clone(), dtype, shape)
 }
 
+/// The concrete shapes a flexible multi-array or image input takes, checked
+/// at the edge (a shape outside them is a 400 naming them, not a Core ML
+/// error at prediction). Images are `[height, width, channels]`.
+pub fn allowed_shapes(f: &FeatureInfo) -> Option<AllowedShapes> {
+    let us = |v: &[u64]| v.iter().map(|&d| d as usize).collect::<Vec<_>>();
+    let channels = match f.kind {
+        FeatureKind::MultiArray => None,
+        FeatureKind::Image if f.data_type.starts_with("GRAYSCALE") => Some(1),
+        FeatureKind::Image => Some(3),
+        _ => return None,
+    };
+    match &f.flexibility {
+        ShapeFlexibility::Fixed => None,
+        ShapeFlexibility::Enumerated(shapes) => Some(AllowedShapes::OneOf(
+            shapes
+                .iter()
+                .map(|s| {
+                    let mut v = us(s);
+                    v.extend(channels);
+                    v
+                })
+                .collect(),
+        )),
+        ShapeFlexibility::Range(r) => {
+            let mut v: Vec<(usize, Option<usize>)> = r
+                .iter()
+                .map(|r| (r.lower as usize, r.upper.map(|u| u as usize)))
+                .collect();
+            v.extend(channels.map(|c| (c, Some(c))));
+            Some(AllowedShapes::Ranges(v))
+        }
+    }
+}
+
 /// Dimensions equal in the default and every enumerated shape stay fixed; the others are symbolic.
 fn flexible_enumerated(default: &[u64], shapes: &[Vec<u64>]) -> Shape {
     let rank = shapes.first().map_or(default.len(), Vec::len);
@@ -1143,10 +1441,76 @@ impl CoreMlInfo {
             .any(|f| f.flexibility != ShapeFlexibility::Fixed)
     }
 
+    /// This model as Core ML loads it with `function` named: that function's
+    /// inputs, outputs, states, signature and classifier. A single-function
+    /// model accepts its own function name (`main` for ML Programs).
+    pub fn select_function(&self, function: &str) -> Result<CoreMlInfo> {
+        if self.functions.is_empty() {
+            let own = self
+                .compute
+                .functions
+                .first()
+                .map_or("main", String::as_str);
+            if function == own {
+                return Ok(self.clone());
+            }
+            return Err(Error::invalid_input(format!(
+                "{} has one function ({own}), not '{function}'",
+                self.path.display()
+            )));
+        }
+        let f = self
+            .functions
+            .iter()
+            .find(|f| f.name == function)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.functions.iter().map(|f| f.name.as_str()).collect();
+                Error::invalid_input(format!(
+                    "{} has no function '{function}' (it has {})",
+                    self.path.display(),
+                    names.join(", ")
+                ))
+            })?;
+        let mut out = self.clone();
+        out.inputs = f.inputs.clone();
+        out.outputs = f.outputs.clone();
+        out.states = f.states.clone();
+        out.signature = f.signature.clone();
+        out.classifier = f.classifier.clone();
+        Ok(out)
+    }
+
+    /// An ML Program that computes in float16 (converted with
+    /// `compute_precision = FLOAT16`, coremltools' default).
+    pub fn is_fp16_program(&self) -> bool {
+        self.model_type == "mlProgram" && self.compute.value_dtypes.contains_key("FLOAT16")
+    }
+
+    /// A neural network (plain, classifier or regressor), possibly in a pipeline.
+    pub fn has_neural_network(&self) -> bool {
+        fn nn(t: &str) -> bool {
+            t.starts_with("neuralNetwork")
+        }
+        fn any(s: &[SubModel]) -> bool {
+            s.iter().any(|m| nn(&m.model_type) || any(&m.sub_models))
+        }
+        nn(&self.model_type) || any(&self.sub_models)
+    }
+
+    /// Whether the model keeps state between predictions (needs sequences).
+    pub fn is_stateful(&self) -> bool {
+        !self.states.is_empty()
+    }
+
     /// pomme's [`ModelInfo`]. Metadata keys: `format` (`coreml`), `container`,
     /// `model_type`, `specification_version`, `description`, `version`, `author`,
     /// `license`, `user.<key>` for user-defined entries, `input.<name>.enumerated_shapes`
     /// / `input.<name>.shape_range` (and `output.`) for flexible shapes,
+    /// `input.<name>.color_space` / `.image_width` / `.image_height` for
+    /// images, `states` and `state.<name>` (`FLOAT16 [1,4]`), `functions`
+    /// and `default_function` (multifunction packages),
+    /// `classifier.predicted_feature`, `classifier.probabilities_feature`,
+    /// `classifier.label_type` and `classifier.labels` (a JSON array),
     /// `mil.opsets`, `mil.functions`, `pipeline.models`.
     pub fn to_model_info(&self) -> ModelInfo {
         let mut md = BTreeMap::new();
@@ -1176,6 +1540,50 @@ impl CoreMlInfo {
                 if let Some((key, value)) = fmt_flex(&f.flexibility) {
                     md.insert(format!("{side}.{}.{key}", f.name), value);
                 }
+                if f.kind == FeatureKind::Image {
+                    md.insert(
+                        format!("{side}.{}.color_space", f.name),
+                        f.data_type.clone(),
+                    );
+                    if let [h, w] = f.shape[..] {
+                        md.insert(format!("{side}.{}.image_height", f.name), h.to_string());
+                        md.insert(format!("{side}.{}.image_width", f.name), w.to_string());
+                    }
+                }
+            }
+        }
+        if !self.states.is_empty() {
+            let names: Vec<&str> = self.states.iter().map(|f| f.name.as_str()).collect();
+            md.insert("states".into(), names.join(","));
+            for f in &self.states {
+                let dims: Vec<String> = f.shape.iter().map(u64::to_string).collect();
+                md.insert(
+                    format!("state.{}", f.name),
+                    format!("{} [{}]", f.data_type, dims.join(",")),
+                );
+            }
+        }
+        if let Some(default) = &self.default_function {
+            let names: Vec<&str> = self.functions.iter().map(|f| f.name.as_str()).collect();
+            md.insert("functions".into(), names.join(","));
+            md.insert("default_function".into(), default.clone());
+        }
+        if let Some(c) = &self.classifier {
+            md.insert(
+                "classifier.predicted_feature".into(),
+                c.predicted_feature.clone(),
+            );
+            md.insert(
+                "classifier.probabilities_feature".into(),
+                c.probabilities_feature.clone(),
+            );
+            if let Some(labels) = &c.labels {
+                md.insert("classifier.label_type".into(), labels.kind().into());
+                let json = match labels {
+                    ClassLabels::Strings(v) => serde_json::to_string(v),
+                    ClassLabels::Int64(v) => serde_json::to_string(v),
+                };
+                md.insert("classifier.labels".into(), json.unwrap_or_default());
             }
         }
         if !self.compute.opsets.is_empty() {

@@ -88,11 +88,23 @@ pub fn decode_request(req: ModelInferRequest, limits: &Limits) -> Result<Decoded
         Some(
             req.outputs
                 .into_iter()
-                .map(|o| RequestedOutput {
-                    name: o.name,
-                    binary: None,
+                .map(|o| {
+                    let classification = match param_u64(&o.parameters, "classification")? {
+                        Some(0) => {
+                            return Err(Error::invalid_input(format!(
+                                "output '{}': parameter 'classification' must be at least 1",
+                                o.name
+                            )));
+                        }
+                        k => k.map(|k| k as usize),
+                    };
+                    Ok(RequestedOutput {
+                        name: o.name,
+                        binary: None,
+                        classification,
+                    })
                 })
-                .collect(),
+                .collect::<Result<Vec<_>>>()?,
         )
     };
     let decoded = DecodedRequest {

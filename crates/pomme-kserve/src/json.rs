@@ -750,14 +750,17 @@ fn assemble(wire: WireRequest<'_>, binary: Bytes, ctx: Ctx<'_>) -> Result<Decode
             outs.into_iter()
                 .map(|o| {
                     let what = format!("output '{}' ", o.name);
-                    if o.parameters.contains_key("classification") {
-                        return Err(Error::invalid_input(format!(
-                            "output '{}' asks for classification, which pomme does not support",
-                            o.name
-                        )));
-                    }
+                    let classification = match param_u64(&o.parameters, "classification", &what)? {
+                        Some(0) => {
+                            return Err(Error::invalid_input(format!(
+                                "{what}parameters.classification must be at least 1"
+                            )));
+                        }
+                        k => k.map(|k| k as usize),
+                    };
                     Ok(RequestedOutput {
                         binary: param_bool(&o.parameters, "binary_data", &what)?,
+                        classification,
                         name: o.name,
                     })
                 })

@@ -18,6 +18,7 @@
 //! Module order (each uses only those before it): `common` (shared
 //! helpers) → [`proto`] → [`json`], [`grpc`], [`metadata`].
 
+pub mod classification;
 mod common;
 pub mod grpc;
 pub mod json;
@@ -68,6 +69,9 @@ pub struct RequestedOutput {
     pub name: String,
     /// Per-output `binary_data` parameter; `None` follows the request default.
     pub binary: Option<bool>,
+    /// Triton's `classification` parameter: reply with the top `k` classes
+    /// ([`classification::classify`]).
+    pub classification: Option<usize>,
 }
 
 /// A decoded inference request, independent of the transport it came on.
@@ -89,6 +93,15 @@ pub struct DecodedRequest {
 
 impl DecodedRequest {
     /// Names of the requested outputs, as the runtime wants them.
+    /// The outputs asked for as classifications, with their `k`.
+    pub fn classifications(&self) -> Vec<(String, usize)> {
+        self.outputs
+            .iter()
+            .flatten()
+            .filter_map(|o| o.classification.map(|k| (o.name.clone(), k)))
+            .collect()
+    }
+
     pub fn output_names(&self) -> Option<Vec<String>> {
         self.outputs
             .as_ref()

@@ -258,6 +258,15 @@ impl LoadedModel for OrtModel {
         self.precision
     }
 
+    fn compute_precision(&self) -> Precision {
+        // Core ML (the EP behind ane / metal) runs on the Neural Engine and the
+        // GPU in float16.
+        match self.device {
+            DeviceKind::Ane | DeviceKind::Metal | DeviceKind::Auto => Precision::F16,
+            _ => self.precision,
+        }
+    }
+
     fn prefers_few_shapes(&self) -> bool {
         // The CUDA EP prepares kernels per shape (see `shapes`); the CPU EP
         // does not.

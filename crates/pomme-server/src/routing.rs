@@ -2,8 +2,9 @@
 //!
 //! A model's `config.toml` turns routing on with `routing = "auto"`, a
 //! candidate list (`routing = ["tract/cuda", "ort/cpu", "tract/cpu"]`) or a
-//! `[routing]` table (candidates, tolerance, runs, call timeout, breaker,
-//! retry); `routing = "off"` keeps the first backend that loads even when
+//! `[routing]` table (candidates, tolerance, `tolerance_f16` for candidates
+//! computing in float16 such as the Neural Engine, runs, call timeout,
+//! breaker, retry); `routing = "off"` keeps the first backend that loads even when
 //! `pomme.toml` makes `routing = "auto"` the default. A Triton `config.pbtxt`
 //! takes `parameters { key: "routing" value { string_value: "auto" } }` (or a
 //! comma-separated candidate list). The settings are checked when the
@@ -50,14 +51,15 @@ pub enum ModelRouting {
     #[default]
     Unset,
     Off,
-    On(RoutingConfig),
+    /// Boxed: a routing configuration is large beside the other variants.
+    On(Box<RoutingConfig>),
 }
 
 impl ModelRouting {
     /// The spec's routing under the server's default.
     pub fn resolve(&self, default: RoutingMode) -> Option<RoutingConfig> {
         match (self, default) {
-            (ModelRouting::On(c), _) => Some(c.clone()),
+            (ModelRouting::On(c), _) => Some(RoutingConfig::clone(c)),
             (ModelRouting::Unset, RoutingMode::Auto) => Some(RoutingConfig::default()),
             _ => None,
         }
@@ -71,7 +73,7 @@ impl ModelRouting {
         };
         match v {
             toml::Value::String(s) => match s.as_str() {
-                "auto" => Ok(ModelRouting::On(RoutingConfig::default())),
+                "auto" => Ok(ModelRouting::On(Box::default())),
                 "off" => Ok(ModelRouting::Off),
                 other => Err(format!("routing '{other}' is not \"auto\" or \"off\"")),
             },
@@ -105,7 +107,7 @@ impl ModelRouting {
     /// or comma-separated candidates.
     pub fn from_parameter(s: &str, device: DeviceKind) -> Result<ModelRouting, String> {
         match s.trim() {
-            "auto" => Ok(ModelRouting::On(RoutingConfig::default())),
+            "auto" => Ok(ModelRouting::On(Box::default())),
             "off" => Ok(ModelRouting::Off),
             list => on(
                 TomlRouting {
@@ -126,6 +128,8 @@ struct TomlRouting {
     /// `backends`, else the platform's list.
     candidates: Option<Vec<String>>,
     tolerance: Option<TomlTolerance>,
+    /// For candidates (or a reference) computing in float16 or lower.
+    tolerance_f16: Option<TomlTolerance>,
     warmup_runs: Option<usize>,
     timed_runs: Option<usize>,
     keep_fallbacks: Option<bool>,
@@ -170,9 +174,14 @@ fn on(t: TomlRouting, device: DeviceKind) -> Result<ModelRouting, String> {
     let dur = |what: &str, s: &str| -> Result<Duration, String> {
         parse_duration(s).map_err(|e| format!("routing {what}: {e}"))
     };
-    if let Some(tol) = t.tolerance {
-        c.tolerance.abs = tol.abs.unwrap_or(c.tolerance.abs);
-        c.tolerance.rel = tol.rel.unwrap_or(c.tolerance.rel);
+    for (tol, into) in [
+        (t.tolerance, &mut c.tolerance),
+        (t.tolerance_f16, &mut c.tolerance_f16),
+    ] {
+        if let Some(tol) = tol {
+            into.abs = tol.abs.unwrap_or(into.abs);
+            into.rel = tol.rel.unwrap_or(into.rel);
+        }
     }
     c.warmup_runs = t.warmup_runs.unwrap_or(c.warmup_runs);
     c.timed_runs = t.timed_runs.unwrap_or(c.timed_runs);
@@ -202,7 +211,7 @@ fn on(t: TomlRouting, device: DeviceKind) -> Result<ModelRouting, String> {
     }
     c.validate()
         .map_err(|e| format!("routing: {}", e.message()))?;
-    Ok(ModelRouting::On(c))
+    Ok(ModelRouting::On(Box::new(c)))
 }
 
 /// A routed model version's decision, each candidate with its load-time
@@ -237,6 +246,7 @@ pub fn decision_json(decision: &RoutingDecision, candidates: Vec<Value>) -> Valu
         "order": decision.order.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "reference": decision.reference.as_ref().map(ToString::to_string),
         "tolerance": decision.tolerance,
+        "tolerance_f16": decision.tolerance_f16,
         "input_shapes": decision.input_shapes,
         "summary": decision.summary(),
         "candidates": candidates,
@@ -273,7 +283,7 @@ mod tests {
 
     fn cfg(text: &str) -> RoutingConfig {
         match parse(text).unwrap() {
-            ModelRouting::On(c) => c,
+            ModelRouting::On(c) => *c,
             other => panic!("{other:?}"),
         }
     }
@@ -292,6 +302,7 @@ mod tests {
 [routing]
 candidates = ["ort/cpu", "tract/cpu"]
 tolerance = { abs = 1e-4, rel = 0 }
+tolerance_f16 = { abs = 5e-2 }
 warmup_runs = 1
 timed_runs = 5
 keep_fallbacks = false
@@ -301,6 +312,10 @@ retry = { max_attempts = 1 }
 "#);
         assert_eq!(c.candidates.len(), 2);
         assert_eq!((c.tolerance.abs, c.tolerance.rel), (1e-4, 0.0));
+        assert_eq!(
+            (c.tolerance_f16.abs, c.tolerance_f16.rel),
+            (5e-2, pomme_runtime::Tolerance::F16.rel)
+        );
         assert_eq!((c.warmup_runs, c.timed_runs), (1, 5));
         assert!(!c.keep_fallbacks);
         assert_eq!(c.call_timeout, Some(Duration::from_millis(250)));

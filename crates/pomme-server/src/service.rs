@@ -19,12 +19,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Protocol extensions pomme implements (reported by server metadata).
-pub const EXTENSIONS: [&str; 5] = [
+pub const EXTENSIONS: [&str; 6] = [
     "binary_tensor_data",
     "model_repository",
     "statistics",
     "model_configuration",
     "schedule_policy",
+    "classification",
 ];
 
 /// State shared by the HTTP and gRPC services.
@@ -130,7 +131,18 @@ impl Shared {
             self.wake(&model, m).await?;
         }
         let outputs = d.output_names();
-        self.runtime
+        let classify = d.classifications();
+        let labels: Vec<Option<Vec<String>>> = if classify.is_empty() {
+            Vec::new()
+        } else {
+            let view = self.runtime.model(&model, version)?;
+            classify
+                .iter()
+                .map(|(name, _)| view.signature.output(name).and_then(|s| s.labels.clone()))
+                .collect()
+        };
+        let mut resp = self
+            .runtime
             .infer(InferRequest {
                 model,
                 version,
@@ -141,7 +153,14 @@ impl Shared {
                 timeout: d.timeout,
                 sequence: d.sequence,
             })
-            .await
+            .await?;
+        // Triton's classification extension: top-k strings in place of scores.
+        for ((name, k), labels) in classify.iter().zip(&labels) {
+            if let Some((_, t)) = resp.outputs.iter_mut().find(|(n, _)| n == name) {
+                *t = pomme_kserve::classification::classify(name, t, *k, labels.as_deref())?;
+            }
+        }
+        Ok(resp)
     }
 
     /// Loads an idle-unloaded model again for a request, or says why not.

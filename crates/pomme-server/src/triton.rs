@@ -124,6 +124,19 @@ impl ModelConfigReport {
                 .then_some(proto::ModelResponseCache { enable: true }),
             ..Default::default()
         };
+        let mut config = config;
+        // Class labels (Triton keeps them in a label file; pomme lists them):
+        // `<output>.labels`, a JSON array, for outputs that have them.
+        for s in &view.signature.outputs {
+            if let Some(labels) = &s.labels {
+                config.parameters.insert(
+                    format!("{}.labels", s.name),
+                    proto::ModelParameter {
+                        string_value: serde_json::to_string(labels).unwrap_or_default(),
+                    },
+                );
+            }
+        }
         ModelConfigReport { config, routing }
     }
 

@@ -155,6 +155,18 @@ async fn http_endpoints() {
     assert_eq!(r["outputs"][0]["shape"], json!([2, 4]));
     assert!(h.contains_key("x-request-id"));
 
+    // Triton's classification extension: the top 2 of each row, as strings.
+    let out = r["outputs"][0]["name"].as_str().unwrap().to_string();
+    let body = json!({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
+        "data": [[1, 2, 3, 4], [8, 7, 6, 5]]}],
+        "outputs": [{"name": out, "parameters": {"classification": 2}}]});
+    let (st, _, b) = call(&s, post("/v2/models/add_one/infer", body.to_string())).await;
+    assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let r = json_of(&b);
+    assert_eq!(r["outputs"][0]["datatype"], "BYTES");
+    assert_eq!(r["outputs"][0]["shape"], json!([2, 2]));
+    assert_eq!(r["outputs"][0]["data"], json!(["5:3", "4:2", "9:0", "8:1"]));
+
     // Binary in, binary out.
     let head = json!({"parameters": {"binary_data_output": true},
         "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]})

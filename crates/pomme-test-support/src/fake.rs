@@ -59,6 +59,7 @@ pub struct FakeBackend {
     scale: f32,
     weight_bytes: u64,
     device: DeviceKind,
+    compute_precision: Precision,
     availability: Availability,
     load_error: Option<Error>,
     pub script: Arc<Script>,
@@ -109,6 +110,7 @@ impl FakeBackend {
             scale: 2.0,
             weight_bytes: 1024,
             device: DeviceKind::Cpu,
+            compute_precision: Precision::F32,
             availability: Availability::Available,
             load_error: None,
             script: Arc::default(),
@@ -137,6 +139,12 @@ impl FakeBackend {
     /// The device its models report (and its one device).
     pub fn device(mut self, device: DeviceKind) -> FakeBackend {
         self.device = device;
+        self
+    }
+
+    /// The precision its models report computing in (`LoadedModel::compute_precision`).
+    pub fn computing_in(mut self, p: Precision) -> FakeBackend {
+        self.compute_precision = p;
         self
     }
 
@@ -242,6 +250,9 @@ impl LoadedModel for FakeModel {
     }
     fn precision(&self) -> Precision {
         Precision::F32
+    }
+    fn compute_precision(&self) -> Precision {
+        self.backend.compute_precision
     }
     fn session(&self) -> Result<Box<dyn Session>> {
         Ok(Box::new(FakeSession {

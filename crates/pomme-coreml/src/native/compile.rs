@@ -1,16 +1,18 @@
 //! `.mlmodel` / `.mlpackage` → `.mlmodelc`, cached by content.
 //!
-//! The cache key is the SHA-256 of the model bytes (every file of a package,
-//! with its relative path), the OS build (`sysctlbyname("kern.osversion")`, as
-//! the compiler changes with the OS) and the compute units. A restart finds the
-//! compiled bundle and skips compilation.
+//! The cache key ([`crate::cache::content_key`]) is the SHA-256 of the model
+//! bytes (every file of a package, with its relative path) and the OS build
+//! (`sysctlbyname("kern.osversion")`, as the compiler changes with the OS),
+//! remembered while the files keep their sizes and mtimes. Compute units are
+//! not in it: one compiled bundle serves every device. A restart finds the
+//! compiled bundle and skips compilation; the cache is kept under its size
+//! cap by removing the least recently used bundles.
 
 use super::{file_url, macos_at_least, ns_error, url_path};
 use block2::RcBlock;
 use objc2_core_ml::MLModel;
 use objc2_foundation::{NSError, NSURL};
 use pomme_core::{Error, Result};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -70,71 +72,30 @@ pub(crate) fn sysctl_u64(name: &std::ffi::CStr) -> Option<u64> {
     (rc == 0).then_some(v)
 }
 
-/// Every regular file under `root` as (relative path, absolute path), sorted.
-fn files(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir)? {
-            let e = e?;
-            let t = e.file_type()?;
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                let rel = e
-                    .path()
-                    .strip_prefix(root)
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                out.push((rel, e.path()));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The content-addressed cache key of a model for the given compute units.
-pub(crate) fn cache_key(model: &Path, units: &str) -> Result<String> {
-    let io = |e: std::io::Error| Error::InvalidModelFormat(format!("{}: {e}", model.display()));
-    let mut h = Sha256::new();
-    if model.is_dir() {
-        for (rel, abs) in files(model).map_err(io)? {
-            h.update(rel.as_bytes());
-            h.update([0]);
-            let bytes = std::fs::read(abs).map_err(io)?;
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(&bytes);
-        }
-    } else {
-        h.update(std::fs::read(model).map_err(io)?);
-    }
-    h.update(b"\0os=");
-    h.update(
-        sysctl_string(c"kern.osversion")
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    h.update(b"\0units=");
-    h.update(units.as_bytes());
-    let digest = h.finalize();
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// The compiled `.mlmodelc` for `model`: itself when already compiled, else
-/// from the cache, else compiled now and stored.
-pub(crate) fn compiled(model: &Path, units: &str, cache: &Path) -> Result<PathBuf> {
+/// from the cache, else compiled now and stored; then bundles beyond
+/// `max_bytes` are evicted, least recently used first.
+pub(crate) fn compiled(model: &Path, cache: &Path, max_bytes: u64) -> Result<PathBuf> {
     if model
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("mlmodelc"))
     {
         return Ok(model.to_path_buf());
     }
-    let key = cache_key(model, units)?;
+    let os = sysctl_string(c"kern.osversion").unwrap_or_default();
+    let key = crate::cache::content_key(model, &os, cache)?;
     let dst = cache.join(format!("{key}.mlmodelc"));
-    if dst.is_dir() {
-        return Ok(dst);
+    if !dst.is_dir() {
+        store(model, cache, &key, &dst)?;
     }
+    crate::cache::touch(&dst);
+    for gone in crate::cache::evict_lru(cache, max_bytes, &dst) {
+        tracing::info!(bundle = %gone.display(), "compiled Core ML model evicted (cache_max_mb)");
+    }
+    Ok(dst)
+}
+
+fn store(model: &Path, cache: &Path, key: &str, dst: &Path) -> Result<()> {
     std::fs::create_dir_all(cache).map_err(|e| {
         Error::Unavailable(format!("cannot create cache dir {}: {e}", cache.display()))
     })?;
@@ -148,7 +109,7 @@ pub(crate) fn compiled(model: &Path, units: &str, cache: &Path) -> Result<PathBu
             .map_err(|e| Error::CompilationFailed(format!("cannot store compiled model: {e}")))?;
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    if std::fs::rename(&staging, &dst).is_err() {
+    if std::fs::rename(&staging, dst).is_err() {
         let _ = std::fs::remove_dir_all(&staging);
         if !dst.is_dir() {
             return Err(Error::CompilationFailed(format!(
@@ -157,7 +118,7 @@ pub(crate) fn compiled(model: &Path, units: &str, cache: &Path) -> Result<PathBu
             )));
         }
     }
-    Ok(dst)
+    Ok(())
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -176,6 +137,10 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Compiles into Core ML's temporary directory (the caller moves the result).
 fn compile(model: &Path) -> Result<PathBuf> {
+    super::catching("compilation", || compile_uncaught(model))
+}
+
+fn compile_uncaught(model: &Path) -> Result<PathBuf> {
     let url = file_url(model);
     if macos_at_least(13, 0) {
         let (tx, rx) = mpsc::channel::<Result<PathBuf>>();

@@ -5,10 +5,14 @@
 //! each block says why the call is sound. Selectors newer than the running OS
 //! are gated with [`macos_at_least`] and answer `Error::Unavailable`, because
 //! objc2 does not check availability and a missing selector raises an
-//! Objective-C exception.
+//! Objective-C exception. Every Core ML call (compile, load, describe,
+//! predict, compute plan) also runs inside [`catching`]: an exception that
+//! slips through becomes an error for that call instead of aborting the
+//! server (type-checked, not run).
 
 pub(crate) mod compile;
 pub(crate) mod model;
+pub(crate) mod pixels;
 pub(crate) mod plan;
 pub(crate) mod telemetry;
 
@@ -21,6 +25,28 @@ use std::path::{Path, PathBuf};
 
 pub(crate) use model::load;
 pub(crate) use plan::{compute_plan, plan_for_compiled};
+
+/// Runs `f`, catching an Objective-C exception raised inside it. Core ML
+/// raises exceptions (not NSErrors) for problems it finds late, and an
+/// uncaught one aborts the process. `Err` carries the exception's name and
+/// reason on one line. Rust panics pass through untouched.
+pub(crate) fn catch_objc<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+    objc2::exception::catch(std::panic::AssertUnwindSafe(f)).map_err(|e| {
+        e.map_or_else(|| "nil exception".to_string(), |e| format!("{e:?}"))
+            .replace('\n', " ")
+    })
+}
+
+/// [`catch_objc`] for a call returning a pomme result: an exception becomes
+/// `Error::Internal` naming `what` (a 500 for the request, logged).
+pub(crate) fn catching<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    catch_objc(f).unwrap_or_else(|e| {
+        tracing::error!(exception = %e, "Core ML raised an Objective-C exception during {what}");
+        Err(Error::Internal(format!(
+            "Core ML raised an Objective-C exception during {what}: {e}"
+        )))
+    })
+}
 
 /// Whether the running macOS is at least `major.minor`.
 pub(crate) fn macos_at_least(major: isize, minor: isize) -> bool {
@@ -80,6 +106,16 @@ pub(crate) fn compute_units(
         ComputeUnits::CpuAndNeuralEngine => MLComputeUnits::CPUAndNeuralEngine,
     };
     Ok((ml, units.as_str()))
+}
+
+/// The options' name for Core ML compute units.
+pub(crate) fn units_kind(units: MLComputeUnits) -> ComputeUnits {
+    match units {
+        u if u == MLComputeUnits::CPUOnly => ComputeUnits::CpuOnly,
+        u if u == MLComputeUnits::CPUAndGPU => ComputeUnits::CpuAndGpu,
+        u if u == MLComputeUnits::CPUAndNeuralEngine => ComputeUnits::CpuAndNeuralEngine,
+        _ => ComputeUnits::All,
+    }
 }
 
 pub(crate) fn units_for_device(device: DeviceKind) -> Result<(MLComputeUnits, &'static str)> {

@@ -7,8 +7,8 @@ use objc2::rc::autoreleasepool;
 use objc2::runtime::{AnyObject, ProtocolObject};
 use objc2_core_ml::{
     MLCPUComputeDevice, MLComputeDeviceProtocol, MLComputePlan, MLComputePlanDeviceUsage,
-    MLComputeUnits, MLGPUComputeDevice, MLModelConfiguration, MLModelStructureProgramBlock,
-    MLNeuralEngineComputeDevice,
+    MLComputeUnits, MLGPUComputeDevice, MLModelConfiguration, MLModelStructure,
+    MLModelStructureProgramBlock, MLNeuralEngineComputeDevice,
 };
 use objc2_foundation::NSError;
 use pomme_core::{DeviceKind, Error, Result};
@@ -76,9 +76,28 @@ fn walk(plan: &MLComputePlan, block: &MLModelStructureProgramBlock, out: &mut Ve
 fn report(plan: &MLComputePlan) -> Vec<OpPlacement> {
     let mut v = Vec::new();
     // SAFETY: getters on a loaded plan (see `walk`).
+    let structure = unsafe { plan.modelStructure() };
+    walk_structure(plan, &structure, &mut v, 0);
+    v
+}
+
+/// One model of the structure; a pipeline's models in order (nested
+/// pipelines up to a depth that protects the stack).
+fn walk_structure(
+    plan: &MLComputePlan,
+    structure: &MLModelStructure,
+    v: &mut Vec<OpPlacement>,
+    depth: usize,
+) {
+    // SAFETY: getters on the plan's own structure (see `walk`).
     unsafe {
-        let structure = plan.modelStructure();
-        if let Some(program) = structure.program() {
+        if let Some(pipeline) = structure.pipeline() {
+            if depth < 16 {
+                for sub in pipeline.subModels().iter() {
+                    walk_structure(plan, &sub, v, depth + 1);
+                }
+            }
+        } else if let Some(program) = structure.program() {
             let (names, funcs) = program.functions().to_vecs();
             let mut pairs: Vec<(String, _)> = names
                 .iter()
@@ -87,7 +106,7 @@ fn report(plan: &MLComputePlan) -> Vec<OpPlacement> {
                 .collect();
             pairs.sort_by(|a, b| a.0.cmp(&b.0));
             for (_, block) in pairs {
-                walk(plan, &block, &mut v);
+                walk(plan, &block, v);
             }
         } else if let Some(nn) = structure.neuralNetwork() {
             for layer in nn.layers().iter() {
@@ -103,7 +122,6 @@ fn report(plan: &MLComputePlan) -> Vec<OpPlacement> {
             }
         }
     }
-    v
 }
 
 /// Compiles (cached) and asks Core ML for the plan under the device's compute units.
@@ -115,13 +133,24 @@ pub(crate) fn compute_plan(
     require_macos(14, 4, "MLComputePlan (the placement report)")?;
     let (units, units_name) = units_for_device(device)?;
     check_units(units)?;
-    let compiled = super::compile::compiled(model, units_name, cache_dir)?;
+    let compiled =
+        super::compile::compiled(model, cache_dir, crate::options::DEFAULT_CACHE_MAX_BYTES)?;
     plan_for_compiled(&compiled, units, units_name)
 }
 
 /// The plan of an already compiled `.mlmodelc` under `units` (macOS 14.4+;
 /// the caller checks the version).
 pub(crate) fn plan_for_compiled(
+    compiled: &Path,
+    units: MLComputeUnits,
+    units_name: &str,
+) -> Result<PlacementReport> {
+    super::catching("the compute plan", || {
+        plan_uncaught(compiled, units, units_name)
+    })
+}
+
+fn plan_uncaught(
     compiled: &Path,
     units: MLComputeUnits,
     units_name: &str,
@@ -138,7 +167,12 @@ pub(crate) fn plan_for_compiled(
         // borrowed for the call. MLComputePlan is not Send, so it is read here
         // and only Rust data crosses the channel.
         let res = match unsafe { plan.as_ref() } {
-            Some(p) => Ok(autoreleasepool(|_| report(p))),
+            // The walk runs on Core ML's queue, outside the caller's catch.
+            Some(p) => super::catch_objc(|| autoreleasepool(|_| report(p))).map_err(|e| {
+                Error::Internal(format!(
+                    "Core ML raised an Objective-C exception while walking the compute plan: {e}"
+                ))
+            }),
             None => Err(Error::CompilationFailed(
                 unsafe { err.as_ref() }.map_or_else(|| "compute plan failed".to_string(), ns_error),
             )),

@@ -362,8 +362,12 @@ fn malformed_inputs_are_named() {
             "parameters.priority must be a non-negative integer",
         ),
         (
-            r#"{"inputs":[],"outputs":[{"name":"y","parameters":{"classification":3}}]}"#,
-            "classification",
+            r#"{"inputs":[],"outputs":[{"name":"y","parameters":{"classification":0}}]}"#,
+            "output 'y' parameters.classification must be at least 1",
+        ),
+        (
+            r#"{"inputs":[],"outputs":[{"name":"y","parameters":{"classification":"3"}}]}"#,
+            "output 'y' parameters.classification must be a non-negative integer",
         ),
     ];
     for (body, want) in cases {
@@ -556,4 +560,15 @@ fn requests_encode_for_the_decoder() {
     let d = decode_request(Bytes::from(bin.body), Some(&n), &Limits::default()).unwrap();
     assert_eq!(d.inputs, inputs);
     assert!(d.binary_data_output);
+}
+
+/// Triton's classification extension: `parameters.classification` per output.
+#[test]
+fn classification_is_read_per_output() {
+    let d = decode(
+        r#"{"inputs":[],"outputs":[{"name":"probs","parameters":{"classification":2}},{"name":"label"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(d.classifications(), vec![("probs".to_string(), 2)]);
+    assert_eq!(d.output_names().unwrap(), ["probs", "label"]);
 }

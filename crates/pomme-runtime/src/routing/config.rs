@@ -5,7 +5,7 @@
 use super::breaker::{BreakerConfig, Clock, SystemClock};
 use super::decision::{Candidate, Tolerance};
 use super::retry::RetryPolicy;
-use pomme_core::{DeviceKind, Error, Result};
+use pomme_core::{DeviceKind, Error, Precision, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,12 @@ pub struct RoutingConfig {
     /// spec's device), or the runtime's automatic candidates
     /// ([`crate::RuntimeBuilder::automatic_candidates`]) when those are empty too.
     pub candidates: Vec<Candidate>,
+    /// Agreement with the reference when both compute in float32 or wider.
     pub tolerance: Tolerance,
+    /// Agreement with the reference when either computes in float16 or lower
+    /// ([`pomme_core::LoadedModel::compute_precision`]: the Neural Engine,
+    /// fp16 engines); default [`Tolerance::F16`].
+    pub tolerance_f16: Tolerance,
     /// Untimed runs per candidate before timing (first-run costs: allocation,
     /// kernel compilation, plan specialization).
     pub warmup_runs: usize,
@@ -43,6 +48,7 @@ impl Default for RoutingConfig {
         RoutingConfig {
             candidates: Vec::new(),
             tolerance: Tolerance::default(),
+            tolerance_f16: Tolerance::F16,
             warmup_runs: 2,
             timed_runs: 10,
             symbol_size: 8,
@@ -56,14 +62,30 @@ impl Default for RoutingConfig {
 }
 
 impl RoutingConfig {
+    /// The tolerance for comparing a candidate with the reference, from what
+    /// each computes in: [`RoutingConfig::tolerance_f16`] when either is
+    /// below float32.
+    pub fn tolerance_for(&self, reference: Precision, candidate: Precision) -> Tolerance {
+        if reference == Precision::F32 && candidate == Precision::F32 {
+            self.tolerance
+        } else {
+            self.tolerance_f16
+        }
+    }
+
     /// Checks settings that would make routing meaningless (a negative or
     /// NaN tolerance, no timed run, a breaker that never opens or never
     /// probes); the message names the setting.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid_input(m));
-        for (name, v) in [("abs", self.tolerance.abs), ("rel", self.tolerance.rel)] {
+        for (name, v) in [
+            ("tolerance abs", self.tolerance.abs),
+            ("tolerance rel", self.tolerance.rel),
+            ("tolerance_f16 abs", self.tolerance_f16.abs),
+            ("tolerance_f16 rel", self.tolerance_f16.rel),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
-                return bad(format!("tolerance {name} must be a number ≥ 0, got {v}"));
+                return bad(format!("{name} must be a number ≥ 0, got {v}"));
             }
         }
         if self.timed_runs == 0 {
@@ -157,6 +179,25 @@ mod tests {
     }
 
     #[test]
+    fn tolerance_follows_the_lower_compute_precision() {
+        let c = RoutingConfig::default();
+        assert_eq!(c.tolerance_for(Precision::F32, Precision::F32), c.tolerance);
+        assert_eq!(
+            c.tolerance_for(Precision::F32, Precision::F16),
+            Tolerance::F16
+        );
+        assert_eq!(
+            c.tolerance_for(Precision::F16, Precision::F32),
+            Tolerance::F16
+        );
+        assert_eq!(
+            c.tolerance_for(Precision::F32, Precision::Int8),
+            Tolerance::F16
+        );
+        assert!(Tolerance::F16.abs > Tolerance::default().abs);
+    }
+
+    #[test]
     fn routing_settings_are_validated() {
         RoutingConfig::default().validate().unwrap();
         let e = |f: &dyn Fn(&mut RoutingConfig)| {
@@ -166,6 +207,7 @@ mod tests {
         };
         assert!(e(&|c| c.tolerance.abs = -1.0).contains("tolerance abs"));
         assert!(e(&|c| c.tolerance.rel = f64::NAN).contains("tolerance rel"));
+        assert!(e(&|c| c.tolerance_f16.abs = -0.1).contains("tolerance_f16 abs"));
         assert!(e(&|c| c.timed_runs = 0).contains("timed_runs"));
         assert!(e(&|c| c.breaker.failure_threshold = 0).contains("failure_threshold"));
         assert!(e(&|c| c.breaker.max_open_for = Duration::from_millis(1)).contains("open_for"));

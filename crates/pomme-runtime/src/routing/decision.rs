@@ -95,6 +95,20 @@ pub struct Tolerance {
     pub rel: f64,
 }
 
+impl Tolerance {
+    /// For candidates computing in float16 or lower (the Neural Engine, fp16
+    /// engines; [`pomme_core::LoadedModel::compute_precision`]): float16 keeps
+    /// 11 significant bits (a relative step of about 1e-3 per operation), and
+    /// a network's rounding errors add up over its layers, so 1e-3 would
+    /// refuse every Neural Engine result. 2e-2 absolute and relative accepts
+    /// float16 rounding over a deep convnet's logits and still refuses a wrong
+    /// kernel or a swapped channel order.
+    pub const F16: Tolerance = Tolerance {
+        abs: 2e-2,
+        rel: 2e-2,
+    };
+}
+
 impl Default for Tolerance {
     fn default() -> Self {
         // GPU kernels reorder reductions; 1e-3 absolute matches what the
@@ -111,6 +125,8 @@ impl Default for Tolerance {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Agreement {
     pub agrees: bool,
+    /// The tolerance it was compared with (by compute precision).
+    pub tolerance: Tolerance,
     /// Largest absolute difference over every output element (0 when the
     /// shapes or dtypes differ; see `detail`).
     pub max_abs_diff: f64,
@@ -122,6 +138,7 @@ pub struct Agreement {
 pub fn compare_outputs(reference: &[Tensor], got: &[Tensor], tol: Tolerance) -> Agreement {
     let fail = |detail: String, max_abs_diff: f64| Agreement {
         agrees: false,
+        tolerance: tol,
         max_abs_diff,
         detail,
     };
@@ -184,6 +201,7 @@ pub fn compare_outputs(reference: &[Tensor], got: &[Tensor], tol: Tolerance) -> 
         Some(d) => fail(d, max_abs),
         None => Agreement {
             agrees: true,
+            tolerance: tol,
             max_abs_diff: max_abs,
             detail: String::new(),
         },
@@ -270,7 +288,10 @@ pub struct RoutingDecision {
     /// The CPU candidate whose outputs were the reference (`None`: no CPU
     /// candidate ran, so nothing was validated; only timed).
     pub reference: Option<Candidate>,
+    /// Tolerance for candidates computing in float32 or wider.
     pub tolerance: Tolerance,
+    /// Tolerance when the candidate or the reference computes in float16 or lower.
+    pub tolerance_f16: Tolerance,
     /// Shape of each synthetic input the candidates ran on.
     pub input_shapes: Vec<Vec<usize>>,
     /// Every candidate, in configuration order, with its figures.
@@ -380,6 +401,7 @@ pub fn decide(
     trials: Vec<Trial>,
     reference: Option<Candidate>,
     tolerance: Tolerance,
+    tolerance_f16: Tolerance,
     input_shapes: Vec<Vec<usize>>,
 ) -> Result<RoutingDecision> {
     let mut ok: Vec<(usize, f64)> = trials
@@ -423,6 +445,7 @@ pub fn decide(
         order,
         reference,
         tolerance,
+        tolerance_f16,
         input_shapes,
         trials,
     })
@@ -544,6 +567,7 @@ mod tests {
                 outcome: TrialOutcome::Disagrees {
                     agreement: Agreement {
                         agrees: false,
+                        tolerance: Tolerance::default(),
                         max_abs_diff: 0.5,
                         detail: "output 0 element 3".into(),
                     },
@@ -560,7 +584,14 @@ mod tests {
                 },
             },
         ];
-        let d = decide(trials, None, Tolerance::default(), vec![vec![1, 4]]).unwrap();
+        let d = decide(
+            trials,
+            None,
+            Tolerance::default(),
+            Tolerance::F16,
+            vec![vec![1, 4]],
+        )
+        .unwrap();
         let order: Vec<String> = d.order.iter().map(|c| c.to_string()).collect();
         // The fast but wrong CUDA candidate is never chosen.
         assert_eq!(order, ["tract/cpu", "other/cpu", "ort/cpu"]);
@@ -593,7 +624,7 @@ mod tests {
                 reason: "libonnxruntime not found".into(),
             },
         }];
-        let e = decide(trials, None, Tolerance::default(), vec![]).unwrap_err();
+        let e = decide(trials, None, Tolerance::default(), Tolerance::F16, vec![]).unwrap_err();
         assert_eq!(e.kind(), pomme_core::ErrorKind::Unavailable);
         assert!(e.to_string().contains("ort/cpu: libonnxruntime not found"));
         assert!(!e.to_string().contains('\n'));

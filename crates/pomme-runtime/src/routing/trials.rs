@@ -1,7 +1,8 @@
 //! The load-time trials of measured routing: every available candidate is
 //! loaded, run on the same synthetic inputs built from the model's signature
 //! ([`synth_inputs`]), compared with the first CPU candidate that ran (the
-//! reference) and timed. [`plan`] returns the decision alone (`pomme inspect
+//! reference) within the tolerance for what both compute in
+//! ([`RoutingConfig::tolerance_for`]) and timed. [`plan`] returns the decision alone (`pomme inspect
 //! --plan`); `routed.rs` keeps what loaded to serve with.
 
 use super::config::RoutingConfig;
@@ -105,8 +106,12 @@ pub(super) fn run_trials(
             (_, Some(o)) => o,
             (Some(r), None) => match reference {
                 Some(ri) if ri != i => {
-                    let want = &ran[ri].as_ref().expect("reference ran").outputs;
-                    let a = compare_outputs(want, &r.outputs, cfg.tolerance);
+                    let reference = ran[ri].as_ref().expect("reference ran");
+                    let tol = cfg.tolerance_for(
+                        reference.model.compute_precision(),
+                        r.model.compute_precision(),
+                    );
+                    let a = compare_outputs(&reference.outputs, &r.outputs, tol);
                     if a.agrees {
                         TrialOutcome::Measured {
                             agreement: Some(a),
@@ -135,6 +140,7 @@ pub(super) fn run_trials(
         trials,
         reference.map(|i| candidates[i].clone()),
         cfg.tolerance,
+        cfg.tolerance_f16,
         input_shapes,
     ) {
         Ok(d) => d,
@@ -224,7 +230,74 @@ fn try_candidate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::decision::Tolerance;
     use pomme_core::{DType, Dim, Shape, TensorSpec};
+
+    /// A candidate computing in float16 is held to `tolerance_f16`: off by
+    /// 0.5% it agrees, where a float32 candidate off by as much does not.
+    #[test]
+    fn fp16_candidates_are_compared_with_the_fp16_tolerance() {
+        use pomme_test_support::FakeBackend;
+        let file = std::env::temp_dir().join(format!("pomme-f16-tol-{}.onnx", std::process::id()));
+        std::fs::write(&file, b"\x08\x08").unwrap();
+        let artifact = ModelArtifact {
+            path: file.clone(),
+            format: pomme_core::ModelFormat::Onnx,
+        };
+        let reference = FakeBackend::new(4).named("ref");
+        let ane = FakeBackend::new(4)
+            .named("ane")
+            .scale(2.01)
+            .device(DeviceKind::Ane)
+            .computing_in(pomme_core::Precision::F16);
+        let f32_off = FakeBackend::new(4)
+            .named("gpu")
+            .scale(2.01)
+            .device(DeviceKind::Metal);
+        let backends: Vec<Arc<dyn Backend>> =
+            vec![Arc::new(reference), Arc::new(ane), Arc::new(f32_off)];
+        let cfg = RoutingConfig {
+            candidates: vec![
+                Candidate::new("ref", DeviceKind::Cpu),
+                Candidate::new("ane", DeviceKind::Ane),
+                Candidate::new("gpu", DeviceKind::Metal),
+            ],
+            timed_runs: 1,
+            warmup_runs: 0,
+            ..RoutingConfig::default()
+        };
+        let run = |cfg: &RoutingConfig| {
+            plan(
+                &backends,
+                &artifact,
+                &LoadOptions::default(),
+                &[],
+                cfg,
+                &mut |_, _, _| {},
+            )
+            .unwrap()
+        };
+        let d = run(&cfg);
+        let agreement = |d: &RoutingDecision, i: usize| match &d.trials[i].outcome {
+            TrialOutcome::Measured { agreement, .. } => {
+                agreement.clone().map(|a| (a.agrees, a.tolerance))
+            }
+            TrialOutcome::Disagrees { agreement, .. } => {
+                Some((agreement.agrees, agreement.tolerance))
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(agreement(&d, 1), Some((true, Tolerance::F16)));
+        assert_eq!(agreement(&d, 2), Some((false, Tolerance::default())));
+        assert_eq!(d.tolerance_f16, Tolerance::F16);
+        // Overridable: a strict fp16 tolerance refuses the same candidate.
+        let strict = RoutingConfig {
+            tolerance_f16: Tolerance::default(),
+            ..cfg
+        };
+        assert_eq!(agreement(&run(&strict), 1).map(|a| a.0), Some(false));
+        std::fs::remove_file(file).unwrap();
+    }
 
     #[test]
     fn synthetic_inputs_follow_the_signature() {

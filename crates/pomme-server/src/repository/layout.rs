@@ -161,6 +161,11 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
             )));
         }
         let mut spec = decl.spec.clone();
+        if !decl.device_set
+            && let Ok(a) = pomme_runtime::detect_artifact(&artifact)
+        {
+            spec.load.device = (platform.default_device)(a.format);
+        }
         spec.version = *version;
         spec.path = artifact;
         specs.push(spec);

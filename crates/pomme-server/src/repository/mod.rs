@@ -166,6 +166,9 @@ impl RepoModel {
 #[derive(Clone, Debug)]
 struct Declared {
     spec: ModelSpec,
+    /// The configuration named the device (`device`, an instance group's
+    /// `kind`); otherwise the platform's default for the model's format applies.
+    device_set: bool,
     platform: Option<String>,
     inputs: Vec<TensorDecl>,
     outputs: Vec<TensorDecl>,
@@ -184,6 +187,7 @@ impl Default for Declared {
     fn default() -> Self {
         Declared {
             spec: ModelSpec::new("", ""),
+            device_set: false,
             platform: None,
             inputs: Vec::new(),
             outputs: Vec::new(),
@@ -255,6 +259,52 @@ mod testing {
 mod tests {
     use super::testing::{load_model, model};
     use super::*;
+
+    /// A model naming no device gets the platform's default for its format;
+    /// `device` in config.toml or an instance group's kind wins.
+    #[test]
+    fn unset_device_comes_from_the_platform_by_format() {
+        use pomme_core::{DeviceKind, ModelFormat};
+        let platform = testing::platform().with_default_device(|f| match f {
+            ModelFormat::CoreMl => DeviceKind::Auto,
+            _ => DeviceKind::Cpu,
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let coreml = |name: &str, config: Option<(&str, &str)>| {
+            let vdir = tmp.path().join(name).join("1");
+            std::fs::create_dir_all(&vdir).unwrap();
+            std::fs::write(vdir.join("model.mlmodel"), b"coreml").unwrap();
+            if let Some((file, text)) = config {
+                std::fs::write(tmp.path().join(name).join(file), text).unwrap();
+            }
+        };
+        coreml("plain", None);
+        coreml("pinned", Some(("config.toml", "device = \"cpu\"\n")));
+        coreml(
+            "triton",
+            Some((
+                "config.pbtxt",
+                "platform: \"coreml\"\ninstance_group { kind: KIND_CPU }\n",
+            )),
+        );
+        model(tmp.path(), "onnx", 1, None);
+        let device = |name: &str| {
+            super::load_model(tmp.path(), name, &platform)
+                .unwrap()
+                .spec
+                .load
+                .device
+        };
+        assert_eq!(device("plain"), DeviceKind::Auto);
+        assert_eq!(device("pinned"), DeviceKind::Cpu);
+        assert_eq!(device("triton"), DeviceKind::Cpu);
+        assert_eq!(device("onnx"), DeviceKind::Cpu);
+        // The test platform keeps the CPU default.
+        assert_eq!(
+            load_model(tmp.path(), "plain").unwrap().spec.load.device,
+            DeviceKind::Cpu
+        );
+    }
 
     #[test]
     fn bad_configs_name_the_problem() {

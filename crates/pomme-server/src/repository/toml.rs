@@ -271,6 +271,7 @@ pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
         });
     }
     d.quantization = c.quantization;
+    d.device_set = c.device.is_some();
     d.spec.load = LoadOptions {
         device: match c.device {
             Some(s) => s.parse::<DeviceKind>().map_err(|e| e.to_string())?,

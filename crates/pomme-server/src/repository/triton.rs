@@ -221,8 +221,14 @@ pub(super) fn from_pbtxt(
         let g = g.as_message().ok_or("'instance_group' must be a message")?;
         workers += int(g, "count")?.unwrap_or(1).max(0) as usize;
         match g.get("kind").and_then(pbtxt::Value::as_ident) {
-            Some("KIND_GPU") => d.spec.load.device = platform.gpu_device,
-            Some("KIND_CPU") => d.spec.load.device = DeviceKind::Cpu,
+            Some("KIND_GPU") => {
+                d.spec.load.device = platform.gpu_device;
+                d.device_set = true;
+            }
+            Some("KIND_CPU") => {
+                d.spec.load.device = DeviceKind::Cpu;
+                d.device_set = true;
+            }
             _ => {}
         }
     }
