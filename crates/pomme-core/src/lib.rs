@@ -14,6 +14,7 @@ pub mod error;
 pub mod extra;
 pub mod shape;
 pub mod signature;
+pub mod sequence;
 pub mod synthetic;
 pub mod tensor;
 pub mod text;

@@ -25,6 +25,7 @@ mod admission;
 mod artifact;
 mod cache;
 mod eviction;
+mod implicit;
 mod metrics;
 mod pool;
 mod registry;
@@ -43,6 +44,7 @@ pub use runtime::{InferRequest, InferResponse, MemoryProbe, Runtime, RuntimeBuil
 // Models: what to load, and what a loaded one looks like.
 pub use artifact::detect_artifact;
 pub use registry::{ModelState, ModelStatus, ModelView};
+pub use implicit::{ImplicitState, SequenceConfig, StateDecl};
 pub use spec::{BatchingConfig, DeclaredTensor, ModelSpec};
 pub use warmup::{WarmupData, WarmupInput, WarmupSample};
 

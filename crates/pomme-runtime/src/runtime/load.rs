@@ -158,6 +158,12 @@ impl Runtime {
             )?,
             None => (self.load_first(spec, &artifact)?, RouteHandle::default()),
         };
+        let model: Arc<dyn LoadedModel> = match &spec.sequence {
+            Some(cfg) if !cfg.states.is_empty() => {
+                Arc::new(crate::implicit::ImplicitState::new(model, cfg)?)
+            }
+            _ => model,
+        };
         let memory = model.memory();
         // The model's own configuration: its memory cap and declared inputs/outputs.
         spec.check_memory(

@@ -10,7 +10,9 @@ use crate::Platform;
 use crate::pbtxt;
 use crate::routing::ModelRouting;
 use pomme_core::{DType, DeviceKind};
-use pomme_runtime::{BatchingConfig, WarmupData, WarmupInput, WarmupSample};
+use pomme_runtime::{
+    BatchingConfig, SequenceConfig, StateDecl, WarmupData, WarmupInput, WarmupSample,
+};
 use std::time::Duration;
 
 /// The fields of a `config.pbtxt` pomme reads, per message: anything else is
@@ -32,7 +34,16 @@ const IMPLEMENTED: &[(&str, &[&str])] = &[
             "parameters",
             "model_warmup",
             "response_cache",
+            "sequence_batching",
         ],
+    ),
+    (
+        "sequence_batching",
+        &["max_sequence_idle_microseconds", "state"],
+    ),
+    (
+        "sequence_batching.state",
+        &["input_name", "output_name", "data_type", "dims"],
     ),
     ("response_cache", &["enable"]),
     ("model_warmup", &["name", "batch_size", "count", "inputs"]),
@@ -240,13 +251,22 @@ pub(super) fn from_pbtxt(
     // accepted in a pbtxt as `parameters { key: "memory_budget_mb" value {
     // string_value: "64" } }` and `parameters { key: "routing" value {
     // string_value: "auto" } }`.
+    if let Some(sb) = m.get("sequence_batching") {
+        d.spec.sequence = Some(pbtxt_sequence(sb, max_batch > 0)?);
+    }
     let (mut idle_after, mut reload_on_request) = (None, false);
     for p in m.all("parameters") {
         let p = p.as_message().ok_or("'parameters' must be a message")?;
         let key = p.get("key").and_then(pbtxt::Value::as_str);
         if !matches!(
             key,
-            Some("memory_budget_mb" | "routing" | "unload_after_idle" | "reload_on_request")
+            Some(
+                "memory_budget_mb"
+                    | "routing"
+                    | "unload_after_idle"
+                    | "reload_on_request"
+                    | "max_sequences"
+            )
         ) {
             continue;
         }
@@ -259,6 +279,17 @@ pub(super) fn from_pbtxt(
             .ok_or_else(|| format!("parameter {key} needs value {{ string_value: \"...\" }}"))?;
         if key == "routing" {
             d.routing = ModelRouting::from_parameter(v, d.spec.load.device)?;
+        } else if key == "max_sequences" {
+            let n: usize = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("parameter max_sequences '{v}' is not a positive number"))?;
+            d.spec
+                .sequence
+                .get_or_insert_with(SequenceConfig::default)
+                .max_sequences = n;
         } else if key == "unload_after_idle" {
             idle_after = Some(v.to_string());
         } else if key == "reload_on_request" {
@@ -297,6 +328,59 @@ pub(super) fn from_pbtxt(
         .collect::<Result<_, _>>()?;
     check_batching(&d.spec)?;
     Ok(d)
+}
+
+/// Triton's `sequence_batching` with implicit `state` (initial state: zeros).
+fn pbtxt_sequence(v: &pbtxt::Value, batching: bool) -> Result<SequenceConfig, String> {
+    let sb = v
+        .as_message()
+        .ok_or("'sequence_batching' must be a message")?;
+    let mut cfg = SequenceConfig::default();
+    if let Some(us) = sb.get("max_sequence_idle_microseconds") {
+        let us = us
+            .as_u64()
+            .ok_or("max_sequence_idle_microseconds must be a non-negative integer")?;
+        // Triton: 0 means its default (1 s); pomme keeps its own default.
+        if us > 0 {
+            cfg.idle_timeout = Duration::from_micros(us);
+        }
+    }
+    for st in sb.all("state") {
+        let st = st
+            .as_message()
+            .ok_or("sequence_batching state must be a message")?;
+        let field = |f: &str| {
+            st.get(f)
+                .and_then(pbtxt::Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| format!("sequence_batching state needs {f}"))
+        };
+        let (input, output) = (field("input_name")?, field("output_name")?);
+        let dt = st
+            .get("data_type")
+            .and_then(pbtxt::Value::as_ident)
+            .ok_or_else(|| format!("state '{input}' has no data_type"))?;
+        let dtype = DType::from_triton_config(dt)
+            .ok_or_else(|| format!("state '{input}' has unknown data_type {dt}"))?;
+        let dims = st
+            .all("dims")
+            .map(|d| {
+                d.as_i64()
+                    .and_then(|d| usize::try_from(d).ok())
+                    .ok_or_else(|| {
+                        format!("state '{input}': dims must be fixed (non-negative) for the zero initial state")
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let _ = batching; // the batch dim is matched against the model's rank at load
+        cfg.states.push(StateDecl {
+            input,
+            output,
+            dtype,
+            dims,
+        });
+    }
+    Ok(cfg)
 }
 
 /// One `model_warmup` entry. Files are relative to the model's `warmup/`
@@ -450,6 +534,42 @@ version_policy: { specific: { versions: [1] } }
         );
         let plain = from_pbtxt("name: \"m\"\nbackend: \"tract\"\n", "m").unwrap();
         assert!(plain.ignored.is_empty());
+    }
+
+    #[test]
+    fn reads_sequence_batching_state() {
+        let d = from_pbtxt(
+            r#"name: "m"
+max_batch_size: 4
+sequence_batching {
+  max_sequence_idle_microseconds: 2000000
+  state [ { input_name: "h_in" output_name: "h_out" data_type: TYPE_FP32 dims: [ 2, 8 ] } ]
+}
+parameters { key: "max_sequences" value { string_value: "16" } }
+"#,
+            "m",
+        )
+        .unwrap();
+        assert!(d.ignored.is_empty(), "{:?}", d.ignored);
+        let seq = d.spec.sequence.unwrap();
+        assert_eq!(seq.max_sequences, 16);
+        assert_eq!(seq.idle_timeout, Duration::from_secs(2));
+        assert_eq!(
+            seq.states,
+            [StateDecl {
+                input: "h_in".into(),
+                output: "h_out".into(),
+                dtype: DType::F32,
+                dims: vec![2, 8]
+            }]
+        );
+        let e = from_pbtxt(
+            r#"name: "m"
+sequence_batching { state [ { input_name: "h" output_name: "o" data_type: TYPE_FP32 dims: [ -1 ] } ] }"#,
+            "m",
+        )
+        .unwrap_err();
+        assert!(e.contains("dims must be fixed"), "{e}");
     }
 
     #[test]
