@@ -212,7 +212,9 @@ impl Session for StatefulSession {
                 }
                 let full: Vec<Tensor> = full
                     .into_iter()
-                    .map(|t| t.ok_or_else(|| Error::Internal("a model input was left unset".into())))
+                    .map(|t| {
+                        t.ok_or_else(|| Error::Internal("a model input was left unset".into()))
+                    })
                     .collect::<Result<_>>()?;
                 let mut outs: Vec<Option<Tensor>> =
                     inner.run(full)?.into_iter().map(Some).collect();

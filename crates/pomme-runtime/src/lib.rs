@@ -43,8 +43,8 @@ pub use runtime::{InferRequest, InferResponse, MemoryProbe, Runtime, RuntimeBuil
 
 // Models: what to load, and what a loaded one looks like.
 pub use artifact::detect_artifact;
-pub use registry::{ModelState, ModelStatus, ModelView};
 pub use implicit::{ImplicitState, SequenceConfig, StateDecl};
+pub use registry::{ModelState, ModelStatus, ModelView};
 pub use spec::{BatchingConfig, DeclaredTensor, ModelSpec};
 pub use warmup::{WarmupData, WarmupInput, WarmupSample};
 

@@ -91,7 +91,9 @@ impl TomlSequence {
         for s in self.state {
             let dtype = DType::from_kserve(&s.dtype.to_ascii_uppercase())
                 .or_else(|| DType::from_triton_config(&s.dtype))
-                .ok_or_else(|| format!("sequence state '{}': unknown dtype '{}'", s.input, s.dtype))?;
+                .ok_or_else(|| {
+                    format!("sequence state '{}': unknown dtype '{}'", s.input, s.dtype)
+                })?;
             cfg.states.push(pomme_runtime::StateDecl {
                 input: s.input,
                 output: s.output,

@@ -280,12 +280,10 @@ pub(super) fn from_pbtxt(
         if key == "routing" {
             d.routing = ModelRouting::from_parameter(v, d.spec.load.device)?;
         } else if key == "max_sequences" {
-            let n: usize = v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| format!("parameter max_sequences '{v}' is not a positive number"))?;
+            let n: usize =
+                v.trim().parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    format!("parameter max_sequences '{v}' is not a positive number")
+                })?;
             d.spec
                 .sequence
                 .get_or_insert_with(SequenceConfig::default)
