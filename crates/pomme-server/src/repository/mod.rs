@@ -138,6 +138,8 @@ pub struct RepoModel {
     pub routing: ModelRouting,
     /// Unload after this long without a request (`unload_after_idle`).
     pub idle: Option<IdlePolicy>,
+    /// A pipeline (Triton's ensemble): served by its steps, no model file.
+    pub pipeline: Option<pomme_runtime::PipelineSpec>,
 }
 
 /// `unload_after_idle = "10m"` and `reload_on_request = true`.
@@ -178,6 +180,8 @@ struct Declared {
     quantization: Option<self::toml::TomlQuant>,
     routing: ModelRouting,
     idle: Option<IdlePolicy>,
+    /// Triton's `ensemble_scheduling` steps / `[[pipeline.step]]`.
+    pipeline: Option<Vec<pomme_runtime::PipelineStep>>,
     /// `config.pbtxt` fields pomme does not implement (`model_warmup`,
     /// `dynamic_batching.preserve_ordering`, ...): one warning line each at load.
     ignored: Vec<String>,
@@ -196,6 +200,7 @@ impl Default for Declared {
             quantization: None,
             routing: ModelRouting::Unset,
             idle: None,
+            pipeline: None,
             ignored: Vec::new(),
         }
     }

@@ -39,6 +39,8 @@ struct TomlConfig {
     quantization: Option<TomlQuant>,
     /// Measured routing: `"auto"`, `"off"`, a candidate list or a table (`routing.rs`).
     routing: Option<toml::Value>,
+    /// `[[pipeline.step]]`: a pipeline (Triton's ensemble) of served models.
+    pipeline: Option<TomlPipeline>,
     /// `[sequence]`: implicit state kept per sequence.
     sequence: Option<TomlSequence>,
     /// Unload after this long without a request (`"10m"`).
@@ -52,6 +54,26 @@ struct TomlConfig {
     /// `[[warmup]]`: Triton's `model_warmup`.
     #[serde(default)]
     warmup: Vec<TomlWarmup>,
+}
+
+/// `[pipeline]` with `[[pipeline.step]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlPipeline {
+    step: Vec<TomlStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlStep {
+    model: String,
+    version: Option<u64>,
+    /// step model input → pipeline tensor
+    #[serde(default)]
+    inputs: BTreeMap<String, String>,
+    /// step model output → pipeline tensor
+    #[serde(default)]
+    outputs: BTreeMap<String, String>,
 }
 
 /// `[sequence]` with `[[sequence.state]]`.
@@ -296,6 +318,17 @@ pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
     d.spec.workers = c.workers.unwrap_or(1).max(1);
     d.spec.response_cache = c.response_cache;
     d.spec.sequence = c.sequence.map(TomlSequence::resolve).transpose()?;
+    d.pipeline = c.pipeline.map(|p| {
+        p.step
+            .into_iter()
+            .map(|s| pomme_runtime::PipelineStep {
+                model: s.model,
+                version: s.version,
+                inputs: s.inputs.into_iter().collect(),
+                outputs: s.outputs.into_iter().collect(),
+            })
+            .collect()
+    });
     d.idle = idle_policy(c.unload_after_idle.as_deref(), c.reload_on_request)?;
     d.spec.warmup = c
         .warmup

@@ -11,7 +11,7 @@ use crate::pbtxt;
 use crate::routing::ModelRouting;
 use pomme_core::{DType, DeviceKind};
 use pomme_runtime::{
-    BatchingConfig, SequenceConfig, StateDecl, WarmupData, WarmupInput, WarmupSample,
+    BatchingConfig, PipelineStep, SequenceConfig, StateDecl, WarmupData, WarmupInput, WarmupSample,
 };
 use std::time::Duration;
 
@@ -35,8 +35,16 @@ const IMPLEMENTED: &[(&str, &[&str])] = &[
             "model_warmup",
             "response_cache",
             "sequence_batching",
+            "ensemble_scheduling",
         ],
     ),
+    ("ensemble_scheduling", &["step"]),
+    (
+        "ensemble_scheduling.step",
+        &["model_name", "model_version", "input_map", "output_map"],
+    ),
+    ("ensemble_scheduling.step.input_map", &["key", "value"]),
+    ("ensemble_scheduling.step.output_map", &["key", "value"]),
     (
         "sequence_batching",
         &["max_sequence_idle_microseconds", "state"],
@@ -123,7 +131,7 @@ pub(super) fn from_pbtxt(
         .and_then(pbtxt::Value::as_str)
         .map(str::to_string);
     d.spec.backends = match declared.as_deref() {
-        None | Some("") => Vec::new(),
+        None | Some("") | Some("ensemble") => Vec::new(),
         Some(p) => (platform.triton_backends)(p)
             .ok_or_else(|| format!("platform '{p}' is not supported"))?
             .into_iter()
@@ -251,6 +259,17 @@ pub(super) fn from_pbtxt(
     // accepted in a pbtxt as `parameters { key: "memory_budget_mb" value {
     // string_value: "64" } }` and `parameters { key: "routing" value {
     // string_value: "auto" } }`.
+    if d.platform.as_deref() == Some("ensemble") || m.get("ensemble_scheduling").is_some() {
+        let es = m
+            .get("ensemble_scheduling")
+            .and_then(pbtxt::Value::as_message)
+            .ok_or("an ensemble needs ensemble_scheduling { step [ ... ] }")?;
+        d.pipeline = Some(
+            es.all("step")
+                .map(pbtxt_step)
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+    }
     if let Some(sb) = m.get("sequence_batching") {
         d.spec.sequence = Some(pbtxt_sequence(sb, max_batch > 0)?);
     }
@@ -326,6 +345,47 @@ pub(super) fn from_pbtxt(
         .collect::<Result<_, _>>()?;
     check_batching(&d.spec)?;
     Ok(d)
+}
+
+/// One `ensemble_scheduling` step: `model_version` -1 (or absent) is the newest.
+fn pbtxt_step(v: &pbtxt::Value) -> Result<PipelineStep, String> {
+    let st = v.as_message().ok_or("an ensemble step must be a message")?;
+    let model = st
+        .get("model_name")
+        .and_then(pbtxt::Value::as_str)
+        .ok_or("an ensemble step has no model_name")?
+        .to_string();
+    let version = match st.get("model_version").map(|v| v.as_i64()) {
+        None | Some(Some(-1)) => None,
+        Some(Some(v)) if v > 0 => Some(v as u64),
+        Some(_) => {
+            return Err(format!(
+                "ensemble step '{model}': model_version must be -1 or a version number"
+            ));
+        }
+    };
+    let map = |field: &str| -> Result<Vec<(String, String)>, String> {
+        st.all(field)
+            .map(|e| {
+                let e = e
+                    .as_message()
+                    .ok_or_else(|| format!("ensemble step '{model}': {field} must be a message"))?;
+                let get = |k: &str| {
+                    e.get(k)
+                        .and_then(pbtxt::Value::as_str)
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("ensemble step '{model}': {field} needs {k}"))
+                };
+                Ok((get("key")?, get("value")?))
+            })
+            .collect()
+    };
+    Ok(PipelineStep {
+        inputs: map("input_map")?,
+        outputs: map("output_map")?,
+        model,
+        version,
+    })
 }
 
 /// Triton's `sequence_batching` with implicit `state` (initial state: zeros).
@@ -532,6 +592,34 @@ version_policy: { specific: { versions: [1] } }
         );
         let plain = from_pbtxt("name: \"m\"\nbackend: \"tract\"\n", "m").unwrap();
         assert!(plain.ignored.is_empty());
+    }
+
+    #[test]
+    fn reads_ensemble_scheduling() {
+        let d = from_pbtxt(
+            r#"name: "pipe"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling {
+  step [
+    { model_name: "a" model_version: -1 input_map { key: "x" value: "IN" } output_map { key: "y" value: "MID" } },
+    { model_name: "b" model_version: 2 input_map { key: "x" value: "MID" } output_map { key: "y" value: "OUT" } }
+  ]
+}
+"#,
+            "pipe",
+        )
+        .unwrap();
+        assert!(d.ignored.is_empty(), "{:?}", d.ignored);
+        let steps = d.pipeline.unwrap();
+        assert_eq!(steps.len(), 2);
+        assert_eq!((steps[0].model.as_str(), steps[0].version), ("a", None));
+        assert_eq!(steps[1].version, Some(2));
+        assert_eq!(steps[1].inputs, [("x".to_string(), "MID".to_string())]);
+        let e = from_pbtxt("name: \"p\"\nplatform: \"ensemble\"\n", "p").unwrap_err();
+        assert!(e.contains("ensemble_scheduling"), "{e}");
     }
 
     #[test]
