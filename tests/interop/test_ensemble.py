@@ -3,13 +3,12 @@ a `platform: "ensemble"` config.pbtxt (and the same as `[[pipeline.step]]`
 in config.toml) chains add_one twice (y = x + 2) over HTTP and gRPC; the
 ensemble and each step count in statistics; a cycle is a load error."""
 import shutil
-import subprocess
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from conftest import ROOT, start_server
+from conftest import ROOT, start_server, stop_server
 
 ENSEMBLE = """name: "plus_two"
 platform: "ensemble"
@@ -89,8 +88,4 @@ def test_ensembles_chain_served_models(tmp_path):
         assert index["loop"]["state"] == "UNAVAILABLE", index["loop"]
         assert "cycle" in index["loop"]["reason"], index["loop"]
     finally:
-        s["proc"].terminate()
-        try:
-            s["proc"].wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            s["proc"].kill()
+        stop_server(s)

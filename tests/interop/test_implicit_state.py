@@ -5,7 +5,6 @@ request of a sequence to the next, sequences are independent, a restart
 resets, the state tensors are neither asked for nor returned, more live
 sequences than `max_sequences` get 429 / RESOURCE_EXHAUSTED."""
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, start_server
+from conftest import ROOT, start_server, stop_server
 
 PBTXT = """name: "acc"
 backend: "onnxruntime"
@@ -89,8 +88,4 @@ def test_implicit_state_is_carried_per_sequence(tmp_path):
             step(httpclient, http, name, 0, 8, end=True)
         assert "sequence_batching" in http.get_model_config("acc")
     finally:
-        s["proc"].terminate()
-        try:
-            s["proc"].wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            s["proc"].kill()
+        stop_server(s)
