@@ -11,8 +11,8 @@
 //! Stateful models (macOS 15+) keep one `MLState` per sequence in a
 //! `convert::state::StateTable` on the thread; a request without sequence
 //! runs on a fresh state. `function` picks a multifunction package's function
-//! (macOS 15+). Image inputs are `U8 [H, W, C]` (or `[C, H, W]`) tensors
-//! written into a `CVPixelBuffer` of the model's format, image outputs come
+//! (macOS 15+). Image inputs are `U8 [H, W, C]` tensors (`[1, C, H, W]` under
+//! `image_layout = "nchw"`) written into a `CVPixelBuffer` of the model's format, image outputs come
 //! back as `U8 [H, W, C]` (`native::pixels` around `convert::image`).
 //!
 //! Loading and every job run inside Objective-C exception catching: an
@@ -27,7 +27,7 @@ use super::{
     require_macos,
 };
 use crate::convert::classifier::{LabelKey, ordered_probabilities};
-use crate::convert::image::{ImageSize, PixelFormat};
+use crate::convert::image::{self, ImageLayout, ImageSize, PixelFormat};
 use crate::convert::scalar;
 use crate::convert::state::StateTable;
 use crate::options::CoreMlOptions;
@@ -237,6 +237,7 @@ pub(crate) fn load(
         classifier,
         limits,
         virtual_batch,
+        image_layout: opts.image_layout,
     };
     let stem = path
         .file_stem()
@@ -307,6 +308,7 @@ struct Setup {
     classifier: Option<ClassifierInfo>,
     limits: crate::convert::state::StateLimits,
     virtual_batch: bool,
+    image_layout: ImageLayout,
 }
 
 /// Starts one model instance on its own thread; returns its job queue, its
@@ -328,6 +330,7 @@ fn spawn_instance(setup: Setup, name: String) -> Result<(mpsc::Sender<Job>, Mode
                 classifier,
                 limits,
                 virtual_batch,
+                image_layout,
             } = setup;
             // The model is created on, used on and released on this thread only.
             let open = || {
@@ -342,7 +345,8 @@ fn spawn_instance(setup: Setup, name: String) -> Result<(mpsc::Sender<Job>, Mode
                             )
                         }
                         .map_err(|e| Error::CompilationFailed(ns_error(&e)))?;
-                        let d = describe(&model, order.as_ref(), reader_sig.as_ref())?;
+                        let mut d = describe(&model, order.as_ref(), reader_sig.as_ref())?;
+                        d.set_image_layout(image_layout);
                         Ok((model, d))
                     })
                 })
@@ -632,6 +636,20 @@ struct Described {
     images: Vec<Option<(PixelFormat, ImageSize)>>,
     /// The model declares states (macOS 15+ reports them).
     stateful: bool,
+    /// How clients lay out image inputs (`image_layout`).
+    image_layout: ImageLayout,
+}
+
+impl Described {
+    /// Image inputs in `layout`, in the signature and for pixel conversion.
+    fn set_image_layout(&mut self, layout: ImageLayout) {
+        self.image_layout = layout;
+        for (spec, image) in self.sig.inputs.iter_mut().zip(&self.images) {
+            if image.is_some() {
+                *spec = image::spec_in_layout(spec, layout);
+            }
+        }
+    }
 }
 
 /// The model's signature from Core ML's description, in `order` when the
@@ -705,6 +723,7 @@ fn describe(
             outputs: out_kinds,
             images,
             stateful,
+            image_layout: ImageLayout::Hwc,
         })
     }
 }
@@ -803,10 +822,11 @@ fn feature_value(
     spec: &TensorSpec,
     kind: MLFeatureType,
     image: Option<(PixelFormat, ImageSize)>,
+    layout: ImageLayout,
     t: &Tensor,
 ) -> Result<Retained<MLFeatureValue>> {
     if let Some((format, size)) = image {
-        return super::pixels::image_value(&spec.name, t, format, Some(size));
+        return super::pixels::image_value(&spec.name, t, format, Some(size), Some(layout));
     }
     // SAFETY: constructors of immutable feature values from plain values or a
     // live multi-array.
@@ -839,7 +859,7 @@ fn provider(ctx: &Ctx<'_>, inputs: &[Tensor]) -> Result<Retained<MLDictionaryFea
         .zip(&ctx.d.inputs)
         .zip(&ctx.d.images)
         .zip(inputs)
-        .map(|(((spec, &kind), &image), t)| feature_value(spec, kind, image, t))
+        .map(|(((spec, &kind), &image), t)| feature_value(spec, kind, image, ctx.d.image_layout, t))
         .collect::<Result<_>>()?;
     let key_refs: Vec<&NSString> = keys.iter().map(|k| &**k).collect();
     let val_refs: Vec<&AnyObject> = vals.iter().map(|v| v.as_ref()).collect();
