@@ -258,7 +258,7 @@ pub(super) fn from_pbtxt(
             .and_then(pbtxt::Value::as_str)
             .ok_or_else(|| format!("parameter {key} needs value {{ string_value: \"...\" }}"))?;
         if key == "routing" {
-            d.routing = ModelRouting::from_parameter(v, d.spec.load.device)?;
+            d.routing = ModelRouting::from_parameter(v)?;
         } else if key == "unload_after_idle" {
             idle_after = Some(v.to_string());
         } else if key == "reload_on_request" {
