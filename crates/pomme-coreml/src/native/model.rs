@@ -642,7 +642,9 @@ struct Described {
     /// Per output, a pre-allocated array Core ML writes single predictions
     /// into (`outputBackings`), reused job after job: outputs are copied out
     /// before the next job runs on this thread.
-    backings: Vec<Option<Retained<MLMultiArray>>>,
+    /// Emptied for good when a prediction with them fails and one without
+    /// succeeds (Core ML refuses a backing its description does not allow).
+    backings: RefCell<Vec<Option<Retained<MLMultiArray>>>>,
 }
 
 impl Described {
@@ -731,7 +733,7 @@ fn describe(
             },
             inputs: in_kinds,
             outputs: out_kinds,
-            backings,
+            backings: RefCell::new(backings),
             images,
             stateful,
             image_layout: ImageLayout::Hwc,
@@ -977,13 +979,14 @@ fn prediction_options(ctx: &Ctx<'_>, call: PredictCall) -> Retained<MLPrediction
     // MLMultiArrays of their declared types and shapes, as outputBackings wants.
     unsafe {
         let options = MLPredictionOptions::new();
-        if call != PredictCall::Batch && ctx.d.backings.iter().any(Option::is_some) {
+        let backings = ctx.d.backings.borrow();
+        if call != PredictCall::Batch && backings.iter().any(Option::is_some) {
             let (names, arrays): (Vec<Retained<NSString>>, Vec<&AnyObject>) = ctx
                 .d
                 .sig
                 .outputs
                 .iter()
-                .zip(&ctx.d.backings)
+                .zip(backings.iter())
                 .filter_map(|(s, b)| {
                     let array: &AnyObject = b.as_deref()?.as_ref();
                     Some((NSString::from_str(&s.name), array))
@@ -1073,15 +1076,38 @@ fn run_job(ctx: &Ctx<'_>, inputs: Vec<Tensor>, virtual_batch: bool) -> Result<Ve
     );
     if call != PredictCall::Batch {
         let p = provider(ctx, &inputs)?;
-        let options = prediction_options(ctx, call);
-        let out = match call {
-            PredictCall::Async => predict_async(model, &p, &options)?,
-            // SAFETY: a valid provider for this model's inputs; backings of
-            // the outputs' declared types and fixed shapes.
-            _ => unsafe {
-                model.predictionFromFeatures_options_error(ProtocolObject::from_ref(&*p), &options)
+        let predict = || {
+            let options = prediction_options(ctx, call);
+            match call {
+                PredictCall::Async => predict_async(model, &p, &options),
+                // SAFETY: a valid provider for this model's inputs; backings of
+                // the outputs' declared types and fixed shapes.
+                _ => unsafe {
+                    model.predictionFromFeatures_options_error(
+                        ProtocolObject::from_ref(&*p),
+                        &options,
+                    )
+                }
+                .map_err(|e| Error::InferenceFailed(ns_error(&e))),
             }
-            .map_err(|e| Error::InferenceFailed(ns_error(&e)))?,
+        };
+        let out = match predict() {
+            Err(e) if ctx.d.backings.borrow().iter().any(Option::is_some) => {
+                // Perhaps a backing Core ML does not allow: once more without;
+                // if that works, this instance stops offering them.
+                let saved = std::mem::take(&mut *ctx.d.backings.borrow_mut());
+                match predict() {
+                    Ok(out) => {
+                        tracing::warn!(error = %e, "Core ML refused pre-allocated output arrays; predicting without them");
+                        out
+                    }
+                    Err(_) => {
+                        *ctx.d.backings.borrow_mut() = saved;
+                        return Err(e);
+                    }
+                }
+            }
+            r => r?,
         };
         return outputs(ctx, &out);
     }
