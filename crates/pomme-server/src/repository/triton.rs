@@ -239,14 +239,22 @@ pub(super) fn from_pbtxt(
     // Not in Triton's schema: pomme's per-model budget and routing, also
     // accepted in a pbtxt as `parameters { key: "memory_budget_mb" value {
     // string_value: "64" } }` and `parameters { key: "routing" value {
-    // string_value: "auto" } }`.
+    // string_value: "auto" } }`; `image_layout` (a Core ML option:
+    // `nchw` image tensors) goes to the backend's options like config.toml's
+    // `[extra]`.
     let (mut idle_after, mut reload_on_request) = (None, false);
     for p in m.all("parameters") {
         let p = p.as_message().ok_or("'parameters' must be a message")?;
         let key = p.get("key").and_then(pbtxt::Value::as_str);
         if !matches!(
             key,
-            Some("memory_budget_mb" | "routing" | "unload_after_idle" | "reload_on_request")
+            Some(
+                "memory_budget_mb"
+                    | "routing"
+                    | "unload_after_idle"
+                    | "reload_on_request"
+                    | "image_layout"
+            )
         ) {
             continue;
         }
@@ -259,6 +267,8 @@ pub(super) fn from_pbtxt(
             .ok_or_else(|| format!("parameter {key} needs value {{ string_value: \"...\" }}"))?;
         if key == "routing" {
             d.routing = ModelRouting::from_parameter(v)?;
+        } else if key == "image_layout" {
+            d.spec.load.extra.insert(key.into(), v.trim().into());
         } else if key == "unload_after_idle" {
             idle_after = Some(v.to_string());
         } else if key == "reload_on_request" {
@@ -450,6 +460,18 @@ version_policy: { specific: { versions: [1] } }
         );
         let plain = from_pbtxt("name: \"m\"\nbackend: \"tract\"\n", "m").unwrap();
         assert!(plain.ignored.is_empty());
+    }
+
+    #[test]
+    fn image_layout_parameter_reaches_the_backend_options() {
+        let d = from_pbtxt(
+            "platform: \"coreml\"\nparameters { key: \"image_layout\" value { string_value: \" nchw \" } }\n",
+            "m",
+        )
+        .unwrap();
+        assert_eq!(d.spec.load.extra["image_layout"], "nchw");
+        let plain = from_pbtxt("platform: \"coreml\"\n", "m").unwrap();
+        assert!(!plain.spec.load.extra.contains_key("image_layout"));
     }
 
     #[test]
