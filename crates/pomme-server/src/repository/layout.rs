@@ -127,7 +127,6 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
     decl.spec.memory_budget_mb = decl.memory_budget_mb;
     decl.spec.declared_inputs = decl.inputs.clone();
     decl.spec.declared_outputs = decl.outputs.clone();
-    decl.spec.routing = decl.routing.resolve(RoutingMode::Off);
     // Warm-up files live in the model's `warmup/` directory, as in Triton.
     for sample in &mut decl.spec.warmup {
         for (_, input) in &mut sample.inputs {
@@ -169,6 +168,8 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
         {
             spec.load.device = (platform.default_device)(a.format);
         }
+        // After the device: bare candidates (`coreml`) run on it.
+        spec.routing = decl.routing.resolve(RoutingMode::Off, spec.load.device);
         spec.version = *version;
         spec.path = artifact;
         specs.push(spec);

@@ -384,7 +384,7 @@ pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
     d.inputs = c.input.into_iter().map(decl).collect::<Result<_, _>>()?;
     d.outputs = c.output.into_iter().map(decl).collect::<Result<_, _>>()?;
     if let Some(r) = c.routing {
-        d.routing = ModelRouting::from_toml(r, d.spec.load.device)?;
+        d.routing = ModelRouting::from_toml(r)?;
     }
     check_batching(&d.spec)?;
     Ok(d)

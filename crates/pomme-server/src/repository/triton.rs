@@ -255,10 +255,6 @@ pub(super) fn from_pbtxt(
     if let Some(p) = m.get("version_policy") {
         d.version_policy = pbtxt_policy(p)?;
     }
-    // Not in Triton's schema: pomme's per-model budget and routing, also
-    // accepted in a pbtxt as `parameters { key: "memory_budget_mb" value {
-    // string_value: "64" } }` and `parameters { key: "routing" value {
-    // string_value: "auto" } }`.
     if d.platform.as_deref() == Some("ensemble") || m.get("ensemble_scheduling").is_some() {
         let es = m
             .get("ensemble_scheduling")
@@ -273,6 +269,12 @@ pub(super) fn from_pbtxt(
     if let Some(sb) = m.get("sequence_batching") {
         d.spec.sequence = Some(pbtxt_sequence(sb, max_batch > 0)?);
     }
+    // Not in Triton's schema: pomme's per-model budget and routing, also
+    // accepted in a pbtxt as `parameters { key: "memory_budget_mb" value {
+    // string_value: "64" } }` and `parameters { key: "routing" value {
+    // string_value: "auto" } }`; `image_layout` (a Core ML option:
+    // `nchw` image tensors) goes to the backend's options like config.toml's
+    // `[extra]`.
     let (mut idle_after, mut reload_on_request) = (None, false);
     for p in m.all("parameters") {
         let p = p.as_message().ok_or("'parameters' must be a message")?;
@@ -285,6 +287,7 @@ pub(super) fn from_pbtxt(
                     | "unload_after_idle"
                     | "reload_on_request"
                     | "max_sequences"
+                    | "image_layout"
             )
         ) {
             continue;
@@ -297,7 +300,7 @@ pub(super) fn from_pbtxt(
             .and_then(pbtxt::Value::as_str)
             .ok_or_else(|| format!("parameter {key} needs value {{ string_value: \"...\" }}"))?;
         if key == "routing" {
-            d.routing = ModelRouting::from_parameter(v, d.spec.load.device)?;
+            d.routing = ModelRouting::from_parameter(v)?;
         } else if key == "max_sequences" {
             let n: usize =
                 v.trim().parse().ok().filter(|&n| n > 0).ok_or_else(|| {
@@ -307,6 +310,8 @@ pub(super) fn from_pbtxt(
                 .sequence
                 .get_or_insert_with(SequenceConfig::default)
                 .max_sequences = n;
+        } else if key == "image_layout" {
+            d.spec.load.extra.insert(key.into(), v.trim().into());
         } else if key == "unload_after_idle" {
             idle_after = Some(v.to_string());
         } else if key == "reload_on_request" {
@@ -656,6 +661,18 @@ sequence_batching { state [ { input_name: "h" output_name: "o" data_type: TYPE_F
         )
         .unwrap_err();
         assert!(e.contains("dims must be fixed"), "{e}");
+    }
+
+    #[test]
+    fn image_layout_parameter_reaches_the_backend_options() {
+        let d = from_pbtxt(
+            "platform: \"coreml\"\nparameters { key: \"image_layout\" value { string_value: \" nchw \" } }\n",
+            "m",
+        )
+        .unwrap();
+        assert_eq!(d.spec.load.extra["image_layout"], "nchw");
+        let plain = from_pbtxt("platform: \"coreml\"\n", "m").unwrap();
+        assert!(!plain.spec.load.extra.contains_key("image_layout"));
     }
 
     #[test]
