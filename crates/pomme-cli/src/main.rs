@@ -203,6 +203,9 @@ pub fn init_serve_logging(
     } else {
         fmt.with_filter(filter).boxed()
     };
-    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
     Ok(Some(provider))
 }

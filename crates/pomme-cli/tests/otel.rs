@@ -101,7 +101,13 @@ impl Drop for Server {
 }
 
 /// One HTTP/1.1 request on a fresh connection: (status, body).
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut req = format!(
@@ -193,7 +199,13 @@ async fn exports_request_spans_honouring_traceparent() {
     let unsampled = format!("00-{TID_UNSAMPLED}-{PARENT_HTTP}-00");
     let body = infer_body();
     let (status, out) = tokio::task::spawn_blocking(move || {
-        http(hp, "POST", "/v2/models/identity_f32/infer", &[("traceparent", &unsampled)], &body)
+        http(
+            hp,
+            "POST",
+            "/v2/models/identity_f32/infer",
+            &[("traceparent", &unsampled)],
+            &body,
+        )
     })
     .await
     .unwrap();
@@ -247,7 +259,14 @@ async fn exports_request_spans_honouring_traceparent() {
 
     // Every stage of both sampled requests, within a deadline.
     let want_http = ["http", "infer", "queue", "batch", "compute", "respond"];
-    let want_grpc = ["grpc_infer", "infer", "queue", "batch", "compute", "respond"];
+    let want_grpc = [
+        "grpc_infer",
+        "infer",
+        "queue",
+        "batch",
+        "compute",
+        "respond",
+    ];
     let by_trace = |tid: &str| -> Vec<(String, Span)> {
         got.lock()
             .unwrap()
@@ -301,7 +320,11 @@ async fn exports_request_spans_honouring_traceparent() {
         assert_eq!(queue.parent_span_id, infer.span_id);
         let q = attrs(queue);
         assert_eq!(
-            (q["model"].as_str(), q["version"].as_str(), q["batch_size"].as_str()),
+            (
+                q["model"].as_str(),
+                q["version"].as_str(),
+                q["batch_size"].as_str()
+            ),
             ("identity_f32", "1", "1"),
             "{q:?}"
         );
@@ -332,7 +355,10 @@ async fn exports_request_spans_honouring_traceparent() {
     );
     // The unsampled parent was honoured: nothing of its trace was exported,
     // and the root without a traceparent (ratio 0) was not either.
-    assert!(by_trace(TID_UNSAMPLED).is_empty(), "unsampled request exported");
+    assert!(
+        by_trace(TID_UNSAMPLED).is_empty(),
+        "unsampled request exported"
+    );
     let others: Vec<String> = got
         .lock()
         .unwrap()

@@ -834,7 +834,9 @@ max_json_depth = 10
                 .starts_with("tracing.sampling_ratio:")
         );
         assert!(e(&["--otlp-endpoint", "collector:4318"]).starts_with("tracing.otlp_endpoint:"));
-        assert!(e(&["--otlp-endpoint", "https://c/v1/traces"]).starts_with("tracing.otlp_endpoint:"));
+        assert!(
+            e(&["--otlp-endpoint", "https://c/v1/traces"]).starts_with("tracing.otlp_endpoint:")
+        );
         assert!(e(&["--otlp-endpoint", "http:///v1"]).starts_with("tracing.otlp_endpoint:"));
         assert!(e(&["--trace-sampling", "0.5"]).starts_with("tracing.otlp_endpoint: is required"));
         assert!(

@@ -44,16 +44,16 @@ impl Extractor for Metadata<'_> {
 
 /// The remote parent named by the request's headers, if any.
 pub fn from_headers(headers: &axum::http::HeaderMap) -> Option<opentelemetry::Context> {
-    headers.contains_key("traceparent").then(|| {
-        opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)))
-    })
+    headers
+        .contains_key("traceparent")
+        .then(|| opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers))))
 }
 
 /// The remote parent named by the call's metadata, if any.
 pub fn from_metadata(metadata: &tonic::metadata::MetadataMap) -> Option<opentelemetry::Context> {
-    metadata.contains_key("traceparent").then(|| {
-        opentelemetry::global::get_text_map_propagator(|p| p.extract(&Metadata(metadata)))
-    })
+    metadata
+        .contains_key("traceparent")
+        .then(|| opentelemetry::global::get_text_map_propagator(|p| p.extract(&Metadata(metadata))))
 }
 
 /// Makes `parent` (a remote span context) the parent of `span`. A malformed
