@@ -86,11 +86,8 @@ class NotTensor(Exception):
 
 def read_pb(path, type_proto):
     """One input_N.pb / output_N.pb as a numpy array (NotTensor for the rest)."""
-    data = open(path, "rb").read()
     if type_proto.HasField("tensor_type"):
-        t = onnx.TensorProto()
-        t.ParseFromString(data)
-        return numpy_helper.to_array(t), t.name
+        return load_any(path, type_proto)
     raise NotTensor(type_proto.WhichOneof("value"))
 
 
@@ -100,8 +97,9 @@ def graph_io(model):
     return inputs, list(model.graph.output)
 
 
-def data_sets(case_dir, model):
-    """[(inputs: [(name, array)], outputs: [(name, array)])] or raises NotTensor."""
+def data_sets(case_dir, model, read=read_pb):
+    """[(inputs: [(name, value)], outputs: [(name, value)])], each value as
+    `read` makes it (tensors only by default: NotTensor for the rest)."""
     inputs, outputs = graph_io(model)
     sets = []
     for ds in sorted(glob.glob(os.path.join(case_dir, "test_data_set_*"))):
@@ -110,14 +108,12 @@ def data_sets(case_dir, model):
             p = os.path.join(ds, f"input_{j}.pb")
             if not os.path.exists(p):
                 break  # optional trailing inputs left out
-            arr, _ = read_pb(p, vi.type)
-            ins.append((vi.name, arr))
+            ins.append((vi.name, read(p, vi.type)))
         outs = []
         for j, vi in enumerate(outputs):
             p = os.path.join(ds, f"output_{j}.pb")
             if os.path.exists(p):
-                arr, _ = read_pb(p, vi.type)
-                outs.append((vi.name, arr))
+                outs.append((vi.name, read(p, vi.type)))
         sets.append((ins, outs))
     return sets
 
@@ -300,23 +296,8 @@ def run_case(name, case_dir, engines, pomme, work, timeout, env):
 
 
 def ort_sets(case_dir):
-    """Sequence/optional inputs and outputs as ONNX Runtime's Python API takes them."""
-    from onnx.backend.test.loader import load_model_tests  # noqa: F401
-    model = onnx.load(os.path.join(case_dir, "model.onnx"))
-    inputs, outputs = graph_io(model)
-    sets = []
-    for ds in sorted(glob.glob(os.path.join(case_dir, "test_data_set_*"))):
-        ins = []
-        for j, vi in enumerate(inputs):
-            p = os.path.join(ds, f"input_{j}.pb")
-            if os.path.exists(p):
-                ins.append((vi.name, load_any(p, vi.type)))
-        outs = []
-        for j, vi in enumerate(outputs):
-            p = os.path.join(ds, f"output_{j}.pb")
-            if os.path.exists(p):
-                outs.append((vi.name, load_any(p, vi.type)))
-        sets.append((ins, outs))
+    """Sequence/optional inputs too, as ONNX Runtime's Python API takes them."""
+    sets = data_sets(case_dir, onnx.load(os.path.join(case_dir, "model.onnx")), read=load_any)
     if any(not isinstance(a, np.ndarray) for _, o in sets for _, a in o):
         raise NotTensor("sequence/optional output (compared only as tensors here)")
     return sets

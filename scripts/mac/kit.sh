@@ -28,6 +28,10 @@
 #   5. served: `pomme serve` with MobileNetV2 on the ANE under `pomme bench --url` at
 #      concurrency 1, 8 and 32, and the stateful model's state across one sequence of
 #      three requests (scripts/mac/sequence.py) in a server of its own;
+#      and the repository's Core ML fixtures (models/coreml: arrays, pipeline, flexible
+#      shapes, image classifiers with HWC and NCHW (image_layout=nchw) uint8 images,
+#      the Int64 mapping, the stateful and multifunction models) through `pomme infer`
+#      on cpu, gpu and ane, each compared with its cpu run;
 #   6. energy: with root (`sudo -v` just before), powermetrics during each bench;
 #   7. Core AI (macOS 27): the Swift shim's build and tests, and `pomme bench
 #      --backend coreai` on cpu, gpu and ane;
@@ -512,23 +516,41 @@ fi
 # --- small Core ML fixtures of the repository (models/coreml): every device against the CPU -----------
 say "fixtures (models/coreml)"
 if [ "$MAC" = 1 ] && [ -n "$POMME" ] && [ -n "$PY" ]; then
+  # file:input:shape:dtype[:backend option]. Integer inputs are random in 0..3 (the Int64 mapping's
+  # codes 1..3 and its default), uint8 images in 0..255; the image classifier runs once more with
+  # image_layout=nchw; the stateful model runs requests without a sequence (a fresh state each);
+  # the multifunction package runs its default function.
   for fx in nn_dense.mlmodel:x:4:float64 pipeline.mlmodel:x:4:float64 mlp_program.mlpackage:x:1,8:float32 \
-    enumerated.mlpackage:x:2,3,8,8:float32 range.mlpackage:x:1,3,16:float32; do
+    enumerated.mlpackage:x:2,3,8,8:float32 range.mlpackage:x:1,3,16:float32 \
+    image_classifier.mlpackage:image:8,8,3:uint8 image_classifier.mlpackage:image:1,3,8,8:uint8:image_layout=nchw \
+    nn_classifier.mlmodel:image:4,4,1:uint8 int64_mapping.mlmodel:code:1:int64 \
+    stateful.mlpackage:x:1,4:float32 multifunction.mlpackage:x:1,4:float32; do
     file=${fx%%:*}
     rest=${fx#*:}
     name=${rest%%:*}
     rest=${rest#*:}
     shape=${rest%%:*}
-    dtype=${rest#*:}
+    rest=${rest#*:}
+    dtype=${rest%%:*}
+    opt=
+    case $rest in *:*) opt=${rest#*:} ;; esac
     stem=fixture_${file%%.*}
-    "$PY" -c "import sys, numpy as np; np.save(sys.argv[1], np.random.default_rng(0).standard_normal(tuple(int(s) for s in sys.argv[2].split(','))).astype(sys.argv[3]))" \
-      "$WORK/$stem.npy" "$shape" "$dtype"
+    if [ -n "$opt" ]; then
+      stem=${stem}_${opt#*=}
+      set -- --backend-option "$opt"
+    else
+      set --
+    fi
+    "$PY" -c "import sys, numpy as np
+r = np.random.default_rng(0); s = tuple(int(d) for d in sys.argv[2].split(',')); t = np.dtype(sys.argv[3])
+a = r.integers(0, 256 if t == np.uint8 else 4, size=s) if t.kind in 'iu' else r.standard_normal(s)
+np.save(sys.argv[1], a.astype(t))" "$WORK/$stem.npy" "$shape" "$dtype"
     for dev in cpu gpu ane; do
-      if "$POMME" infer "models/coreml/$file" --input "$name=$WORK/$stem.npy" --backend coreml --device "$dev" \
+      if "$POMME" infer "models/coreml/$file" --input "$name=$WORK/$stem.npy" --backend coreml --device "$dev" "$@" \
         -o "$STEPS/outputs/$stem/pomme.$dev" > "$STEPS/logs/$stem.$dev.txt" 2>&1; then
-        log "fixture $file $dev" ok "ran"
+        log "fixture $file${opt:+ $opt} $dev" ok "ran"
       else
-        log "fixture $file $dev" fail "$(tail -n 1 "$STEPS/logs/$stem.$dev.txt")"
+        log "fixture $file${opt:+ $opt} $dev" fail "$(tail -n 1 "$STEPS/logs/$stem.$dev.txt")"
       fi
     done
   done

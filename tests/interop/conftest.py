@@ -80,6 +80,15 @@ def start_server(repo: Path, *extra: str, tls_ca: Path | None = None) -> dict:
     return {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "metrics": f"127.0.0.1:{metrics}", "proc": proc}
 
 
+def stop_server(s: dict) -> None:
+    """Stops a server from `start_server` (SIGTERM, then SIGKILL after 30 s)."""
+    s["proc"].terminate()
+    try:
+        s["proc"].wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        s["proc"].kill()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     repo = make_repo(tmp_path_factory.mktemp("pomme"))

@@ -6,7 +6,6 @@ long: the index says why, a request is refused with the reason, or (with
 available memory cannot hold (here: a reserve larger than any machine)
 fails to load with the figures instead of the process being killed."""
 import shutil
-import subprocess
 import time
 
 import numpy as np
@@ -14,15 +13,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, start_server
+from conftest import ROOT, start_server, stop_server
 
-
-def stop(s):
-    s["proc"].terminate()
-    try:
-        s["proc"].wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        s["proc"].kill()
 
 
 def add_one(client, name):
@@ -58,8 +50,8 @@ def test_idle_models_unload_and_reload_on_request(tmp_path):
         def index():
             return {m["name"]: m for m in c.get_model_repository_index()}
 
-        wait_until(lambda: index()["lazy"]["state"] == "UNAVAILABLE", "lazy to unload")
-        wait_until(lambda: index()["sleepy"]["state"] == "UNAVAILABLE", "sleepy to unload")
+        wait_until(lambda: index()["lazy"].get("state") == "UNAVAILABLE", "lazy to unload")
+        wait_until(lambda: index()["sleepy"].get("state") == "UNAVAILABLE", "sleepy to unload")
         assert "unload_after_idle" in index()["sleepy"]["reason"]
         assert "the next request loads it" in index()["lazy"]["reason"]
         assert not c.is_model_ready("sleepy")
@@ -71,7 +63,7 @@ def test_idle_models_unload_and_reload_on_request(tmp_path):
         assert np.array_equal(add_one(c, "lazy"), np.full((1, 4), 2, np.float32))
         assert c.is_model_ready("lazy")
     finally:
-        stop(s)
+        stop_server(s)
 
 
 def test_memory_guard_refuses_a_load_with_the_figures(tmp_path):
@@ -86,9 +78,9 @@ def test_memory_guard_refuses_a_load_with_the_figures(tmp_path):
         assert row["state"] == "UNAVAILABLE"
         assert "MiB of memory is available" in row["reason"], row
     finally:
-        stop(s)
+        stop_server(s)
     s = start_server(repo, "--memory-reserve-mb", str(1 << 40), "--memory-guard", "false")
     try:
         assert httpclient.InferenceServerClient(s["http"]).is_model_ready("m")
     finally:
-        stop(s)
+        stop_server(s)

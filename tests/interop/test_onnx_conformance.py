@@ -84,12 +84,11 @@ def test_served_models_fall_back_to_the_engine_that_runs_them(tmp_path):
     run is routed to ONNX Runtime by the load-time trials. tritonclient checks
     each answer against the case's expected output."""
     import shutil
-    import subprocess
-
+    
     import numpy as np
     import tritonclient.http as httpclient
 
-    from conftest import start_server
+    from conftest import start_server, stop_server
 
     picks = {
         "wrap_off": ("node/test_wrap_pad$", ""),
@@ -119,8 +118,4 @@ def test_served_models_fall_back_to_the_engine_that_runs_them(tmp_path):
                 got = {n: res.as_numpy(n) for n, _ in outs}
                 assert conf.compare(outs, got) is None, (name, conf.compare(outs, got))
     finally:
-        s["proc"].terminate()
-        try:
-            s["proc"].wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            s["proc"].kill()
+        stop_server(s)

@@ -3,14 +3,13 @@ tritonclient over HTTP and gRPC: a repeat is a cache hit (statistics and
 Prometheus both count it), another input is a miss, the config shows the
 cache, and a model without it never counts either."""
 import shutil
-import subprocess
 import urllib.request
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from conftest import ROOT, start_server
+from conftest import ROOT, start_server, stop_server
 
 
 def test_response_cache_hits_and_misses(tmp_path):
@@ -58,8 +57,4 @@ def test_response_cache_hits_and_misses(tmp_path):
         assert "pomme_cache_entries 4" in metrics
         assert "pomme_cache_budget_bytes 1048576" in metrics
     finally:
-        s["proc"].terminate()
-        try:
-            s["proc"].wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            s["proc"].kill()
+        stop_server(s)

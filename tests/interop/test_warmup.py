@@ -4,22 +4,14 @@ time is in the metrics); a sample that cannot run leaves the model
 unavailable with the reason in the repository index; the same in config.toml."""
 import shutil
 import struct
-import subprocess
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import tritonclient.http as httpclient
 
-from conftest import ROOT, start_server
+from conftest import ROOT, start_server, stop_server
 
-
-def stop(s):
-    s["proc"].terminate()
-    try:
-        s["proc"].wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        s["proc"].kill()
 
 
 def test_model_warmup_from_config(tmp_path):
@@ -79,4 +71,4 @@ model_warmup [ { name: "bad" batch_size: 1
             ]
             assert line and float(line[0].split()[-1]) > 0, (name, line)
     finally:
-        stop(s)
+        stop_server(s)

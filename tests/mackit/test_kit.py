@@ -124,3 +124,28 @@ def test_the_kit_calls_direct_swift_with_units_it_knows():
     assert units == ["cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]
     for u in units:
         assert f'case "{u}": config.computeUnits = .{u}' in swift
+
+
+def test_every_coreml_fixture_is_inferred_with_its_own_input():
+    """The kit's fixture list names every model of models/coreml with an input the model has
+    (the default function's for a multifunction package), and every dtype the generator knows."""
+    import re
+
+    text = open(os.path.join(MAC, "kit.sh")).read()
+    block = re.search(r"for fx in (.*?); do", text, re.S).group(1)
+    entries = block.replace("\\\n", " ").split()
+    fixtures = os.path.join(ROOT, "models", "coreml")
+    expected = json.loads(open(os.path.join(fixtures, "expected.json")).read())
+    files = {f for f in os.listdir(fixtures) if f.endswith((".mlmodel", ".mlpackage"))}
+    listed = set()
+    for e in entries:
+        file, name, shape, dtype, *opt = e.split(":")
+        listed.add(file)
+        info = expected[file]
+        inputs = info["inputs"] or next(f["inputs"] for f in info["functions"]
+                                        if f["name"] == info["default_function"])
+        assert name in [i["name"] for i in inputs], e
+        assert all(d.isdigit() for d in shape.split(",")), e
+        assert dtype in ("float32", "float64", "uint8", "int64"), e
+        assert opt in ([], ["image_layout=nchw"]), e
+    assert listed == files, sorted(files ^ listed)

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod dtype;
 pub mod error;
 pub mod extra;
+pub mod sequence;
 pub mod shape;
 pub mod signature;
 pub mod synthetic;

@@ -32,6 +32,7 @@ pub mod convert;
 pub mod host;
 pub mod options;
 pub mod placement;
+pub mod predict;
 mod proto;
 pub mod reader;
 

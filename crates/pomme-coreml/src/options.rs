@@ -4,6 +4,7 @@
 //! each key. A bad value is a one-line [`Error::InvalidInput`] naming the key
 //! and what it accepts.
 
+use crate::convert::image::ImageLayout;
 use crate::convert::state::StateLimits;
 use crate::placement::MIN_ANE_SHARE_KEY;
 use pomme_core::{Error, ExtraOptions, LoadOptions, Precision, Result};
@@ -21,6 +22,7 @@ pub const KEYS: &[&str] = &[
     "sequence_idle_timeout_s",
     "cache_max_mb",
     "instances",
+    "image_layout",
 ];
 
 /// The compiled-model cache's default size cap (`cache_max_mb`): 8 GiB.
@@ -63,6 +65,10 @@ pub struct CoreMlOptions {
     /// concurrently (sessions, one per worker, take them in turn); default 1.
     /// Stateful models keep one (a sequence's state lives on one instance).
     pub instances: usize,
+    /// `image_layout`: how clients lay out tensors for image inputs, `nhwc`
+    /// (default: `[H, W, C]`, optionally `[1, H, W, C]`) or `nchw` (the
+    /// signature then says `[1, C, H, W]`); image outputs stay `[H, W, C]`.
+    pub image_layout: ImageLayout,
 }
 
 /// Core ML compute units, as `MLComputeUnits` names them.
@@ -160,6 +166,10 @@ impl CoreMlOptions {
             min_ane_share,
             function: x.get("function").map(str::to_string),
             instances: count(x, "instances", 1)? as usize,
+            image_layout: match x.get("image_layout") {
+                None => ImageLayout::Hwc,
+                Some(v) => ImageLayout::parse(v)?,
+            },
             states: StateLimits {
                 max_sequences: count(x, "max_sequences", 64)? as usize,
                 idle_timeout: std::time::Duration::from_secs(count(
@@ -236,6 +246,7 @@ mod tests {
             ("sequence_idle_timeout_s", "ten"),
             ("cache_max_mb", "-1"),
             ("instances", "0"),
+            ("image_layout", "planar"),
         ] {
             let e = CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[(key, bad)]))
                 .unwrap_err()
@@ -264,6 +275,11 @@ mod tests {
         assert_eq!(o.states.idle_timeout.as_secs(), 600);
         assert_eq!(o.cache_max_bytes(), DEFAULT_CACHE_MAX_BYTES);
         assert_eq!(o.instances, 1);
+        assert_eq!(o.image_layout, ImageLayout::Hwc);
+        let nchw =
+            CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[("image_layout", "NCHW")]))
+                .unwrap();
+        assert_eq!(nchw.image_layout, ImageLayout::Chw);
         let small =
             CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[("cache_max_mb", "2")]))
                 .unwrap();

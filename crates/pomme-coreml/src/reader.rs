@@ -10,6 +10,7 @@
 //! Core ML. Compiled `.mlmodelc` bundles are Core ML's private format and are
 //! not read here (the native backend describes them on macOS).
 
+use crate::convert::image::{ImageLayout, spec_in_layout};
 use crate::proto::specification as pb;
 use crate::proto::specification::mil_spec as mil;
 use crate::proto::{LAYER_TYPES, MODEL_TYPES};
@@ -1439,6 +1440,23 @@ impl CoreMlInfo {
         self.inputs
             .iter()
             .any(|f| f.flexibility != ShapeFlexibility::Fixed)
+    }
+
+    /// The signature with image inputs in `layout` (the `image_layout`
+    /// option; see [`crate::convert::image::spec_in_layout`]). Image outputs
+    /// stay `[H, W, C]`.
+    pub fn signature_in_layout(&self, layout: ImageLayout) -> ModelSignature {
+        let mut sig = self.signature.clone();
+        for spec in &mut sig.inputs {
+            if self
+                .inputs
+                .iter()
+                .any(|f| f.name == spec.name && f.kind == FeatureKind::Image)
+            {
+                *spec = spec_in_layout(spec, layout);
+            }
+        }
+        sig
     }
 
     /// This model as Core ML loads it with `function` named: that function's

@@ -497,3 +497,61 @@ fn compiled_bundles_are_pointed_elsewhere() {
     let m = invalid_message(reader::read(&c));
     assert!(m.contains(".mlmodelc"), "{m}");
 }
+
+/// `image_layout = "nchw"` end to end off macOS: the option, the signature the
+/// server checks requests against, and the pixels Core ML would get.
+#[test]
+fn nchw_image_tensors_reach_pixel_conversion() {
+    use pomme_core::{LoadOptions, Tensor};
+    use pomme_coreml::CoreMlOptions;
+    use pomme_coreml::convert::image::{PixelFormat, fill_pixels};
+
+    let info = reader::read(&models_dir().join("image_classifier.mlpackage")).unwrap();
+    let opts =
+        CoreMlOptions::from_load_options(&LoadOptions::with_extra(&[("image_layout", "nchw")]))
+            .unwrap();
+    let sig = info.signature_in_layout(opts.image_layout);
+    assert_eq!(sig.inputs[0].shape.to_string(), "[1,3,8,8]");
+    assert_eq!(sig.outputs, info.signature.outputs);
+
+    // One 8x8 RGB image, channels last and channels first.
+    let hwc: Vec<u8> = (0..8 * 8 * 3).map(|i| (i * 7 % 256) as u8).collect();
+    let mut chw = vec![0u8; hwc.len()];
+    for y in 0..8 {
+        for x in 0..8 {
+            for c in 0..3 {
+                chw[(c * 8 + y) * 8 + x] = hwc[(y * 8 + x) * 3 + c];
+            }
+        }
+    }
+    let nchw = Tensor::from_vec(vec![1, 3, 8, 8], chw).unwrap();
+    let hwc = Tensor::from_vec(vec![8, 8, 3], hwc).unwrap();
+
+    // The edge check: NCHW passes, the HWC form is a clear 400-class error.
+    let arranged = sig
+        .arrange_inputs(vec![("image".into(), nchw.clone())])
+        .unwrap();
+    let e = sig
+        .arrange_inputs(vec![("image".into(), hwc.clone())])
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+    assert!(e.to_string().contains("expected [1,3,8,8]"), "{e}");
+
+    // The same BGRA pixels either way.
+    let format = PixelFormat::for_color_space(&info.inputs[0].data_type).unwrap();
+    let mut a = vec![0u8; 8 * 8 * 4];
+    let mut b = vec![0u8; 8 * 8 * 4];
+    fill_pixels("image", &hwc, format, &mut a, 32, None, None).unwrap();
+    fill_pixels(
+        "image",
+        &arranged[0],
+        format,
+        &mut b,
+        32,
+        None,
+        Some(opts.image_layout),
+    )
+    .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(&b[..4], &[14, 7, 0, 255], "pixel (0,0) as B, G, R, A");
+}

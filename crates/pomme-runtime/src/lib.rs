@@ -25,7 +25,9 @@ mod admission;
 mod artifact;
 mod cache;
 mod eviction;
+mod implicit;
 mod metrics;
+mod pipeline;
 mod pool;
 mod registry;
 mod routing;
@@ -42,6 +44,8 @@ pub use runtime::{InferRequest, InferResponse, MemoryProbe, Runtime, RuntimeBuil
 
 // Models: what to load, and what a loaded one looks like.
 pub use artifact::detect_artifact;
+pub use implicit::{ImplicitState, SequenceConfig, StateDecl};
+pub use pipeline::{PipelineSpec, PipelineStep};
 pub use registry::{ModelState, ModelStatus, ModelView};
 pub use spec::{BatchingConfig, DeclaredTensor, ModelSpec};
 pub use warmup::{WarmupData, WarmupInput, WarmupSample};

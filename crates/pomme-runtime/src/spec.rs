@@ -80,6 +80,9 @@ pub struct ModelSpec {
     /// Answers go to the runtime's response cache, keyed by the exact
     /// inputs (Triton's `response_cache { enable: true }`).
     pub response_cache: bool,
+    /// Implicit state (Triton's sequence batcher `state`): the declared
+    /// state tensors are kept per sequence on the server.
+    pub sequence: Option<crate::implicit::SequenceConfig>,
 }
 
 /// An input or output as a model configuration declares it.
@@ -109,6 +112,7 @@ impl ModelSpec {
             routing: None,
             warmup: Vec::new(),
             response_cache: false,
+            sequence: None,
         }
     }
 

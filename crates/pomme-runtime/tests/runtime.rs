@@ -598,3 +598,66 @@ async fn idle_models_are_reported_with_their_idle_time() {
     // Counted from the last request, not the load.
     assert!(after[0].1 <= sent.elapsed(), "{after:?}");
 }
+
+/// Triton's ensembles: a pipeline of two models, each step an ordinary
+/// request to its model (its own statistics), the whole counted too; a
+/// failing step names itself; unloading removes the pipeline.
+#[tokio::test]
+async fn pipelines_chain_models_and_count_each_step() {
+    use pomme_core::{ModelSignature, Shape, TensorSpec};
+    use pomme_runtime::{PipelineSpec, PipelineStep};
+    let fake = FakeBackend::new(4);
+    let rt = runtime(&fake);
+    rt.load(ModelSpec::new("a", model_file())).await.unwrap();
+    rt.load(ModelSpec::new("b", model_file())).await.unwrap();
+    let spec_t = |n: &str| TensorSpec::new(n, DType::F32, Shape::fixed(&[1, 4]));
+    let step = |m: &str, i: &str, o: &str| PipelineStep {
+        model: m.into(),
+        version: None,
+        inputs: vec![("x".into(), i.into())],
+        outputs: vec![("y".into(), o.into())],
+    };
+    rt.load_pipeline(PipelineSpec {
+        name: "p".into(),
+        signature: ModelSignature {
+            inputs: vec![spec_t("IN")],
+            outputs: vec![spec_t("OUT")],
+        },
+        steps: vec![step("b", "MID", "OUT"), step("a", "IN", "MID")],
+    })
+    .unwrap();
+    let out = rt
+        .infer(InferRequest::new("p", vec![("IN".into(), row(1.5, 4))]))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.output("OUT").unwrap().to_vec::<f32>().unwrap(),
+        vec![6.0; 4]
+    );
+    let stats = rt.stats(None);
+    let count = |n: &str| stats.iter().find(|s| s.name == n).unwrap().success.count;
+    assert_eq!((count("p"), count("a"), count("b")), (1, 1, 1));
+    assert!(rt.models().iter().any(|m| m.name == "p"));
+    assert_eq!(rt.model("p", None).unwrap().backend, "pipeline");
+    // A step that fails names the pipeline and the step.
+    fake.then(Behaviour::Fail(Error::InferenceFailed("boom".into())), 1);
+    let e = rt
+        .infer(InferRequest::new("p", vec![("IN".into(), row(1.0, 4))]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pipeline 'p' step 2 (a)") && e.contains("boom"),
+        "{e}"
+    );
+    // A missing step model is reported per request.
+    rt.unload("b").await.unwrap();
+    let e = rt
+        .infer(InferRequest::new("p", vec![("IN".into(), row(1.0, 4))]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("step 1 (b)"), "{e}");
+    rt.unload("p").await.unwrap();
+    assert!(rt.model("p", None).is_err());
+}

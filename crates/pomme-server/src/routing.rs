@@ -18,7 +18,7 @@
 
 use crate::duration::parse_duration;
 use pomme_core::{DeviceKind, one_line};
-use pomme_runtime::{RouteStatus, RoutingConfig, RoutingDecision, parse_candidates};
+use pomme_runtime::{Candidate, RouteStatus, RoutingConfig, RoutingDecision, parse_candidates};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -52,28 +52,45 @@ pub enum ModelRouting {
     Unset,
     Off,
     /// Boxed: a routing configuration is large beside the other variants.
-    On(Box<RoutingConfig>),
+    /// Beside it, which candidates are bare (`coreml`, no `/device`): those
+    /// run on the model version's device, known only once the model file's
+    /// format has given the platform default ([`ModelRouting::resolve`]).
+    On(Box<RoutingConfig>, Vec<bool>),
 }
 
 impl ModelRouting {
-    /// The spec's routing under the server's default.
-    pub fn resolve(&self, default: RoutingMode) -> Option<RoutingConfig> {
+    /// The routing of a model version on `device` under the server's
+    /// default: bare candidates take `device`.
+    pub fn resolve(&self, default: RoutingMode, device: DeviceKind) -> Option<RoutingConfig> {
         match (self, default) {
-            (ModelRouting::On(c), _) => Some(RoutingConfig::clone(c)),
+            (ModelRouting::On(c, bare), _) => {
+                let mut c = RoutingConfig::clone(c);
+                for (cand, _) in c.candidates.iter_mut().zip(bare).filter(|(_, b)| **b) {
+                    cand.device = device;
+                }
+                // `coreml` and `coreml/auto` on an auto model: tried once.
+                let mut seen = Vec::with_capacity(c.candidates.len());
+                c.candidates.retain(|x| {
+                    let new = !seen.contains(x);
+                    seen.push(x.clone());
+                    new
+                });
+                Some(c)
+            }
             (ModelRouting::Unset, RoutingMode::Auto) => Some(RoutingConfig::default()),
             _ => None,
         }
     }
 
     /// `"auto"`, `"off"`, a candidate list, or a `[routing]` table, from
-    /// `config.toml`. Bare backends in candidates run on `device`.
-    pub fn from_toml(v: toml::Value, device: DeviceKind) -> Result<ModelRouting, String> {
+    /// `config.toml`. Bare backends in candidates run on the version's device.
+    pub fn from_toml(v: toml::Value) -> Result<ModelRouting, String> {
         let wrong = || {
             "routing must be \"auto\", \"off\", a list of candidates like [\"tract/cuda\", \"ort/cpu\"], or a [routing] table".to_string()
         };
         match v {
             toml::Value::String(s) => match s.as_str() {
-                "auto" => Ok(ModelRouting::On(Box::default())),
+                "auto" => Ok(ModelRouting::On(Box::default(), Vec::new())),
                 "off" => Ok(ModelRouting::Off),
                 other => Err(format!("routing '{other}' is not \"auto\" or \"off\"")),
             },
@@ -85,19 +102,16 @@ impl ModelRouting {
                         _ => Err("routing candidates must be strings like \"ort/cpu\"".to_string()),
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                on(
-                    TomlRouting {
-                        candidates: Some(list),
-                        ..Default::default()
-                    },
-                    device,
-                )
+                on(TomlRouting {
+                    candidates: Some(list),
+                    ..Default::default()
+                })
             }
             t @ toml::Value::Table(_) => {
                 let t: TomlRouting = t
                     .try_into()
                     .map_err(|e: toml::de::Error| format!("routing: {}", one_line(e.message())))?;
-                on(t, device)
+                on(t)
             }
             _ => Err(wrong()),
         }
@@ -105,17 +119,14 @@ impl ModelRouting {
 
     /// The value of a Triton `parameters { key: "routing" }`: `auto`, `off`
     /// or comma-separated candidates.
-    pub fn from_parameter(s: &str, device: DeviceKind) -> Result<ModelRouting, String> {
+    pub fn from_parameter(s: &str) -> Result<ModelRouting, String> {
         match s.trim() {
-            "auto" => Ok(ModelRouting::On(Box::default())),
+            "auto" => Ok(ModelRouting::On(Box::default(), Vec::new())),
             "off" => Ok(ModelRouting::Off),
-            list => on(
-                TomlRouting {
-                    candidates: Some(list.split(',').map(str::to_string).collect()),
-                    ..Default::default()
-                },
-                device,
-            ),
+            list => on(TomlRouting {
+                candidates: Some(list.split(',').map(str::to_string).collect()),
+                ..Default::default()
+            }),
         }
     }
 }
@@ -163,13 +174,24 @@ struct TomlRetry {
     jitter: Option<f64>,
 }
 
-fn on(t: TomlRouting, device: DeviceKind) -> Result<ModelRouting, String> {
+fn on(t: TomlRouting) -> Result<ModelRouting, String> {
     let mut c = RoutingConfig::default();
+    let mut bare = Vec::new();
     if let Some(list) = t.candidates {
         if list.is_empty() {
             return Err("routing candidates is empty (leave it out for the automatic list)".into());
         }
-        c.candidates = parse_candidates(&list, device).map_err(|e| e.message())?;
+        // Bare ones get their device at `resolve` (CPU stands in until
+        // then), so duplicates are checked among bare and named ones apart.
+        bare = list.iter().map(|s| !s.contains('/')).collect();
+        let (b, named): (Vec<&String>, Vec<&String>) = list.iter().partition(|s| !s.contains('/'));
+        parse_candidates(&b, DeviceKind::Cpu).map_err(|e| e.message().replace("/cpu'", "'"))?;
+        parse_candidates(&named, DeviceKind::Cpu).map_err(|e| e.message())?;
+        c.candidates = list
+            .iter()
+            .map(|s| Candidate::parse(s, DeviceKind::Cpu))
+            .collect::<pomme_core::Result<_>>()
+            .map_err(|e| e.message())?;
     }
     let dur = |what: &str, s: &str| -> Result<Duration, String> {
         parse_duration(s).map_err(|e| format!("routing {what}: {e}"))
@@ -211,7 +233,7 @@ fn on(t: TomlRouting, device: DeviceKind) -> Result<ModelRouting, String> {
     }
     c.validate()
         .map_err(|e| format!("routing: {}", e.message()))?;
-    Ok(ModelRouting::On(Box::new(c)))
+    Ok(ModelRouting::On(Box::new(c), bare))
 }
 
 /// A routed model version's decision, each candidate with its load-time
@@ -278,12 +300,13 @@ mod tests {
 
     fn parse(text: &str) -> Result<ModelRouting, String> {
         let t: toml::Table = toml::from_str(text).unwrap();
-        ModelRouting::from_toml(t["routing"].clone(), DeviceKind::Cpu)
+        ModelRouting::from_toml(t["routing"].clone())
     }
 
     fn cfg(text: &str) -> RoutingConfig {
-        match parse(text).unwrap() {
-            ModelRouting::On(c) => *c,
+        let parsed = parse(text).unwrap();
+        match &parsed {
+            ModelRouting::On(..) => parsed.resolve(RoutingMode::Off, DeviceKind::Cpu).unwrap(),
             other => panic!("{other:?}"),
         }
     }
@@ -345,9 +368,11 @@ retry = { max_attempts = 1 }
                 "routing candidate '/cpu': no backend",
             ),
             (
-                "routing = [\"ort\", \"ort/cpu\"]",
+                "routing = [\"ort/cpu\", \"ort/cpu\"]",
                 "'ort/cpu' is listed twice",
             ),
+            // `ort` and `ort/cpu` are one only on a CPU model: `resolve` drops the second.
+            ("routing = [\"ort\", \"ort\"]", "'ort' is listed twice"),
             ("routing = []", "candidates is empty"),
             (
                 "[routing]\ncandidate = [\"ort\"]",
@@ -378,12 +403,21 @@ retry = { max_attempts = 1 }
 
     #[test]
     fn default_mode_applies_only_when_unset() {
-        assert!(ModelRouting::Unset.resolve(RoutingMode::Off).is_none());
-        assert!(ModelRouting::Unset.resolve(RoutingMode::Auto).is_some());
-        assert!(ModelRouting::Off.resolve(RoutingMode::Auto).is_none());
-        let on = ModelRouting::from_parameter("ort/cpu, tract", DeviceKind::Cpu).unwrap();
-        let c = on.resolve(RoutingMode::Off).unwrap();
+        let cpu = DeviceKind::Cpu;
+        assert!(ModelRouting::Unset.resolve(RoutingMode::Off, cpu).is_none());
+        assert!(
+            ModelRouting::Unset
+                .resolve(RoutingMode::Auto, cpu)
+                .is_some()
+        );
+        assert!(ModelRouting::Off.resolve(RoutingMode::Auto, cpu).is_none());
+        let on = ModelRouting::from_parameter("ort/cpu, tract").unwrap();
+        let c = on.resolve(RoutingMode::Off, cpu).unwrap();
         assert_eq!(c.candidates[1].to_string(), "tract/cpu");
+        // A bare candidate follows the version's device; a named one stays.
+        let c = on.resolve(RoutingMode::Off, DeviceKind::Cuda).unwrap();
+        assert_eq!(c.candidates[0].to_string(), "ort/cpu");
+        assert_eq!(c.candidates[1].to_string(), "tract/cuda");
         assert_eq!("auto".parse(), Ok(RoutingMode::Auto));
     }
 }

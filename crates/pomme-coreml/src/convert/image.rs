@@ -5,15 +5,16 @@
 //! color space itself, so clients always send RGB), a grayscale model a
 //! OneComponent8 buffer, a `GRAYSCALE_FLOAT16` model OneComponent16Half.
 //! Tensors are `U8` (or `F32`, rounded and clamped to 0..=255; `F16`/`F32` for
-//! half-float grayscale), laid out `[H, W, C]` / `[1, H, W, C]` (the signature's
-//! form) or `[C, H, W]` / `[1, C, H, W]` (a model's declared NCHW). Image
-//! outputs come back as `U8 [H, W, C]` (`F16 [H, W, 1]`). Rows of a pixel
+//! half-float grayscale), laid out `[H, W, C]` / `[1, H, W, C]` (the default
+//! signature's form) or `[C, H, W]` / `[1, C, H, W]` (the signature's form under
+//! `image_layout = "nchw"`, [`ImageLayout`]). Image outputs come back as
+//! `U8 [H, W, C]` (`F16 [H, W, 1]`). Rows of a pixel
 //! buffer may be padded: every function takes the buffer's bytes per row.
 
 use crate::reader::{FeatureInfo, ShapeFlexibility};
 use half::f16;
 use pomme_core::tensor::AlignedBuf;
-use pomme_core::{DType, Error, Result, Tensor};
+use pomme_core::{AllowedShapes, DType, Dim, Error, Result, Shape, Tensor, TensorSpec};
 
 /// The `CVPixelBuffer` pixel formats pomme builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,22 +85,39 @@ pub struct ImageSize {
 }
 
 /// Where the channels sit in an image tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ImageLayout {
     /// `[H, W, C]` or `[1, H, W, C]`.
+    #[default]
     Hwc,
     /// `[C, H, W]` or `[1, C, H, W]`.
     Chw,
 }
 
-/// The layout and size of an image tensor for `format`. When both readings
-/// fit (`[3, 2, 3]`), the one of the model's size (`hint`) wins, else
+impl ImageLayout {
+    /// The `image_layout` option: `hwc` / `nhwc` (default) or `chw` / `nchw`
+    /// (case ignored).
+    pub fn parse(v: &str) -> Result<ImageLayout> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "hwc" | "nhwc" => Ok(ImageLayout::Hwc),
+            "chw" | "nchw" => Ok(ImageLayout::Chw),
+            _ => Err(Error::invalid_input(format!(
+                "image_layout '{v}' is not one of nhwc, nchw"
+            ))),
+        }
+    }
+}
+
+/// The layout and size of an image tensor for `format`. `layout`, the
+/// model's declared layout, admits only that reading; without it, when both
+/// readings fit (`[3, 2, 3]`) the one of the model's size (`hint`) wins, else
 /// channels last.
 pub fn image_of(
     name: &str,
     t: &Tensor,
     format: PixelFormat,
     hint: Option<ImageSize>,
+    layout: Option<ImageLayout>,
 ) -> Result<(ImageLayout, ImageSize)> {
     let c = format.channels();
     let ok_dtype = match format {
@@ -122,14 +140,14 @@ pub fn image_of(
     };
     let mut readings = Vec::new();
     if let [d0, d1, d2] = *dims {
-        if d2 == c {
+        if d2 == c && layout != Some(ImageLayout::Chw) {
             let size = ImageSize {
                 width: d1,
                 height: d0,
             };
             readings.push((ImageLayout::Hwc, size));
         }
-        if d0 == c {
+        if d0 == c && layout != Some(ImageLayout::Hwc) {
             let size = ImageSize {
                 width: d2,
                 height: d1,
@@ -141,13 +159,49 @@ pub fn image_of(
         .iter()
         .find(|(_, s)| Some(*s) == hint)
         .or(readings.first());
+    let want = match layout {
+        Some(ImageLayout::Hwc) => format!("[height, width, {c}]"),
+        Some(ImageLayout::Chw) => format!("[{c}, height, width]"),
+        None => format!("[height, width, {c}] or [{c}, height, width]"),
+    };
     match best {
         Some(&r) => Ok(r),
         None => Err(Error::invalid_input(format!(
-            "image input '{name}' must be [height, width, {c}] or [{c}, height, width] (optionally with a leading 1), got {:?}",
+            "image input '{name}' must be {want} (optionally with a leading 1), got {:?}",
             t.shape()
         ))),
     }
+}
+
+/// An image input's spec (`[H, W, C]`, the reader's form) in `layout`: under
+/// [`ImageLayout::Chw`] it becomes `[1, C, H, W]` (NCHW, the form vision
+/// models exported from PyTorch take), allowed shapes permuted alike, so the
+/// edge check admits NCHW tensors and refuses HWC ones with one clear line.
+pub fn spec_in_layout(spec: &TensorSpec, layout: ImageLayout) -> TensorSpec {
+    let [h, w, c] = &spec.shape.0[..] else {
+        return spec.clone();
+    };
+    if layout == ImageLayout::Hwc {
+        return spec.clone();
+    }
+    let mut out = spec.clone();
+    out.shape = Shape(vec![Dim::Fixed(1), c.clone(), h.clone(), w.clone()]);
+    out.allowed = spec.allowed.as_ref().map(|a| match a {
+        AllowedShapes::OneOf(shapes) => AllowedShapes::OneOf(
+            shapes
+                .iter()
+                .map(|s| match s[..] {
+                    [h, w, c] => vec![1, c, h, w],
+                    _ => s.clone(),
+                })
+                .collect(),
+        ),
+        AllowedShapes::Ranges(r) => match r[..] {
+            [h, w, c] => AllowedShapes::Ranges(vec![(1, Some(1)), c, h, w]),
+            _ => AllowedShapes::Ranges(r.clone()),
+        },
+    });
+    out
 }
 
 /// Whether `size` is one the image feature allows; the error names them.
@@ -186,7 +240,8 @@ pub fn check_size(feature: &FeatureInfo, size: ImageSize) -> Result<()> {
 }
 
 /// Writes an image tensor into a pixel buffer's bytes (`bytes_per_row` each;
-/// row padding is left as is). Returns the image size; `hint` as in [`image_of`].
+/// row padding is left as is). Returns the image size; `hint` and `layout` as
+/// in [`image_of`].
 pub fn fill_pixels(
     name: &str,
     t: &Tensor,
@@ -194,8 +249,9 @@ pub fn fill_pixels(
     dst: &mut [u8],
     bytes_per_row: usize,
     hint: Option<ImageSize>,
+    layout: Option<ImageLayout>,
 ) -> Result<ImageSize> {
-    let (layout, size) = image_of(name, t, format, hint)?;
+    let (layout, size) = image_of(name, t, format, hint, layout)?;
     let (w, h, c) = (size.width, size.height, format.channels());
     let bpp = format.bytes_per_pixel();
     if bytes_per_row < w * bpp || dst.len() < bytes_per_row * h.saturating_sub(1) + w * bpp {
@@ -320,7 +376,8 @@ mod tests {
         let t = rgb_2x3();
         let bpr = 3 * 4 + 4; // 4 bytes of row padding
         let mut buf = vec![0xEEu8; bpr * 2];
-        let size = fill_pixels("image", &t, PixelFormat::Bgra32, &mut buf, bpr, None).unwrap();
+        let size =
+            fill_pixels("image", &t, PixelFormat::Bgra32, &mut buf, bpr, None, None).unwrap();
         assert_eq!(
             size,
             ImageSize {
@@ -354,28 +411,102 @@ mod tests {
             width: 3,
             height: 2,
         };
-        let (layout, _) = image_of("x", &nchw, PixelFormat::Bgra32, Some(size)).unwrap();
+        let (layout, _) = image_of("x", &nchw, PixelFormat::Bgra32, Some(size), None).unwrap();
         assert_eq!(layout, ImageLayout::Chw);
-        let (layout, _) = image_of("x", &nchw, PixelFormat::Bgra32, None).unwrap();
+        let (layout, _) = image_of("x", &nchw, PixelFormat::Bgra32, None, None).unwrap();
         assert_eq!(layout, ImageLayout::Hwc);
         let mut a = vec![0u8; 24];
         let mut b = vec![0u8; 24];
-        fill_pixels("x", &hwc, PixelFormat::Bgra32, &mut a, 12, Some(size)).unwrap();
-        fill_pixels("x", &nchw, PixelFormat::Bgra32, &mut b, 12, Some(size)).unwrap();
+        fill_pixels("x", &hwc, PixelFormat::Bgra32, &mut a, 12, Some(size), None).unwrap();
+        fill_pixels(
+            "x",
+            &nchw,
+            PixelFormat::Bgra32,
+            &mut b,
+            12,
+            Some(size),
+            None,
+        )
+        .unwrap();
         assert_eq!(a, b);
         // Out-of-range floats clamp.
         let t = Tensor::from_vec(vec![1, 1, 1], vec![300.0f32]).unwrap();
         let mut g = vec![0u8; 1];
-        fill_pixels("x", &t, PixelFormat::OneComponent8, &mut g, 1, None).unwrap();
+        fill_pixels("x", &t, PixelFormat::OneComponent8, &mut g, 1, None, None).unwrap();
         assert_eq!(g, [255]);
+    }
+
+    #[test]
+    fn a_declared_layout_admits_only_its_reading() {
+        // [1, 3, 3, 3] reads both ways; the declared layout decides.
+        let t = Tensor::from_vec(vec![1, 3, 3, 3], (0..27u8).collect::<Vec<_>>()).unwrap();
+        let chw = image_of("x", &t, PixelFormat::Bgra32, None, Some(ImageLayout::Chw)).unwrap();
+        assert_eq!(chw.0, ImageLayout::Chw);
+        let hwc = image_of("x", &t, PixelFormat::Bgra32, None, Some(ImageLayout::Hwc)).unwrap();
+        assert_eq!(hwc.0, ImageLayout::Hwc);
+        // An HWC tensor under NCHW: one line naming the layout.
+        let hwc_only = Tensor::from_vec(vec![2, 4, 3], vec![0u8; 24]).unwrap();
+        let e = image_of(
+            "x",
+            &hwc_only,
+            PixelFormat::Bgra32,
+            None,
+            Some(ImageLayout::Chw),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("must be [3, height, width]"), "{e}");
+        assert_eq!(ImageLayout::parse(" NCHW ").unwrap(), ImageLayout::Chw);
+        assert_eq!(ImageLayout::parse("nhwc").unwrap(), ImageLayout::Hwc);
+        assert!(ImageLayout::parse("planar").is_err());
+    }
+
+    #[test]
+    fn specs_move_to_nchw_with_their_allowed_shapes() {
+        let spec = TensorSpec::new(
+            "image",
+            DType::U8,
+            Shape(vec![
+                Dim::Symbolic("?".into()),
+                Dim::Symbolic("?".into()),
+                Dim::Fixed(3),
+            ]),
+        )
+        .allowing(AllowedShapes::OneOf(vec![vec![8, 16, 3], vec![32, 32, 3]]));
+        assert_eq!(spec_in_layout(&spec, ImageLayout::Hwc), spec);
+        let nchw = spec_in_layout(&spec, ImageLayout::Chw);
+        assert_eq!(nchw.shape.to_string(), "[1,3,?,?]");
+        nchw.check(&Tensor::from_vec(vec![1, 3, 8, 16], vec![0u8; 384]).unwrap())
+            .unwrap();
+        let e = nchw
+            .check(&Tensor::from_vec(vec![8, 16, 3], vec![0u8; 384]).unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("expected [1,3,?,?]"), "{e}");
+        let e = nchw
+            .check(&Tensor::from_vec(vec![1, 3, 16, 16], vec![0u8; 768]).unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("[1,3,8,16] or [1,3,32,32]"), "{e}");
+        let ranged = TensorSpec::new("g", DType::U8, Shape::fixed(&[4, 4, 1])).allowing(
+            AllowedShapes::Ranges(vec![(4, Some(64)), (4, None), (1, Some(1))]),
+        );
+        let r = spec_in_layout(&ranged, ImageLayout::Chw);
+        assert_eq!(r.shape, Shape::fixed(&[1, 1, 4, 4]));
+        assert_eq!(r.allowed.unwrap().to_string(), "[1,1,4..64,4..]");
     }
 
     #[test]
     fn half_grayscale_round_trips() {
         let t = Tensor::from_vec(vec![2, 2, 1], vec![0.5f32, 1.0, -2.0, 0.25]).unwrap();
         let mut buf = vec![0u8; 2 * 6];
-        let size =
-            fill_pixels("g", &t, PixelFormat::OneComponent16Half, &mut buf, 6, None).unwrap();
+        let size = fill_pixels(
+            "g",
+            &t,
+            PixelFormat::OneComponent16Half,
+            &mut buf,
+            6,
+            None,
+            None,
+        )
+        .unwrap();
         let back = read_pixels(&buf, 6, PixelFormat::OneComponent16Half, size).unwrap();
         assert_eq!(back.dtype(), DType::F16);
         let got: Vec<f32> = back
@@ -390,11 +521,11 @@ mod tests {
     #[test]
     fn wrong_tensors_are_one_line_invalid_input() {
         let bad_shape = Tensor::from_vec(vec![2, 3, 4], vec![0u8; 24]).unwrap();
-        let e = image_of("image", &bad_shape, PixelFormat::Bgra32, None).unwrap_err();
+        let e = image_of("image", &bad_shape, PixelFormat::Bgra32, None, None).unwrap_err();
         assert!(matches!(e, Error::InvalidInput(_)), "{e}");
         assert!(e.to_string().contains("[height, width, 3]"), "{e}");
         let bad_type = Tensor::from_vec(vec![2, 2, 3], vec![0i32; 12]).unwrap();
-        let e = image_of("image", &bad_type, PixelFormat::Bgra32, None).unwrap_err();
+        let e = image_of("image", &bad_type, PixelFormat::Bgra32, None, None).unwrap_err();
         assert!(e.to_string().contains("UINT8 or FP32"), "{e}");
         let mut small = vec![0u8; 8];
         assert!(
@@ -404,6 +535,7 @@ mod tests {
                 PixelFormat::Bgra32,
                 &mut small,
                 12,
+                None,
                 None
             )
             .is_err()

@@ -11,8 +11,8 @@
 //! Stateful models (macOS 15+) keep one `MLState` per sequence in a
 //! `convert::state::StateTable` on the thread; a request without sequence
 //! runs on a fresh state. `function` picks a multifunction package's function
-//! (macOS 15+). Image inputs are `U8 [H, W, C]` (or `[C, H, W]`) tensors
-//! written into a `CVPixelBuffer` of the model's format, image outputs come
+//! (macOS 15+). Image inputs are `U8 [H, W, C]` tensors (`[1, C, H, W]` under
+//! `image_layout = "nchw"`) written into a `CVPixelBuffer` of the model's format, image outputs come
 //! back as `U8 [H, W, C]` (`native::pixels` around `convert::image`).
 //!
 //! Loading and every job run inside Objective-C exception catching: an
@@ -27,10 +27,11 @@ use super::{
     require_macos,
 };
 use crate::convert::classifier::{LabelKey, ordered_probabilities};
-use crate::convert::image::{ImageSize, PixelFormat};
+use crate::convert::image::{self, ImageLayout, ImageSize, PixelFormat};
 use crate::convert::scalar;
 use crate::convert::state::StateTable;
 use crate::options::CoreMlOptions;
+use crate::predict::{PredictCall, output_backing, predict_call};
 use crate::reader::{self, ClassifierInfo};
 use block2::{RcBlock, StackBlock};
 use bytes::Bytes;
@@ -41,9 +42,9 @@ use objc2_core_ml::{
     MLArrayBatchProvider, MLBatchProvider, MLComputeUnits, MLDictionaryFeatureProvider,
     MLFeatureDescription, MLFeatureProvider, MLFeatureType, MLFeatureValue, MLModel,
     MLModelConfiguration, MLMultiArray, MLMultiArrayDataType, MLMultiArrayShapeConstraintType,
-    MLOptimizationHints, MLReshapeFrequencyHint, MLState,
+    MLOptimizationHints, MLPredictionOptions, MLReshapeFrequencyHint, MLState,
 };
-use objc2_foundation::{NSArray, NSDictionary, NSNumber, NSString};
+use objc2_foundation::{NSArray, NSDictionary, NSError, NSNumber, NSString};
 use parking_lot::Mutex;
 use pomme_core::tensor::AlignedBuf;
 use pomme_core::{
@@ -237,6 +238,7 @@ pub(crate) fn load(
         classifier,
         limits,
         virtual_batch,
+        image_layout: opts.image_layout,
     };
     let stem = path
         .file_stem()
@@ -307,6 +309,7 @@ struct Setup {
     classifier: Option<ClassifierInfo>,
     limits: crate::convert::state::StateLimits,
     virtual_batch: bool,
+    image_layout: ImageLayout,
 }
 
 /// Starts one model instance on its own thread; returns its job queue, its
@@ -328,6 +331,7 @@ fn spawn_instance(setup: Setup, name: String) -> Result<(mpsc::Sender<Job>, Mode
                 classifier,
                 limits,
                 virtual_batch,
+                image_layout,
             } = setup;
             // The model is created on, used on and released on this thread only.
             let open = || {
@@ -342,7 +346,8 @@ fn spawn_instance(setup: Setup, name: String) -> Result<(mpsc::Sender<Job>, Mode
                             )
                         }
                         .map_err(|e| Error::CompilationFailed(ns_error(&e)))?;
-                        let d = describe(&model, order.as_ref(), reader_sig.as_ref())?;
+                        let mut d = describe(&model, order.as_ref(), reader_sig.as_ref())?;
+                        d.set_image_layout(image_layout);
                         Ok((model, d))
                     })
                 })
@@ -632,6 +637,26 @@ struct Described {
     images: Vec<Option<(PixelFormat, ImageSize)>>,
     /// The model declares states (macOS 15+ reports them).
     stateful: bool,
+    /// How clients lay out image inputs (`image_layout`).
+    image_layout: ImageLayout,
+    /// Per output, a pre-allocated array Core ML writes single predictions
+    /// into (`outputBackings`), reused job after job: outputs are copied out
+    /// before the next job runs on this thread.
+    /// Emptied for good when a prediction with them fails and one without
+    /// succeeds (Core ML refuses a backing its description does not allow).
+    backings: RefCell<Vec<Option<Retained<MLMultiArray>>>>,
+}
+
+impl Described {
+    /// Image inputs in `layout`, in the signature and for pixel conversion.
+    fn set_image_layout(&mut self, layout: ImageLayout) {
+        self.image_layout = layout;
+        for (spec, image) in self.sig.inputs.iter_mut().zip(&self.images) {
+            if image.is_some() {
+                *spec = image::spec_in_layout(spec, layout);
+            }
+        }
+    }
 }
 
 /// The model's signature from Core ML's description, in `order` when the
@@ -696,6 +721,11 @@ fn describe(
         .map(|(s, k, _)| (s, k))
         .unzip();
         let stateful = super::macos_at_least(15, 0) && desc.stateDescriptionsByName().count() > 0;
+        let backings = outs
+            .iter()
+            .zip(&out_kinds)
+            .map(|(spec, &kind)| backing(spec, kind))
+            .collect();
         Ok(Described {
             sig: ModelSignature {
                 inputs: ins,
@@ -703,8 +733,10 @@ fn describe(
             },
             inputs: in_kinds,
             outputs: out_kinds,
+            backings: RefCell::new(backings),
             images,
             stateful,
+            image_layout: ImageLayout::Hwc,
         })
     }
 }
@@ -803,10 +835,11 @@ fn feature_value(
     spec: &TensorSpec,
     kind: MLFeatureType,
     image: Option<(PixelFormat, ImageSize)>,
+    layout: ImageLayout,
     t: &Tensor,
 ) -> Result<Retained<MLFeatureValue>> {
     if let Some((format, size)) = image {
-        return super::pixels::image_value(&spec.name, t, format, Some(size));
+        return super::pixels::image_value(&spec.name, t, format, Some(size), Some(layout));
     }
     // SAFETY: constructors of immutable feature values from plain values or a
     // live multi-array.
@@ -839,7 +872,7 @@ fn provider(ctx: &Ctx<'_>, inputs: &[Tensor]) -> Result<Retained<MLDictionaryFea
         .zip(&ctx.d.inputs)
         .zip(&ctx.d.images)
         .zip(inputs)
-        .map(|(((spec, &kind), &image), t)| feature_value(spec, kind, image, t))
+        .map(|(((spec, &kind), &image), t)| feature_value(spec, kind, image, ctx.d.image_layout, t))
         .collect::<Result<_>>()?;
     let key_refs: Vec<&NSString> = keys.iter().map(|k| &**k).collect();
     let val_refs: Vec<&AnyObject> = vals.iter().map(|v| v.as_ref()).collect();
@@ -927,6 +960,94 @@ fn outputs(ctx: &Ctx<'_>, out: &ProtocolObject<dyn MLFeatureProvider>) -> Result
         .collect()
 }
 
+/// An output's reusable backing, when [`output_backing`] says one fits
+/// (allocation failure: none, Core ML allocates as before).
+fn backing(spec: &TensorSpec, kind: MLFeatureType) -> Option<Retained<MLMultiArray>> {
+    let (dtype, shape) =
+        output_backing(spec, kind == MLFeatureType::MultiArray, PredictCall::Sync)?;
+    let ml = to_ml_dtype(dtype)?;
+    // SAFETY: a fresh array of a supported type and positive dimensions.
+    unsafe {
+        MLMultiArray::initWithShape_dataType_error(MLMultiArray::alloc(), &numbers(&shape), ml)
+    }
+    .ok()
+}
+
+/// Prediction options for one job: the outputs' backings, unless batched.
+fn prediction_options(ctx: &Ctx<'_>, call: PredictCall) -> Retained<MLPredictionOptions> {
+    // SAFETY: a fresh options object; the dictionary maps output names to
+    // MLMultiArrays of their declared types and shapes, as outputBackings wants.
+    unsafe {
+        let options = MLPredictionOptions::new();
+        let backings = ctx.d.backings.borrow();
+        if call != PredictCall::Batch && backings.iter().any(Option::is_some) {
+            let (names, arrays): (Vec<Retained<NSString>>, Vec<&AnyObject>) = ctx
+                .d
+                .sig
+                .outputs
+                .iter()
+                .zip(backings.iter())
+                .filter_map(|(s, b)| {
+                    let array: &AnyObject = b.as_deref()?.as_ref();
+                    Some((NSString::from_str(&s.name), array))
+                })
+                .unzip();
+            let keys: Vec<&NSString> = names.iter().map(|k| &**k).collect();
+            options.setOutputBackings(&NSDictionary::from_slices(&keys, &arrays));
+        }
+        options
+    }
+}
+
+/// Raw pointers out of Core ML's completion handler, which runs on a queue
+/// of its own; the owner thread takes ownership of the retained provider.
+struct Completion(std::result::Result<*mut ProtocolObject<dyn MLFeatureProvider>, String>);
+// SAFETY: the provider pointer is +1 retained by the handler and used only by
+// the receiving thread, after the handler has returned.
+unsafe impl Send for Completion {}
+
+/// `predictionFromFeatures:options:completionHandler:` (macOS 14+), awaited
+/// on the owner thread. A handler never called (its block dropped) is an error.
+fn predict_async(
+    model: &MLModel,
+    p: &MLDictionaryFeatureProvider,
+    options: &MLPredictionOptions,
+) -> Result<Retained<ProtocolObject<dyn MLFeatureProvider>>> {
+    let (tx, rx) = mpsc::sync_channel::<Completion>(1);
+    let handler = RcBlock::new(
+        move |out: *mut ProtocolObject<dyn MLFeatureProvider>, err: *mut NSError| {
+            // SAFETY: Core ML passes a live output or a live error; the
+            // output is retained before the handler returns.
+            let c = unsafe {
+                match (Retained::retain(out), err.as_ref()) {
+                    (Some(o), _) => Ok(Retained::into_raw(o)),
+                    (None, Some(e)) => Err(ns_error(e)),
+                    (None, None) => Err("Core ML returned neither output nor error".into()),
+                }
+            };
+            let _ = tx.send(Completion(c));
+        },
+    );
+    // SAFETY: a valid provider and options; the handler block is copied by Core ML.
+    unsafe {
+        model.predictionFromFeatures_options_completionHandler(
+            ProtocolObject::from_ref(p),
+            options,
+            &handler,
+        )
+    };
+    drop(handler);
+    let done = rx.recv().map_err(|_| {
+        Error::InferenceFailed("Core ML dropped the prediction without completing it".into())
+    })?;
+    match done.0 {
+        // SAFETY: +1 retained in the handler, taken over exactly once here.
+        Ok(ptr) => unsafe { Retained::from_raw(ptr) }
+            .ok_or_else(|| Error::Internal("null prediction output".into())),
+        Err(e) => Err(Error::InferenceFailed(e)),
+    }
+}
+
 /// One prediction of a stateful model on `state` (macOS 15+).
 fn run_stateful(ctx: &Ctx<'_>, inputs: Vec<Tensor>, state: &MLState) -> Result<Vec<Tensor>> {
     let p = provider(ctx, &inputs)?;
@@ -947,12 +1068,47 @@ fn run_job(ctx: &Ctx<'_>, inputs: Vec<Tensor>, virtual_batch: bool) -> Result<Ve
         .first()
         .and_then(|t| t.shape().first().copied())
         .unwrap_or(1);
-    let batched = virtual_batch && rows > 1 && batch_view(sig).is_some();
-    if !batched {
+    let call = predict_call(
+        rows,
+        virtual_batch && batch_view(sig).is_some(),
+        false,
+        macos_at_least(14, 0),
+    );
+    if call != PredictCall::Batch {
         let p = provider(ctx, &inputs)?;
-        // SAFETY: a valid provider for this model's inputs.
-        let out = unsafe { model.predictionFromFeatures_error(ProtocolObject::from_ref(&*p)) }
-            .map_err(|e| Error::InferenceFailed(ns_error(&e)))?;
+        let predict = || {
+            let options = prediction_options(ctx, call);
+            match call {
+                PredictCall::Async => predict_async(model, &p, &options),
+                // SAFETY: a valid provider for this model's inputs; backings of
+                // the outputs' declared types and fixed shapes.
+                _ => unsafe {
+                    model.predictionFromFeatures_options_error(
+                        ProtocolObject::from_ref(&*p),
+                        &options,
+                    )
+                }
+                .map_err(|e| Error::InferenceFailed(ns_error(&e))),
+            }
+        };
+        let out = match predict() {
+            Err(e) if ctx.d.backings.borrow().iter().any(Option::is_some) => {
+                // Perhaps a backing Core ML does not allow: once more without;
+                // if that works, this instance stops offering them.
+                let saved = std::mem::take(&mut *ctx.d.backings.borrow_mut());
+                match predict() {
+                    Ok(out) => {
+                        tracing::warn!(error = %e, "Core ML refused pre-allocated output arrays; predicting without them");
+                        out
+                    }
+                    Err(_) => {
+                        *ctx.d.backings.borrow_mut() = saved;
+                        return Err(e);
+                    }
+                }
+            }
+            r => r?,
+        };
         return outputs(ctx, &out);
     }
     let per_row: Vec<Vec<Tensor>> = (0..rows)

@@ -2,7 +2,7 @@
 //! tensors, around the plain-Rust layout code in `convert::image`.
 //! Type-checked, not run.
 
-use crate::convert::image::{self, ImageSize, PixelFormat};
+use crate::convert::image::{self, ImageLayout, ImageSize, PixelFormat};
 use objc2::rc::Retained;
 use objc2_core_ml::MLFeatureValue;
 use objc2_core_video::{
@@ -16,14 +16,15 @@ use std::ptr::NonNull;
 
 /// A pixel buffer of `format` holding the image tensor `t` (its size from the
 /// tensor; `hint`, the model's default size, settles layouts that read both
-/// ways).
+/// ways unless `layout`, the model's declared one, says).
 pub(crate) fn pixel_buffer(
     name: &str,
     t: &Tensor,
     format: PixelFormat,
     hint: Option<ImageSize>,
+    layout: Option<ImageLayout>,
 ) -> Result<Retained<CVPixelBuffer>> {
-    let (_, size) = image::image_of(name, t, format, hint)?;
+    let (layout, size) = image::image_of(name, t, format, hint, layout)?;
     let mut out: *mut CVPixelBuffer = std::ptr::null_mut();
     // SAFETY: default allocator and attributes; `out` is a valid place for
     // the created buffer, which we own (+1) on success.
@@ -60,7 +61,7 @@ pub(crate) fn pixel_buffer(
             Err(Error::Internal("pixel buffer has no base address".into()))
         } else {
             let dst = std::slice::from_raw_parts_mut(base, bpr * h);
-            image::fill_pixels(name, t, format, dst, bpr, Some(size))
+            image::fill_pixels(name, t, format, dst, bpr, Some(size), Some(layout))
         };
         CVPixelBufferUnlockBaseAddress(&buf, flags);
         filled?;
@@ -74,8 +75,9 @@ pub(crate) fn image_value(
     t: &Tensor,
     format: PixelFormat,
     hint: Option<ImageSize>,
+    layout: Option<ImageLayout>,
 ) -> Result<Retained<MLFeatureValue>> {
-    let buf = pixel_buffer(name, t, format, hint)?;
+    let buf = pixel_buffer(name, t, format, hint, layout)?;
     // SAFETY: wraps a live pixel buffer (retained by the feature value).
     Ok(unsafe { MLFeatureValue::featureValueWithPixelBuffer(&buf) })
 }

@@ -72,6 +72,11 @@ impl Runtime {
     /// Runs one request. Dropping the returned future cancels it: if it has not
     /// started, it never will.
     pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
+        if let Some(p) = self.pipeline(&req.model)
+            && req.version.is_none_or(|v| v == 1)
+        {
+            return self.run_pipeline(p, req).await;
+        }
         let started = Instant::now();
         let span =
             tracing::info_span!("infer", model = %req.model, id = req.id.as_deref().unwrap_or(""));

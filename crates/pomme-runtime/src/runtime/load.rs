@@ -105,6 +105,11 @@ impl Runtime {
     /// queued ones still run, and this returns once they have and the model's
     /// memory is released.
     pub async fn unload(&self, name: &str) -> Result<()> {
+        let failed = self.pipeline_failures().write().remove(name).is_some();
+        if self.pipelines().write().remove(name).is_some() || failed {
+            tracing::info!(pipeline = %name, "pipeline unloaded");
+            return Ok(());
+        }
         let instances = self.inner.registry.remove(name)?;
         for inst in &instances {
             self.take_down(inst);
@@ -157,6 +162,12 @@ impl Runtime {
                 &self.inner.route_metrics,
             )?,
             None => (self.load_first(spec, &artifact)?, RouteHandle::default()),
+        };
+        let model: Arc<dyn LoadedModel> = match &spec.sequence {
+            Some(cfg) if !cfg.states.is_empty() => {
+                Arc::new(crate::implicit::ImplicitState::new(model, cfg)?)
+            }
+            _ => model,
         };
         let memory = model.memory();
         // The model's own configuration: its memory cap and declared inputs/outputs.

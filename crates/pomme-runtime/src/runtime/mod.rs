@@ -196,6 +196,8 @@ impl RuntimeBuilder {
                 cache_metrics,
                 available_memory: self.available_memory,
                 memory_reserve: self.memory_reserve,
+                pipelines: Default::default(),
+                pipeline_failures: Default::default(),
             }),
         })
     }
@@ -233,6 +235,11 @@ struct Inner {
     cache_metrics: CacheMetrics,
     available_memory: Option<MemoryProbe>,
     memory_reserve: u64,
+    /// Pipelines (Triton's ensembles), by name.
+    pipelines:
+        parking_lot::RwLock<std::collections::BTreeMap<String, Arc<crate::pipeline::Pipeline>>>,
+    /// Pipelines whose last load failed, with the reason.
+    pipeline_failures: parking_lot::RwLock<std::collections::BTreeMap<String, String>>,
 }
 
 /// The inference runtime. Cheap to clone; all clones share state.
@@ -259,7 +266,34 @@ impl Runtime {
 
     /// Every model version known, with its state.
     pub fn models(&self) -> Vec<ModelStatus> {
-        self.inner.registry.statuses()
+        let mut all = self.inner.registry.statuses();
+        all.extend(self.inner.pipelines.read().values().map(|p| p.status()));
+        all.extend(
+            self.inner
+                .pipeline_failures
+                .read()
+                .iter()
+                .map(|(name, why)| ModelStatus {
+                    name: name.clone(),
+                    version: 1,
+                    state: crate::registry::ModelState::Unavailable(why.clone()),
+                    backend: Some("pipeline".into()),
+                }),
+        );
+        all
+    }
+
+    pub(crate) fn pipeline_failures(
+        &self,
+    ) -> &parking_lot::RwLock<std::collections::BTreeMap<String, String>> {
+        &self.inner.pipeline_failures
+    }
+
+    pub(crate) fn pipelines(
+        &self,
+    ) -> &parking_lot::RwLock<std::collections::BTreeMap<String, Arc<crate::pipeline::Pipeline>>>
+    {
+        &self.inner.pipelines
     }
 
     /// How long each loaded model has been idle: no request queued or
@@ -285,8 +319,14 @@ impl Runtime {
             .collect()
     }
 
-    /// A serving model version (newest when `version` is `None`).
+    /// A serving model version (newest when `version` is `None`); a
+    /// pipeline is version 1.
     pub fn model(&self, name: &str, version: Option<u64>) -> Result<ModelView> {
+        if let Some(p) = self.pipeline(name)
+            && version.is_none_or(|v| v == 1)
+        {
+            return Ok(p.view());
+        }
         Ok(self.inner.registry.get(name, version)?.view.clone())
     }
 
@@ -309,6 +349,14 @@ impl Runtime {
             .into_iter()
             .filter(|i| name.is_none_or(|n| n == i.view.name))
             .map(|i| i.counters.snapshot(&i.view.name, i.view.version))
+            .chain(
+                self.inner
+                    .pipelines
+                    .read()
+                    .values()
+                    .filter(|p| name.is_none_or(|n| n == p.spec.name))
+                    .map(|p| p.counters.snapshot(&p.spec.name, 1)),
+            )
             .collect()
     }
 

@@ -127,7 +127,6 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
     decl.spec.memory_budget_mb = decl.memory_budget_mb;
     decl.spec.declared_inputs = decl.inputs.clone();
     decl.spec.declared_outputs = decl.outputs.clone();
-    decl.spec.routing = decl.routing.resolve(RoutingMode::Off);
     // Warm-up files live in the model's `warmup/` directory, as in Triton.
     for sample in &mut decl.spec.warmup {
         for (_, input) in &mut sample.inputs {
@@ -145,6 +144,9 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
         &platform.cache_root,
     )
     .map_err(|m| invalid(format!("config.toml: {m}")))?;
+    if let Some(steps) = decl.pipeline.take() {
+        return Ok(pipeline_model(name, decl, steps, &toml_path, &pbtxt_path));
+    }
     let found: Vec<u64> = versions.iter().map(|(v, _)| *v).collect();
     let selected = decl.version_policy.select(&found).map_err(invalid)?;
     let mut specs = Vec::with_capacity(selected.len());
@@ -166,6 +168,8 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
         {
             spec.load.device = (platform.default_device)(a.format);
         }
+        // After the device: bare candidates (`coreml`) run on it.
+        spec.routing = decl.routing.resolve(RoutingMode::Off, spec.load.device);
         spec.version = *version;
         spec.path = artifact;
         specs.push(spec);
@@ -196,7 +200,61 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
         fingerprint,
         routing: decl.routing,
         idle: decl.idle,
+        pipeline: None,
     })
+}
+
+/// A pipeline's entry: its declared inputs and outputs as its signature,
+/// version 1, no model file (Triton's ensemble directory holds an empty `1/`).
+fn pipeline_model(
+    name: &str,
+    decl: Declared,
+    steps: Vec<pomme_runtime::PipelineStep>,
+    toml_path: &Path,
+    pbtxt_path: &Path,
+) -> RepoModel {
+    use pomme_core::{Dim, Shape, TensorSpec};
+    let spec_of = |t: &super::TensorDecl| {
+        let dims = t
+            .dims
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| match usize::try_from(d) {
+                Ok(d) => Dim::Fixed(d),
+                Err(_) if i == 0 => Dim::Symbolic("batch".into()),
+                Err(_) => Dim::Symbolic(format!("d{i}")),
+            })
+            .collect();
+        TensorSpec::new(t.name.clone(), t.dtype, Shape(dims))
+    };
+    let signature = pomme_core::ModelSignature {
+        inputs: decl.inputs.iter().map(spec_of).collect(),
+        outputs: decl.outputs.iter().map(spec_of).collect(),
+    };
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fingerprint = [toml_path, pbtxt_path]
+        .into_iter()
+        .map(|p| (p.to_path_buf(), mtime(p)))
+        .collect();
+    RepoModel {
+        spec: decl.spec,
+        specs: Vec::new(),
+        version_policy: decl.version_policy,
+        versions: vec![1],
+        platform: decl.platform,
+        inputs: decl.inputs,
+        outputs: decl.outputs,
+        memory_budget_mb: None,
+        quantization: None,
+        fingerprint,
+        routing: decl.routing,
+        idle: None,
+        pipeline: Some(pomme_runtime::PipelineSpec {
+            name: name.to_string(),
+            signature,
+            steps,
+        }),
+    }
 }
 
 /// The model file of a version directory: `model.*` first, else the single

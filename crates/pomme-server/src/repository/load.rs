@@ -83,6 +83,10 @@ pub async fn load_versions(
     reload: bool,
 ) -> pomme_core::Result<()> {
     let name = &model.spec.name;
+    if let Some(p) = &model.pipeline {
+        runtime.load_pipeline(p.clone())?;
+        return Ok(());
+    }
     let serving: Vec<u64> = runtime
         .models()
         .into_iter()

@@ -138,6 +138,8 @@ pub struct RepoModel {
     pub routing: ModelRouting,
     /// Unload after this long without a request (`unload_after_idle`).
     pub idle: Option<IdlePolicy>,
+    /// A pipeline (Triton's ensemble): served by its steps, no model file.
+    pub pipeline: Option<pomme_runtime::PipelineSpec>,
 }
 
 /// `unload_after_idle = "10m"` and `reload_on_request = true`.
@@ -154,9 +156,8 @@ impl RepoModel {
     /// Applies the server's default routing to a model whose configuration
     /// does not mention routing.
     pub fn with_default_routing(mut self, mode: RoutingMode) -> RepoModel {
-        let routing = self.routing.resolve(mode);
         for s in self.specs.iter_mut().chain([&mut self.spec]) {
-            s.routing = routing.clone();
+            s.routing = self.routing.resolve(mode, s.load.device);
         }
         self
     }
@@ -178,6 +179,8 @@ struct Declared {
     quantization: Option<self::toml::TomlQuant>,
     routing: ModelRouting,
     idle: Option<IdlePolicy>,
+    /// Triton's `ensemble_scheduling` steps / `[[pipeline.step]]`.
+    pipeline: Option<Vec<pomme_runtime::PipelineStep>>,
     /// `config.pbtxt` fields pomme does not implement (`model_warmup`,
     /// `dynamic_batching.preserve_ordering`, ...): one warning line each at load.
     ignored: Vec<String>,
@@ -196,6 +199,7 @@ impl Default for Declared {
             quantization: None,
             routing: ModelRouting::Unset,
             idle: None,
+            pipeline: None,
             ignored: Vec::new(),
         }
     }
@@ -299,6 +303,62 @@ mod tests {
         assert_eq!(device("pinned"), DeviceKind::Cpu);
         assert_eq!(device("triton"), DeviceKind::Cpu);
         assert_eq!(device("onnx"), DeviceKind::Cpu);
+
+        // A bare routing candidate runs on the version's device: the Core ML
+        // default when the configuration names none, else the named one.
+        coreml(
+            "routed",
+            Some(("config.toml", "routing = [\"coreml\", \"coreml/cpu\"]\n")),
+        );
+        coreml(
+            "routed_cpu",
+            Some(("config.toml", "device = \"cpu\"\nrouting = [\"coreml\"]\n")),
+        );
+        coreml(
+            "routed_pbtxt",
+            Some((
+                "config.pbtxt",
+                "platform: \"coreml\"\nparameters { key: \"routing\" value { string_value: \"coreml\" } }\n",
+            )),
+        );
+        let candidates = |name: &str, mode| {
+            let m = super::load_model(tmp.path(), name, &platform)
+                .unwrap()
+                .with_default_routing(mode);
+            let names = |s: &ModelSpec| -> Vec<String> {
+                s.routing
+                    .as_ref()
+                    .unwrap()
+                    .candidates
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            };
+            assert!(m.specs.iter().all(|s| names(s) == names(&m.spec)));
+            names(&m.spec)
+        };
+        assert_eq!(
+            candidates("routed", RoutingMode::Off),
+            ["coreml/auto", "coreml/cpu"]
+        );
+        assert_eq!(
+            candidates("routed", RoutingMode::Auto),
+            ["coreml/auto", "coreml/cpu"]
+        );
+        assert_eq!(candidates("routed_cpu", RoutingMode::Off), ["coreml/cpu"]);
+        coreml(
+            "routed_twice",
+            Some((
+                "config.toml",
+                "device = \"cpu\"\nrouting = [\"coreml\", \"coreml/cpu\"]\n",
+            )),
+        );
+        assert_eq!(candidates("routed_twice", RoutingMode::Off), ["coreml/cpu"]);
+        assert_eq!(
+            candidates("routed_pbtxt", RoutingMode::Off),
+            ["coreml/auto"]
+        );
+
         // The test platform keeps the CPU default.
         assert_eq!(
             load_model(tmp.path(), "plain").unwrap().spec.load.device,

@@ -39,6 +39,10 @@ struct TomlConfig {
     quantization: Option<TomlQuant>,
     /// Measured routing: `"auto"`, `"off"`, a candidate list or a table (`routing.rs`).
     routing: Option<toml::Value>,
+    /// `[[pipeline.step]]`: a pipeline (Triton's ensemble) of served models.
+    pipeline: Option<TomlPipeline>,
+    /// `[sequence]`: implicit state kept per sequence.
+    sequence: Option<TomlSequence>,
     /// Unload after this long without a request (`"10m"`).
     unload_after_idle: Option<String>,
     /// With `unload_after_idle`: the next request loads the model again.
@@ -50,6 +54,77 @@ struct TomlConfig {
     /// `[[warmup]]`: Triton's `model_warmup`.
     #[serde(default)]
     warmup: Vec<TomlWarmup>,
+}
+
+/// `[pipeline]` with `[[pipeline.step]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlPipeline {
+    step: Vec<TomlStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlStep {
+    model: String,
+    version: Option<u64>,
+    /// step model input → pipeline tensor
+    #[serde(default)]
+    inputs: BTreeMap<String, String>,
+    /// step model output → pipeline tensor
+    #[serde(default)]
+    outputs: BTreeMap<String, String>,
+}
+
+/// `[sequence]` with `[[sequence.state]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlSequence {
+    max_sequences: Option<usize>,
+    /// `"10m"`.
+    idle_timeout: Option<String>,
+    #[serde(default)]
+    state: Vec<TomlState>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlState {
+    input: String,
+    output: String,
+    #[serde(alias = "datatype")]
+    dtype: String,
+    dims: Vec<usize>,
+}
+
+impl TomlSequence {
+    fn resolve(self) -> Result<pomme_runtime::SequenceConfig, String> {
+        let mut cfg = pomme_runtime::SequenceConfig::default();
+        if let Some(n) = self.max_sequences {
+            if n == 0 {
+                return Err("sequence.max_sequences must be at least 1".into());
+            }
+            cfg.max_sequences = n;
+        }
+        if let Some(t) = self.idle_timeout {
+            cfg.idle_timeout = crate::duration::parse_duration(&t)
+                .map_err(|e| format!("sequence.idle_timeout: {e}"))?;
+        }
+        for s in self.state {
+            let dtype = DType::from_kserve(&s.dtype.to_ascii_uppercase())
+                .or_else(|| DType::from_triton_config(&s.dtype))
+                .ok_or_else(|| {
+                    format!("sequence state '{}': unknown dtype '{}'", s.input, s.dtype)
+                })?;
+            cfg.states.push(pomme_runtime::StateDecl {
+                input: s.input,
+                output: s.output,
+                dtype,
+                dims: s.dims,
+            });
+        }
+        Ok(cfg)
+    }
 }
 
 /// `[[warmup]]`: a sample every worker runs before the model is ready.
@@ -242,6 +317,18 @@ pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
     d.spec.max_batch_size = c.max_batch_size;
     d.spec.workers = c.workers.unwrap_or(1).max(1);
     d.spec.response_cache = c.response_cache;
+    d.spec.sequence = c.sequence.map(TomlSequence::resolve).transpose()?;
+    d.pipeline = c.pipeline.map(|p| {
+        p.step
+            .into_iter()
+            .map(|s| pomme_runtime::PipelineStep {
+                model: s.model,
+                version: s.version,
+                inputs: s.inputs.into_iter().collect(),
+                outputs: s.outputs.into_iter().collect(),
+            })
+            .collect()
+    });
     d.idle = idle_policy(c.unload_after_idle.as_deref(), c.reload_on_request)?;
     d.spec.warmup = c
         .warmup
@@ -297,7 +384,7 @@ pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
     d.inputs = c.input.into_iter().map(decl).collect::<Result<_, _>>()?;
     d.outputs = c.output.into_iter().map(decl).collect::<Result<_, _>>()?;
     if let Some(r) = c.routing {
-        d.routing = ModelRouting::from_toml(r, d.spec.load.device)?;
+        d.routing = ModelRouting::from_toml(r)?;
     }
     check_batching(&d.spec)?;
     Ok(d)

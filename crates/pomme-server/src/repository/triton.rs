@@ -10,7 +10,9 @@ use crate::Platform;
 use crate::pbtxt;
 use crate::routing::ModelRouting;
 use pomme_core::{DType, DeviceKind};
-use pomme_runtime::{BatchingConfig, WarmupData, WarmupInput, WarmupSample};
+use pomme_runtime::{
+    BatchingConfig, PipelineStep, SequenceConfig, StateDecl, WarmupData, WarmupInput, WarmupSample,
+};
 use std::time::Duration;
 
 /// The fields of a `config.pbtxt` pomme reads, per message: anything else is
@@ -32,7 +34,24 @@ const IMPLEMENTED: &[(&str, &[&str])] = &[
             "parameters",
             "model_warmup",
             "response_cache",
+            "sequence_batching",
+            "ensemble_scheduling",
         ],
+    ),
+    ("ensemble_scheduling", &["step"]),
+    (
+        "ensemble_scheduling.step",
+        &["model_name", "model_version", "input_map", "output_map"],
+    ),
+    ("ensemble_scheduling.step.input_map", &["key", "value"]),
+    ("ensemble_scheduling.step.output_map", &["key", "value"]),
+    (
+        "sequence_batching",
+        &["max_sequence_idle_microseconds", "state"],
+    ),
+    (
+        "sequence_batching.state",
+        &["input_name", "output_name", "data_type", "dims"],
     ),
     ("response_cache", &["enable"]),
     ("model_warmup", &["name", "batch_size", "count", "inputs"]),
@@ -112,7 +131,7 @@ pub(super) fn from_pbtxt(
         .and_then(pbtxt::Value::as_str)
         .map(str::to_string);
     d.spec.backends = match declared.as_deref() {
-        None | Some("") => Vec::new(),
+        None | Some("") | Some("ensemble") => Vec::new(),
         Some(p) => (platform.triton_backends)(p)
             .ok_or_else(|| format!("platform '{p}' is not supported"))?
             .into_iter()
@@ -236,17 +255,40 @@ pub(super) fn from_pbtxt(
     if let Some(p) = m.get("version_policy") {
         d.version_policy = pbtxt_policy(p)?;
     }
+    if d.platform.as_deref() == Some("ensemble") || m.get("ensemble_scheduling").is_some() {
+        let es = m
+            .get("ensemble_scheduling")
+            .and_then(pbtxt::Value::as_message)
+            .ok_or("an ensemble needs ensemble_scheduling { step [ ... ] }")?;
+        d.pipeline = Some(
+            es.all("step")
+                .map(pbtxt_step)
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+    }
+    if let Some(sb) = m.get("sequence_batching") {
+        d.spec.sequence = Some(pbtxt_sequence(sb, max_batch > 0)?);
+    }
     // Not in Triton's schema: pomme's per-model budget and routing, also
     // accepted in a pbtxt as `parameters { key: "memory_budget_mb" value {
     // string_value: "64" } }` and `parameters { key: "routing" value {
-    // string_value: "auto" } }`.
+    // string_value: "auto" } }`; `image_layout` (a Core ML option:
+    // `nchw` image tensors) goes to the backend's options like config.toml's
+    // `[extra]`.
     let (mut idle_after, mut reload_on_request) = (None, false);
     for p in m.all("parameters") {
         let p = p.as_message().ok_or("'parameters' must be a message")?;
         let key = p.get("key").and_then(pbtxt::Value::as_str);
         if !matches!(
             key,
-            Some("memory_budget_mb" | "routing" | "unload_after_idle" | "reload_on_request")
+            Some(
+                "memory_budget_mb"
+                    | "routing"
+                    | "unload_after_idle"
+                    | "reload_on_request"
+                    | "max_sequences"
+                    | "image_layout"
+            )
         ) {
             continue;
         }
@@ -258,7 +300,18 @@ pub(super) fn from_pbtxt(
             .and_then(pbtxt::Value::as_str)
             .ok_or_else(|| format!("parameter {key} needs value {{ string_value: \"...\" }}"))?;
         if key == "routing" {
-            d.routing = ModelRouting::from_parameter(v, d.spec.load.device)?;
+            d.routing = ModelRouting::from_parameter(v)?;
+        } else if key == "max_sequences" {
+            let n: usize =
+                v.trim().parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    format!("parameter max_sequences '{v}' is not a positive number")
+                })?;
+            d.spec
+                .sequence
+                .get_or_insert_with(SequenceConfig::default)
+                .max_sequences = n;
+        } else if key == "image_layout" {
+            d.spec.load.extra.insert(key.into(), v.trim().into());
         } else if key == "unload_after_idle" {
             idle_after = Some(v.to_string());
         } else if key == "reload_on_request" {
@@ -297,6 +350,100 @@ pub(super) fn from_pbtxt(
         .collect::<Result<_, _>>()?;
     check_batching(&d.spec)?;
     Ok(d)
+}
+
+/// One `ensemble_scheduling` step: `model_version` -1 (or absent) is the newest.
+fn pbtxt_step(v: &pbtxt::Value) -> Result<PipelineStep, String> {
+    let st = v.as_message().ok_or("an ensemble step must be a message")?;
+    let model = st
+        .get("model_name")
+        .and_then(pbtxt::Value::as_str)
+        .ok_or("an ensemble step has no model_name")?
+        .to_string();
+    let version = match st.get("model_version").map(|v| v.as_i64()) {
+        None | Some(Some(-1)) => None,
+        Some(Some(v)) if v > 0 => Some(v as u64),
+        Some(_) => {
+            return Err(format!(
+                "ensemble step '{model}': model_version must be -1 or a version number"
+            ));
+        }
+    };
+    let map = |field: &str| -> Result<Vec<(String, String)>, String> {
+        st.all(field)
+            .map(|e| {
+                let e = e
+                    .as_message()
+                    .ok_or_else(|| format!("ensemble step '{model}': {field} must be a message"))?;
+                let get = |k: &str| {
+                    e.get(k)
+                        .and_then(pbtxt::Value::as_str)
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("ensemble step '{model}': {field} needs {k}"))
+                };
+                Ok((get("key")?, get("value")?))
+            })
+            .collect()
+    };
+    Ok(PipelineStep {
+        inputs: map("input_map")?,
+        outputs: map("output_map")?,
+        model,
+        version,
+    })
+}
+
+/// Triton's `sequence_batching` with implicit `state` (initial state: zeros).
+fn pbtxt_sequence(v: &pbtxt::Value, batching: bool) -> Result<SequenceConfig, String> {
+    let sb = v
+        .as_message()
+        .ok_or("'sequence_batching' must be a message")?;
+    let mut cfg = SequenceConfig::default();
+    if let Some(us) = sb.get("max_sequence_idle_microseconds") {
+        let us = us
+            .as_u64()
+            .ok_or("max_sequence_idle_microseconds must be a non-negative integer")?;
+        // Triton: 0 means its default (1 s); pomme keeps its own default.
+        if us > 0 {
+            cfg.idle_timeout = Duration::from_micros(us);
+        }
+    }
+    for st in sb.all("state") {
+        let st = st
+            .as_message()
+            .ok_or("sequence_batching state must be a message")?;
+        let field = |f: &str| {
+            st.get(f)
+                .and_then(pbtxt::Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| format!("sequence_batching state needs {f}"))
+        };
+        let (input, output) = (field("input_name")?, field("output_name")?);
+        let dt = st
+            .get("data_type")
+            .and_then(pbtxt::Value::as_ident)
+            .ok_or_else(|| format!("state '{input}' has no data_type"))?;
+        let dtype = DType::from_triton_config(dt)
+            .ok_or_else(|| format!("state '{input}' has unknown data_type {dt}"))?;
+        let dims = st
+            .all("dims")
+            .map(|d| {
+                d.as_i64()
+                    .and_then(|d| usize::try_from(d).ok())
+                    .ok_or_else(|| {
+                        format!("state '{input}': dims must be fixed (non-negative) for the zero initial state")
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let _ = batching; // the batch dim is matched against the model's rank at load
+        cfg.states.push(StateDecl {
+            input,
+            output,
+            dtype,
+            dims,
+        });
+    }
+    Ok(cfg)
 }
 
 /// One `model_warmup` entry. Files are relative to the model's `warmup/`
@@ -450,6 +597,82 @@ version_policy: { specific: { versions: [1] } }
         );
         let plain = from_pbtxt("name: \"m\"\nbackend: \"tract\"\n", "m").unwrap();
         assert!(plain.ignored.is_empty());
+    }
+
+    #[test]
+    fn reads_ensemble_scheduling() {
+        let d = from_pbtxt(
+            r#"name: "pipe"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling {
+  step [
+    { model_name: "a" model_version: -1 input_map { key: "x" value: "IN" } output_map { key: "y" value: "MID" } },
+    { model_name: "b" model_version: 2 input_map { key: "x" value: "MID" } output_map { key: "y" value: "OUT" } }
+  ]
+}
+"#,
+            "pipe",
+        )
+        .unwrap();
+        assert!(d.ignored.is_empty(), "{:?}", d.ignored);
+        let steps = d.pipeline.unwrap();
+        assert_eq!(steps.len(), 2);
+        assert_eq!((steps[0].model.as_str(), steps[0].version), ("a", None));
+        assert_eq!(steps[1].version, Some(2));
+        assert_eq!(steps[1].inputs, [("x".to_string(), "MID".to_string())]);
+        let e = from_pbtxt("name: \"p\"\nplatform: \"ensemble\"\n", "p").unwrap_err();
+        assert!(e.contains("ensemble_scheduling"), "{e}");
+    }
+
+    #[test]
+    fn reads_sequence_batching_state() {
+        let d = from_pbtxt(
+            r#"name: "m"
+max_batch_size: 4
+sequence_batching {
+  max_sequence_idle_microseconds: 2000000
+  state [ { input_name: "h_in" output_name: "h_out" data_type: TYPE_FP32 dims: [ 2, 8 ] } ]
+}
+parameters { key: "max_sequences" value { string_value: "16" } }
+"#,
+            "m",
+        )
+        .unwrap();
+        assert!(d.ignored.is_empty(), "{:?}", d.ignored);
+        let seq = d.spec.sequence.unwrap();
+        assert_eq!(seq.max_sequences, 16);
+        assert_eq!(seq.idle_timeout, Duration::from_secs(2));
+        assert_eq!(
+            seq.states,
+            [StateDecl {
+                input: "h_in".into(),
+                output: "h_out".into(),
+                dtype: DType::F32,
+                dims: vec![2, 8]
+            }]
+        );
+        let e = from_pbtxt(
+            r#"name: "m"
+sequence_batching { state [ { input_name: "h" output_name: "o" data_type: TYPE_FP32 dims: [ -1 ] } ] }"#,
+            "m",
+        )
+        .unwrap_err();
+        assert!(e.contains("dims must be fixed"), "{e}");
+    }
+
+    #[test]
+    fn image_layout_parameter_reaches_the_backend_options() {
+        let d = from_pbtxt(
+            "platform: \"coreml\"\nparameters { key: \"image_layout\" value { string_value: \" nchw \" } }\n",
+            "m",
+        )
+        .unwrap();
+        assert_eq!(d.spec.load.extra["image_layout"], "nchw");
+        let plain = from_pbtxt("platform: \"coreml\"\n", "m").unwrap();
+        assert!(!plain.spec.load.extra.contains_key("image_layout"));
     }
 
     #[test]
