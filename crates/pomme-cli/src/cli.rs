@@ -212,10 +212,11 @@ pub fn automatic_candidates() -> Vec<pomme_runtime::Candidate> {
 /// `pomme serve`: configuration is merged and validated before any port is bound.
 fn serve(args: pomme_server::ServerArgs, settings: &Settings) -> Result<ExitCode> {
     let config = pomme_server::ServerConfig::load(&args).map_err(|e| usage(e.to_string()))?;
-    crate::init_logging(
-        true,
+    let tracer = crate::init_serve_logging(
         config.log_format == pomme_server::config::LogFormat::Json,
-    );
+        config.tracing.as_ref(),
+    )
+    .map_err(|e| usage(e.to_string()))?;
     let mut backend_settings = settings.backends.clone();
     if let Some(root) = &config.cache_dir {
         backend_settings.cache_root = root.clone();
@@ -251,12 +252,20 @@ fn serve(args: pomme_server::ServerArgs, settings: &Settings) -> Result<ExitCode
     let (interval, policy) = (config.node.telemetry_interval, config.node.thermal_policy);
     let source: pomme_server::node::TelemetrySource =
         std::sync::Arc::new(|| serde_json::to_value(pomme_backends::telemetry::collect()).ok());
-    tokio_runtime()?.block_on(async move {
+    let served = tokio_runtime()?.block_on(async move {
         let node = pomme_server::node::spawn(&runtime, source, interval, policy);
         let served = pomme_server::serve(config, runtime, platform).await;
         node.abort();
         served
-    })?;
+    });
+    // Exports the spans still batched (outside the tokio runtime: the
+    // exporter's blocking client must not run on it).
+    if let Some(provider) = tracer
+        && let Err(e) = provider.shutdown()
+    {
+        tracing::warn!(error = %e, "flushing traces at exit failed");
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -146,3 +146,66 @@ pub fn init_logging(serve: bool, json: bool) {
         let _ = builder.try_init();
     }
 }
+
+/// `pomme serve`'s logging, plus OpenTelemetry export when `[tracing]` is
+/// configured. Without it this is [`init_logging`] exactly: no OpenTelemetry
+/// layer, so the `debug` spans of a request's stages (queue, batch,
+/// compute, respond) stay disabled and cost one interest check.
+///
+/// With it, the log filter (`POMME_LOG`) applies to the log output only and
+/// the exporter sees pomme's spans at debug level and above, whatever the log
+/// level. Spans go to the OTLP/HTTP endpoint in protobuf through the SDK's
+/// batch processor (its own thread; `OTEL_BSP_*` tune it), sampled
+/// parent-based: a request's W3C `traceparent` decides, else the ratio.
+/// Returns the provider, to flush with `shutdown` when serving ends.
+pub fn init_serve_logging(
+    json: bool,
+    tracing_config: Option<&pomme_server::config::TracingConfig>,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _, filter::Targets};
+    let Some(t) = tracing_config else {
+        init_logging(true, json);
+        return Ok(None);
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(t.otlp_endpoint.clone())
+        .build()
+        .map_err(|e| anyhow::anyhow!("tracing.otlp_endpoint: {e}"))?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            t.sampling_ratio,
+        ))))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(t.service_name.clone())
+                .build(),
+        )
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("pomme"))
+        .with_filter(Targets::new().with_target("pomme", tracing::Level::DEBUG));
+    let filter =
+        EnvFilter::try_from_env("POMME_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json {
+        fmt.json().with_filter(filter).boxed()
+    } else {
+        fmt.with_filter(filter).boxed()
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    Ok(Some(provider))
+}

@@ -50,6 +50,9 @@ pub struct Pending {
     /// Held until the request is answered.
     pub permit: Option<Permit>,
     pub span: tracing::Span,
+    /// The time spent queued (a `debug` span, child of `span`): closed by the
+    /// worker when the request's batch starts.
+    pub queue: tracing::Span,
     /// The request's place in a sequence: it then runs alone.
     pub sequence: Option<SequenceControl>,
 }
@@ -363,6 +366,7 @@ mod tests {
             reply: tx,
             permit: None,
             span: tracing::Span::none(),
+            queue: tracing::Span::none(),
             sequence: None,
         };
         (p, rx)

@@ -181,18 +181,30 @@ struct Marks {
 fn execute(
     ctx: &WorkerContext,
     session: &mut dyn Session,
-    batch: Vec<Pending>,
+    mut batch: Vec<Pending>,
 ) -> Option<Box<dyn Session>> {
     let started = Instant::now();
-    for p in &batch {
+    let n = batch.len();
+    for p in &mut batch {
         let waited = started.duration_since(p.enqueued);
         ctx.counters.queue.add(waited);
         ctx.metrics.queue_duration.observe(waited.as_secs_f64());
+        // Ends the request's queue span, with the size of the batch it joined.
+        std::mem::replace(&mut p.queue, tracing::Span::none()).record("batch_size", n);
     }
-    let span = batch
+    let parent = batch
         .first()
         .map(|p| p.span.clone())
         .unwrap_or_else(tracing::Span::none);
+    // The batch runs in the first request's trace; a debug span, so free
+    // unless tracing (or debug logging) is on.
+    let span = tracing::debug_span!(
+        parent: &parent,
+        "batch",
+        model = %ctx.name,
+        batch_size = n,
+        rows = tracing::field::Empty,
+    );
     let _enter = span.enter();
     let mut marks = Marks::default();
     let mut in_engine = false;
@@ -211,8 +223,8 @@ fn execute(
             )
         }
     };
-    let n = batch.len();
     let total_rows: usize = batch.iter().map(|p| p.rows).sum();
+    span.record("rows", total_rows);
     match result {
         Ok(per_request) => {
             for (p, outs) in batch.into_iter().zip(per_request) {
@@ -287,10 +299,10 @@ fn run_batch(
     }
     marks.prepared = Some(Instant::now());
     *in_engine = true;
-    let result = match sequence {
+    let result = tracing::debug_span!("compute", rows = run_rows).in_scope(|| match sequence {
         Some(seq) => session.run_sequence(inputs, seq),
         None => session.run(inputs),
-    };
+    });
     *in_engine = false;
     marks.ran = Some(Instant::now());
     let mut outputs = result?;

@@ -112,6 +112,20 @@ pub struct ServerConfig {
     pub auth_token: Option<String>,
     /// When set, the HTTP and gRPC ports speak TLS only (metrics stays plain).
     pub tls: Option<TlsConfig>,
+    /// OpenTelemetry tracing (`[tracing]`); `None`, the default: off.
+    pub tracing: Option<TracingConfig>,
+}
+
+/// OpenTelemetry export of request spans over OTLP (HTTP/protobuf).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub otlp_endpoint: String,
+    /// Fraction of new traces sampled, in [0, 1]. Parent-based: a request
+    /// carrying a W3C `traceparent` follows its sampled flag instead.
+    pub sampling_ratio: f64,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
 }
 
 /// Where models come from.
@@ -199,6 +213,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             auth_token: None,
             tls: None,
+            tracing: None,
         }
     }
 }
@@ -299,6 +314,15 @@ pub struct ServerArgs {
     /// CA certificates (PEM) that clients must present a certificate from (mutual TLS).
     #[arg(long, env = "POMME_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces); tracing is off without one.
+    #[arg(long, env = "POMME_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled, 0..1 (default 1); a traceparent's sampled flag wins.
+    #[arg(long, env = "POMME_TRACE_SAMPLING")]
+    pub trace_sampling: Option<f64>,
+    /// service.name of exported spans (default pomme).
+    #[arg(long, env = "POMME_TRACE_SERVICE_NAME")]
+    pub trace_service_name: Option<String>,
 }
 
 impl ServerArgs {
@@ -353,6 +377,16 @@ pub struct FileConfig {
     pub auth_token: Option<String>,
     pub limits: Option<Limits>,
     pub tls: Option<FileTls>,
+    pub tracing: Option<FileTracing>,
+}
+
+/// The config file's `[tracing]` table.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTracing {
+    pub otlp_endpoint: Option<String>,
+    pub sampling_ratio: Option<f64>,
+    pub service_name: Option<String>,
 }
 
 /// The config file's `[tls]` table.
@@ -537,6 +571,23 @@ impl ServerConfig {
                 ));
             }
         };
+        let ft = file.tracing.unwrap_or_default();
+        let ratio = args.trace_sampling.or(ft.sampling_ratio);
+        let service = args.trace_service_name.clone().or(ft.service_name);
+        c.tracing = match args.otlp_endpoint.clone().or(ft.otlp_endpoint) {
+            Some(otlp_endpoint) => Some(TracingConfig {
+                otlp_endpoint,
+                sampling_ratio: ratio.unwrap_or(1.0),
+                service_name: service.unwrap_or_else(|| "pomme".into()),
+            }),
+            None if ratio.is_some() || service.is_some() => {
+                return Err(invalid(
+                    "tracing.otlp_endpoint",
+                    "is required with tracing.sampling_ratio or tracing.service_name (tracing is off without an endpoint)",
+                ));
+            }
+            None => None,
+        };
         c.validate()?;
         Ok(c)
     }
@@ -623,6 +674,30 @@ impl ServerConfig {
         }
         if self.auth_token.as_deref() == Some("") {
             return Err(invalid("auth_token", "is empty"));
+        }
+        if let Some(t) = &self.tracing {
+            let e = &t.otlp_endpoint;
+            let rest = e.strip_prefix("http://").ok_or_else(|| {
+                invalid(
+                    "tracing.otlp_endpoint",
+                    format!("must be an http:// URL (OTLP/HTTP, no TLS), got '{e}'"),
+                )
+            })?;
+            if rest.is_empty() || rest.starts_with('/') || e.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    "tracing.otlp_endpoint",
+                    format!("'{e}' has no host"),
+                ));
+            }
+            if !(0.0..=1.0).contains(&t.sampling_ratio) {
+                return Err(invalid(
+                    "tracing.sampling_ratio",
+                    format!("must be in [0, 1], got {}", t.sampling_ratio),
+                ));
+            }
+            if t.service_name.trim().is_empty() {
+                return Err(invalid("tracing.service_name", "is empty"));
+            }
         }
         if let Some(tls) = &self.tls {
             // Reads and checks the PEM files now, so a bad one fails before any port is bound.
@@ -719,6 +794,54 @@ max_json_depth = 10
         assert!(
             f.starts_with("config file p.toml:") && f.contains("htp_port") && !f.contains('\n'),
             "{f}"
+        );
+    }
+
+    #[test]
+    fn tracing_settings() {
+        let off = ServerConfig::merge(FileConfig::default(), &args(&[])).unwrap();
+        assert_eq!(off.tracing, None);
+        let file = FileConfig::parse(
+            "[tracing]\notlp_endpoint = \"http://collector:4318/v1/traces\"\nsampling_ratio = 0.25\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        let c = ServerConfig::merge(file.clone(), &args(&[])).unwrap();
+        let t = c.tracing.unwrap();
+        assert_eq!(t.otlp_endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(t.sampling_ratio, 0.25);
+        assert_eq!(t.service_name, "pomme");
+        // Flags (and so POMME_OTLP_ENDPOINT / POMME_TRACE_SAMPLING) win over the file.
+        let c = ServerConfig::merge(
+            file,
+            &args(&["--trace-sampling", "1", "--trace-service-name", "edge"]),
+        )
+        .unwrap();
+        let t = c.tracing.unwrap();
+        assert_eq!((t.sampling_ratio, t.service_name.as_str()), (1.0, "edge"));
+        let e = |flags: &[&str]| {
+            ServerConfig::merge(FileConfig::default(), &args(flags))
+                .unwrap_err()
+                .to_string()
+        };
+        let url = "http://127.0.0.1:4318/v1/traces";
+        assert!(
+            e(&["--otlp-endpoint", url, "--trace-sampling", "1.5"])
+                .starts_with("tracing.sampling_ratio:")
+        );
+        assert!(
+            e(&["--otlp-endpoint", url, "--trace-sampling", "-0.1"])
+                .starts_with("tracing.sampling_ratio:")
+        );
+        assert!(e(&["--otlp-endpoint", "collector:4318"]).starts_with("tracing.otlp_endpoint:"));
+        assert!(
+            e(&["--otlp-endpoint", "https://c/v1/traces"]).starts_with("tracing.otlp_endpoint:")
+        );
+        assert!(e(&["--otlp-endpoint", "http:///v1"]).starts_with("tracing.otlp_endpoint:"));
+        assert!(e(&["--trace-sampling", "0.5"]).starts_with("tracing.otlp_endpoint: is required"));
+        assert!(
+            e(&["--otlp-endpoint", url, "--trace-service-name", " "])
+                .starts_with("tracing.service_name:")
         );
     }
 

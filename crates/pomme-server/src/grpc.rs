@@ -95,15 +95,25 @@ pub fn status(e: Error) -> Status {
     Status::new(code, e.client_message())
 }
 
+/// One request; `parent` is the call's W3C trace context (tracing on only).
 async fn infer_one(
     shared: &Shared,
     req: proto::ModelInferRequest,
+    parent: Option<opentelemetry::Context>,
 ) -> Result<proto::ModelInferResponse, Error> {
     let (model, version, decoded) = kserve::grpc::decode_request(req, &shared.limits)?;
-    let span = tracing::info_span!("grpc_infer", model = %model, request_id = decoded.id.as_deref().unwrap_or(""));
+    let span = tracing::info_span!("grpc_infer", model = %model, request_id = decoded.id.as_deref().unwrap_or(""), protocol = "grpc", otel.kind = "server");
+    crate::trace_context::adopt(&span, parent);
     async move {
         let resp = shared.infer(model, version, decoded).await?;
-        kserve::grpc::encode_response(&resp.model, resp.version, resp.id.as_deref(), &resp.outputs)
+        tracing::debug_span!("respond", outputs = resp.outputs.len()).in_scope(|| {
+            kserve::grpc::encode_response(
+                &resp.model,
+                resp.version,
+                resp.id.as_deref(),
+                &resp.outputs,
+            )
+        })
     }
     .instrument(span)
     .await
@@ -164,7 +174,12 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<proto::ModelInferRequest>,
     ) -> Result<Response<proto::ModelInferResponse>, Status> {
-        infer_one(&self.shared, req.into_inner())
+        let parent = self
+            .shared
+            .trace_context
+            .then(|| crate::trace_context::from_metadata(req.metadata()))
+            .flatten();
+        infer_one(&self.shared, req.into_inner(), parent)
             .await
             .map(Response::new)
             .map_err(status)
@@ -177,16 +192,22 @@ impl GrpcInferenceService for GrpcService {
         req: Request<Streaming<proto::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let shared = self.shared.clone();
+        // The stream's trace context (its metadata) parents every request on it.
+        let parent = shared
+            .trace_context
+            .then(|| crate::trace_context::from_metadata(req.metadata()))
+            .flatten();
         let incoming = req.into_inner();
         // A failed request is reported in its reply's error_message; only a
         // broken stream ends the call.
         let out = incoming
             .map(move |msg| {
                 let shared = shared.clone();
+                let parent = parent.clone();
                 async move {
                     let req = msg?;
                     let id = req.id.clone();
-                    Ok(match infer_one(&shared, req).await {
+                    Ok(match infer_one(&shared, req, parent).await {
                         Ok(r) => proto::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(r),

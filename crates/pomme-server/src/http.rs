@@ -87,7 +87,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn(request_span))
+        .layer(middleware::from_fn_with_state(shared.clone(), request_span))
         .with_state(shared)
 }
 
@@ -100,15 +100,20 @@ pub fn metrics_app(shared: Arc<Shared>) -> Router {
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
-/// Gives every request a span carrying its id (the client's `x-request-id`, or a counter).
-async fn request_span(req: Request, next: Next) -> Response {
+/// Gives every request a span carrying its id (the client's `x-request-id`, or
+/// a counter). With tracing configured, the span continues the trace named by
+/// the request's W3C `traceparent` header (sampled flag included).
+async fn request_span(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(128).collect::<String>())
         .unwrap_or_else(|| NEXT_REQUEST.fetch_add(1, Ordering::Relaxed).to_string());
-    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id);
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id, protocol = "http", otel.kind = "server");
+    if s.trace_context {
+        crate::trace_context::adopt(&span, crate::trace_context::from_headers(req.headers()));
+    }
     let mut resp = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -241,13 +246,15 @@ async fn run_infer(
     };
     let prefs = decoded.output_prefs();
     let resp = s.infer(model, version, decoded).await?;
-    let encoded = kserve::json::encode_response(
-        &resp.model,
-        resp.version,
-        resp.id.as_deref(),
-        &resp.outputs,
-        &prefs,
-    )?;
+    let encoded = tracing::debug_span!("respond", outputs = resp.outputs.len()).in_scope(|| {
+        kserve::json::encode_response(
+            &resp.model,
+            resp.version,
+            resp.id.as_deref(),
+            &resp.outputs,
+            &prefs,
+        )
+    })?;
     let mut r = Response::new(axum::body::Body::from(encoded.body));
     let h = r.headers_mut();
     match encoded.json_len {

@@ -34,6 +34,7 @@ pub mod repository;
 pub mod routing;
 pub mod service;
 pub mod tls;
+pub mod trace_context;
 pub mod triton;
 
 pub use config::{ConfigError, ServerArgs, ServerConfig};

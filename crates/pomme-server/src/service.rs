@@ -50,6 +50,8 @@ pub struct Shared {
     /// One reload-on-request at a time: concurrent requests for an
     /// idle-unloaded model wait for the same load.
     reloading: tokio::sync::Mutex<()>,
+    /// Tracing is configured: requests' W3C trace context is honoured.
+    pub trace_context: bool,
 }
 
 impl Shared {
@@ -67,6 +69,7 @@ impl Shared {
             declared: Mutex::new(BTreeMap::new()),
             idle_unloaded: Mutex::new(BTreeMap::new()),
             reloading: tokio::sync::Mutex::new(()),
+            trace_context: config.tracing.is_some(),
         }
     }
 

@@ -198,6 +198,15 @@ impl Runtime {
             )));
         }
         let permit = self.admit(inst, rows, started, timeout).await?;
+        // A debug span: disabled (one interest check) unless tracing or debug logs are on.
+        let queue = tracing::debug_span!(
+            parent: &span,
+            "queue",
+            model = %inst.view.name,
+            version = inst.view.version,
+            rows,
+            batch_size = tracing::field::Empty,
+        );
         let (tx, rx) = oneshot::channel();
         let pending = Pending {
             inputs,
@@ -207,6 +216,7 @@ impl Runtime {
             reply: tx,
             permit: Some(permit),
             span,
+            queue,
             sequence: req.sequence,
         };
         inst.queue
