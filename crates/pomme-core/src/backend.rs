@@ -359,6 +359,29 @@ pub trait LoadedModel: Send + Sync {
     fn is_stateful(&self) -> bool {
         false
     }
+    /// Checks one request's inputs (in signature order, already checked
+    /// against the signature) before it is queued, so input a model refuses
+    /// for its content (a text model's invalid UTF-8, a text longer than its
+    /// limit) fails that request alone instead of the batch it would join.
+    fn check_request(&self, inputs: &[Tensor]) -> Result<()> {
+        let _ = inputs;
+        Ok(())
+    }
+}
+
+/// Wraps a loaded model in another that changes what it takes or returns
+/// (text in, embeddings out) while the runtime serves the result like any
+/// model: batching, admission, statistics and caching see the wrapper. The
+/// runtime applies a spec's adapter after loading (and routing) the inner
+/// model; adapters live above the core, which only knows this trait.
+pub trait ModelAdapter: Send + Sync + fmt::Debug {
+    /// What the adapter is, for logs (`text`).
+    fn name(&self) -> &'static str;
+    /// The served model around `inner`, or why `inner` cannot be adapted.
+    fn wrap(
+        &self,
+        inner: std::sync::Arc<dyn LoadedModel>,
+    ) -> Result<std::sync::Arc<dyn LoadedModel>>;
 }
 
 /// Per-thread execution state of a [`LoadedModel`].

@@ -21,8 +21,8 @@ pub mod text;
 
 pub use backend::{
     Availability, Backend, DeviceInfo, DeviceKind, LoadOptions, LoadedModel, MemoryEstimate,
-    ModelArtifact, ModelFormat, ModelInfo, PlacementShare, Precision, SequenceControl, Session,
-    check_extra_keys, option_key_matches,
+    ModelAdapter, ModelArtifact, ModelFormat, ModelInfo, PlacementShare, Precision,
+    SequenceControl, Session, check_extra_keys, option_key_matches,
 };
 pub use dtype::{DType, Element};
 pub use error::{Error, ErrorKind, GrpcCode, Result};

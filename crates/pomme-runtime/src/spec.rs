@@ -83,6 +83,9 @@ pub struct ModelSpec {
     /// Implicit state (Triton's sequence batcher `state`): the declared
     /// state tensors are kept per sequence on the server.
     pub sequence: Option<crate::implicit::SequenceConfig>,
+    /// Wraps the loaded model (a text model's tokenizer and pooling around
+    /// its encoder); applied after implicit state.
+    pub adapter: Option<std::sync::Arc<dyn pomme_core::ModelAdapter>>,
 }
 
 /// An input or output as a model configuration declares it.
@@ -113,6 +116,7 @@ impl ModelSpec {
             warmup: Vec::new(),
             response_cache: false,
             sequence: None,
+            adapter: None,
         }
     }
 

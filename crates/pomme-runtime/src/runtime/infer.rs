@@ -185,6 +185,7 @@ impl Runtime {
         let sig = &inst.view.signature;
         let selected = select_outputs(sig, &req)?;
         let inputs = sig.arrange_inputs(req.inputs)?;
+        inst.ctx.model.check_request(&inputs)?;
         let rows = if sig.is_batchable() {
             inputs[0].shape()[0]
         } else {

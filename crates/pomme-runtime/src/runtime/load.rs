@@ -169,6 +169,17 @@ impl Runtime {
             }
             _ => model,
         };
+        let model = match &spec.adapter {
+            Some(a) => a.wrap(model).map_err(|e| {
+                Error::InvalidModelFormat(format!(
+                    "{} model '{}': {}",
+                    a.name(),
+                    spec.name,
+                    e.message()
+                ))
+            })?,
+            None => model,
+        };
         let memory = model.memory();
         // The model's own configuration: its memory cap and declared inputs/outputs.
         spec.check_memory(

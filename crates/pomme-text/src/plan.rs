@@ -1,0 +1,219 @@
+//! Which texts of a batch run together, at which padded shape.
+//!
+//! Engines want few shapes: tract builds a plan per input shape, ONNX
+//! Runtime's CUDA EP a session per shape, and Core ML keeps a transformer on
+//! the Neural Engine only for the shapes the model enumerates. So texts are
+//! grouped by length and each group is padded to a *bucket* (the smallest
+//! configured sequence length that holds its longest text), under a budget
+//! of padded tokens per engine run. Sorting by length first keeps padding
+//! low: short texts do not ride along at a long text's bucket.
+
+use pomme_core::{AllowedShapes, Error, Result};
+
+/// One engine run: which texts (indices into the batch), padded to which
+/// sequence length, with how many rows in all (padding rows included, when
+/// the model only takes some batch sizes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub rows: Vec<usize>,
+    pub seq: usize,
+    pub padded_rows: usize,
+}
+
+/// The sequence length a text of `len` tokens is padded to: the smallest
+/// bucket that holds it, or `len` itself without buckets (or past the
+/// largest, which the caller's truncation prevents).
+pub fn bucket_for(len: usize, buckets: &[usize]) -> usize {
+    buckets.iter().copied().find(|&b| b >= len).unwrap_or(len)
+}
+
+/// The sequence lengths a model's enumerated `[batch, seq]` shapes allow
+/// (Core ML), sorted: the default buckets for such a model.
+pub fn enumerated_seq_lengths(allowed: &AllowedShapes) -> Vec<usize> {
+    let mut v: Vec<usize> = match allowed {
+        AllowedShapes::OneOf(shapes) => shapes
+            .iter()
+            .filter(|s| s.len() == 2)
+            .map(|s| s[1])
+            .collect(),
+        AllowedShapes::Ranges(_) => Vec::new(),
+    };
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Splits a batch of texts with token counts `lengths` into engine runs.
+///
+/// Every text lands in exactly one group; a group's `padded_rows × seq`
+/// stays within `max_tokens` (a single text always fits: the configuration
+/// guarantees `max_tokens ≥ max_length`); with `allowed`, every group's
+/// `[padded_rows, seq]` is a shape the model takes.
+pub fn plan(
+    lengths: &[usize],
+    buckets: &[usize],
+    max_tokens: usize,
+    allowed: Option<&AllowedShapes>,
+) -> Result<Vec<Group>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let mut groups = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut seq = 0;
+    for i in order {
+        let s = bucket_for(lengths[i], buckets);
+        if !current.is_empty() && (current.len() + 1) * s > max_tokens {
+            groups.push((std::mem::take(&mut current), seq));
+        }
+        current.push(i);
+        seq = s;
+    }
+    if !current.is_empty() {
+        groups.push((current, seq));
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for (rows, seq) in groups {
+        match allowed {
+            None => {
+                let padded_rows = rows.len();
+                out.push(Group {
+                    rows,
+                    seq,
+                    padded_rows,
+                })
+            }
+            Some(a) => split_to_allowed(rows, seq, a, &mut out)?,
+        }
+    }
+    Ok(out)
+}
+
+/// Splits a group into batch sizes the model enumerates: the largest that
+/// fits the rows left, else the smallest larger one (padding rows added).
+fn split_to_allowed(
+    mut rows: Vec<usize>,
+    seq: usize,
+    allowed: &AllowedShapes,
+    out: &mut Vec<Group>,
+) -> Result<()> {
+    let ceiling = rows.len().max(64);
+    let sizes: Vec<usize> = (1..=ceiling)
+        .filter(|&b| allowed.allows(&[b, seq]))
+        .collect();
+    if sizes.is_empty() {
+        return Err(Error::invalid_input(format!(
+            "no input shape of this model has sequence length {seq} (it takes {allowed})"
+        )));
+    }
+    while !rows.is_empty() {
+        let n = rows.len();
+        let b = sizes
+            .iter()
+            .rev()
+            .copied()
+            .find(|&b| b <= n)
+            .unwrap_or(sizes[0]);
+        let take = b.min(n);
+        let rest = rows.split_off(take);
+        out.push(Group {
+            rows,
+            seq,
+            padded_rows: b,
+        });
+        rows = rest;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn short_texts_do_not_ride_at_a_long_texts_bucket() {
+        let buckets = [16, 32, 64, 128];
+        // Two short, one long: the long one alone when the budget is tight.
+        let g = plan(&[10, 120, 12], &buckets, 256, None).unwrap();
+        assert_eq!(
+            g,
+            vec![
+                Group {
+                    rows: vec![0, 2],
+                    seq: 16,
+                    padded_rows: 2
+                },
+                Group {
+                    rows: vec![1],
+                    seq: 128,
+                    padded_rows: 1
+                },
+            ]
+        );
+        // A roomy budget: one run at the longest text's bucket.
+        let g = plan(&[10, 120, 12], &buckets, 4096, None).unwrap();
+        assert_eq!(
+            g,
+            vec![Group {
+                rows: vec![0, 2, 1],
+                seq: 128,
+                padded_rows: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn without_buckets_a_group_is_padded_to_its_longest_text() {
+        let g = plan(&[3, 7, 5], &[], 100, None).unwrap();
+        assert_eq!(
+            g,
+            vec![Group {
+                rows: vec![0, 2, 1],
+                seq: 7,
+                padded_rows: 3
+            }]
+        );
+        assert_eq!(bucket_for(300, &[16, 256]), 300);
+    }
+
+    #[test]
+    fn enumerated_shapes_limit_batch_sizes_and_lengths() {
+        let allowed =
+            AllowedShapes::OneOf(vec![vec![1, 16], vec![4, 16], vec![1, 64], vec![4, 64]]);
+        assert_eq!(enumerated_seq_lengths(&allowed), vec![16, 64]);
+        let g = plan(&[5, 5, 5, 5, 5, 5], &[16, 64], 1024, Some(&allowed)).unwrap();
+        let sizes: Vec<(usize, usize)> = g.iter().map(|g| (g.rows.len(), g.padded_rows)).collect();
+        assert_eq!(sizes, vec![(4, 4), (1, 1), (1, 1)]);
+        let only4 = AllowedShapes::OneOf(vec![vec![4, 16]]);
+        let g = plan(&[5, 6], &[16], 1024, Some(&only4)).unwrap();
+        assert_eq!((g[0].rows.len(), g[0].padded_rows), (2, 4));
+        let e = plan(&[20], &[32], 1024, Some(&only4)).unwrap_err();
+        assert!(
+            e.message().contains("sequence length 32"),
+            "{}",
+            e.message()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn every_text_once_within_budget(
+            lengths in proptest::collection::vec(1usize..=256, 0..80),
+            max_tokens in 256usize..5000,
+        ) {
+            let buckets = [16, 32, 64, 128, 256];
+            let groups = plan(&lengths, &buckets, max_tokens, None).unwrap();
+            let mut seen: Vec<usize> = groups.iter().flat_map(|g| g.rows.clone()).collect();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+            for g in &groups {
+                prop_assert!(g.padded_rows * g.seq <= max_tokens);
+                prop_assert!(buckets.contains(&g.seq));
+                for &r in &g.rows {
+                    prop_assert!(lengths[r] <= g.seq);
+                    prop_assert_eq!(bucket_for(lengths[r], &buckets) <= g.seq, true);
+                }
+            }
+        }
+    }
+}
