@@ -1,0 +1,162 @@
+"""Writes tests/text/torture.txt (125 texts, one per line) and torture_extra.json (32).
+
+What/why: the tokenizer torture set is spelled out here with \\u escapes, because
+many of its characters are invisible or easy to mangle in an editor (NBSP, ZWSP,
+BOM, bidi marks, combining marks, control characters, emoji ZWJ sequences).
+torture.txt lines contain no "\\n" or "\\r", and none of the characters Python's
+str.splitlines() also breaks on (\\v \\f \\x1c-\\x1e \\x85 \\u2028 \\u2029); texts with
+those, NUL, and the empty string live in torture_extra.json instead.
+The .txt/.json files are the source of truth for tests; this script only
+documents and regenerates them.
+
+How: python tests/text/make_torture.py && python tests/text/make_expected.py
+"""
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+para = ("Machine learning inference servers load trained models and answer requests over HTTP or gRPC. "
+        "They batch requests together, pick a backend such as ONNX Runtime or tract, pad sequences to a few "
+        "fixed lengths to keep kernels warm, and return embeddings, labels or scores. ")
+L = [
+"The quick brown fox jumps over the lazy dog.",
+"A man is eating food.",
+"ONNX Runtime executes machine-learning models efficiently on CPUs.",
+"Hello, world!",
+"I can't believe it's not butter.",
+"\"Quoted,\" she said, 'single quotes' and \u201ccurly quotes\u201d and \u2018curly singles\u2019 and \u201elow-9\u201c.",
+"MiXeD CaSe WoRdS and ALLCAPS and lowercase and iPhone and McDonald's",
+"e.g. i.e. etc. Mr. Dr. U.S.A. a.m. p.m.",
+"don't won't y'all rock'n'roll O'Neill it\u2019s the dogs\u2019 bowls",
+"state-of-the-art well-known e-mail re-enter co-operate",
+"wait\u2026 what\u2014really\u2013yes",
+"Numbers: 1,000,000 and 1.000.000 and 1 000 000 and -42 and +3.5e-7 and 0x1F and 50% and 007",
+"Prices: $19.99, \u20ac5, \u00a5100, \u00a33, \u20bf0.5, \u20b9200, \u20bd10, \u20a91000, \u20aa7, 99\u00a2",
+"Phone: +1 (555) 123-4567, ext. 89",
+"Dates: 2024-01-31T12:34:56Z, 31/01/2024, Jan. 31st, 12:00pm",
+"5kg 10km/h 3.5GHz 100\u00b0C 72\u00b0F 1e10 2^32",
+"12345678901234567890123456789012345678901234567890",
+"3.14159265358979323846264338327950288419716939937510",
+"https://example.com/path/to/page?query=a%20b&x=1#frag",
+"http://www.pomme.dev:8080/v1/embeddings and ftp://files.example.org/pub/",
+"Email: first.last+tag@sub.example.co.uk, user_name@example.org, another-one@test.io",
+"hashtags #MachineLearning #NLP and @mention @pomme_dev",
+"C++ and C# and F# and .NET and node.js and ASP.NET",
+"snake_case_identifier camelCaseIdentifier PascalCase kebab-case SCREAMING_CASE",
+"file/path/with/slashes\\and\\backslashes.txt C:\\Windows\\System32",
+"Punctuation runs: !!!??? ... --- *** ### $$$ %%% ^^^ &&& ((( ))) [[[ ]]] {{{ }}}",
+"...",
+"?!",
+"-----",
+"!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+"~`!@#$%^&*()_+-={}[]|\\:\";'<>?,./",
+"<html><body><p class=\"x\">Hello &amp; goodbye</p></body></html>",
+"{\"json\": [1, 2, 3], \"key\": null, \"nested\": {\"a\": true}}",
+"SELECT * FROM users WHERE id = 1 AND name LIKE '%bob%';",
+"def f(x): return x**2 + 1  # python",
+"[CLS] [SEP] [MASK] [UNK] [PAD]",
+"literal special tokens inside text: hello[SEP]world [cls] lowercase and [ MASK ] spaced",
+"##ing ##s ## #",
+"unaffable tokenization wordpiece subword segmentation",
+"antidisestablishmentarianism pneumonoultramicroscopicsilicovolcanoconiosis",
+"Supercalifragilisticexpialidocious!",
+"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+"x" * 100,
+"x" * 101,
+"word " + "Hippopotomonstrosesquippedaliophobia" * 3 + " end",
+"\u00e9" * 101,
+"\u00e9" * 60,
+"https://example.com/" + "averyveryverylongpathsegment" * 5,
+"caf\u00e9 na\u00efve \u00c5ngstr\u00f6m r\u00e9sum\u00e9 fa\u00e7ade jalape\u00f1o co\u00f6perate Zo\u00eb",
+"CAF\u00c9 NA\u00cfVE \u00c5NGSTR\u00d6M R\u00c9SUM\u00c9",
+"decomposed NFD: cafe\u0301 nai\u0308ve A\u030angstro\u0308m",
+"a\u0308 vs \u00e4 vs A\u0308 vs \u00c4",
+"Z\u0324\u0354\u0367\u0311\u0313a\u0308\u0356\u032d\u0308\u0307l\u036e\u0312\u036bg\u030c\u0317\u035a\u031ao\u0319\u0314\u036e\u0307\u0350\u0307 text",
+"\u0301\u0308 combining marks with no base",
+"German: Gr\u00f6\u00dfenwahn, Stra\u00dfe, Fu\u00dfg\u00e4nger\u00fcberg\u00e4nge, Donaudampfschifffahrtsgesellschaftskapit\u00e4n",
+"\u1e9e capital sharp s: GRO\u1e9eE vs gro\u00dfe",
+"French: L'\u00e9t\u00e9 dernier, nous sommes all\u00e9s \u00e0 la plage ; o\u00f9 est-ce qu'on va ? \u00ab guillemets \u00bb",
+"Spanish: \u00bfD\u00f3nde est\u00e1 la biblioteca? \u00a1Qu\u00e9 bueno! El ni\u00f1o comi\u00f3 pi\u00f1ata.",
+"Polish: Za\u017c\u00f3\u0142\u0107 g\u0119\u015bl\u0105 ja\u017a\u0144. \u0141\u00f3d\u017a, Krak\u00f3w, Gda\u0144sk.",
+"Portuguese: S\u00e3o Paulo, a\u00e7\u00e3o, cora\u00e7\u00e3o, p\u00e3o",
+"Czech: P\u0159\u00edli\u0161 \u017elu\u0165ou\u010dk\u00fd k\u016f\u0148 \u00fap\u011bl \u010f\u00e1belsk\u00e9 \u00f3dy.",
+"Turkish: \u0130stanbul \u0131\u0131 \u0130i dotless \u0131 and dotted \u0130",
+"Vietnamese: Ti\u1ebfng Vi\u1ec7t c\u00f3 d\u1ea5u, ph\u1edf b\u00f2",
+"Greek: \u0397 \u03b3\u03c1\u03ae\u03b3\u03bf\u03c1\u03b7 \u03ba\u03b1\u03c6\u03ad \u03b1\u03bb\u03b5\u03c0\u03bf\u03cd. \u0391\u0392\u0393\u0394 \u03b1\u03b2\u03b3\u03b4",
+"Greek final sigma: \u039f\u0394\u039f\u03a3 \u03a3\u039f\u03a6\u039f\u03a3 \u03bf\u03b4\u03bf\u03c2",
+"Russian: \u0421\u044a\u0435\u0448\u044c \u0436\u0435 \u0435\u0449\u0451 \u044d\u0442\u0438\u0445 \u043c\u044f\u0433\u043a\u0438\u0445 \u0444\u0440\u0430\u043d\u0446\u0443\u0437\u0441\u043a\u0438\u0445 \u0431\u0443\u043b\u043e\u043a, \u0434\u0430 \u0432\u044b\u043f\u0435\u0439 \u0447\u0430\u044e.",
+"Ukrainian: \u0490\u0430\u043d\u043e\u043a, \u0457\u0436\u0430\u043a, \u0404\u0432\u0440\u043e\u043f\u0430",
+"Chinese: \u6211\u7231\u81ea\u7136\u8bed\u8a00\u5904\u7406\u3002\u4eca\u5929\u5929\u6c14\u5f88\u597d\uff01",
+"Traditional: \u6a5f\u5668\u5b78\u7fd2\u8207\u6df1\u5ea6\u5b78\u7fd2",
+"ONNX\u6a21\u578b\u5728CPU\u4e0a\u8fd0\u884c\u5f88\u5feb",
+"Japanese: \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8\u3067\u3059\u3002\u30ab\u30bf\u30ab\u30ca\u3068\u3072\u3089\u304c\u306a\u3002",
+"Half-width katakana: \uff76\uff80\uff76\uff85 \uff8a\uff9f\uff9d",
+"Korean: \uc548\ub155\ud558\uc138\uc694, \uc138\uacc4! \ud55c\uad6d\uc5b4 \ud14d\uc2a4\ud2b8\uc785\ub2c8\ub2e4.",
+"Hangul jamo: \u1112\u1161\u11ab \u1100\u1173\u11af",
+"CJK Extension B: \U00020000\U00020001\U0002a6a5 and compatibility \uf900\uf901",
+"\u4e2d",
+"pomme\u308a\u3093\u3054\uc0ac\uacfc\u044f\u0431\u043b\u043e\u043a\u043e\u82f9\u679c",
+"Full-width: \uff21\uff22\uff23 \uff41\uff42\uff43 \uff11\uff12\uff13 \uff01\uff1f\uff08\uff09",
+"Ideographic space: \u5168\u89d2\u3000\u30b9\u30da\u30fc\u30b9",
+"Arabic: \u0645\u0631\u062d\u0628\u0627 \u0628\u0627\u0644\u0639\u0627\u0644\u0645. \u0627\u0644\u0644\u063a\u0629 \u0627\u0644\u0639\u0631\u0628\u064a\u0629 \u062c\u0645\u064a\u0644\u0629.",
+"Arabic harakat: \u0627\u0644\u0639\u064e\u0631\u064e\u0628\u0650\u064a\u0651\u064e\u0629",
+"Arabic-Indic digits: \u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669",
+"Hebrew: \u05e9\u05dc\u05d5\u05dd \u05e2\u05d5\u05dc\u05dd! \u05e2\u05b4\u05d1\u05b0\u05e8\u05b4\u05d9\u05ea",
+"The word \u05e9\u05dc\u05d5\u05dd means peace; \u0645\u0631\u062d\u0628\u0627 means hello.",
+"bidi marks: abc\u200fdef\u200eghi \u202bembedded\u202c \u2067isolate\u2069",
+"Hindi: \u0928\u092e\u0938\u094d\u0924\u0947 \u0926\u0941\u0928\u093f\u092f\u093e\u0964 \u0939\u093f\u0928\u094d\u0926\u0940 \u092d\u093e\u0937\u093e",
+"Bengali: \u0986\u09ae\u09bf \u09ac\u09be\u0982\u09b2\u09be\u09af\u09bc \u0997\u09be\u09a8 \u0997\u09be\u0987; Tamil: \u0bb5\u0ba3\u0b95\u0bcd\u0b95\u0bae\u0bcd",
+"Thai: \u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35\u0e0a\u0e32\u0e27\u0e42\u0e25\u0e01 \u0e20\u0e32\u0e29\u0e32\u0e44\u0e17\u0e22\u0e44\u0e21\u0e48\u0e21\u0e35\u0e0a\u0e48\u0e2d\u0e07\u0e27\u0e48\u0e32\u0e07",
+"Lao and Khmer: \u0eaa\u0eb0\u0e9a\u0eb2\u0e8d\u0e94\u0eb5 \u179f\u17bd\u179f\u17d2\u178f\u17b8",
+"Georgian, Armenian, Amharic: \u10d2\u10d0\u10db\u10d0\u10e0\u10ef\u10dd\u10d1\u10d0 \u0532\u0561\u0580\u0565\u0582 \u1230\u120b\u121d",
+"I love pizza \U0001f355 and \U0001f389 parties \U0001f602\U0001f602\U0001f602",
+"hello\U0001f600world",
+"\U0001f642",
+"Skin tones: \U0001f44d\U0001f3fb \U0001f44d\U0001f3fc \U0001f44d\U0001f3fd \U0001f44d\U0001f3fe \U0001f44d\U0001f3ff",
+"modifier alone: \U0001f3fd",
+"ZWJ: \U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 and \U0001f469\u200d\U0001f4bb and \U0001f3f3\ufe0f\u200d\U0001f308 and \U0001f9d1\U0001f3fd\u200d\U0001f680",
+"Flags: \U0001f1eb\U0001f1f7 \U0001f1e9\U0001f1ea \U0001f1ef\U0001f1f5 \U0001f1fa\U0001f1f8 \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+"Keycaps: 1\ufe0f\u20e3 #\ufe0f\u20e3 \u00a9\ufe0f \u00ae\ufe0f \u2122",
+"Variation selectors: \u2764 \u2764\ufe0f \u263a\ufe0e",
+"Math: \u2200x\u2208\u211d: x\u00b2 \u2265 0, \u2211\u1d62 a\u1d62, \u221a2, \u221e, \u2260, \u2264",
+"H\u2082O, E=mc\u00b2, x\u00b3, \u00bd \u00bc \u00be",
+"Ligatures: \ufb01 \ufb02 \ufb00 \u00c6 \u00e6 \u0152 \u0153 \u0133",
+"Roman and circled: \u216b \u217b \u2163 \u2460 \u2461 \u24d0 \u24b6",
+"Box drawing: \u250c\u2500\u2510\u2502\u2514\u2518 \u25a0\u25a1\u25b2\u25b3",
+"col1\tcol2\t\tcol3",
+"word     with     many     spaces",
+"   leading and trailing spaces   ",
+"non\u00a0breaking\u00a0space",
+"zero\u200bwidth\u200bspace",
+"\ufeffBOM at the start of this line",
+"zero\u200cwidth\u200dnon\u200cjoiner",
+"spaces: en\u2002em\u2003thin\u2009hair\u200anarrow\u202fideo\u3000ogham\u1680end",
+"soft\u00adhyphen and word\u2060joiner",
+"control: bell\u0007 escape\u001b[31mred\u001b[0m del\u007f csi\u009b",
+"private use \ue000\uf8ff and replacement \ufffd char",
+"   \t  ",
+"\t",
+"!!!",
+"\u00a0\u200b\u00a0",
+". , ; : ! ?",
+"a",
+"A",
+"ab ba AB BA",
+("word " * 300).strip(),
+(para * 4).strip(),
+]
+assert all("\n" not in t and "\r" not in t for t in L)
+for t in L:
+    assert len(t.splitlines()) <= 1, repr(t)  # no Python-only line breaks either (\v \f \x1c-\x1e \x85 \u2028 \u2029)
+with open(HERE / "torture.txt", "w", encoding="utf-8", newline="\n") as f:
+    f.write("\n".join(L) + "\n")
+print(len(L))
+X = ["", "\n", "line1\nline2", "line1\r\nline2", "\r", "\r\n", "\t", "tab\tseparated\tvalues\n",
+     "\u0000", "nul\u0000inside", "\u0001\u0002\u0003 low controls", "vertical\u000btab", "form\u000cfeed",
+     "\u001c\u001d\u001e\u001f separators", "next\u0085line", "line\u2028separator", "paragraph\u2029separator",
+     "multi\n\nline\n\n\nparagraph", "\n\n\n", " \n \t \r\n ", "[CLS]\n[SEP]", "trailing newline\n",
+     "\u007f", "\u0080\u009f C1 controls", "\ufeff", "\u200b", "\u00ad", "\ufffd", "  ", "emoji\n\U0001f600\nlines",
+     "Windows\r\nline\r\nendings\r\n", "old Mac\rline\rendings"]
+with open(HERE / "torture_extra.json", "w", encoding="utf-8") as f:
+    f.write("[\n" + ",\n".join(json.dumps(x) for x in X) + "\n]\n")
+print(len(X))
