@@ -1002,7 +1002,9 @@ pub(super) fn data<T: JsonElem>(p: &mut Parser<'_>, spec: &DataSpec<'_>) -> Resu
 /// The hot loop: a run of numbers in one array of floats, parsed with local
 /// state. Leaves the cursor after the last one and counts all but that one
 /// in `count` (the caller counts it with the separator that follows).
-#[inline(always)]
+/// Not inlined: on its own, the loop keeps its state in registers rather
+/// than sharing them with the nesting bookkeeping around it.
+#[inline(never)]
 fn float_run<T: JsonElem>(
     p: &mut Parser<'_>,
     spec: &DataSpec<'_>,
