@@ -591,12 +591,12 @@ struct Decimal {
     digits: usize,
 }
 
-/// The common case of [`Parser::f64`], lean for the hot loop: a number of at
-/// most 19 digits (fewer than 8 before the point, a short exponent) that
-/// Clinger or Eisel-Lemire rounds, with 8 bytes to read past each digit run.
-/// `None` for anything else, malformed numbers included: the caller then
-/// takes the careful path, which has the slow fallback and the errors.
-/// Returns the value and the offset after the number.
+/// The common case of [`Parser::f64`], lean for the hot loop: a number whose
+/// digits fit a u64 exactly (a short exponent, 16 bytes readable after the
+/// point) that Clinger or Eisel-Lemire rounds. `None` for anything else,
+/// malformed numbers included: the caller then takes the careful path,
+/// which has the slow fallback and the errors. Returns the value and the
+/// offset after the number.
 #[inline(always)]
 fn fast_f64(b: &[u8], start: usize) -> Option<(f64, usize)> {
     let mut i = start;
@@ -618,40 +618,54 @@ fn fast_f64(b: &[u8], start: usize) -> Option<(f64, usize)> {
         mantissa = mantissa.wrapping_mul(10).wrapping_add(d as u64);
         i += 1;
     }
-    // A leading zero takes the careful path (to be refused there).
-    if first == 0 && i - digits > 1 {
+    let int_digits = i - digits;
+    // A leading zero takes the careful path (to be refused there); so do
+    // integer parts the mantissa might not hold.
+    if (first == 0 && int_digits > 1) || int_digits > 18 {
         return None;
     }
-    let k = i - digits;
-    let mut n_digits = k;
     let mut exp = 0i64;
     if b.get(i) == Some(&b'.') {
         i += 1;
-        let frac = i;
-        loop {
-            let v = read8(b, i)?;
-            let k = digit_run(v);
-            if k == 8 {
-                mantissa = mantissa
-                    .wrapping_mul(100_000_000)
-                    .wrapping_add(parse_8digits(v));
-                i += 8;
-                continue;
+        let c1 = read8(b, i)?;
+        let k1 = digit_run(c1);
+        if k1 < 8 {
+            // A short fraction, exact: Clinger's fast path usually applies.
+            if k1 == 0 || int_digits + k1 > 19 {
+                return None;
             }
-            if k > 0 {
-                mantissa = mantissa
-                    .wrapping_mul(POW10_U64[k])
-                    .wrapping_add(parse_digits(v, k));
-                i += k;
+            mantissa = mantissa * POW10_U64[k1] + parse_digits(c1, k1);
+            i += k1;
+            exp = -(k1 as i64);
+        } else {
+            // 8 to 16 digits, padded with '0's to 16 places: the same value
+            // at a fixed exponent of -16, with no shift by the digit count.
+            let c2 = read8(b, i + 8)?;
+            let k2 = digit_run(c2);
+            let keep = ((1u128 << (8 * k2)) - 1) as u64;
+            let c2 = (c2 & keep) | (0x3030_3030_3030_3030 & !keep);
+            // The integer part times 10^16 must fit.
+            if mantissa > 1843 {
+                return None;
             }
-            break;
+            mantissa = mantissa * 10_000_000_000_000_000
+                + parse_8digits(c1) * 100_000_000
+                + parse_8digits(c2);
+            i += 8 + k2;
+            exp = -16;
+            if k2 == 8 {
+                // More than 16 digits: the rest one at a time, while exact.
+                while let Some(&c) = b.get(i) {
+                    let d = c.wrapping_sub(b'0');
+                    if d > 9 {
+                        break;
+                    }
+                    mantissa = mantissa.checked_mul(10)?.checked_add(d as u64)?;
+                    exp -= 1;
+                    i += 1;
+                }
+            }
         }
-        let n = i - frac;
-        if n == 0 {
-            return None;
-        }
-        n_digits += n;
-        exp = -(n as i64);
     }
     if let Some(b'e' | b'E') = b.get(i) {
         i += 1;
@@ -680,9 +694,6 @@ fn fast_f64(b: &[u8], start: usize) -> Option<(f64, usize)> {
             return None;
         }
         exp += if neg_exp { -e } else { e };
-    }
-    if n_digits > 19 {
-        return None;
     }
     if mantissa <= 1 << 53 && (-22..=22).contains(&exp) {
         // Clinger: both operands exact, so one rounding. The sign goes in
