@@ -1,15 +1,21 @@
 //! HTTP/REST infer requests and responses: KServe v2 JSON plus Triton's binary
 //! tensor data extension.
 //!
-//! JSON decoding dominates a JSON inference server's CPU time, so tensor
-//! `data` arrays are never built as `serde_json::Value` trees: a
-//! [`DeserializeSeed`] flattens (possibly nested) arrays straight into a typed
-//! `Vec<T>` sized from the declared shape. When a client sends `data` before
-//! `datatype`/`shape` (legal JSON, unusual in practice), the array is kept as a
-//! borrowed raw slice and parsed the same way once the type is known.
+//! JSON decoding dominates a JSON inference server's CPU time, so requests
+//! are read by a hand-written single-pass scanner ([`scan`]) rather than
+//! through `serde_json` trees or visitors: tensor `data` arrays (flat or
+//! nested) are parsed straight from the body into a typed `Vec<T>` sized from
+//! the declared shape, and only the small, irregular parts (`parameters`,
+//! `outputs`, `shape`) go to `serde_json`, on their byte slices. When a client
+//! sends `data` before `datatype`/`shape` (legal JSON, unusual in practice),
+//! its extent is checked and skipped, and it is parsed the same way once the
+//! type is known.
 //!
 //! Encoding writes the JSON bytes directly (no `Value` tree either), for
 //! responses on the server and for requests in the load generator alike.
+
+mod pow5;
+mod scan;
 
 use crate::common::{
     SequenceId, binary_len, binary_tensor, checked_shape, named, parse_dtype, priority_from,
@@ -18,11 +24,9 @@ use crate::common::{
 use crate::{DecodedRequest, Limits, OutputPrefs, RequestedOutput};
 use bytes::Bytes;
 use pomme_core::{DType, Error, Result, Tensor};
+use scan::{DataSpec, Parser};
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use std::fmt;
 use std::time::Duration;
 
 type Params = Map<String, Value>;
@@ -69,20 +73,10 @@ pub fn decode_request(
         // cannot make us reserve more than the body could ever fill.
         prealloc_cap: json_len / 2 + 1,
     };
-    let mut de = serde_json::Deserializer::from_slice(json);
-    let wire = RequestSeed { ctx }
-        .deserialize(&mut de)
-        .map_err(json_error)?;
-    de.end().map_err(json_error)?;
-    assemble(wire, binary, ctx)
-}
-
-fn json_error(e: serde_json::Error) -> Error {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Data => Error::invalid_input(truncate(&e.to_string(), 300)),
-        _ => Error::invalid_input(format!("malformed JSON: {}", truncate(&e.to_string(), 300))),
-    }
+    let mut p = Parser::new(json, 0);
+    let wire = parse_request(&mut p, ctx)?;
+    p.end()?;
+    assemble(wire, json, binary, ctx)
 }
 
 #[derive(Clone, Copy)]
@@ -91,24 +85,26 @@ struct Ctx<'l> {
     prealloc_cap: usize,
 }
 
-struct WireRequest<'de> {
+struct WireRequest {
     id: Option<String>,
     parameters: Params,
-    inputs: Vec<WireInput<'de>>,
+    inputs: Vec<WireInput>,
     outputs: Option<Vec<WireOutput>>,
 }
 
-struct WireInput<'de> {
+struct WireInput {
     name: Option<String>,
     shape: Option<Vec<i64>>,
     datatype: Option<String>,
     parameters: Params,
-    data: Option<WireData<'de>>,
+    data: Option<WireData>,
 }
 
-enum WireData<'de> {
+enum WireData {
     Parsed(DataBuf),
-    Raw(&'de RawValue),
+    /// `data` came before its type and shape were known: where it starts
+    /// in the JSON (its syntax is already checked).
+    Later(usize),
 }
 
 #[derive(Deserialize)]
@@ -118,172 +114,125 @@ struct WireOutput {
     parameters: Params,
 }
 
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "lowercase")]
-enum RequestField {
-    Id,
-    Parameters,
-    Inputs,
-    Outputs,
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "lowercase")]
-enum InputField {
-    Name,
-    Shape,
-    Datatype,
-    Parameters,
-    Data,
-    #[serde(other)]
-    Other,
-}
-
-struct RequestSeed<'l> {
-    ctx: Ctx<'l>,
-}
-
-impl<'de> DeserializeSeed<'de> for RequestSeed<'_> {
-    type Value = WireRequest<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for RequestSeed<'_> {
-    type Value = WireRequest<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an inference request object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut req = WireRequest {
-            id: None,
-            parameters: Params::new(),
-            inputs: Vec::new(),
-            outputs: None,
-        };
-        let mut saw_inputs = false;
-        while let Some(key) = map.next_key::<RequestField>()? {
-            match key {
-                RequestField::Id => req.id = map.next_value()?,
-                RequestField::Parameters => {
-                    req.parameters = map.next_value::<Option<Params>>()?.unwrap_or_default()
-                }
-                RequestField::Inputs => {
-                    req.inputs = map.next_value_seed(InputsSeed { ctx: self.ctx })?;
-                    saw_inputs = true;
-                }
-                RequestField::Outputs => req.outputs = map.next_value()?,
-                RequestField::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+fn parse_request(p: &mut Parser<'_>, ctx: Ctx<'_>) -> Result<WireRequest> {
+    let mut req = WireRequest {
+        id: None,
+        parameters: Params::new(),
+        inputs: Vec::new(),
+        outputs: None,
+    };
+    let mut saw_inputs = false;
+    p.object("an inference request object", |p, key| {
+        match &*key {
+            "id" => req.id = p.opt_string_value("'id' to be a string")?,
+            "parameters" => req.parameters = p.serde::<Option<Params>>()?.unwrap_or_default(),
+            "inputs" => {
+                req.inputs = parse_inputs(p, ctx)?;
+                saw_inputs = true;
             }
+            "outputs" => req.outputs = p.serde()?,
+            _ => p.skip_value()?,
         }
-        if !saw_inputs {
-            return Err(de::Error::custom("request has no 'inputs'"));
+        Ok(())
+    })?;
+    if !saw_inputs {
+        return Err(Error::invalid_input("request has no 'inputs'"));
+    }
+    Ok(req)
+}
+
+fn parse_inputs(p: &mut Parser<'_>, ctx: Ctx<'_>) -> Result<Vec<WireInput>> {
+    let mut out = Vec::new();
+    p.array("'inputs' to be an array of input tensors", |p| {
+        let input = parse_input(p, ctx)?;
+        if out.len() >= ctx.limits.max_inputs {
+            return Err(Error::invalid_input(format!(
+                "more than {} inputs",
+                ctx.limits.max_inputs
+            )));
         }
-        Ok(req)
-    }
+        out.push(input);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
-struct InputsSeed<'l> {
-    ctx: Ctx<'l>,
-}
-
-impl<'de> DeserializeSeed<'de> for InputsSeed<'_> {
-    type Value = Vec<WireInput<'de>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for InputsSeed<'_> {
-    type Value = Vec<WireInput<'de>>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of input tensors")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(input) = seq.next_element_seed(InputSeed { ctx: self.ctx })? {
-            if out.len() >= self.ctx.limits.max_inputs {
-                return Err(de::Error::custom(format!(
-                    "more than {} inputs",
-                    self.ctx.limits.max_inputs
-                )));
+fn parse_input(p: &mut Parser<'_>, ctx: Ctx<'_>) -> Result<WireInput> {
+    let mut input = WireInput {
+        name: None,
+        shape: None,
+        datatype: None,
+        parameters: Params::new(),
+        data: None,
+    };
+    p.object("an input tensor object", |p, key| {
+        match &*key {
+            "name" => input.name = Some(p.string_value("an input's 'name' to be a string")?),
+            "shape" => input.shape = Some(p.serde()?),
+            "datatype" => {
+                input.datatype = Some(p.string_value("an input's 'datatype' to be a string")?)
             }
-            out.push(input);
-        }
-        Ok(out)
-    }
-}
-
-struct InputSeed<'l> {
-    ctx: Ctx<'l>,
-}
-
-impl<'de> DeserializeSeed<'de> for InputSeed<'_> {
-    type Value = WireInput<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for InputSeed<'_> {
-    type Value = WireInput<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an input tensor object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut input = WireInput {
-            name: None,
-            shape: None,
-            datatype: None,
-            parameters: Params::new(),
-            data: None,
-        };
-        while let Some(key) = map.next_key::<InputField>()? {
-            match key {
-                InputField::Name => input.name = Some(map.next_value()?),
-                InputField::Shape => input.shape = Some(map.next_value()?),
-                InputField::Datatype => input.datatype = Some(map.next_value()?),
-                InputField::Parameters => {
-                    input.parameters = map.next_value::<Option<Params>>()?.unwrap_or_default()
+            "parameters" => input.parameters = p.serde::<Option<Params>>()?.unwrap_or_default(),
+            "data" => {
+                if input.data.is_some() {
+                    return Err(Error::invalid_input("input has 'data' twice"));
                 }
-                InputField::Data => {
-                    if input.data.is_some() {
-                        return Err(de::Error::custom("input has 'data' twice"));
+                let name = input.name.as_deref().unwrap_or("?");
+                let known = match (&input.datatype, &input.shape) {
+                    (Some(dt), Some(shape)) => DType::from_kserve(dt).and_then(|dt| {
+                        checked_shape(name, shape, ctx.limits).ok().map(|s| (dt, s))
+                    }),
+                    _ => None,
+                };
+                input.data = Some(match known {
+                    Some((dtype, shape)) => {
+                        WireData::Parsed(data_buf(p, name, dtype, &shape, ctx)?)
                     }
-                    let known = match (&input.datatype, &input.shape) {
-                        (Some(dt), Some(shape)) => DType::from_kserve(dt).and_then(|dt| {
-                            let name = input.name.as_deref().unwrap_or("?");
-                            checked_shape(name, shape, self.ctx.limits)
-                                .ok()
-                                .map(|s| (dt, s))
-                        }),
-                        _ => None,
-                    };
-                    input.data = Some(match known {
-                        Some((dtype, shape)) => {
-                            WireData::Parsed(map.next_value_seed(DataSeed {
-                                input: input.name.as_deref().unwrap_or("?"),
-                                dtype,
-                                expected: shape.iter().product::<usize>(),
-                                shape: &shape,
-                                ctx: self.ctx,
-                            })?)
-                        }
-                        None => WireData::Raw(map.next_value()?),
-                    });
-                }
-                InputField::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                    None => {
+                        let start = p.pos;
+                        p.skip_value()?;
+                        WireData::Later(start)
+                    }
+                });
             }
+            _ => p.skip_value()?,
         }
-        Ok(input)
-    }
+        Ok(())
+    })?;
+    Ok(input)
+}
+
+/// Parses one input's `data` (cursor on it) into a [`DataBuf`] of `dtype`.
+fn data_buf(
+    p: &mut Parser<'_>,
+    input: &str,
+    dtype: DType,
+    shape: &[usize],
+    ctx: Ctx<'_>,
+) -> Result<DataBuf> {
+    let spec = DataSpec {
+        input,
+        shape,
+        expected: shape.iter().product(),
+        limits: ctx.limits,
+        prealloc_cap: ctx.prealloc_cap,
+    };
+    Ok(match dtype {
+        DType::Bool => DataBuf::Bool(scan::data(p, &spec)?),
+        DType::U8 => DataBuf::U8(scan::data(p, &spec)?),
+        DType::U16 => DataBuf::U16(scan::data(p, &spec)?),
+        DType::U32 => DataBuf::U32(scan::data(p, &spec)?),
+        DType::U64 => DataBuf::U64(scan::data(p, &spec)?),
+        DType::I8 => DataBuf::I8(scan::data(p, &spec)?),
+        DType::I16 => DataBuf::I16(scan::data(p, &spec)?),
+        DType::I32 => DataBuf::I32(scan::data(p, &spec)?),
+        DType::I64 => DataBuf::I64(scan::data(p, &spec)?),
+        DType::F16 => DataBuf::F16(scan::data(p, &spec)?),
+        DType::BF16 => DataBuf::BF16(scan::data(p, &spec)?),
+        DType::F32 => DataBuf::F32(scan::data(p, &spec)?),
+        DType::F64 => DataBuf::F64(scan::data(p, &spec)?),
+        DType::Bytes => DataBuf::Bytes(scan::data(p, &spec)?),
+    })
 }
 
 /// Typed, flattened tensor data straight out of JSON.
@@ -325,59 +274,12 @@ impl DataBuf {
     }
 }
 
-/// Parses one input's `data` into a [`DataBuf`] of its declared dtype.
-struct DataSeed<'a> {
-    input: &'a str,
-    dtype: DType,
-    /// The declared shape: nested data must follow it exactly.
-    shape: &'a [usize],
-    expected: usize,
-    ctx: Ctx<'a>,
-}
-
-impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
-    type Value = DataBuf;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<DataBuf, D::Error> {
-        macro_rules! flat {
-            ($t:ty, $variant:ident) => {{
-                let mut out: Vec<$t> = Vec::with_capacity(self.expected.min(self.ctx.prealloc_cap));
-                let nesting = Nesting::default();
-                Flatten {
-                    out: &mut out,
-                    depth: 0,
-                    input: self.input,
-                    expected: self.expected,
-                    limits: self.ctx.limits,
-                    shape: self.shape,
-                    nesting: &nesting,
-                }
-                .deserialize(d)?;
-                nesting.finish::<D::Error>(self.input, self.shape)?;
-                DataBuf::$variant(out)
-            }};
-        }
-        Ok(match self.dtype {
-            DType::Bool => flat!(bool, Bool),
-            DType::U8 => flat!(u8, U8),
-            DType::U16 => flat!(u16, U16),
-            DType::U32 => flat!(u32, U32),
-            DType::U64 => flat!(u64, U64),
-            DType::I8 => flat!(i8, I8),
-            DType::I16 => flat!(i16, I16),
-            DType::I32 => flat!(i32, I32),
-            DType::I64 => flat!(i64, I64),
-            DType::F16 => flat!(half::f16, F16),
-            DType::BF16 => flat!(half::bf16, BF16),
-            DType::F32 => flat!(f32, F32),
-            DType::F64 => flat!(f64, F64),
-            DType::Bytes => flat!(Bytes, Bytes),
-        })
-    }
-}
-
 /// One element type as it may appear in JSON `data`.
 trait JsonElem: Sized {
     const NAME: &'static str;
+    /// A float type: every number is parsed as f64, then converted (as
+    /// serde_json's integers would be: `u64 as f64` rounds the same way).
+    const FLOAT: bool = false;
     fn from_f64(v: f64) -> Result<Self, String>;
     fn from_i64(v: i64) -> Result<Self, String>;
     fn from_u64(v: u64) -> Result<Self, String>;
@@ -422,6 +324,7 @@ macro_rules! json_float {
     ($($t:ty => $name:literal, $conv:expr),* $(,)?) => {$(
         impl JsonElem for $t {
             const NAME: &'static str = $name;
+            const FLOAT: bool = true;
             fn from_f64(v: f64) -> Result<Self, String> { Ok($conv(v)) }
             fn from_i64(v: i64) -> Result<Self, String> { Ok($conv(v as f64)) }
             fn from_u64(v: u64) -> Result<Self, String> { Ok($conv(v as f64)) }
@@ -483,153 +386,6 @@ impl JsonElem for Bytes {
     }
 }
 
-/// Flattens nested arrays of scalars into `out`, in row-major order. Data
-/// is either flat (one array of scalars) or nested exactly as the shape
-/// says (every array at level k holds shape[k] items, scalars only at the
-/// innermost level): ragged rows are refused even when their total matches.
-struct Flatten<'a, T> {
-    out: &'a mut Vec<T>,
-    depth: usize,
-    input: &'a str,
-    expected: usize,
-    limits: &'a Limits,
-    shape: &'a [usize],
-    nesting: &'a Nesting,
-}
-
-/// What a `data` value's nesting looked like so far.
-#[derive(Default)]
-struct Nesting {
-    /// The depth every scalar sits at (they must agree).
-    scalar_depth: std::cell::Cell<Option<usize>>,
-    /// An array was seen inside the top-level one.
-    nested: std::cell::Cell<bool>,
-}
-
-impl Nesting {
-    /// After the whole value: nested data must reach exactly the shape's rank.
-    fn finish<E: de::Error>(&self, input: &str, shape: &[usize]) -> Result<(), E> {
-        match self.scalar_depth.get() {
-            Some(d) if self.nested.get() && d != shape.len() => Err(E::custom(format!(
-                "input '{input}': data is nested {d} levels deep, but its shape {shape:?} has {} dimensions",
-                shape.len()
-            ))),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl<T: JsonElem> Flatten<'_, T> {
-    fn push<E: de::Error>(self, v: Result<T, String>) -> Result<(), E> {
-        match self.nesting.scalar_depth.get() {
-            Some(d) if d != self.depth => {
-                return Err(E::custom(format!(
-                    "input '{}': data mixes nesting levels (values at depth {d} and {}); give it flat or nested as the shape {:?}",
-                    self.input, self.depth, self.shape
-                )));
-            }
-            _ => self.nesting.scalar_depth.set(Some(self.depth)),
-        }
-        let v = v.map_err(|m| E::custom(format!("input '{}': {m}", self.input)))?;
-        if self.out.len() >= self.expected {
-            return Err(E::custom(format!(
-                "input '{}' has more data elements than its shape holds ({})",
-                self.input, self.expected
-            )));
-        }
-        self.out.push(v);
-        Ok(())
-    }
-}
-
-impl<'de, T: JsonElem> DeserializeSeed<'de> for Flatten<'_, T> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de, T: JsonElem> Visitor<'de> for Flatten<'_, T> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{} values, possibly in nested arrays", T::NAME)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if self.depth >= self.limits.max_json_depth {
-            return Err(de::Error::custom(format!(
-                "input '{}': data is nested deeper than {} levels",
-                self.input, self.limits.max_json_depth
-            )));
-        }
-        let mut n = 0usize;
-        while seq
-            .next_element_seed(Flatten {
-                out: &mut *self.out,
-                depth: self.depth + 1,
-                input: self.input,
-                expected: self.expected,
-                limits: self.limits,
-                shape: self.shape,
-                nesting: self.nesting,
-            })?
-            .is_some()
-        {
-            n += 1;
-        }
-        if self.depth >= 1 {
-            self.nesting.nested.set(true);
-        }
-        if self.nesting.nested.get() {
-            match self.shape.get(self.depth) {
-                None => {
-                    return Err(de::Error::custom(format!(
-                        "input '{}': data is nested deeper than its shape {:?}",
-                        self.input, self.shape
-                    )));
-                }
-                Some(&want) if want != n => {
-                    return Err(de::Error::custom(format!(
-                        "input '{}': nested data has {n} items at level {}, but its shape {:?} says {want}",
-                        self.input, self.depth, self.shape
-                    )));
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.push(T::from_f64(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.push(T::from_i64(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.push(T::from_u64(v))
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.push(T::from_bool(v))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        let max = self.limits.max_string_bytes;
-        self.push(T::from_str(v, max))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Err(E::custom(format!(
-            "input '{}': data holds null, expected {} values",
-            self.input,
-            T::NAME
-        )))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
-        Err(de::Error::custom(format!(
-            "input '{}': data holds an object, expected {} values",
-            self.input,
-            T::NAME
-        )))
-    }
-}
-
 fn param_bool(params: &Params, key: &str, what: &str) -> Result<Option<bool>> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -667,7 +423,7 @@ fn param_sequence_id(params: &Params) -> Result<Option<SequenceId>> {
     }
 }
 
-fn assemble(wire: WireRequest<'_>, binary: Bytes, ctx: Ctx<'_>) -> Result<DecodedRequest> {
+fn assemble(wire: WireRequest, json: &[u8], binary: Bytes, ctx: Ctx<'_>) -> Result<DecodedRequest> {
     let limits = ctx.limits;
     let binary_data_output =
         param_bool(&wire.parameters, "binary_data_output", "")?.unwrap_or(false);
@@ -716,18 +472,9 @@ fn assemble(wire: WireRequest<'_>, binary: Bytes, ctx: Ctx<'_>) -> Result<Decode
             (None, Some(WireData::Parsed(buf))) => {
                 buf.into_tensor(shape).map_err(|e| named(&name, e))?
             }
-            (None, Some(WireData::Raw(raw))) => {
-                let expected = shape.iter().product();
-                let mut de = serde_json::Deserializer::from_str(raw.get());
-                let buf = DataSeed {
-                    input: &name,
-                    dtype,
-                    shape: &shape,
-                    expected,
-                    ctx,
-                }
-                .deserialize(&mut de)
-                .map_err(json_error)?;
+            (None, Some(WireData::Later(start))) => {
+                let mut p = Parser::new(json, start);
+                let buf = data_buf(&mut p, &name, dtype, &shape, ctx)?;
                 buf.into_tensor(shape).map_err(|e| named(&name, e))?
             }
             (None, None) => {

@@ -572,3 +572,338 @@ fn classification_is_read_per_output() {
     assert_eq!(d.classifications(), vec![("probs".to_string(), 2)]);
     assert_eq!(d.output_names().unwrap(), ["probs", "label"]);
 }
+
+/// Python's `repr(float)` (what `json.dumps` writes): shortest round-trip
+/// digits, fixed notation for exponents in [-4, 16) with `.0` when integral,
+/// otherwise `1.5e-05` / `1e+16`.
+fn py_repr(v: f64) -> String {
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap();
+    let exp: i32 = exp.parse().unwrap();
+    if (-4..16).contains(&exp) {
+        let s = format!("{v}");
+        if s.contains('.') { s } else { s + ".0" }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
+/// A float written as clients write them: Rust's `{}` and `{:e}`, Python's
+/// repr, or with a capital, explicitly signed exponent.
+fn write_float(v: f64, form: u8) -> String {
+    match form % 4 {
+        0 => format!("{v}"),
+        1 => format!("{v:e}"),
+        2 => py_repr(v),
+        _ => format!("{v:E}").replace("E", "E+").replace("E+-", "E-"),
+    }
+}
+
+const WS: [&str; 6] = ["", " ", "\n", "\t", "  ", "\r\n "];
+
+/// Finite f64s of every kind: any bit pattern, f32 values widened, and
+/// the ranges tensors hold.
+fn float_value() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        any::<u64>().prop_map(f64::from_bits),
+        any::<u32>().prop_map(|b| f32::from_bits(b) as f64),
+        (-2f32..2f32).prop_map(|v| v as f64),
+        -1e6f64..1e6,
+        (-1000i64..1000).prop_map(|v| v as f64),
+        Just(-0.0),
+        Just(f64::MAX),
+        Just(f64::MIN_POSITIVE),
+        Just(5e-324),
+    ]
+    .prop_filter("finite", |v| v.is_finite())
+}
+
+/// A request with one input whose `data` holds `texts`, nested as
+/// `rows`×`cols` or flat, with `ws[i]` around the i-th element, and `data`
+/// before or after `shape`/`datatype`.
+fn float_body(
+    dtype: &str,
+    rows: usize,
+    cols: usize,
+    texts: &[String],
+    ws: &[usize],
+    nested: bool,
+    data_first: bool,
+) -> String {
+    let mut data = String::from("[");
+    for (i, t) in texts.iter().enumerate() {
+        let w = WS[ws[i] % WS.len()];
+        if nested && i % cols == 0 {
+            if i > 0 {
+                data.push_str("],");
+            }
+            data.push_str(w);
+            data.push('[');
+        } else if i > 0 {
+            data.push(',');
+        }
+        data.push_str(w);
+        data.push_str(t);
+        data.push_str(w);
+    }
+    if nested {
+        data.push(']');
+    }
+    data.push(']');
+    let shape = if nested {
+        format!("[{rows}, {cols}]")
+    } else {
+        format!("[{}]", rows * cols)
+    };
+    if data_first {
+        format!(
+            r#"{{"inputs":[{{"name":"x","data":{data},"shape":{shape},"datatype":"{dtype}"}}]}}"#
+        )
+    } else {
+        format!(
+            r#"{{ "inputs" : [ {{ "name" : "x", "shape" : {shape}, "datatype" : "{dtype}", "data" : {data} }} ] }}"#
+        )
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Every float, however written and spaced, decodes to exactly the
+    /// correctly rounded f64 (`str::parse`) converted to the element type.
+    /// For FP32 that is also bit for bit what serde_json gives; in f64 its
+    /// default parser (no `float_roundtrip`) is 1 ULP off for about one in
+    /// ten 17-digit numbers, never enough to change the f32.
+    #[test]
+    fn floats_decode_bit_for_bit(
+        (rows, cols, vals) in (1usize..5, 1usize..5).prop_flat_map(|(r, c)| {
+            (Just(r), Just(c), proptest::collection::vec((float_value(), any::<u8>(), any::<usize>()), r * c))
+        }),
+        dtype in 0u8..4,
+        nested in any::<bool>(),
+        data_first in any::<bool>(),
+    ) {
+        let texts: Vec<String> = vals.iter().map(|(v, f, _)| write_float(*v, *f)).collect();
+        let ws: Vec<usize> = vals.iter().map(|(_, _, w)| *w).collect();
+        let dt = ["FP32", "FP64", "FP16", "BF16"][dtype as usize];
+        let body = float_body(dt, rows, cols, &texts, &ws, nested, data_first);
+        let r = decode(&body).map_err(|e| TestCaseError::fail(format!("{e}: {body}")))?;
+        let t = &r.inputs[0].1;
+        let exact: Vec<f64> = texts.iter().map(|s| s.parse::<f64>().unwrap()).collect();
+        match dt {
+            "FP32" => {
+                let got: Vec<u32> = t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect();
+                let want: Vec<u32> = exact.iter().map(|v| (*v as f32).to_bits()).collect();
+                prop_assert_eq!(&got, &want, "{}", body);
+                // serde_json's default parser refuses some numbers near
+                // f64::MAX written out in full (its product overflows);
+                // those are infinite as f32 either way.
+                for (i, s) in texts.iter().enumerate() {
+                    if let Ok(v) = serde_json::from_str::<f64>(s) {
+                        prop_assert_eq!(got[i], (v as f32).to_bits(), "{}", s);
+                    }
+                }
+            }
+            "FP64" => {
+                let got: Vec<u64> = t.to_vec::<f64>().unwrap().iter().map(|v| v.to_bits()).collect();
+                let want: Vec<u64> = exact.iter().map(|v| v.to_bits()).collect();
+                prop_assert_eq!(&got, &want, "{}", body);
+            }
+            "FP16" => {
+                let got: Vec<u16> = t.to_vec::<half::f16>().unwrap().iter().map(|v| v.to_bits()).collect();
+                let want: Vec<u16> = exact.iter().map(|v| half::f16::from_f64(*v).to_bits()).collect();
+                prop_assert_eq!(&got, &want, "{}", body);
+            }
+            _ => {
+                let got: Vec<u16> = t.to_vec::<half::bf16>().unwrap().iter().map(|v| v.to_bits()).collect();
+                let want: Vec<u16> = exact.iter().map(|v| half::bf16::from_f64(*v).to_bits()).collect();
+                prop_assert_eq!(&got, &want, "{}", body);
+            }
+        }
+    }
+
+    /// Random byte edits (replace, insert, delete) of valid bodies never
+    /// panic: they decode or fail with a one-line invalid-input error.
+    #[test]
+    fn edited_bodies_never_panic(
+        vals in proptest::collection::vec((float_value(), any::<u8>()), 4),
+        nested in any::<bool>(),
+        data_first in any::<bool>(),
+        dtype in 0usize..6,
+        edits in proptest::collection::vec((any::<usize>(), 0u8..3, prop_oneof![
+            Just(b'['), Just(b']'), Just(b'{'), Just(b'}'), Just(b','), Just(b':'), Just(b'"'),
+            Just(b'-'), Just(b'.'), Just(b'e'), Just(b'0'), Just(b'9'), Just(b' '), Just(b'\\'),
+            any::<u8>(),
+        ]), 1..5),
+    ) {
+        let texts: Vec<String> = vals.iter().map(|(v, f)| write_float(*v, *f)).collect();
+        let dt = ["FP32", "FP64", "INT32", "UINT8", "BOOL", "BYTES"][dtype];
+        let mut body = float_body(dt, 2, 2, &texts, &[1, 0, 2, 0], nested, data_first).into_bytes();
+        for (at, op, byte) in edits {
+            let at = at % (body.len() + 1);
+            match op {
+                0 if at < body.len() => body[at] = byte,
+                1 => body.insert(at, byte),
+                _ if at < body.len() => {
+                    body.remove(at);
+                }
+                _ => {}
+            }
+        }
+        if let Err(e) = decode_request(Bytes::from(body), None, &Limits::default()) {
+            prop_assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+            prop_assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+}
+
+/// Numbers at the edges: out of range, -0, integers past 2^53 and u64,
+/// leading zeros, exponents, and where the integer types draw the line.
+#[test]
+fn number_edge_cases() {
+    let one = |dt: &str, data: &str| {
+        decode(&format!(
+            r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"{dt}","data":[{data}]}}]}}"#
+        ))
+    };
+    let f64_of = |data: &str| {
+        one("FP64", data).unwrap().inputs[0]
+            .1
+            .to_vec::<f64>()
+            .unwrap()[0]
+    };
+    assert_eq!(f64_of("-0").to_bits(), (-0f64).to_bits());
+    assert_eq!(f64_of("-0.0e5").to_bits(), (-0f64).to_bits());
+    assert_eq!(f64_of("9007199254740993"), 9007199254740992.0);
+    assert_eq!(f64_of("18446744073709551617"), 18446744073709551616.0);
+    assert_eq!(f64_of("1E+2"), 100.0);
+    assert_eq!(f64_of("1e-400"), 0.0);
+    assert_eq!(f64_of("4.9406564584124654e-324"), f64::from_bits(1));
+    assert_eq!(
+        f64_of("0.1000000000000000055511151231257827021181583404541015625"),
+        0.1
+    );
+    for (dt, data, want) in [
+        ("FP64", "1e400", "number out of range"),
+        ("FP32", "-1e309", "number out of range"),
+        (
+            "FP32",
+            "01",
+            "malformed JSON: invalid number (leading zero) at line 1 column",
+        ),
+        ("FP32", "1.", "no digit after '.'"),
+        ("FP32", ".5", "malformed JSON: expected a value"),
+        ("FP32", "1e", "no digit in the exponent"),
+        ("FP32", "+1", "malformed JSON: expected a value"),
+        ("FP32", "NaN", "malformed JSON: expected a value"),
+        ("INT8", "128", "value 128 is out of range for INT8"),
+        ("INT8", "-129", "value -129 is out of range for INT8"),
+        ("UINT8", "-1", "value -1 is out of range for UINT8"),
+        ("INT32", "2.5", "INT32 data holds non-integer 2.5"),
+        (
+            "INT64",
+            "1e19",
+            "INT64 data holds non-integer 10000000000000000000",
+        ),
+        (
+            "BOOL",
+            "0",
+            "BOOL data holds number 0, expected true or false",
+        ),
+        (
+            "BYTES",
+            "1.5",
+            "BYTES data holds number 1.5, expected strings",
+        ),
+        ("FP32", "true", "FP32 data holds boolean true"),
+    ] {
+        let e = one(dt, data).unwrap_err().to_string();
+        assert!(e.contains(want), "{dt} {data}: {e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+    let int = |dt: &str, data: &str| one(dt, data).unwrap().inputs[0].1.to_f64_vec().unwrap()[0];
+    assert_eq!(int("INT64", "-0"), 0.0);
+    assert_eq!(int("INT32", "2.0"), 2.0);
+    assert_eq!(int("UINT16", "1e2"), 100.0);
+    assert_eq!(
+        one("INT64", "-9223372036854775808").unwrap().inputs[0]
+            .1
+            .to_vec::<i64>()
+            .unwrap(),
+        [i64::MIN]
+    );
+    assert_eq!(
+        one("UINT64", "18446744073709551615").unwrap().inputs[0]
+            .1
+            .to_vec::<u64>()
+            .unwrap(),
+        [u64::MAX]
+    );
+    // A scalar where the shape holds one element is taken, as before.
+    let r =
+        decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":2.5}]}"#).unwrap();
+    assert_eq!(r.inputs[0].1.to_vec::<f32>().unwrap(), [2.5]);
+}
+
+/// Syntax errors name what was expected and where; escapes work in keys,
+/// names and BYTES data; unknown fields of any shape are skipped.
+#[test]
+fn syntax_errors_and_escapes() {
+    let m = err(
+        "{\"inputs\":[{\"name\":\"x\",\"shape\":[2],\n\"datatype\":\"FP32\",\"data\":[1,,2]}]}",
+    );
+    assert!(
+        m.contains("malformed JSON: expected a value at line 2 column 29"),
+        "{m}"
+    );
+    let m = err(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1 2]}]}"#);
+    assert!(m.contains("expected ',' or ']' at line 1 column 64"), "{m}");
+    let m = err(r#"{"inputs":[{"name":"x" "shape":[2]}]}"#);
+    assert!(m.contains("expected ',' or '}'"), "{m}");
+    let m = err(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,2]"#);
+    assert!(m.contains("EOF while parsing"), "{m}");
+    let m = err(r#"{"inputs":{}}"#);
+    assert!(
+        m.contains("expected 'inputs' to be an array of input tensors, found an object"),
+        "{m}"
+    );
+    let m = err(r#"{"inputs":[{"name":7}]}"#);
+    assert!(
+        m.contains("expected an input's 'name' to be a string, found a number"),
+        "{m}"
+    );
+    let m = err(r#"{"inputs":[{"name":"x","shape":[1.5],"datatype":"FP32","data":[1]}]}"#);
+    assert!(m.contains("expected i64 at line 1 column"), "{m}");
+    let m =
+        err(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,2],"data":[3]}]}"#);
+    assert!(m.contains("input has 'data' twice"), "{m}");
+    let m = err("{\"inputs\":[{\"name\":\"a\u{1}\"}]}");
+    assert!(m.contains("control character in a string"), "{m}");
+
+    let r = decode(
+        r#"{"extra":{"a":[1,{"b":null}],"c":"\"}"},"id":"r\u0031","inp\u0075ts":[{"name":"s\\x","shape":[3],"datatype":"BYTES","x":[[]],"data":["a\"b","\u00e9\n",""]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(r.id.as_deref(), Some("r1"));
+    assert_eq!(r.inputs[0].0, "s\\x");
+    let s = r.inputs[0].1.strings().unwrap();
+    assert_eq!(s[0].as_ref(), b"a\"b");
+    assert_eq!(s[1].as_ref(), "é\n".as_bytes());
+    assert_eq!(s[2].as_ref(), b"");
+    // Ignored values may nest, but not without end.
+    let deep = |n: usize| {
+        format!(
+            r#"{{"x":{}1{},"inputs":[]}}"#,
+            "[{\"a\":".repeat(n),
+            "}]".repeat(n)
+        )
+    };
+    decode(&deep(60)).unwrap();
+    let m = err(&deep(100_000));
+    assert!(m.contains("JSON nested deeper than 128 levels"), "{m}");
+    // Whitespace anywhere between tokens.
+    let r = decode(" \n{ \"inputs\" :\t[ { \"name\" : \"x\" , \"shape\" : [ 2 , 1 ] , \"datatype\" : \"FP32\" , \"data\" : [ [ 1.5 ] ,\n [ -2 ] ] } ] }\r\n")
+        .unwrap();
+    assert_eq!(r.inputs[0].1.to_vec::<f32>().unwrap(), [1.5, -2.0]);
+}
