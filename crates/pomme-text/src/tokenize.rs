@@ -15,7 +15,7 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection};
+use tokenizers::{AddedToken, Encoding, PostProcessor, Tokenizer, TruncationDirection};
 
 /// One text (or pair), tokenized and truncated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +129,14 @@ impl TextTokenizer {
             ("[CLS]".into(), cls),
         )));
         t.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+        // As Hugging Face's BertWordPieceTokenizer: the special tokens written
+        // in a text are those tokens, not words in brackets.
+        let specials: Vec<AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .iter()
+            .filter(|s| t.token_to_id(s).is_some())
+            .map(|s| AddedToken::from(*s, true))
+            .collect();
+        t.add_special_tokens(specials);
         Ok(t)
     }
 
