@@ -30,6 +30,8 @@ pub enum Command {
     Devices(DevicesArgs),
     /// Quantize an ONNX model to INT8 or INT4 and measure the accuracy cost.
     Quantize(crate::quantize::QuantizeArgs),
+    /// Embed texts with a text model (tokenizer + encoder): JSON on stdout or a .npy.
+    Embed(crate::embed::EmbedArgs),
     /// Run a model and a reference (e.g. a Core AI conversion and its ONNX source) on the
     /// same inputs and report per-output agreement; exit 1 when an output disagrees.
     Check(crate::check::CheckArgs),
@@ -190,6 +192,7 @@ pub fn run(cli: Cli, settings: &Settings) -> Result<ExitCode> {
         Command::Bench(a) => crate::bench::run(a, settings),
         Command::Devices(a) => crate::devices::run(a, settings),
         Command::Quantize(a) => crate::quantize::run(a, settings),
+        Command::Embed(a) => crate::embed::run(a, settings),
         Command::Check(a) => crate::check::run(a, settings),
     }
 }

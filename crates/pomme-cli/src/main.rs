@@ -11,6 +11,7 @@ mod bench;
 mod check;
 mod cli;
 mod devices;
+mod embed;
 mod env;
 mod infer;
 mod inspect;

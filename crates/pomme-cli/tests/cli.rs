@@ -433,3 +433,71 @@ fn infer_with_f16_precision() {
         "one converted file"
     );
 }
+
+#[test]
+fn embed_prints_the_reference_embeddings_and_writes_npy() {
+    let reference: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo_models().join("text/tiny_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = reference["texts"].as_array().unwrap();
+    let dir = tmpdir("embed");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::copy(
+        repo_models().join("text/tiny_embed.onnx"),
+        dir.join("1/model.onnx"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo_models().join("text/minilm/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("config.toml"), "[text]\nseq_buckets = [16, 32]\n").unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let d = dir.to_str().unwrap();
+    let out = pomme(&[&["embed", d][..], &texts].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dim"], 16);
+    for (got, case) in v["embeddings"].as_array().unwrap().iter().zip(cases) {
+        let want = case["tiny_embed"]["embedding"].as_array().unwrap();
+        for (a, b) in got.as_array().unwrap().iter().zip(want) {
+            assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-5);
+        }
+    }
+    let lines = dir.join("texts.txt");
+    std::fs::write(&lines, texts.join("\n\n")).unwrap();
+    let npy = dir.join("e.npy");
+    let out = pomme(&[
+        "embed",
+        d,
+        "--file",
+        lines.to_str().unwrap(),
+        "-o",
+        npy.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read_npy(&npy).shape(), &[3, 16]);
+    assert_one_line_error(&pomme(&["embed", d]), "no texts");
+    let cls = repo_models().join("text/tiny_classifier.onnx");
+    let vocab = repo_models().join("text/minilm/vocab.txt");
+    assert_one_line_error(
+        &pomme(&[
+            "embed",
+            cls.to_str().unwrap(),
+            "--tokenizer",
+            vocab.to_str().unwrap(),
+            "x",
+        ]),
+        "needs token states",
+    );
+}

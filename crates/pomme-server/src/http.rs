@@ -85,6 +85,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
             "/v2/repository/models/{model}/unload",
             post(repository_unload),
         )
+        .merge(crate::text::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(shared.clone(), request_span))

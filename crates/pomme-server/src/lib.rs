@@ -18,8 +18,9 @@
 //! 4. [`config`] (duration, tls, routing, repository);
 //! 5. [`triton`] (repository);
 //! 6. [`service`] (config, platform, repository, routing, triton);
-//! 7. [`http`], [`grpc`] (service, triton);
-//! 8. [`lifecycle`] (config, http, grpc, service, tls, repository).
+//! 7. [`text`] (service): the OpenAI and TEI text routes;
+//! 8. [`http`], [`grpc`] (service, triton, text);
+//! 9. [`lifecycle`] (config, http, grpc, service, tls, repository).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -33,6 +34,7 @@ pub mod platform;
 pub mod repository;
 pub mod routing;
 pub mod service;
+pub mod text;
 pub mod tls;
 pub mod trace_context;
 pub mod triton;

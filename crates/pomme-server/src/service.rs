@@ -166,6 +166,43 @@ impl Shared {
         Ok(resp)
     }
 
+    /// Runs a request built by the server itself (the OpenAI/TEI text
+    /// routes), waking an idle-unloaded model as [`Shared::infer`] does.
+    pub async fn infer_request(&self, req: InferRequest) -> Result<InferResponse> {
+        let idle = self.idle_unloaded.lock().get(&req.model).cloned();
+        if let Some(m) = idle {
+            self.wake(&req.model, m).await?;
+        }
+        self.runtime.infer(req).await
+    }
+
+    /// A text model's tokenizer and settings (`[text]`), by name.
+    pub fn text_model(&self, name: &str) -> Option<std::sync::Arc<pomme_text::TextAdapter>> {
+        let declared = self.declared.lock().get(name).and_then(|m| m.text.clone());
+        declared.or_else(|| {
+            self.idle_unloaded
+                .lock()
+                .get(name)
+                .and_then(|m| m.text.clone())
+        })
+    }
+
+    /// The names of the text models the repository declares, sorted.
+    pub fn text_models(&self) -> Vec<String> {
+        let texts = |m: &BTreeMap<String, RepoModel>| -> Vec<String> {
+            m.iter()
+                .filter(|(_, m)| m.text.is_some())
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        // One lock at a time.
+        let mut v = texts(&self.declared.lock());
+        v.extend(texts(&self.idle_unloaded.lock()));
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Loads an idle-unloaded model again for a request, or says why not.
     async fn wake(&self, name: &str, model: RepoModel) -> Result<()> {
         let policy = model

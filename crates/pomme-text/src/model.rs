@@ -40,7 +40,19 @@ impl TextAdapter {
     pub fn from_dir(dir: &Path, cfg: TextConfig) -> Result<TextAdapter> {
         let cfg = cfg.validated()?;
         let path = match &cfg.tokenizer {
-            Some(f) => dir.join(f),
+            Some(f) => {
+                let rel = Path::new(f);
+                if rel.is_absolute()
+                    || rel
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(Error::invalid_input(format!(
+                        "[text] tokenizer '{f}' must be a path inside the model directory"
+                    )));
+                }
+                dir.join(rel)
+            }
             None => ["tokenizer.json", "vocab.txt"]
                 .iter()
                 .map(|f| dir.join(f))

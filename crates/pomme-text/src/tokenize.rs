@@ -136,7 +136,8 @@ impl TextTokenizer {
             .filter(|s| t.token_to_id(s).is_some())
             .map(|s| AddedToken::from(*s, true))
             .collect();
-        t.add_special_tokens(specials);
+        t.add_special_tokens(specials)
+            .map_err(|e| tk_err("tokenizer special tokens", e))?;
         Ok(t)
     }
 

@@ -147,6 +147,16 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
     if let Some(steps) = decl.pipeline.take() {
         return Ok(pipeline_model(name, decl, steps, &toml_path, &pbtxt_path));
     }
+    let text = match decl.text.take() {
+        Some(cfg) => {
+            let a = pomme_text::TextAdapter::from_dir(&dir, cfg)
+                .map_err(|e| invalid(format!("config.toml [text]: {}", e.message())))?;
+            let a = std::sync::Arc::new(a);
+            decl.spec.adapter = Some(a.clone());
+            Some(a)
+        }
+        None => None,
+    };
     let found: Vec<u64> = versions.iter().map(|(v, _)| *v).collect();
     let selected = decl.version_policy.select(&found).map_err(invalid)?;
     let mut specs = Vec::with_capacity(selected.len());
@@ -201,6 +211,7 @@ pub fn load_model(repo: &Path, name: &str, platform: &Platform) -> Result<RepoMo
         routing: decl.routing,
         idle: decl.idle,
         pipeline: None,
+        text,
     })
 }
 
@@ -254,6 +265,7 @@ fn pipeline_model(
             signature,
             steps,
         }),
+        text: None,
     }
 }
 

@@ -140,6 +140,9 @@ pub struct RepoModel {
     pub idle: Option<IdlePolicy>,
     /// A pipeline (Triton's ensemble): served by its steps, no model file.
     pub pipeline: Option<pomme_runtime::PipelineSpec>,
+    /// A text model (`[text]`): its tokenizer and settings, for the
+    /// OpenAI/TEI routes; the same adapter is on every spec.
+    pub text: Option<std::sync::Arc<pomme_text::TextAdapter>>,
 }
 
 /// `unload_after_idle = "10m"` and `reload_on_request = true`.
@@ -184,6 +187,8 @@ struct Declared {
     /// `config.pbtxt` fields pomme does not implement (`model_warmup`,
     /// `dynamic_batching.preserve_ordering`, ...): one warning line each at load.
     ignored: Vec<String>,
+    /// `[text]` (config.toml only), resolved by `layout` against the model directory.
+    text: Option<pomme_text::TextConfig>,
 }
 
 impl Default for Declared {
@@ -201,6 +206,7 @@ impl Default for Declared {
             idle: None,
             pipeline: None,
             ignored: Vec::new(),
+            text: None,
         }
     }
 }

@@ -54,6 +54,8 @@ struct TomlConfig {
     /// `[[warmup]]`: Triton's `model_warmup`.
     #[serde(default)]
     warmup: Vec<TomlWarmup>,
+    /// `[text]`: a text model (tokenizer in the model directory).
+    text: Option<pomme_text::TextConfig>,
 }
 
 /// `[pipeline]` with `[[pipeline.step]]`.
@@ -318,6 +320,7 @@ pub(super) fn from_toml(text: &str) -> Result<Declared, String> {
     d.spec.workers = c.workers.unwrap_or(1).max(1);
     d.spec.response_cache = c.response_cache;
     d.spec.sequence = c.sequence.map(TomlSequence::resolve).transpose()?;
+    d.text = c.text;
     d.pipeline = c.pipeline.map(|p| {
         p.step
             .into_iter()
