@@ -157,6 +157,35 @@ pub fn default_engine(backends: &[&dyn Backend]) -> Engine {
     if ort { Engine::Ort } else { Engine::Tract }
 }
 
+/// The available backend with the worst figures in `report` (lowest cosine
+/// under a cosine gate, else highest budget figure).
+fn worst_backend<'a>(
+    report: &ValidationReport,
+    backends: &[&'a dyn Backend],
+    by_cosine: bool,
+) -> Option<&'a dyn Backend> {
+    let score = |b: &BackendReport| -> Option<f64> {
+        if by_cosine {
+            b.outputs
+                .iter()
+                .find(|o| o.name == report.compared_output)
+                .map(|o| -o.cosine_min)
+        } else {
+            b.budget_figure()
+        }
+    };
+    let worst = report
+        .backends
+        .iter()
+        .filter_map(|b| score(b).map(|s| (s, b.backend.as_str())))
+        .max_by(|a, b| a.0.total_cmp(&b.0))?
+        .1;
+    backends
+        .iter()
+        .copied()
+        .find(|b| b.name() == worst && b.availability().is_available())
+}
+
 /// The first backend that reports itself available.
 fn first_available<'a>(backends: &[&'a dyn Backend]) -> Option<&'a dyn Backend> {
     backends
@@ -363,9 +392,15 @@ pub fn quantize_file_with_data(
             if options.auto_exclude
                 && let Err(whole) = check(&report)
             {
-                let backend = first_available(backends).ok_or_else(|| {
-                    Error::Unavailable("the sensitivity search needs an available engine".into())
-                })?;
+                // Search on the engine that failed the gate: integer kernels
+                // round differently from one engine to another.
+                let backend = worst_backend(&report, backends, options.min_cosine.is_some())
+                    .or_else(|| first_available(backends))
+                    .ok_or_else(|| {
+                        Error::Unavailable(
+                            "the sensitivity search needs an available engine".into(),
+                        )
+                    })?;
                 progress(&ProgressEvent::Stage {
                     stage: Stage::Sensitivity,
                 });

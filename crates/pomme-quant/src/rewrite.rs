@@ -13,9 +13,31 @@
 //!   zero point 0 — omitted per-channel, where it is the default; `axis` =
 //!   output channel when per-channel).
 //!   Per-axis `DequantizeLinear` needs opset ≥ 13; lower opsets are raised to 13.
-//! * **INT8 static**: as above, plus `QuantizeLinear` → `DequantizeLinear`
-//!   (uint8, asymmetric, per tensor) inserted on the activation input (input 0)
-//!   of each quantized `MatMul`/`Gemm`/`Conv`, shared between consumers.
+//! * **INT8 static** (QDQ, placed the way ONNX Runtime fuses it into
+//!   `QLinearConv` / `QGemm` / `QLinearMatMul` / `QLinearAdd`; a QDQ group is
+//!   only fused when *every* input comes from a `DequantizeLinear` and the
+//!   output goes to a `QuantizeLinear`, which the first version of this
+//!   scheme — Q/DQ on inputs only, float bias — never satisfied):
+//!   int8 weights as above with an explicit zero point (`QGemm`'s fusion
+//!   requires it); `QuantizeLinear` → `DequantizeLinear` (uint8, asymmetric,
+//!   per tensor) on the activation input *and* the output of each quantized
+//!   `MatMul`/`Gemm`/`Conv` (a Relu that is the only consumer is folded into
+//!   the output's zero point 0; graph outputs stay float); the bias as int32
+//!   with scale `x_scale · w_scale`; pass-through ops (`MaxPool`, `Reshape`,
+//!   `Flatten`...) re-quantized with their input's parameters, and `Add`s of
+//!   two quantized values (residuals) quantized too. Tiny weights are not
+//!   left float here: a float op in the chain costs more than its bytes.
+//! * **INT8 dynamic**: the `MatMul`/`Gemm` node is replaced by
+//!   `DynamicQuantizeLinear(x)` (shared per activation) → `MatMulInteger`
+//!   (int8 `[K, N]` weights, no weight zero point) → `Cast` → `Mul` by
+//!   `x_scale · w_scale` (per column) → (`Add` bias). ONNX Runtime fuses this
+//!   into `DynamicQuantizeMatMul` / `MatMulIntegerToFloat`; without a per-
+//!   column zero point it prepacks B (with one, it is ~1.6× slower). `Gather`
+//!   tables become int8 rows gathered and then scaled by their gathered row
+//!   scale, so the table is never dequantized whole.
+//! * **INT4 MatMulNBits**: `com.microsoft.MatMulNBits` (bits 4, blocks along K
+//!   per output column, codes `q + 8` two per byte low nibble first, default
+//!   zero point 8, float scales, `accuracy_level` 4 = int8 compute).
 //! * **INT4**: ONNX opset 21 has INT4 tensors and blocked `DequantizeLinear`,
 //!   but tract 0.23 rejects `block_size` ("blocked quantization is not
 //!   supported") and bumping a model from opset 17 to 21 changes the meaning
@@ -256,7 +278,9 @@ pub fn find_layers(
             keep("the weight is also a graph input or output".into());
             continue;
         }
-        if elements < options.min_elements {
+        // In a QDQ graph a float op between quantized ones costs a DQ/Q pair
+        // and breaks the integer chain; a tiny weight's bytes do not matter.
+        if elements < options.min_elements && !options.scheme.is_static() {
             keep(format!(
                 "{elements} elements < {} (tiny tensors stay float)",
                 options.min_elements
