@@ -62,13 +62,13 @@ pub fn engine_support(scheme: &Scheme) -> &'static str {
             "weight-only: tract 0.23 and ONNX Runtime 1.31 run it; weights are dequantized to float (ORT at run time), so it is smaller, not faster"
         }
         Scheme::Int8Static { .. } => {
-            "QDQ: ONNX Runtime fuses it into QLinearConv / QGemm / QLinearMatMul / QLinearAdd (integer kernels); tract 0.23 runs it too"
+            "QDQ: ONNX Runtime fuses it into QLinearConv / QGemm / QLinearMatMul / QLinearAdd (integer kernels); tract 0.23 runs it, slower than float"
         }
         Scheme::Int8Dynamic { .. } => {
-            "DynamicQuantizeLinear + MatMulInteger: ONNX Runtime fuses it into DynamicQuantizeMatMul / MatMulIntegerToFloat (integer kernels); tract 0.23 runs it too"
+            "DynamicQuantizeLinear + MatMulInteger: ONNX Runtime fuses it into DynamicQuantizeMatMul / MatMulIntegerToFloat (integer kernels); tract 0.23 runs it, slower than float"
         }
         Scheme::Int4NBits { .. } => {
-            "com.microsoft.MatMulNBits: ONNX Runtime only (its native int4 kernel); tract 0.23 cannot load contrib ops"
+            "com.microsoft.MatMulNBits: ONNX Runtime's native int4 kernel; tract 0.23 runs it too, much slower than float"
         }
     }
 }
