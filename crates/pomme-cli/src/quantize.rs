@@ -5,7 +5,10 @@ use crate::env::Settings;
 use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use pomme_quant::{CalibrationMethod, ProgressEvent, QuantError, QuantizeOptions, Scheme};
+use pomme_core::Precision;
+use pomme_quant::{
+    CalibrationMethod, Engine, ProgressEvent, QuantError, QuantizeOptions, Scheme, Target,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,9 +16,21 @@ use std::process::ExitCode;
 pub struct QuantizeArgs {
     /// Float ONNX model.
     pub model: PathBuf,
-    /// int8 (weight-only), int8-static (QDQ, needs --calibration) or int4 (weight-only, blockwise).
+    /// int8 (weight-only), int8-static (QDQ, needs --calibration), int8-dynamic
+    /// (integer matmuls), int4 (weight-only, blockwise) or int4-nbits
+    /// (ONNX Runtime's MatMulNBits). With --target, `int8` or `int4` name the
+    /// precision and the target picks the scheme. Default: int8.
     #[arg(long)]
-    pub scheme: String,
+    pub scheme: Option<String>,
+    /// speed: the scheme that runs on integer kernels of --engine (int8:
+    /// int8-static for convolutional models with --calibration, else
+    /// int8-dynamic; int4: int4-nbits on ort). size: the weight-only files.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Engine the speed target optimises for: ort or tract (default: ort when
+    /// it is available, else tract).
+    #[arg(long)]
+    pub engine: Option<String>,
     /// Per-channel scales (int8).
     #[arg(long)]
     pub per_channel: bool,
@@ -43,6 +58,11 @@ pub struct QuantizeArgs {
     /// Fail (nothing written) when accuracy drops by more than this many points.
     #[arg(long)]
     pub max_accuracy_drop: Option<f64>,
+    /// Fail (nothing written) when the worst per-row cosine of the compared
+    /// output falls below this (embedding models); with --auto-exclude,
+    /// keep layers float until it holds.
+    #[arg(long)]
+    pub min_cosine: Option<f64>,
     /// Output model.
     #[arg(long, short = 'o')]
     pub output: PathBuf,
@@ -56,8 +76,80 @@ pub fn run(args: QuantizeArgs, settings: &Settings) -> Result<ExitCode> {
         .calibration_method
         .parse()
         .map_err(|e| usage(format!("{e}")))?;
-    let scheme = Scheme::from_cli(&args.scheme, args.per_channel, args.block_size, method)
-        .map_err(|e| usage(e.message()))?;
+    let backends = pomme_backends::compiled_with(&settings.backends);
+    let refs: Vec<&dyn pomme_core::Backend> = backends
+        .iter()
+        .filter(|b| b.formats().contains(&pomme_core::ModelFormat::Onnx))
+        .map(|b| b.as_ref())
+        .collect();
+    let mut refs = refs;
+    let scheme_word = args.scheme.as_deref().unwrap_or("int8");
+    let scheme = match &args.target {
+        None => Scheme::from_cli(scheme_word, args.per_channel, args.block_size, method)
+            .map_err(|e| usage(e.message()))?,
+        Some(t) => {
+            let target: Target = t
+                .parse()
+                .map_err(|e: pomme_core::Error| usage(e.message()))?;
+            let precision = match scheme_word {
+                "int8" => Precision::Int8,
+                "int4" => Precision::Int4,
+                other => {
+                    return Err(usage(format!(
+                        "--target picks the scheme: give --scheme int8 or int4 (the precision), not '{other}'"
+                    )));
+                }
+            };
+            let engine = match args.engine.as_deref() {
+                Some(e) => Engine::from_backend(e).ok_or_else(|| {
+                    usage(format!("unknown engine '{e}' (expected ort or tract)"))
+                })?,
+                None => pomme_quant::default_engine(&refs),
+            };
+            let (model, _) =
+                pomme_quant::onnx::load_model(&args.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let profile = pomme_quant::rewrite::profile(&model);
+            let (mut scheme, note) = Scheme::for_target(
+                precision,
+                target,
+                engine,
+                &profile,
+                args.calibration.is_some(),
+            )
+            .expect("int8 and int4 have schemes");
+            if let Scheme::Int4 { block_size } | Scheme::Int4NBits { block_size } = &mut scheme {
+                *block_size = args.block_size;
+            }
+            if let Scheme::Int8 { per_channel } = &mut scheme {
+                *per_channel = args.per_channel;
+            }
+            if let Scheme::Int8Static { method: m, .. } = &mut scheme {
+                *m = method;
+            }
+            scheme.check().map_err(|e| usage(e.message()))?;
+            if target == Target::Speed {
+                // A speed file is made for one engine's integer kernels, whose
+                // rounding differs from other engines': calibrate, validate
+                // and gate on that engine only.
+                let only: Vec<&dyn pomme_core::Backend> = refs
+                    .iter()
+                    .copied()
+                    .filter(|b| Engine::from_backend(b.name()) == Some(engine))
+                    .collect();
+                if only.is_empty() {
+                    return Err(anyhow::anyhow!(
+                        "--target speed for {engine:?}: that engine is not compiled in"
+                    ));
+                }
+                refs = only;
+            }
+            eprintln!("target {target} on {engine:?}: {scheme}");
+            if let Some(n) = note {
+                eprintln!("note: {n}");
+            }
+            scheme
+        }
+    };
     let mut options = QuantizeOptions::new(scheme);
     options.exclude = args.exclude.clone();
     options.calibration = args.calibration.clone();
@@ -65,12 +157,7 @@ pub fn run(args: QuantizeArgs, settings: &Settings) -> Result<ExitCode> {
     options.labels = args.labels.clone();
     options.max_accuracy_drop = args.max_accuracy_drop;
     options.auto_exclude = args.auto_exclude;
-    let backends = pomme_backends::compiled_with(&settings.backends);
-    let refs: Vec<&dyn pomme_core::Backend> = backends
-        .iter()
-        .filter(|b| b.formats().contains(&pomme_core::ModelFormat::Onnx))
-        .map(|b| b.as_ref())
-        .collect();
+    options.min_cosine = args.min_cosine;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg:32} [{bar:30}] {pos}/{len}").expect("valid template"),
@@ -111,7 +198,8 @@ pub fn run(args: QuantizeArgs, settings: &Settings) -> Result<ExitCode> {
         }
         Err(QuantError::AccuracyBudgetExceeded { message, report }) => {
             println!("{report}");
-            Err(anyhow::anyhow!("{message} (nothing written)"))
+            // The message already ends with "nothing written".
+            Err(anyhow::anyhow!("{message}"))
         }
         Err(e) => Err(anyhow::anyhow!("{e}")),
     }

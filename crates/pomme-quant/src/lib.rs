@@ -40,7 +40,7 @@ pub use data::Dataset;
 pub use error::{QuantError, Result};
 pub use progress::{ProgressEvent, Stage, silent};
 pub use rewrite::{ActivationParams, KeptFloat, Layer, QuantizedWeight};
-pub use scheme::{CalibrationMethod, QuantizeOptions, Scheme};
+pub use scheme::{CalibrationMethod, Engine, Profile, QuantizeOptions, Scheme, Target};
 pub use sensitivity::LayerSensitivity;
 pub use serve::{ServeQuantization, Served, prepare_served};
 pub use validate::{BackendReport, OutputMetrics, ValidateOptions, ValidationReport, validate};
@@ -48,12 +48,30 @@ pub use validate::{BackendReport, OutputMetrics, ValidateOptions, ValidationRepo
 use onnx::pb;
 use pomme_core::{Backend, Error};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Which engines run each output format, as verified by this crate's tests.
 pub const ENGINE_SUPPORT: &str = "int8 and int8-static (QDQ, opset >= 13) and int4 (uint8-packed, unpacked with standard opset-13 ops) run on tract 0.23 and ONNX Runtime 1.31; ONNX opset-21 INT4 DequantizeLinear(block_size) is not produced because tract 0.23 rejects blocked DequantizeLinear";
+
+/// Where each scheme's files run, and on which kernels (verified by this
+/// crate's tests and `benches/quant_vs_ort.py`).
+pub fn engine_support(scheme: &Scheme) -> &'static str {
+    match scheme {
+        Scheme::Int8 { .. } | Scheme::Int4 { .. } => {
+            "weight-only: tract 0.23 and ONNX Runtime 1.31 run it; weights are dequantized to float (ORT at run time), so it is smaller, not faster"
+        }
+        Scheme::Int8Static { .. } => {
+            "QDQ: ONNX Runtime fuses it into QLinearConv / QGemm / QLinearMatMul / QLinearAdd (integer kernels); tract 0.23 runs it, slower than float"
+        }
+        Scheme::Int8Dynamic { .. } => {
+            "DynamicQuantizeLinear + MatMulInteger: ONNX Runtime fuses it into DynamicQuantizeMatMul / MatMulIntegerToFloat (integer kernels); tract 0.23 runs it, slower than float"
+        }
+        Scheme::Int4NBits { .. } => {
+            "com.microsoft.MatMulNBits: ONNX Runtime's native int4 kernel; tract 0.23 runs it too, much slower than float"
+        }
+    }
+}
 
 /// What the quantizer did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -130,6 +148,44 @@ pub struct QuantizeOutcome {
     pub validation: Option<ValidationReport>,
 }
 
+/// The engine a speed-targeted file is made for: ONNX Runtime when it is among
+/// the available `backends`, else tract.
+pub fn default_engine(backends: &[&dyn Backend]) -> Engine {
+    let ort = backends.iter().any(|b| {
+        b.availability().is_available() && Engine::from_backend(b.name()) == Some(Engine::Ort)
+    });
+    if ort { Engine::Ort } else { Engine::Tract }
+}
+
+/// The available backend with the worst figures in `report` (lowest cosine
+/// under a cosine gate, else highest budget figure).
+fn worst_backend<'a>(
+    report: &ValidationReport,
+    backends: &[&'a dyn Backend],
+    by_cosine: bool,
+) -> Option<&'a dyn Backend> {
+    let score = |b: &BackendReport| -> Option<f64> {
+        if by_cosine {
+            b.outputs
+                .iter()
+                .find(|o| o.name == report.compared_output)
+                .map(|o| -o.cosine_min)
+        } else {
+            b.budget_figure()
+        }
+    };
+    let worst = report
+        .backends
+        .iter()
+        .filter_map(|b| score(b).map(|s| (s, b.backend.as_str())))
+        .max_by(|a, b| a.0.total_cmp(&b.0))?
+        .1;
+    backends
+        .iter()
+        .copied()
+        .find(|b| b.name() == worst && b.availability().is_available())
+}
+
 /// The first backend that reports itself available.
 fn first_available<'a>(backends: &[&'a dyn Backend]) -> Option<&'a dyn Backend> {
     backends
@@ -197,12 +253,7 @@ fn prepare(
         progress(&ProgressEvent::Stage {
             stage: Stage::Calibrating,
         });
-        let acts: Vec<String> = layers
-            .iter()
-            .flat_map(|l| l.activations.iter().map(|(_, a)| a.clone()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let acts = rewrite::static_activations(model, &layers);
         Some(calibrate::calibrate(
             model,
             &acts,
@@ -259,7 +310,7 @@ fn build(
         kept_float: kept,
         activations: r.activations,
         opset: onnx::default_opset(&r.model),
-        engines: ENGINE_SUPPORT.to_string(),
+        engines: engine_support(&options.scheme).to_string(),
         notes,
         ..Default::default()
     };
@@ -330,18 +381,42 @@ pub fn quantize_file_with_data(
             stage: Stage::Validating,
         });
         let mut report = validate::validate(input, &tmp, data, &vopts, backends, progress)?;
-        if let Some(budget) = options.max_accuracy_drop {
+        let gated = options.max_accuracy_drop.is_some() || options.min_cosine.is_some();
+        // Without an accuracy budget, only the cosine gate counts.
+        let budget = options.max_accuracy_drop.unwrap_or(f64::INFINITY);
+        let check = |r: &ValidationReport| {
+            r.check_budget(budget)
+                .and_then(|_| options.min_cosine.map_or(Ok(()), |c| r.check_cosine(c)))
+        };
+        if gated {
             if options.auto_exclude
-                && let Err(whole) = report.check_budget(budget)
+                && let Err(whole) = check(&report)
             {
-                let backend = first_available(backends).ok_or_else(|| {
-                    Error::Unavailable("the sensitivity search needs an available engine".into())
-                })?;
+                // Search on the engine that failed the gate: integer kernels
+                // round differently from one engine to another.
+                let backend = worst_backend(&report, backends, options.min_cosine.is_some())
+                    .or_else(|| first_available(backends))
+                    .ok_or_else(|| {
+                        Error::Unavailable(
+                            "the sensitivity search needs an available engine".into(),
+                        )
+                    })?;
                 progress(&ProgressEvent::Stage {
                     stage: Stage::Sensitivity,
                 });
                 let search = sensitivity::search(
-                    input, &model, options, &prepared, data, &vopts, backend, budget, progress,
+                    input,
+                    &model,
+                    options,
+                    &prepared,
+                    data,
+                    &vopts,
+                    backend,
+                    sensitivity::Gate {
+                        max_drop: budget,
+                        min_cosine: options.min_cosine,
+                    },
+                    progress,
                 )?;
                 let keep: Vec<&Layer> = prepared
                     .layers
@@ -352,8 +427,15 @@ pub fn quantize_file_with_data(
                     // Name the figures of the fully quantized model too.
                     let whole = whole.to_string();
                     let whole = whole.trim_end_matches("; nothing written");
+                    let gate = match options.min_cosine {
+                        Some(c) if budget.is_finite() => {
+                            format!("an accuracy drop of {budget} points and a cosine of {c}")
+                        }
+                        Some(c) => format!("a minimum cosine of {c}"),
+                        None => format!("an accuracy drop of {budget} points"),
+                    };
                     return Err(Error::UnsupportedPrecision(format!(
-                        "no layer can be quantized with {} within an accuracy drop of {budget} points (all layers quantized: {whole})",
+                        "no layer can be quantized with {} within {gate} (all layers quantized: {whole})",
                         options.scheme.name()
                     ))
                     .into());
@@ -367,7 +449,7 @@ pub fn quantize_file_with_data(
                 });
                 report = validate::validate(input, &tmp, data, &vopts, backends, progress)?;
             }
-            report.check_budget(budget)?;
+            check(&report)?;
         }
         validation = Some(report);
     }

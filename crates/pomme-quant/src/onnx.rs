@@ -20,6 +20,10 @@ pub(crate) const UINT8: i32 = DataType::Uint8 as i32;
 pub(crate) const INT8: i32 = DataType::Int8 as i32;
 pub(crate) const INT64: i32 = DataType::Int64 as i32;
 pub(crate) const FLOAT16: i32 = DataType::Float16 as i32;
+pub(crate) const INT32: i32 = DataType::Int32 as i32;
+
+/// The domain of ONNX Runtime's contrib ops (`MatMulNBits`).
+pub const MS_DOMAIN: &str = "com.microsoft";
 
 /// Decodes a model from bytes; every failure is one line naming the file.
 pub fn decode_model(bytes: &[u8], what: &str) -> Result<pb::ModelProto> {
@@ -185,6 +189,22 @@ pub fn u8_tensor(name: &str, dims: &[i64], data: &[u8]) -> pb::TensorProto {
     raw_tensor(name, dims, UINT8, data.to_vec())
 }
 
+/// An INT32 initializer.
+pub fn i32_tensor(name: &str, dims: &[i64], data: &[i32]) -> pb::TensorProto {
+    let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    raw_tensor(name, dims, INT32, raw)
+}
+
+/// Imports `domain` at `version` unless the model already does.
+pub fn ensure_domain(model: &mut pb::ModelProto, domain: &str, version: i64) {
+    if !model.opset_import.iter().any(|o| o.domain == domain) {
+        model.opset_import.push(pb::OperatorSetIdProto {
+            domain: domain.to_string(),
+            version,
+        });
+    }
+}
+
 /// An INT64 initializer.
 pub fn i64_tensor(name: &str, dims: &[i64], data: &[i64]) -> pb::TensorProto {
     let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -209,6 +229,15 @@ pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
         ints: v.to_vec(),
         ..Default::default()
     }
+}
+
+/// A float attribute of a node, or `default`.
+pub fn get_attr_float(node: &pb::NodeProto, name: &str, default: f32) -> f32 {
+    node.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.f)
+        .unwrap_or(default)
 }
 
 /// An integer attribute of a node, or `default`.

@@ -2,10 +2,12 @@
 //!
 //! 1. Per-layer sensitivity: quantize one layer at a time (all others float)
 //!    and measure the budget figure (accuracy drop in points with labels, top-1
-//!    disagreement in % without) and the SNR of the compared output.
+//!    disagreement in % without), the SNR and the worst per-row cosine of the
+//!    compared output.
 //! 2. Greedy exclusion: starting from "everything quantized", keep the most
-//!    sensitive layer float (highest figure, then lowest SNR), re-measure, and
-//!    repeat until the budget holds.
+//!    sensitive layer float (highest figure, then lowest SNR — or, under a
+//!    cosine gate, lowest cosine first), re-measure, and repeat until the
+//!    budget and the cosine gate hold.
 //!
 //! Cost: one model build and one pass over the validation data per layer, plus
 //! one per exclusion step, on one engine (the first available). Interactions
@@ -32,6 +34,17 @@ pub struct LayerSensitivity {
     pub figure: f64,
     /// SNR of the compared output, in dB.
     pub snr_db: f64,
+    /// Worst per-row cosine of the compared output.
+    #[serde(default)]
+    pub cosine_min: f64,
+}
+
+/// What the search must achieve: an accuracy drop (points; infinite when
+/// only the cosine counts) and optionally a minimum cosine.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Gate {
+    pub max_drop: f64,
+    pub min_cosine: Option<f64>,
 }
 
 pub(crate) struct Search {
@@ -48,12 +61,13 @@ struct Reference {
 }
 
 impl Reference {
-    /// (figure, snr) of a candidate model.
-    fn score(&self, backend: &dyn Backend, model: &pb::ModelProto) -> Result<(f64, f64)> {
+    /// (figure, snr, worst cosine) of a candidate model.
+    fn score(&self, backend: &dyn Backend, model: &pb::ModelProto) -> Result<(f64, f64, f64)> {
         let loaded = runner::load_bytes(backend, &onnx::encode_model(model))?;
         let (outs, _) = runner::run_batches(loaded.as_ref(), &self.batches, |_| {})?;
         let q = &outs[self.primary];
-        let snr = compare("primary", &self.float_out, q)?.snr_db;
+        let m = compare("primary", &self.float_out, q)?;
+        let (snr, cos) = (m.snr_db, m.cosine_min);
         let qc = classes(q)?.unwrap_or_default();
         let figure = match &self.labels {
             Some(l) => {
@@ -73,7 +87,7 @@ impl Reference {
                 100.0 - 100.0 * agree as f64 / self.float_classes.len().max(1) as f64
             }
         };
-        Ok((figure, snr))
+        Ok((figure, snr, cos))
     }
 }
 
@@ -86,7 +100,7 @@ pub(crate) fn search(
     data: &Dataset,
     vopts: &ValidateOptions,
     backend: &dyn Backend,
-    budget: f64,
+    gate: Gate,
     progress: &dyn Fn(&ProgressEvent),
 ) -> Result<Search> {
     let fm = runner::load(backend, float_path)?;
@@ -112,7 +126,7 @@ pub(crate) fn search(
     let n = prepared.layers.len();
     let mut layers = Vec::with_capacity(n);
     for (i, l) in prepared.layers.iter().enumerate() {
-        let (figure, snr_db) = reference.score(backend, &build(&[l])?)?;
+        let (figure, snr_db, cosine_min) = reference.score(backend, &build(&[l])?)?;
         progress(&ProgressEvent::Sensitivity {
             layer: l.node.clone(),
             done: i + 1,
@@ -124,14 +138,23 @@ pub(crate) fn search(
             weight: l.weight.clone(),
             figure,
             snr_db,
+            cosine_min,
         });
     }
     let mut order: Vec<&LayerSensitivity> = layers.iter().collect();
-    order.sort_by(|a, b| {
-        b.figure
-            .total_cmp(&a.figure)
-            .then(a.snr_db.total_cmp(&b.snr_db))
-    });
+    if gate.min_cosine.is_some() {
+        order.sort_by(|a, b| {
+            a.cosine_min
+                .total_cmp(&b.cosine_min)
+                .then(b.figure.total_cmp(&a.figure))
+        });
+    } else {
+        order.sort_by(|a, b| {
+            b.figure
+                .total_cmp(&a.figure)
+                .then(a.snr_db.total_cmp(&b.snr_db))
+        });
+    }
     let mut excluded: Vec<String> = Vec::new();
     for s in order {
         excluded.push(s.weight.clone());
@@ -143,15 +166,15 @@ pub(crate) fn search(
         if keep.is_empty() {
             break;
         }
-        let (figure, _) = reference.score(backend, &build(&keep)?)?;
+        let (figure, _, cos) = reference.score(backend, &build(&keep)?)?;
         progress(&ProgressEvent::Note {
             message: format!(
-                "kept {} float: {figure:.2} points with {} layer(s) quantized",
+                "kept {} float: {figure:.2} points, worst cosine {cos:.5} with {} layer(s) quantized",
                 s.node,
                 keep.len()
             ),
         });
-        if figure <= budget + 1e-9 {
+        if figure <= gate.max_drop + 1e-9 && gate.min_cosine.is_none_or(|c| cos >= c) {
             break;
         }
     }

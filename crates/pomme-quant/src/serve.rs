@@ -21,7 +21,7 @@
 
 use crate::data::Dataset;
 use crate::progress::silent;
-use crate::scheme::{QuantizeOptions, Scheme};
+use crate::scheme::{QuantizeOptions, Scheme, Target};
 use crate::validate::ValidationReport;
 use pomme_core::{
     Backend, Error, Fill, LoadOptions, ModelArtifact, ModelFormat, ModelSignature, Precision,
@@ -44,6 +44,9 @@ pub struct ServeQuantization {
     /// A scheme overriding the precision's default (per-channel INT8 weights,
     /// INT4 blocks of 32), e.g. `int8-static` or another block size.
     pub scheme: Option<Scheme>,
+    /// Without `scheme`: `speed` picks the integer-kernel scheme for the engine
+    /// (see [`Scheme::for_target`]), `size` (the default) the weight-only one.
+    pub target: Target,
     /// Calibration data (`.npz`), needed by `int8-static`.
     pub calibration: Option<PathBuf>,
     /// Validation data (`.npz`); defaults to the calibration data, then to
@@ -53,6 +56,8 @@ pub struct ServeQuantization {
     pub labels: Option<String>,
     /// The budget; over it the model is refused.
     pub max_accuracy_drop: f64,
+    /// Also refuse when the worst cosine of the compared output is below this.
+    pub min_cosine: Option<f64>,
     /// Rows of synthetic warm-up data when no data file is named.
     pub warmup_samples: usize,
     /// Where quantized models and their reports are cached.
@@ -65,10 +70,12 @@ impl ServeQuantization {
         ServeQuantization {
             precision,
             scheme: None,
+            target: Target::Size,
             calibration: None,
             validation: None,
             labels: None,
             max_accuracy_drop: DEFAULT_MAX_ACCURACY_DROP,
+            min_cosine: None,
             warmup_samples: DEFAULT_WARMUP_SAMPLES,
             cache_dir: cache_dir.into(),
         }
@@ -130,6 +137,19 @@ pub fn prepare_served(
 ) -> Result<Served> {
     let scheme = match (&q.scheme, Scheme::for_precision(q.precision)) {
         (Some(s), _) => s.clone(),
+        (None, Some(_)) if q.target == Target::Speed => {
+            let (m, _) = crate::onnx::load_model(model)?;
+            let profile = crate::rewrite::profile(&m);
+            Scheme::for_target(
+                q.precision,
+                q.target,
+                crate::default_engine(backends),
+                &profile,
+                q.calibration.is_some(),
+            )
+            .map(|(s, _)| s)
+            .expect("int8 and int4 have schemes")
+        }
         (None, Some(s)) => s,
         (None, None) => {
             return Err(Error::UnsupportedPrecision(format!(
@@ -149,6 +169,7 @@ pub fn prepare_served(
     options.validate = q.validation.clone().or_else(|| q.calibration.clone());
     options.labels = q.labels.clone();
     options.max_accuracy_drop = Some(q.max_accuracy_drop);
+    options.min_cosine = q.min_cosine;
     options.auto_exclude = true;
     // Latency is not what admission decides on; one timed pass keeps loads short.
     options.latency_repeats = 1;

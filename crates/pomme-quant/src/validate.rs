@@ -108,6 +108,35 @@ impl ValidationReport {
         serde_json::to_string_pretty(self).expect("plain data serializes")
     }
 
+    /// The worst per-row cosine of the compared output over the engines that
+    /// produced it, with the engine's name.
+    pub fn worst_cosine(&self) -> Option<(f64, &str)> {
+        self.backends
+            .iter()
+            .filter_map(|b| {
+                b.outputs
+                    .iter()
+                    .find(|o| o.name == self.compared_output)
+                    .map(|o| (o.cosine_min, b.backend.as_str()))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    }
+
+    /// `Err(AccuracyBudgetExceeded)` when the compared output's worst cosine
+    /// falls below `min` on some engine (the gate for embedding models).
+    pub fn check_cosine(&self, min: f64) -> std::result::Result<(), QuantError> {
+        match self.worst_cosine() {
+            Some((c, backend)) if c < min => Err(QuantError::AccuracyBudgetExceeded {
+                message: format!(
+                    "worst cosine of '{}' {c:.5} on {backend} is below the minimum of {min} (size {:.3}x); nothing written",
+                    self.compared_output, self.size_ratio
+                ),
+                report: Box::new(self.clone()),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// `Err(AccuracyBudgetExceeded)` naming the worst engine when its figure
     /// exceeds `budget`.
     pub fn check_budget(&self, budget: f64) -> std::result::Result<(), QuantError> {

@@ -153,6 +153,80 @@ impl Int4Weights {
     }
 }
 
+/// INT4 weights in `com.microsoft.MatMulNBits` layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NBitsWeights {
+    /// `[N, blocks, block_size / 2]`: column `n`'s block `b` holds codes
+    /// `u = q + 8` of rows `b·block_size..`, element `2j` in the low nibble of
+    /// byte `j`, `2j + 1` in the high one (K padded with zeros).
+    pub packed: Vec<u8>,
+    /// `[N · blocks]`, column-major by block.
+    pub scales: Vec<f32>,
+    pub blocks: usize,
+    /// The weight as the kernel sees it, `[K, N]` row-major (for error figures).
+    pub dequantized: Vec<f32>,
+}
+
+/// Quantizes a `[k, n]` row-major MatMul weight for `MatMulNBits`: symmetric
+/// 4-bit blocks of `block_size` along K per output column, zero point 8 (the
+/// op's default, so none is stored).
+pub fn quantize_nbits(w: &[f32], k: usize, n: usize, block_size: usize) -> NBitsWeights {
+    let blocks = k.div_ceil(block_size);
+    let blob = block_size / 2;
+    let mut packed = vec![0u8; n * blocks * blob];
+    let mut scales = Vec::with_capacity(n * blocks);
+    let mut dequantized = vec![0f32; k * n];
+    let mut col = vec![0f32; block_size];
+    for c in 0..n {
+        for b in 0..blocks {
+            let rows = b * block_size..((b + 1) * block_size).min(k);
+            let len = rows.len();
+            for (j, r) in rows.clone().enumerate() {
+                col[j] = w[r * n + c];
+            }
+            let s = int4_block_scale(&col[..len]);
+            scales.push(s);
+            let base = (c * blocks + b) * blob;
+            for j in 0..block_size {
+                let code = if j < len {
+                    let q = (col[j] / s).round_ties_even().clamp(-8.0, 7.0);
+                    dequantized[(b * block_size + j) * n + c] = q * s;
+                    (q as i32 + 8) as u8
+                } else {
+                    8
+                };
+                packed[base + j / 2] |= if j % 2 == 0 { code } else { code << 4 };
+            }
+        }
+    }
+    NBitsWeights {
+        packed,
+        scales,
+        blocks,
+        dequantized,
+    }
+}
+
+/// An INT32 bias for a QDQ op: `b / (x_scale · w_scale[c])`, rounded, per
+/// output channel (what ONNX Runtime's QLinearConv / QGemm add to the int32
+/// accumulator). Returns the values and their scales.
+pub fn quantize_bias(b: &[f32], x_scale: f32, w_scales: &[f32]) -> (Vec<i32>, Vec<f32>) {
+    let scales: Vec<f32> = (0..b.len())
+        .map(|c| x_scale * w_scales[if w_scales.len() == 1 { 0 } else { c }])
+        .map(|s| if s > 0.0 && s.is_finite() { s } else { 1.0 })
+        .collect();
+    let q = b
+        .iter()
+        .zip(&scales)
+        .map(|(v, s)| {
+            (v / s)
+                .round_ties_even()
+                .clamp(i32::MIN as f32, i32::MAX as f32) as i32
+        })
+        .collect();
+    (q, scales)
+}
+
 /// Asymmetric UINT8 parameters covering `[lo, hi]` (widened to include 0, so
 /// that zero — padding, ReLU output — is exactly representable).
 pub fn uint8_params(lo: f32, hi: f32) -> (f32, u8) {
@@ -217,6 +291,33 @@ mod tests {
                 "{i}: {a} vs {b} (scale {s})"
             );
         }
+    }
+
+    #[test]
+    fn nbits_layout_is_column_blocks_low_nibble_first() {
+        // K = 20 (one full block of 16 and a padded one), N = 2.
+        let (k, n) = (20, 2);
+        let w: Vec<f32> = (0..k * n).map(|i| (i as f32 - 20.0) / 10.0).collect();
+        let q = quantize_nbits(&w, k, n, 16);
+        assert_eq!(q.blocks, 2);
+        assert_eq!(q.packed.len(), n * 2 * 8);
+        assert_eq!(q.scales.len(), 4);
+        // Element (k=1, n=0) is the high nibble of column 0's first byte.
+        let s = q.scales[0];
+        let hi = (q.packed[0] >> 4) as f32 - 8.0;
+        assert!((hi * s - w[n]).abs() <= s / 2.0 + 1e-6);
+        // Padding codes are 8 (zero).
+        assert_eq!(q.packed[8 + 2] & 0x0f, 8);
+        for (a, b) in w.iter().zip(&q.dequantized) {
+            assert!((a - b).abs() < 0.2, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn bias_scale_is_input_times_weight_scale() {
+        let (q, s) = quantize_bias(&[1.0, -0.5], 0.1, &[0.01, 0.02]);
+        assert!((s[0] - 0.001).abs() < 1e-9 && (s[1] - 0.002).abs() < 1e-9);
+        assert_eq!(q, vec![1000, -250]);
     }
 
     #[test]

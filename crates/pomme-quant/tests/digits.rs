@@ -91,7 +91,9 @@ fn int8_static_with_each_calibration_method() {
             opts.calibration = Some(dir.join("digits_test.npz"));
             let o = quantize_digits(&dir, model, opts, tmp.path()).unwrap();
             assert!(!o.summary.activations.is_empty());
-            check(&o, 1.0, 0.3);
+            // Q/DQ on outputs and explicit weight zero points (ONNX Runtime's
+            // QGemm fusion needs them) cost ~1 kB on a 70 kB model.
+            check(&o, 1.0, 0.32);
         }
     }
 }

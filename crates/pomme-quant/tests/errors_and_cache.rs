@@ -82,7 +82,7 @@ fn errors_are_one_line_and_write_nothing() {
     let e = Scheme::from_cli("int3", false, 32, CalibrationMethod::MinMax).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "invalid input: unknown quantization scheme 'int3' (expected int8, int8-static or int4)"
+        "invalid input: unknown quantization scheme 'int3' (expected int8, int8-static, int8-dynamic, int4 or int4-nbits)"
     );
 
     // A model with no quantizable weights.

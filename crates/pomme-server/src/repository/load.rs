@@ -35,16 +35,40 @@ pub(super) fn quantization(
         Precision::Int4 => "int4",
         _ => "int8",
     };
-    let scheme_name = q.scheme.as_deref().unwrap_or(default_scheme);
-    s.scheme = Some(
-        pomme_quant::Scheme::from_cli(
-            scheme_name,
-            true,
-            q.block_size.unwrap_or(32),
-            pomme_quant::CalibrationMethod::default(),
-        )
-        .map_err(|e| format!("[quantization] {}", e.message()))?,
-    );
+    s.target = match q.target.as_deref() {
+        Some(t) => t
+            .parse()
+            .map_err(|e: pomme_core::Error| format!("[quantization] {}", e.message()))?,
+        None => pomme_quant::Target::Size,
+    };
+    if s.target == pomme_quant::Target::Speed {
+        if let Some(name) = &q.scheme {
+            return Err(format!(
+                "[quantization] target = \"speed\" picks the scheme: remove scheme = \"{name}\" (or the target)"
+            ));
+        }
+        // Resolved at load, from the model and the engine that runs it.
+        s.scheme = None;
+    } else {
+        let scheme_name = q.scheme.as_deref().unwrap_or(default_scheme);
+        s.scheme = Some(
+            pomme_quant::Scheme::from_cli(
+                scheme_name,
+                true,
+                q.block_size.unwrap_or(32),
+                pomme_quant::CalibrationMethod::default(),
+            )
+            .map_err(|e| format!("[quantization] {}", e.message()))?,
+        );
+    }
+    if let Some(c) = q.min_cosine {
+        if !(-1.0..=1.0).contains(&c) {
+            return Err(format!(
+                "[quantization] min_cosine must be in [-1, 1], got {c}"
+            ));
+        }
+        s.min_cosine = Some(c);
+    }
     s.calibration = rel(q.calibration);
     s.validation = rel(q.validation);
     for p in [&s.calibration, &s.validation].into_iter().flatten() {

@@ -209,8 +209,15 @@ impl TomlWarmup {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TomlQuant {
-    /// `int8`, `int8-static`, `int4` (default: from `precision`).
+    /// `int8`, `int8-static`, `int8-dynamic`, `int4`, `int4-nbits` (default:
+    /// from `precision` and `target`).
     pub(super) scheme: Option<String>,
+    /// `speed` (integer kernels for the engine) or `size` (weight-only, the
+    /// default); only without `scheme`.
+    pub(super) target: Option<String>,
+    /// Refuse to serve when the worst cosine of the compared output falls
+    /// below this (embedding models).
+    pub(super) min_cosine: Option<f64>,
     /// INT4 block size (32, 64, 128).
     pub(super) block_size: Option<usize>,
     /// `.npz` calibration data (needed by `int8-static`).
