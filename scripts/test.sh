@@ -46,7 +46,7 @@ if command -v clang >/dev/null 2>&1; then
   # Every crate of the `pomme` binary, with its tests. C libraries in build
   # scripts get scripts/apple-check-cc.sh (empty objects: a check never links).
   SKIP_SETUP=1 bash scripts/check-apple.sh pomme-core pomme-runtime pomme-kserve pomme-server \
-    pomme-tract pomme-ort pomme-quant pomme-coreml pomme-coreai pomme-backends pomme-cli
+    pomme-tract pomme-ort pomme-quant pomme-coreml pomme-coreai pomme-backends pomme-text pomme-cli
 else
   echo "SKIP apple type-check: clang not installed"
 fi

@@ -68,6 +68,8 @@ CONFIG_TOML = """\
 # all-MiniLM-L6-v2 (sentence-transformers), exported by scripts/text/export_minilm.py
 backends = ["ort", "tract"]
 max_batch_size = 32
+[dynamic_batching]        # concurrent requests' texts share engine runs
+max_queue_delay_us = 500
 [text]
 task = "embed"
 pooling = "mean"          # over last_hidden_state with the attention mask

@@ -148,15 +148,10 @@ async fn run(
     let chunk = s
         .runtime
         .model(model, None)
-        .map(|v| {
-            if v.batching.is_some() {
-                v.max_batch_size.max(1)
-            } else {
-                1
-            }
-        })
-        .unwrap_or(1)
-        .max(1);
+        .map(|v| v.max_batch_size)
+        .unwrap_or(0);
+    // Without a max_batch_size a request may hold any number of rows.
+    let chunk = if chunk == 0 { texts.len() } else { chunk };
     let jobs = texts.chunks(chunk).enumerate().map(|(i, part)| {
         let mut inputs = vec![("text".to_string(), strings(part))];
         if let Some(p) = &pairs {

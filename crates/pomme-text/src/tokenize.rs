@@ -66,7 +66,7 @@ impl std::fmt::Debug for TextTokenizer {
 }
 
 fn tk_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::InvalidModelFormat(pomme_core::one_line(&format!("{what}: {e}")))
+    Error::InvalidModelFormat(pomme_core::one_line(format!("{what}: {e}")))
 }
 
 impl TextTokenizer {
@@ -143,7 +143,7 @@ impl TextTokenizer {
 
     fn raw(&self, text: &str) -> Result<Encoding> {
         self.inner.encode(text, false).map_err(|e| {
-            Error::invalid_input(pomme_core::one_line(&format!("cannot tokenize: {e}")))
+            Error::invalid_input(pomme_core::one_line(format!("cannot tokenize: {e}")))
         })
     }
 
@@ -206,7 +206,7 @@ impl TextTokenizer {
     /// The tokens of `text` with their byte offsets (TEI's `/tokenize`).
     pub fn tokens(&self, text: &str, add_special_tokens: bool) -> Result<Vec<Token>> {
         let e = self.inner.encode(text, add_special_tokens).map_err(|e| {
-            Error::invalid_input(pomme_core::one_line(&format!("cannot tokenize: {e}")))
+            Error::invalid_input(pomme_core::one_line(format!("cannot tokenize: {e}")))
         })?;
         Ok(e.get_ids()
             .iter()
@@ -231,7 +231,7 @@ impl TextTokenizer {
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner
             .decode(ids, skip_special_tokens)
-            .map_err(|e| Error::invalid_input(pomme_core::one_line(&format!("cannot decode: {e}"))))
+            .map_err(|e| Error::invalid_input(pomme_core::one_line(format!("cannot decode: {e}"))))
     }
 
     /// Vocabulary size (special tokens included): the bound token ids are checked against.

@@ -69,7 +69,7 @@ fn tokenization_equals_hugging_face_on_the_torture_set() {
 fn load(file: &str) -> Arc<dyn LoadedModel> {
     let b = TractBackend::new();
     let a = TractBackend::artifact_for_path(repo_models().join("text").join(file)).unwrap();
-    Arc::from(b.load(&a, &Default::default()).unwrap())
+    b.load(&a, &Default::default()).unwrap()
 }
 
 fn strings(texts: &[&str]) -> Tensor {
@@ -260,7 +260,7 @@ fn minilm_embeddings_equal_sentence_transformers_in_any_bucket() {
     let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
     let b = TractBackend::new();
     let a = TractBackend::artifact_for_path(dir.join("minilm_l6.onnx")).unwrap();
-    let inner: Arc<dyn LoadedModel> = Arc::from(b.load(&a, &Default::default()).unwrap());
+    let inner: Arc<dyn LoadedModel> = b.load(&a, &Default::default()).unwrap();
     for config in [
         "seq_buckets = [16, 32, 64, 128, 256]\nmax_batch_tokens = 1024",
         "pooling = \"model\"\nmax_length = 256",
