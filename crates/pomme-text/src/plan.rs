@@ -43,12 +43,19 @@ pub fn enumerated_seq_lengths(allowed: &AllowedShapes) -> Vec<usize> {
     v
 }
 
+/// What one engine run costs beyond its padded tokens, in tokens: it keeps
+/// the planner from splitting a batch into many tiny runs.
+pub const RUN_OVERHEAD_TOKENS: usize = 32;
+
 /// Splits a batch of texts with token counts `lengths` into engine runs.
 ///
-/// Every text lands in exactly one group; a group's `padded_rows × seq`
-/// stays within `max_tokens` (a single text always fits: the configuration
-/// guarantees `max_tokens ≥ max_length`); with `allowed`, every group's
-/// `[padded_rows, seq]` is a shape the model takes.
+/// Texts are sorted by length and cut into consecutive groups that minimise
+/// the padded tokens computed (plus [`RUN_OVERHEAD_TOKENS`] per run): a
+/// short text never rides at a long text's bucket when a run of its own is
+/// cheaper. Every text lands in exactly one group; a group's
+/// `padded_rows × seq` stays within `max_tokens` (a single text always
+/// fits: the configuration guarantees `max_tokens ≥ max_length`); with
+/// `allowed`, every group's `[padded_rows, seq]` is a shape the model takes.
 pub fn plan(
     lengths: &[usize],
     buckets: &[usize],
@@ -57,20 +64,36 @@ pub fn plan(
 ) -> Result<Vec<Group>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| lengths[i]);
-    let mut groups = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
-    let mut seq = 0;
-    for i in order {
-        let s = bucket_for(lengths[i], buckets);
-        if !current.is_empty() && (current.len() + 1) * s > max_tokens {
-            groups.push((std::mem::take(&mut current), seq));
+    let n = order.len();
+    let seq_of = |k: usize| bucket_for(lengths[order[k]], buckets);
+    // best[j]: (cost, start of the last group) for the first j sorted texts.
+    let mut best: Vec<(usize, usize)> = vec![(usize::MAX, 0); n + 1];
+    best[0] = (0, 0);
+    for j in 1..=n {
+        let seq = seq_of(j - 1);
+        for i in (0..j).rev() {
+            let rows = j - i;
+            if rows > 1 && rows * seq > max_tokens {
+                break;
+            }
+            if best[i].0 == usize::MAX {
+                continue;
+            }
+            let cost = best[i].0 + rows * seq + RUN_OVERHEAD_TOKENS;
+            // Ties go to the longer group (fewer runs).
+            if cost <= best[j].0 {
+                best[j] = (cost, i);
+            }
         }
-        current.push(i);
-        seq = s;
     }
-    if !current.is_empty() {
-        groups.push((current, seq));
+    let mut groups = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        let i = best[j].1;
+        groups.push((order[i..j].to_vec(), seq_of(j - 1)));
+        j = i;
     }
+    groups.reverse();
     let mut out = Vec::with_capacity(groups.len());
     for (rows, seq) in groups {
         match allowed {
@@ -133,8 +156,8 @@ mod tests {
     #[test]
     fn short_texts_do_not_ride_at_a_long_texts_bucket() {
         let buckets = [16, 32, 64, 128];
-        // Two short, one long: the long one alone when the budget is tight.
-        let g = plan(&[10, 120, 12], &buckets, 256, None).unwrap();
+        // Two short, one long: two runs cost 2×16 + 128 (+ overheads) < 3×128.
+        let g = plan(&[10, 120, 12], &buckets, 4096, None).unwrap();
         assert_eq!(
             g,
             vec![
@@ -150,15 +173,21 @@ mod tests {
                 },
             ]
         );
-        // A roomy budget: one run at the longest text's bucket.
-        let g = plan(&[10, 120, 12], &buckets, 4096, None).unwrap();
+        // Close lengths share a run rather than pay a run's overhead.
+        let g = plan(&[10, 20, 12], &buckets, 4096, None).unwrap();
         assert_eq!(
             g,
             vec![Group {
                 rows: vec![0, 2, 1],
-                seq: 128,
+                seq: 32,
                 padded_rows: 3
             }]
+        );
+        // The budget splits runs of one bucket.
+        let g = plan(&[100; 5], &buckets, 256, None).unwrap();
+        assert_eq!(
+            g.iter().map(|g| g.rows.len()).collect::<Vec<_>>(),
+            vec![1, 2, 2]
         );
     }
 
