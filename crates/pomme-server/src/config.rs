@@ -830,7 +830,7 @@ max_json_depth = 10
                 .starts_with("tracing.sampling_ratio:")
         );
         assert!(
-            e(&["--otlp-endpoint", url, "--trace-sampling", "-0.1"])
+            e(&["--otlp-endpoint", url, "--trace-sampling=-0.1"])
                 .starts_with("tracing.sampling_ratio:")
         );
         assert!(e(&["--otlp-endpoint", "collector:4318"]).starts_with("tracing.otlp_endpoint:"));
