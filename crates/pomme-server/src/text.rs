@@ -521,12 +521,11 @@ async fn tei_embed(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         let req: TeiEmbed = parse(&body)?;
         let (name, a) = resolve(&s, req.model.as_deref())?;
         check_task(&name, &a, Task::Embed, "/embed")?;
-        let (texts, _) = truncate(
+        let texts = tei_truncate(
             &a,
-            a.config().max_length(),
             req.inputs.into_vec(),
-            req.truncate.or(tei_default_truncate(&a)),
-            req.truncation_direction.into(),
+            req.truncate,
+            req.truncation_direction,
         )?;
         let (v, _) = embed(&s, &name, &a, texts, req.normalize, req.dimensions).await?;
         Ok(json!(v))
@@ -534,13 +533,27 @@ async fn tei_embed(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     .await
 }
 
-/// TEI refuses over-long input unless asked to cut it; a model configured
-/// with `truncation = "right" | "left"` cuts by default.
-fn tei_default_truncate(a: &TextAdapter) -> Option<bool> {
-    match a.config().truncation {
+/// TEI's truncation fields applied to `texts`: `truncate: false` (and a
+/// model configured with `truncation = "error"`) refuses over-long input,
+/// `true` cuts it; unsaid, the model's own `truncation` applies.
+fn tei_truncate(
+    a: &TextAdapter,
+    texts: Vec<String>,
+    truncate_it: Option<bool>,
+    direction: Direction,
+) -> Result<Vec<String>> {
+    let default = match a.config().truncation {
         Truncation::Error => Some(false),
         _ => None,
-    }
+    };
+    let (texts, _) = truncate(
+        a,
+        a.config().max_length(),
+        texts,
+        truncate_it.or(default),
+        direction.into(),
+    )?;
+    Ok(texts)
 }
 
 #[derive(Deserialize)]
@@ -559,12 +572,11 @@ async fn tei_embed_all(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         let req: TeiEmbedAll = parse(&body)?;
         let (name, a) = resolve(&s, req.model.as_deref())?;
         check_task(&name, &a, Task::Embed, "/embed_all")?;
-        let (texts, _) = truncate(
+        let texts = tei_truncate(
             &a,
-            a.config().max_length(),
             req.inputs.into_vec(),
-            req.truncate.or(tei_default_truncate(&a)),
-            req.truncation_direction.into(),
+            req.truncate,
+            req.truncation_direction,
         )?;
         let out = run(&s, &name, texts, None, &["token_embeddings", "token_count"]).await?;
         let counts = out[1].to_vec::<i64>()?;
@@ -748,13 +760,7 @@ async fn tei_predict(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
             PredictInputs::Pair(v) => (vec![single(v)?], false),
             PredictInputs::Many(v) => (v.into_iter().map(single).collect::<Result<_>>()?, true),
         };
-        let (texts, _) = truncate(
-            &a,
-            a.config().max_length(),
-            texts,
-            req.truncate.or(tei_default_truncate(&a)),
-            req.truncation_direction.into(),
-        )?;
+        let texts = tei_truncate(&a, texts, req.truncate, req.truncation_direction)?;
         let out = run(&s, &name, texts, None, &["logits"]).await?;
         let view = s.runtime.model(&name, None)?;
         let labels = view
