@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from conftest import ROOT, start_server, stop_server
@@ -210,6 +211,12 @@ def test_tritonclient_sends_strings(text_server):
     r = c.infer("tiny_cls", [x], outputs=[httpclient.InferRequestedOutput("logits", class_count=1)])
     top = r.as_numpy("logits")
     assert top.shape == (3, 1) and b":" in top[0][0]
+    # The same over gRPC.
+    g = grpcclient.InferenceServerClient(text_server["grpc"])
+    gx = grpcclient.InferInput("text", [len(texts)], "BYTES")
+    gx.set_data_from_numpy(texts)
+    gemb = g.infer("tiny", [gx], outputs=[grpcclient.InferRequestedOutput("embedding")]).as_numpy("embedding")
+    assert np.abs(gemb - emb).max() < 1e-6
     bad = httpclient.InferInput("text", [1], "BYTES")
     bad.set_data_from_numpy(np.array([b"\xff\xfe"], dtype=object))
     with pytest.raises(Exception, match="not UTF-8"):
