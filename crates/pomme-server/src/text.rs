@@ -229,6 +229,18 @@ fn task_name(t: Task) -> &'static str {
     }
 }
 
+/// [`resolve`] for a route that needs models of one task.
+fn resolve_for(
+    s: &Shared,
+    model: Option<&str>,
+    want: Task,
+    route: &str,
+) -> Result<(String, Arc<TextAdapter>)> {
+    let (name, a) = resolve(s, model)?;
+    check_task(&name, &a, want, route)?;
+    Ok((name, a))
+}
+
 fn check_task(name: &str, a: &TextAdapter, want: Task, route: &str) -> Result<()> {
     let have = a.config().task;
     if have == want {
@@ -241,27 +253,32 @@ fn check_task(name: &str, a: &TextAdapter, want: Task, route: &str) -> Result<()
     )))
 }
 
-/// Cuts texts longer than the model's limit as the request asks: `Some(false)`
-/// refuses them (TEI's default), `Some(true)` cuts at a token boundary in
-/// `direction`; `None` leaves them to the model's own `truncation`.
+/// TEI's truncation fields applied to `texts`: `truncate: false` (and a
+/// model configured with `truncation = "error"`) refuses over-long input,
+/// `true` cuts it at a token boundary in `direction`; unsaid, the text goes
+/// as it is and the model's own `truncation` applies (nothing tokenized here).
 fn truncate(
     a: &TextAdapter,
-    max_len: usize,
     texts: Vec<String>,
-    truncate: Option<bool>,
-    direction: Truncation,
-) -> Result<(Vec<String>, usize)> {
-    let tk = a.tokenizer();
-    let mut tokens = 0;
+    truncate_it: Option<bool>,
+    direction: Direction,
+) -> Result<Vec<String>> {
+    let refuse = match a.config().truncation {
+        Truncation::Error => Some(false),
+        _ => None,
+    };
+    let Some(cut_it) = truncate_it.or(refuse) else {
+        return Ok(texts);
+    };
+    let (tk, max_len) = (a.tokenizer(), a.config().max_length());
     let mut out = Vec::with_capacity(texts.len());
     for (i, t) in texts.into_iter().enumerate() {
         let n = tk.count(&t)?;
-        if n <= max_len || truncate.is_none() {
-            tokens += n.min(max_len);
+        if n <= max_len {
             out.push(t);
             continue;
         }
-        if truncate == Some(false) {
+        if !cut_it {
             return Err(Error::invalid_input(format!(
                 "input {i} has {n} tokens, more than this model's limit of {max_len} (send \"truncate\": true to cut it)"
             )));
@@ -269,19 +286,18 @@ fn truncate(
         let toks: Vec<_> = tk.tokens(&t, false)?;
         let keep = max_len.saturating_sub(n - toks.len());
         let cut = match direction {
-            Truncation::Left => {
+            Direction::Left => {
                 let first = &toks[toks.len() - keep];
                 t[first.start.unwrap_or(0)..].to_string()
             }
-            _ => {
+            Direction::Right => {
                 let last = &toks[keep.max(1) - 1];
                 t[..last.stop.unwrap_or(t.len())].to_string()
             }
         };
-        tokens += max_len;
         out.push(cut);
     }
-    Ok((out, tokens))
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- OpenAI
@@ -317,8 +333,7 @@ async fn openai_embeddings(State(s): State<Arc<Shared>>, body: Bytes) -> Respons
 
 async fn openai_embed(s: &Shared, body: &Bytes) -> Result<Value> {
     let req: OpenAiEmbed = parse(body)?;
-    let (name, a) = resolve(s, Some(&req.model))?;
-    check_task(&name, &a, Task::Embed, "/v1/embeddings")?;
+    let (name, a) = resolve_for(s, Some(&req.model), Task::Embed, "/v1/embeddings")?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -347,10 +362,7 @@ async fn openai_embed(s: &Shared, body: &Bytes) -> Result<Value> {
             "input {i} is an empty string"
         )));
     }
-    let max_len = a.config().max_length();
-    let (texts, _) = truncate(&a, max_len, texts, None, Truncation::Right)?;
-    let vectors = embed(s, &name, &a, texts, true, req.dimensions).await?;
-    let (vectors, tokens) = vectors;
+    let (vectors, tokens) = embed(s, &name, &a, texts, true, req.dimensions).await?;
     use base64::Engine as _;
     let data: Vec<Value> = vectors
         .into_iter()
@@ -477,15 +489,6 @@ enum Direction {
     Left,
 }
 
-impl From<Direction> for Truncation {
-    fn from(d: Direction) -> Truncation {
-        match d {
-            Direction::Right => Truncation::Right,
-            Direction::Left => Truncation::Left,
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct TeiEmbed {
     inputs: OneOrMany,
@@ -519,9 +522,8 @@ where
 async fn tei_embed(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     tei(s, body, |s, body| async move {
         let req: TeiEmbed = parse(&body)?;
-        let (name, a) = resolve(&s, req.model.as_deref())?;
-        check_task(&name, &a, Task::Embed, "/embed")?;
-        let texts = tei_truncate(
+        let (name, a) = resolve_for(&s, req.model.as_deref(), Task::Embed, "/embed")?;
+        let texts = truncate(
             &a,
             req.inputs.into_vec(),
             req.truncate,
@@ -531,29 +533,6 @@ async fn tei_embed(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         Ok(json!(v))
     })
     .await
-}
-
-/// TEI's truncation fields applied to `texts`: `truncate: false` (and a
-/// model configured with `truncation = "error"`) refuses over-long input,
-/// `true` cuts it; unsaid, the model's own `truncation` applies.
-fn tei_truncate(
-    a: &TextAdapter,
-    texts: Vec<String>,
-    truncate_it: Option<bool>,
-    direction: Direction,
-) -> Result<Vec<String>> {
-    let default = match a.config().truncation {
-        Truncation::Error => Some(false),
-        _ => None,
-    };
-    let (texts, _) = truncate(
-        a,
-        a.config().max_length(),
-        texts,
-        truncate_it.or(default),
-        direction.into(),
-    )?;
-    Ok(texts)
 }
 
 #[derive(Deserialize)]
@@ -570,9 +549,8 @@ struct TeiEmbedAll {
 async fn tei_embed_all(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     tei(s, body, |s, body| async move {
         let req: TeiEmbedAll = parse(&body)?;
-        let (name, a) = resolve(&s, req.model.as_deref())?;
-        check_task(&name, &a, Task::Embed, "/embed_all")?;
-        let texts = tei_truncate(
+        let (name, a) = resolve_for(&s, req.model.as_deref(), Task::Embed, "/embed_all")?;
+        let texts = truncate(
             &a,
             req.inputs.into_vec(),
             req.truncate,
@@ -683,8 +661,7 @@ fn sigmoid(x: f32) -> f32 {
 async fn tei_rerank(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     tei(s, body, |s, body| async move {
         let req: TeiRerank = parse(&body)?;
-        let (name, a) = resolve(&s, req.model.as_deref())?;
-        check_task(&name, &a, Task::Rerank, "/rerank")?;
+        let (name, a) = resolve_for(&s, req.model.as_deref(), Task::Rerank, "/rerank")?;
         if req.texts.is_empty() {
             return Err(Error::invalid_input("`texts` is empty"));
         }
@@ -744,8 +721,7 @@ struct TeiPredict {
 async fn tei_predict(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     tei(s, body, |s, body| async move {
         let req: TeiPredict = parse(&body)?;
-        let (name, a) = resolve(&s, req.model.as_deref())?;
-        check_task(&name, &a, Task::Classify, "/predict")?;
+        let (name, a) = resolve_for(&s, req.model.as_deref(), Task::Classify, "/predict")?;
         let single = |v: Vec<String>| -> Result<String> {
             match <[String; 1]>::try_from(v) {
                 Ok([t]) => Ok(t),
@@ -760,7 +736,7 @@ async fn tei_predict(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
             PredictInputs::Pair(v) => (vec![single(v)?], false),
             PredictInputs::Many(v) => (v.into_iter().map(single).collect::<Result<_>>()?, true),
         };
-        let texts = tei_truncate(&a, texts, req.truncate, req.truncation_direction)?;
+        let texts = truncate(&a, texts, req.truncate, req.truncation_direction)?;
         let out = run(&s, &name, texts, None, &["logits"]).await?;
         let view = s.runtime.model(&name, None)?;
         let labels = view

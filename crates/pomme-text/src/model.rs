@@ -465,7 +465,7 @@ impl LoadedModel for TextModel {
                 seq: b,
                 padded_rows: rows,
             };
-            s.run_group(&[enc], &group).map_err(|e| {
+            s.run_group(&[&enc], &group).map_err(|e| {
                 Error::InvalidModelFormat(format!("warming sequence bucket {b}: {}", e.message()))
             })?;
         }
@@ -520,7 +520,7 @@ fn int_tensor(dtype: DType, shape: Vec<usize>, v: Vec<i64>) -> Result<Tensor> {
 
 impl TextSession {
     /// Runs one padded group: `encs` are the group's texts in row order.
-    fn run_group(&mut self, encs: &[Encoded], g: &plan::Group) -> Result<GroupOut> {
+    fn run_group(&mut self, encs: &[&Encoded], g: &plan::Group) -> Result<GroupOut> {
         let (rows, seq) = (g.padded_rows, g.seq);
         let mut ids = vec![i64::from(self.tokenizer.pad_id); rows * seq];
         let mut mask = vec![0i64; rows * seq];
@@ -615,7 +615,7 @@ impl Session for TextSession {
         let mut vectors: Vec<f32> = Vec::new();
         let mut tokens: Option<(Vec<f32>, usize)> = None;
         for g in &groups {
-            let group_encs: Vec<Encoded> = g.rows.iter().map(|&r| encs[r].clone()).collect();
+            let group_encs: Vec<&Encoded> = g.rows.iter().map(|&r| &encs[r]).collect();
             let out = self.run_group(&group_encs, g)?;
             if vectors.is_empty() {
                 k = out.k;
