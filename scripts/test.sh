@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# POMME_FREE_DISK=1 (set by .ci/run): CI's disk is not large, so build artifacts
+# that no later step reads are removed as the run goes.
+FREE_DISK=${POMME_FREE_DISK:-0}
+
+# Free disk at each stage, so that a run that fills the disk says where.
+disk() { echo "disk: $(df -h --output=avail . | tail -n1 | tr -d ' ') free ($1)"; }
+disk start
 
 bash scripts/setup.sh
 
@@ -47,6 +54,9 @@ if command -v clang >/dev/null 2>&1; then
   # scripts get scripts/apple-check-cc.sh (empty objects: a check never links).
   SKIP_SETUP=1 bash scripts/check-apple.sh pomme-core pomme-runtime pomme-kserve pomme-server \
     pomme-tract pomme-ort pomme-quant pomme-coreml pomme-coreai pomme-backends pomme-text pomme-cli
+  # Nothing later reads the Apple check's artifacts.
+  if [ "$FREE_DISK" = 1 ]; then rm -rf target/aarch64-apple-darwin; fi
+  disk "after the Apple type-check"
 else
   echo "SKIP apple type-check: clang not installed"
 fi
@@ -54,6 +64,7 @@ fi
 echo "== cargo test"
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
 grep -E "^test result:" target/test-output.txt | awk '{p+=$4; f+=$6} END {print "rust: " p " passed, " f " failed"}'
+disk "after cargo test"
 
 if [ -d tests/interop ]; then
   echo "== interop (tritonclient against a real pomme serve)"
@@ -67,6 +78,12 @@ fi
 
 echo "== Mac proof kit's plumbing with this pomme (ONNX Runtime on the CPU; nothing Apple-specific)"
 POMME_BIN=$PWD/target/debug/pomme .venv-mac/bin/python -m pytest -q tests/mackit/test_kit.py -k plumbing
+
+# Everything after this point builds in target dirs of its own; the debug build
+# (tens of test binaries that each link tract) goes, so the loom and fuzz builds
+# do not add to its disk.
+if [ "$FREE_DISK" = 1 ]; then rm -rf target/debug; fi
+disk "after removing target/debug"
 
 echo "== loom (admission controller model checks)"
 # A target dir of its own: --cfg loom changes every crate's flags, so sharing
@@ -104,4 +121,5 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
     fi
   fi
 fi
+disk end
 echo "== done in ${SECONDS} s"
