@@ -221,7 +221,7 @@ def pomme_run(pomme: Path, model_path: Path, out: Path, label: str, tag: str, ar
 
 
 def pomme_variants(pomme: Path | None, model_path: Path, out: Path, gate: list[str], calib: Path | None,
-                   int4: bool) -> list[tuple[str, Path | str]]:
+                   int4: bool, smooth: bool = False) -> list[tuple[str, Path | str]]:
     if pomme is None:
         return []
     cal = ["--calibration", str(calib)] if calib else []
@@ -229,6 +229,10 @@ def pomme_variants(pomme: Path | None, model_path: Path, out: Path, gate: list[s
         ("pomme speed int8", "speed8", ["--scheme", "int8", "--target", "speed", "--engine", "ort", *cal, *gate]),
         ("pomme size int8", "size8", ["--scheme", "int8", "--target", "size", "--per-channel", *gate]),
     ]
+    if smooth:
+        # --target speed smooths int8-dynamic by default; the row without it shows what it buys.
+        runs.insert(1, ("pomme speed int8 --smooth off", "speed8n",
+                        ["--scheme", "int8", "--target", "speed", "--engine", "ort", "--smooth", "off", *cal, *gate]))
     if int4:
         runs += [
             ("pomme speed int4", "speed4", ["--scheme", "int4", "--target", "speed", "--engine", "ort", *gate]),
@@ -357,7 +361,7 @@ def bench_minilm(models: Path, pomme, out: Path, repeats: int, threads: list[int
     fe = run_batched(session(fpath, 2), feeds, "sentence_embedding", 32)
     variants = ort_variants(fpath, out, None, dynamic=True)
     gate = ["--validate", str(gate_npz), "--min-cosine", "0.99", "--auto-exclude"]
-    variants += pomme_variants(pomme, fpath, out, gate, None, int4=True)
+    variants += pomme_variants(pomme, fpath, out, gate, None, int4=True, smooth=True)
 
     def evaluate(s):
         qe = run_batched(s, feeds, "sentence_embedding", 32)

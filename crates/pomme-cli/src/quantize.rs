@@ -63,6 +63,12 @@ pub struct QuantizeArgs {
     /// keep layers float until it holds.
     #[arg(long)]
     pub min_cosine: Option<f64>,
+    /// SmoothQuant for int8-dynamic / int8-static matmuls: the migration
+    /// strength α in (0, 1], or `off`. Default: 0.8 for `--target speed`
+    /// when it picks int8-dynamic, else off. Channel maxima come from
+    /// --calibration, else --validate (without either: not smoothed).
+    #[arg(long)]
+    pub smooth: Option<String>,
     /// Output model.
     #[arg(long, short = 'o')]
     pub output: PathBuf,
@@ -158,6 +164,26 @@ pub fn run(args: QuantizeArgs, settings: &Settings) -> Result<ExitCode> {
     options.max_accuracy_drop = args.max_accuracy_drop;
     options.auto_exclude = args.auto_exclude;
     options.min_cosine = args.min_cosine;
+    match args.smooth.as_deref() {
+        // The speed target smooths where that was measured to pay.
+        None if args.target.as_deref() == Some("speed") => {
+            options.smooth = pomme_quant::smooth::default_for(&options.scheme);
+        }
+        None => {}
+        Some("off") => options.smooth = None,
+        Some(a) => {
+            let alpha: f32 = a
+                .parse()
+                .ok()
+                .filter(|a: &f32| *a > 0.0 && *a <= 1.0)
+                .ok_or_else(|| {
+                    usage(format!(
+                        "--smooth takes a strength in (0, 1] or 'off', not '{a}'"
+                    ))
+                })?;
+            options.smooth = Some(alpha);
+        }
+    }
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg:32} [{bar:30}] {pos}/{len}").expect("valid template"),

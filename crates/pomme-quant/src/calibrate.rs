@@ -40,78 +40,41 @@ pub fn calibrate(
     notes: &mut Vec<String>,
     progress: &dyn Fn(&ProgressEvent),
 ) -> Result<Ranges> {
-    let mut m = model.clone();
-    let graph = m.graph.as_mut().expect("model has a graph");
-    let existing: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
-    let inputs: Vec<String> = graph.input.iter().map(|o| o.name.clone()).collect();
-    for a in activations {
-        if !existing.contains(a) && !inputs.contains(a) {
-            graph.output.push(onnx::value_info(a, onnx::FLOAT));
-        }
-    }
-    let loaded = runner::load_bytes(backend, &onnx::encode_model(&m)).map_err(|e| {
-        Error::CompilationFailed(format!(
-            "{} cannot run the calibration model: {e}",
-            backend.name()
-        ))
-    })?;
-    let sig = loaded.signature().clone();
-    let full = data.inputs_for(&sig, None, notes)?;
-    let batches = batches(&full, &sig, batch_size)?;
     let passes = if method == CalibrationMethod::MinMax {
         1
     } else {
         2
     };
-    let total = batches.len() * passes;
-    // Where each activation is found: an input index or an output index.
-    let locate = |a: &str| -> Option<(bool, usize)> {
-        if let Some(i) = sig.inputs.iter().position(|s| s.name == a) {
-            return Some((true, i));
-        }
-        sig.outputs
-            .iter()
-            .position(|s| s.name == a)
-            .map(|i| (false, i))
-    };
     let mut stats: HashMap<String, Stats> = HashMap::new();
-    let mut session = loaded.session()?;
-    for pass in 0..passes {
-        for (bi, b) in batches.iter().enumerate() {
-            let outs = session.run(b.clone())?;
-            for a in activations {
-                let Some((is_input, i)) = locate(a) else {
-                    continue;
-                };
-                let t: &Tensor = if is_input { &b[i] } else { &outs[i] };
-                if t.dtype() != DType::F32 {
-                    continue;
+    let seen = observe(
+        model,
+        activations,
+        data,
+        backend,
+        batch_size,
+        passes,
+        notes,
+        progress,
+        |pass, a, v, _| {
+            if pass == 0 {
+                let s = stats.entry(a.to_string()).or_insert(Stats {
+                    min: f32::INFINITY,
+                    max: f32::NEG_INFINITY,
+                    hist: Vec::new(),
+                });
+                for &x in v.iter().filter(|x| x.is_finite()) {
+                    s.min = s.min.min(x);
+                    s.max = s.max.max(x);
                 }
-                let v = t.as_slice::<f32>()?;
-                if pass == 0 {
-                    let s = stats.entry(a.clone()).or_insert(Stats {
-                        min: f32::INFINITY,
-                        max: f32::NEG_INFINITY,
-                        hist: Vec::new(),
-                    });
-                    for &x in v.iter().filter(|x| x.is_finite()) {
-                        s.min = s.min.min(x);
-                        s.max = s.max.max(x);
-                    }
-                } else if let Some(s) = stats.get_mut(a) {
-                    fill_histogram(s, &v, method);
-                }
+            } else if let Some(s) = stats.get_mut(a) {
+                fill_histogram(s, v, method);
             }
-            progress(&ProgressEvent::Calibration {
-                done: pass * batches.len() + bi + 1,
-                total,
-            });
-        }
-    }
+        },
+    )?;
     let mut ranges = Ranges::new();
     for a in activations {
         let Some(s) = stats.get(a) else {
-            if locate(a).is_none() {
+            if !seen.contains(a) {
                 notes.push(format!(
                     "{} did not expose activation '{a}'; it stays float",
                     backend.name()
@@ -130,6 +93,120 @@ pub fn calibrate(
         ranges.insert(a.clone(), r);
     }
     Ok(ranges)
+}
+
+/// The largest magnitude of each channel (last axis) of each float
+/// activation over `data`: what SmoothQuant balances against the weights.
+/// Activations the engine did not expose are absent from the result.
+pub fn channel_max(
+    model: &pb::ModelProto,
+    activations: &[String],
+    data: &Dataset,
+    backend: &dyn Backend,
+    batch_size: usize,
+    notes: &mut Vec<String>,
+    progress: &dyn Fn(&ProgressEvent),
+) -> Result<HashMap<String, Vec<f32>>> {
+    let mut out: HashMap<String, Vec<f32>> = HashMap::new();
+    observe(
+        model,
+        activations,
+        data,
+        backend,
+        batch_size,
+        1,
+        notes,
+        progress,
+        |_, a, v, shape| {
+            let c = shape.last().copied().unwrap_or(1).max(1);
+            let m = out.entry(a.to_string()).or_insert_with(|| vec![0.0; c]);
+            if m.len() != c {
+                return;
+            }
+            for row in v.chunks_exact(c) {
+                for (m, &x) in m.iter_mut().zip(row) {
+                    if x.is_finite() {
+                        *m = m.max(x.abs());
+                    }
+                }
+            }
+        },
+    )?;
+    Ok(out)
+}
+
+/// Runs the float model over `data` in batches, `passes` times, with the
+/// `activations` exposed as graph outputs, handing each float activation's
+/// values (and shape) to `each(pass, name, values, shape)`. Graph inputs among
+/// `activations` come from the data directly. Returns the activations found.
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    model: &pb::ModelProto,
+    activations: &[String],
+    data: &Dataset,
+    backend: &dyn Backend,
+    batch_size: usize,
+    passes: usize,
+    notes: &mut Vec<String>,
+    progress: &dyn Fn(&ProgressEvent),
+    mut each: impl FnMut(usize, &str, &[f32], &[usize]),
+) -> Result<Vec<String>> {
+    let mut m = model.clone();
+    let graph = m.graph.as_mut().expect("model has a graph");
+    let existing: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    let inputs: Vec<String> = graph.input.iter().map(|o| o.name.clone()).collect();
+    for a in activations {
+        if !existing.contains(a) && !inputs.contains(a) {
+            graph.output.push(onnx::value_info(a, onnx::FLOAT));
+        }
+    }
+    let loaded = runner::load_bytes(backend, &onnx::encode_model(&m)).map_err(|e| {
+        Error::CompilationFailed(format!(
+            "{} cannot run the calibration model: {e}",
+            backend.name()
+        ))
+    })?;
+    let sig = loaded.signature().clone();
+    let full = data.inputs_for(&sig, None, notes)?;
+    let batches = batches(&full, &sig, batch_size)?;
+    let total = batches.len() * passes;
+    // Where each activation is found: an input index or an output index.
+    let locate = |a: &str| -> Option<(bool, usize)> {
+        if let Some(i) = sig.inputs.iter().position(|s| s.name == a) {
+            return Some((true, i));
+        }
+        sig.outputs
+            .iter()
+            .position(|s| s.name == a)
+            .map(|i| (false, i))
+    };
+    let found: Vec<String> = activations
+        .iter()
+        .filter(|a| locate(a).is_some())
+        .cloned()
+        .collect();
+    let mut session = loaded.session()?;
+    for pass in 0..passes {
+        for (bi, b) in batches.iter().enumerate() {
+            let outs = session.run(b.clone())?;
+            for a in &found {
+                let Some((is_input, i)) = locate(a) else {
+                    continue;
+                };
+                let t: &Tensor = if is_input { &b[i] } else { &outs[i] };
+                if t.dtype() != DType::F32 {
+                    continue;
+                }
+                let v = t.as_slice::<f32>()?;
+                each(pass, a, &v, t.shape());
+            }
+            progress(&ProgressEvent::Calibration {
+                done: pass * batches.len() + bi + 1,
+                total,
+            });
+        }
+    }
+    Ok(found)
 }
 
 fn fill_histogram(s: &mut Stats, v: &[f32], method: CalibrationMethod) {

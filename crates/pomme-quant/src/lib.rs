@@ -32,6 +32,7 @@ mod runner;
 pub mod scheme;
 pub mod sensitivity;
 pub mod serve;
+pub mod smooth;
 pub mod validate;
 pub mod weights;
 
@@ -42,7 +43,7 @@ pub use progress::{ProgressEvent, Stage, silent};
 pub use rewrite::{ActivationParams, KeptFloat, Layer, QuantizedWeight};
 pub use scheme::{CalibrationMethod, Engine, Profile, QuantizeOptions, Scheme, Target};
 pub use sensitivity::LayerSensitivity;
-pub use serve::{ServeQuantization, Served, prepare_served};
+pub use serve::{ServeQuantization, Served, Smooth, prepare_served};
 pub use validate::{BackendReport, OutputMetrics, ValidateOptions, ValidationReport, validate};
 
 use onnx::pb;
@@ -202,27 +203,53 @@ pub fn quantize_model(
     backends: &[&dyn Backend],
     progress: &dyn Fn(&ProgressEvent),
 ) -> Result<(pb::ModelProto, QuantSummary)> {
-    let prepared = prepare(model, options, backends, progress)?;
+    let prepared = prepare(model, options, None, backends, progress)?;
     let all: Vec<&Layer> = prepared.layers.iter().collect();
-    build(model, options, &prepared, &all, progress)
+    build(options, &prepared, &all, progress)
 }
 
 /// Layers found and calibration done, ready to build any subset.
 struct Prepared {
+    /// The model the layers were found in: the input, or the input smoothed
+    /// (SmoothQuant), which computes the same function.
+    model: pb::ModelProto,
     layers: Vec<Layer>,
     kept: Vec<KeptFloat>,
     ranges: Option<calibrate::Ranges>,
     notes: Vec<String>,
 }
 
+/// `data` is the fallback for SmoothQuant's statistics when no calibration
+/// file is given (the validation data).
 fn prepare(
     model: &pb::ModelProto,
     options: &QuantizeOptions,
+    data: Option<&Dataset>,
     backends: &[&dyn Backend],
     progress: &dyn Fn(&ProgressEvent),
 ) -> Result<Prepared> {
     options.scheme.check()?;
-    let (layers, kept) = rewrite::find_layers(model, options)?;
+    let mut notes = Vec::new();
+    let smoothed = match options.smooth {
+        Some(alpha)
+            if matches!(
+                options.scheme,
+                Scheme::Int8Dynamic { .. } | Scheme::Int8Static { .. }
+            ) =>
+        {
+            smooth_model(model, options, alpha, data, backends, &mut notes, progress)?
+        }
+        Some(_) => {
+            notes.push(format!(
+                "not smoothed: SmoothQuant is for int8-dynamic and int8-static, not {}",
+                options.scheme.name()
+            ));
+            None
+        }
+        None => None,
+    };
+    let model = smoothed.unwrap_or_else(|| model.clone());
+    let (layers, kept) = rewrite::find_layers(&model, options)?;
     if layers.is_empty() {
         let why = if kept.is_empty() {
             "no MatMul, Gemm, Conv or Gather reads a float initializer".to_string()
@@ -238,7 +265,6 @@ fn prepare(
         ))
         .into());
     }
-    let mut notes = Vec::new();
     let ranges = if options.scheme.is_static() {
         let Scheme::Int8Static { method, .. } = options.scheme else {
             unreachable!()
@@ -253,9 +279,9 @@ fn prepare(
         progress(&ProgressEvent::Stage {
             stage: Stage::Calibrating,
         });
-        let acts = rewrite::static_activations(model, &layers);
+        let acts = rewrite::static_activations(&model, &layers);
         Some(calibrate::calibrate(
-            model,
+            &model,
             &acts,
             &data,
             method,
@@ -268,6 +294,7 @@ fn prepare(
         None
     };
     Ok(Prepared {
+        model,
         layers,
         kept,
         ranges,
@@ -275,8 +302,70 @@ fn prepare(
     })
 }
 
-fn build(
+/// SmoothQuant on the MatMul/Gemm inputs (see [`smooth`]), with channel
+/// maxima measured on the calibration file, else on `data`. `None` (and a
+/// note) when there is nothing to measure on or nothing to smooth.
+fn smooth_model(
     model: &pb::ModelProto,
+    options: &QuantizeOptions,
+    alpha: f32,
+    data: Option<&Dataset>,
+    backends: &[&dyn Backend],
+    notes: &mut Vec<String>,
+    progress: &dyn Fn(&ProgressEvent),
+) -> Result<Option<pb::ModelProto>> {
+    if !(alpha > 0.0 && alpha <= 1.0) {
+        return Err(Error::invalid_input(format!(
+            "the SmoothQuant strength must lie in (0, 1], got {alpha}"
+        ))
+        .into());
+    }
+    let owned;
+    let (data, source) = match (&options.calibration, data) {
+        (Some(p), _) => {
+            owned = Dataset::from_npz(p)?;
+            (&owned, "the calibration data")
+        }
+        (None, Some(d)) => (d, "the validation data"),
+        (None, None) => {
+            notes.push(
+                "not smoothed (SmoothQuant needs calibration or validation data)".to_string(),
+            );
+            return Ok(None);
+        }
+    };
+    let sites = smooth::sites(model, &options.exclude);
+    if sites.is_empty() {
+        return Ok(None);
+    }
+    let backend = first_available(backends).ok_or_else(|| {
+        Error::Unavailable("SmoothQuant's statistics need an available engine".into())
+    })?;
+    progress(&ProgressEvent::Stage {
+        stage: Stage::Calibrating,
+    });
+    let acts: Vec<String> = sites.iter().map(|s| s.activation.clone()).collect();
+    let amax = calibrate::channel_max(
+        model,
+        &acts,
+        data,
+        backend,
+        options.batch_size,
+        notes,
+        progress,
+    )?;
+    let mut m = model.clone();
+    let done = smooth::apply(&mut m, &sites, &amax, alpha, smooth::MIN_OUTLIER_RATIO)?;
+    notes.push(format!(
+        "SmoothQuant (alpha {alpha}) on {} of {} matmul inputs (the others' channels are flat), channel maxima from {source} on {}",
+        done.len(),
+        sites.len(),
+        backend.name()
+    ));
+    Ok(Some(m))
+}
+
+fn build(
     options: &QuantizeOptions,
     prepared: &Prepared,
     layers: &[&Layer],
@@ -285,7 +374,12 @@ fn build(
     progress(&ProgressEvent::Stage {
         stage: Stage::Quantizing,
     });
-    let r = rewrite::apply(model, &options.scheme, layers, prepared.ranges.as_ref())?;
+    let r = rewrite::apply(
+        &prepared.model,
+        &options.scheme,
+        layers,
+        prepared.ranges.as_ref(),
+    )?;
     progress(&ProgressEvent::Quantizing {
         done: layers.len(),
         total: layers.len(),
@@ -356,9 +450,10 @@ pub fn quantize_file_with_data(
     let (model, float_bytes) = onnx::load_model(input)?;
     let float_len = float_bytes.len() as u64;
     drop(float_bytes);
-    let prepared = prepare(&model, options, backends, progress)?;
+    let prepared = prepare(&model, options, vdata.as_ref(), backends, progress)?;
+    drop(model);
     let all: Vec<&Layer> = prepared.layers.iter().collect();
-    let (mut qmodel, mut summary) = build(&model, options, &prepared, &all, progress)?;
+    let (mut qmodel, mut summary) = build(options, &prepared, &all, progress)?;
 
     let vopts = ValidateOptions {
         labels: options.labels.clone(),
@@ -406,7 +501,7 @@ pub fn quantize_file_with_data(
                 });
                 let search = sensitivity::search(
                     input,
-                    &model,
+                    &prepared.model,
                     options,
                     &prepared,
                     data,
@@ -440,7 +535,7 @@ pub fn quantize_file_with_data(
                     ))
                     .into());
                 }
-                (qmodel, summary) = build(&model, options, &prepared, &keep, progress)?;
+                (qmodel, summary) = build(options, &prepared, &keep, progress)?;
                 summary.auto_excluded = search.excluded;
                 summary.sensitivity = search.layers;
                 write_tmp(&qmodel)?;

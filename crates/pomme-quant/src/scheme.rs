@@ -359,13 +359,18 @@ pub struct QuantizeOptions {
     /// With `auto_exclude`, sensitive layers are kept float until it holds.
     #[serde(default)]
     pub min_cosine: Option<f64>,
+    /// SmoothQuant's migration strength α for the integer-kernel schemes
+    /// (see [`crate::smooth`]); `None` (the default) leaves activations as
+    /// they are; [`crate::smooth::DEFAULT_ALPHA`] is the measured choice.
+    /// Measured on the calibration data, else on the validation data.
+    #[serde(default)]
+    pub smooth: Option<f32>,
 }
 
 impl QuantizeOptions {
     /// Defaults for a scheme.
     pub fn new(scheme: Scheme) -> QuantizeOptions {
         QuantizeOptions {
-            scheme,
             exclude: Vec::new(),
             min_elements: 256,
             quantize_gather: true,
@@ -378,6 +383,8 @@ impl QuantizeOptions {
             auto_exclude: false,
             latency_repeats: 5,
             min_cosine: None,
+            smooth: None,
+            scheme,
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct ServeQuantization {
     pub max_accuracy_drop: f64,
     /// Also refuse when the worst cosine of the compared output is below this.
     pub min_cosine: Option<f64>,
+    /// SmoothQuant before the integer-kernel INT8 schemes.
+    pub smooth: Smooth,
     /// Rows of synthetic warm-up data when no data file is named.
     pub warmup_samples: usize,
     /// Where quantized models and their reports are cached.
@@ -76,10 +78,22 @@ impl ServeQuantization {
             labels: None,
             max_accuracy_drop: DEFAULT_MAX_ACCURACY_DROP,
             min_cosine: None,
+            smooth: Smooth::Default,
             warmup_samples: DEFAULT_WARMUP_SAMPLES,
             cache_dir: cache_dir.into(),
         }
     }
+}
+
+/// Whether to apply SmoothQuant ([`crate::smooth`]) when serving.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Smooth {
+    /// What the target does: `speed` smooths `int8-dynamic`
+    /// ([`crate::smooth::default_for`]), otherwise off.
+    Default,
+    Off,
+    /// This strength α in (0, 1].
+    Alpha(f32),
 }
 
 /// A quantized model ready to serve.
@@ -170,6 +184,13 @@ pub fn prepare_served(
     options.labels = q.labels.clone();
     options.max_accuracy_drop = Some(q.max_accuracy_drop);
     options.min_cosine = q.min_cosine;
+    options.smooth = match q.smooth {
+        Smooth::Default if q.scheme.is_none() && q.target == Target::Speed => {
+            crate::smooth::default_for(&options.scheme)
+        }
+        Smooth::Default | Smooth::Off => None,
+        Smooth::Alpha(a) => Some(a),
+    };
     options.auto_exclude = true;
     // Latency is not what admission decides on; one timed pass keeps loads short.
     options.latency_repeats = 1;

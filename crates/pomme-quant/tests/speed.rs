@@ -238,3 +238,61 @@ fn write_npz(out: &Path, arrays: &[(&str, &Path)]) {
         a.finish().unwrap();
     }
 }
+
+/// SmoothQuant moves MiniLM's outlier activation channels into the weights:
+/// with every matmul int8 (no layer kept float) the smoothed file is closer
+/// to float than the plain one, and within the 0.99 cosine gate.
+#[test]
+fn minilm_smoothquant_keeps_every_matmul_int8_within_the_gate() {
+    let name = "minilm_smoothquant_keeps_every_matmul_int8_within_the_gate";
+    let Some(dir) = models(name) else {
+        return;
+    };
+    let float = dir.join("minilm_l6.onnx");
+    let refdir = dir.join("reference/minilm_l6");
+    if !float.is_file() || !refdir.is_dir() {
+        eprintln!("SKIP {name}: minilm_l6 not found");
+        return;
+    }
+    let b: Vec<_> = backends()
+        .into_iter()
+        .filter(|b| b.name() == "ort")
+        .collect();
+    if b.is_empty() {
+        eprintln!("SKIP {name}: ONNX Runtime absent");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("minilm.npz");
+    write_npz(
+        &data,
+        &[
+            ("input_ids", &refdir.join("input.input_ids.npy")),
+            ("attention_mask", &refdir.join("input.attention_mask.npy")),
+        ],
+    );
+    let worst = |smooth: Option<f32>| {
+        let out = tmp.path().join(format!("minilm.{smooth:?}.onnx"));
+        let mut opts = QuantizeOptions::new(Scheme::Int8Dynamic { per_channel: true });
+        opts.validate = Some(data.clone());
+        opts.smooth = smooth;
+        let o = pomme_quant::quantize_file(&float, &out, &opts, &refs(&b), &pomme_quant::silent)
+            .unwrap();
+        eprintln!("{}\n{}", o.summary, o.validation.as_ref().unwrap());
+        assert!(o.summary.auto_excluded.is_empty());
+        let smoothed = o.summary.notes.iter().any(|n| n.starts_with("SmoothQuant"));
+        assert_eq!(smoothed, smooth.is_some(), "{:?}", o.summary.notes);
+        let muls = ops(&load(&out)).get("Mul").copied().unwrap_or(0);
+        let (w, _) = o.validation.as_ref().unwrap().worst_cosine().unwrap();
+        (w, muls)
+    };
+    let (plain, plain_muls) = worst(None);
+    let (smoothed, smoothed_muls) = worst(Some(pomme_quant::smooth::DEFAULT_ALPHA));
+    eprintln!("worst cosine: plain {plain:.5}, smoothed {smoothed:.5}");
+    // One Mul per smoothed activation, of the 24 matmul inputs (4 per encoder
+    // layer) only those with outlier channels (the FFN's).
+    let added = smoothed_muls - plain_muls;
+    assert!((1..24).contains(&added), "{added} Muls added");
+    assert!(smoothed >= 0.99, "{smoothed}");
+    assert!(smoothed > plain, "smoothed {smoothed} vs plain {plain}");
+}

@@ -5,7 +5,7 @@
 //! which runs (or is taken from its cache) before the runtime load.
 
 use super::RepoModel;
-use super::toml::TomlQuant;
+use super::toml::{TomlQuant, TomlSmooth};
 use pomme_core::Precision;
 use pomme_runtime::{ModelSpec, Runtime};
 use std::path::{Path, PathBuf};
@@ -69,6 +69,19 @@ pub(super) fn quantization(
         }
         s.min_cosine = Some(c);
     }
+    s.smooth = match q.smooth {
+        None => pomme_quant::Smooth::Default,
+        Some(TomlSmooth::On(false)) => pomme_quant::Smooth::Off,
+        Some(TomlSmooth::On(true)) => {
+            pomme_quant::Smooth::Alpha(pomme_quant::smooth::DEFAULT_ALPHA)
+        }
+        Some(TomlSmooth::Alpha(a)) if a > 0.0 && a <= 1.0 => pomme_quant::Smooth::Alpha(a),
+        Some(TomlSmooth::Alpha(a)) => {
+            return Err(format!(
+                "[quantization] smooth must be a strength in (0, 1], true or false, got {a}"
+            ));
+        }
+    };
     s.calibration = rel(q.calibration);
     s.validation = rel(q.validation);
     for p in [&s.calibration, &s.validation].into_iter().flatten() {

@@ -218,6 +218,10 @@ pub(super) struct TomlQuant {
     /// Refuse to serve when the worst cosine of the compared output falls
     /// below this (embedding models).
     pub(super) min_cosine: Option<f64>,
+    /// SmoothQuant before the integer-kernel INT8 schemes (see
+    /// `pomme_quant::smooth`): a strength α in (0, 1], `true` (the default
+    /// strength) or `false`; unset: what the target does.
+    pub(super) smooth: Option<TomlSmooth>,
     /// INT4 block size (32, 64, 128).
     pub(super) block_size: Option<usize>,
     /// `.npz` calibration data (needed by `int8-static`).
@@ -232,6 +236,14 @@ pub(super) struct TomlQuant {
     /// Where quantized files are cached (default: `quantized/` under the
     /// server's cache root, [`crate::Platform::cache_root`]).
     pub(super) cache_dir: Option<PathBuf>,
+}
+
+/// `smooth = 0.8 | true | false`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum TomlSmooth {
+    On(bool),
+    Alpha(f32),
 }
 
 #[derive(Debug, Deserialize)]
