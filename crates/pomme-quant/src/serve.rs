@@ -57,6 +57,8 @@ pub struct ServeQuantization {
     /// The budget; over it the model is refused.
     pub max_accuracy_drop: f64,
     /// Also refuse when the worst cosine of the compared output is below this.
+    /// With it, `max_accuracy_drop` applies only when `labels` is named (the
+    /// top-1 of an embedding means nothing).
     pub min_cosine: Option<f64>,
     /// SmoothQuant before the integer-kernel INT8 schemes.
     pub smooth: Smooth,
@@ -182,7 +184,10 @@ pub fn prepare_served(
     options.calibration = q.calibration.clone();
     options.validate = q.validation.clone().or_else(|| q.calibration.clone());
     options.labels = q.labels.clone();
-    options.max_accuracy_drop = Some(q.max_accuracy_drop);
+    // An embedding model (gated by cosine) has no classes: the top-1 of its
+    // vector is noise, so the accuracy budget applies only with labels.
+    options.max_accuracy_drop = (q.min_cosine.is_none() || q.labels.is_some())
+        .then_some(q.max_accuracy_drop);
     options.min_cosine = q.min_cosine;
     options.smooth = match q.smooth {
         Smooth::Default if q.scheme.is_none() && q.target == Target::Speed => {

@@ -174,7 +174,15 @@ async fn quantized_spec(
     spec: &ModelSpec,
     q: &pomme_quant::ServeQuantization,
 ) -> pomme_core::Result<ModelSpec> {
-    let backends = runtime.backends().to_vec();
+    // Gate on the engines that may serve the model (its `backends`, when it
+    // names them): a file made for ONNX Runtime's integer kernels is not
+    // refused for what another engine would have answered.
+    let backends: Vec<_> = runtime
+        .backends()
+        .iter()
+        .filter(|b| spec.backends.is_empty() || spec.backends.iter().any(|n| n == b.name()))
+        .cloned()
+        .collect();
     let (path, q2) = (spec.path.clone(), q.clone());
     let served = tokio::task::spawn_blocking(move || {
         let refs: Vec<&dyn pomme_core::Backend> = backends.iter().map(|b| b.as_ref()).collect();
