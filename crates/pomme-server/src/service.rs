@@ -384,14 +384,20 @@ impl Shared {
         if let Some(repo) = &self.repo
             && let Ok(found) = repository::scan(repo, &self.platform)
         {
-            for (name, _) in found {
+            for (name, read) in found {
+                // Not loaded: unless its directory or config cannot be read
+                // (then UNAVAILABLE with why, as Triton lists a bad config).
+                let (state, reason) = match read {
+                    Ok(_) => (String::new(), String::new()),
+                    Err(e) => ("UNAVAILABLE".to_string(), e.to_string()),
+                };
                 rows.insert(
                     (name.clone(), String::new()),
                     IndexEntry {
                         name,
                         version: String::new(),
-                        state: String::new(),
-                        reason: String::new(),
+                        state,
+                        reason,
                     },
                 );
             }
