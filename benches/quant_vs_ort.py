@@ -339,6 +339,11 @@ def bench_resnet(models: Path, pomme, out: Path, repeats: int, threads: list[int
     variants = ort_variants(fpath, out, {name: calib_x}, dynamic=True)
     gate = ["--validate", str(gate_npz), "--max-accuracy-drop", "1", "--auto-exclude"]
     variants += pomme_variants(pomme, fpath, out, gate, calib, int4=False)
+    if pomme is not None:
+        # Every layer int8, as ORT's quantizer does it: the like-for-like speed comparison.
+        variants.append(pomme_run(pomme, fpath, out, "pomme speed int8, no gate", "speed8all",
+                                  ["--scheme", "int8", "--target", "speed", "--engine", "ort",
+                                   "--calibration", str(calib)]))
 
     def evaluate(s):
         top = run_batched(s, {name: eval_x}, "output", 10).argmax(1)

@@ -153,15 +153,20 @@ def test_tei_routes(text_server):
     assert code == 200 and dec == [texts[0].lower()]
     # Several text models: TEI's requests must name one.
     code, body = post(s, "/embed", {"inputs": "x"})
-    assert code == 400 and "several text models" in body["error"] and body["error_type"] == "Validation"
-    # Too long: refused unless truncation is asked for.
+    assert code == 413 and "several text models" in body["error"] and body["error_type"] == "Validation"
+    # Too long: refused unless truncation is asked for, with TEI's 413.
     long = "word " * 40
     code, body = post(s, "/embed", {"inputs": long, "model": "tiny_strict"})
-    assert code == 400 and "limit of 16" in body["error"]
+    assert code == 413 and "limit of 16" in body["error"] and body["error_type"] == "Validation"
     code, cut = post(s, "/embed", {"inputs": long, "model": "tiny_strict", "truncate": True})
     assert code == 200 and len(cut[0]) == 16
     code, body = post(s, "/embed", {"inputs": long * 2, "model": "tiny", "truncate": False})
-    assert code == 400 and "more than this model's limit" in body["error"]
+    assert code == 413 and "more than this model's limit" in body["error"]
+    # Empty input: TEI's 400 "Empty"; a body that does not deserialize: 422.
+    code, body = post(s, "/embed", {"inputs": [], "model": "tiny"})
+    assert code == 400 and body["error_type"] == "Empty", body
+    code, body = post(s, "/embed", {"input": "x", "model": "tiny"})
+    assert code == 422, body
 
 
 def test_tei_rerank_and_predict(text_server):
@@ -189,9 +194,9 @@ def test_tei_rerank_and_predict(text_server):
     code, batch = post(s, "/predict", {"inputs": [[t["text"]] for t in REF["texts"]], "model": "tiny_cls"})
     assert code == 200 and len(batch) == 3
     code, body = post(s, "/predict", {"inputs": ["a", "b"], "model": "tiny_cls"})
-    assert code == 400 and "single texts" in body["error"]
+    assert code == 413 and "single texts" in body["error"]
     code, body = post(s, "/rerank", {"query": "q", "texts": ["t"], "model": "tiny"})
-    assert code == 400 and 'task = "rerank"' in body["error"]
+    assert code == 413 and 'task = "rerank"' in body["error"]
 
 
 def test_tritonclient_sends_strings(text_server):

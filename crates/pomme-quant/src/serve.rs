@@ -186,8 +186,8 @@ pub fn prepare_served(
     options.labels = q.labels.clone();
     // An embedding model (gated by cosine) has no classes: the top-1 of its
     // vector is noise, so the accuracy budget applies only with labels.
-    options.max_accuracy_drop = (q.min_cosine.is_none() || q.labels.is_some())
-        .then_some(q.max_accuracy_drop);
+    options.max_accuracy_drop =
+        (q.min_cosine.is_none() || q.labels.is_some()).then_some(q.max_accuracy_drop);
     options.min_cosine = q.min_cosine;
     options.smooth = match q.smooth {
         Smooth::Default if q.scheme.is_none() && q.target == Target::Speed => {

@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use pomme_core::{Error, Result, Tensor};
+use pomme_core::{Error, ErrorKind, Result, Tensor};
 use pomme_runtime::InferRequest;
 use pomme_text::{Task, TextAdapter, Truncation};
 use serde::Deserialize;
@@ -65,20 +65,57 @@ fn error(api: Api, e: Error) -> Response {
             "param": Value::Null,
             "code": Value::Null,
         }}),
-        Api::Tei => json!({
-            "error": msg,
-            "error_type": match st.as_u16() {
-                429 => "Overloaded",
-                400..=499 => "Validation",
-                _ => "Backend",
-            },
-        }),
+        Api::Tei => {
+            let (code, kind) = tei_status(&e);
+            let body = json!({"error": msg, "error_type": kind});
+            return (code, axum::Json(body)).into_response();
+        }
     };
     (st, axum::Json(body)).into_response()
 }
 
+/// Start of the message of a body that does not deserialize.
+const BAD_BODY: &str = "bad request body";
+
+/// TEI's own status table (its clients read it): validation errors (input
+/// too long, too many inputs, wrong task) 413, empty input 400, a body that
+/// does not deserialize 422 (axum's JSON rejection in TEI), overload 429,
+/// unhealthy 503, engine failures 424. A model name pomme does not serve
+/// (TEI serves one model) stays 404.
+fn tei_status(e: &Error) -> (StatusCode, &'static str) {
+    let code = |c: u16| StatusCode::from_u16(c).expect("valid status");
+    let msg = e.message();
+    match e.kind() {
+        ErrorKind::ResourceLimit => (code(429), "Overloaded"),
+        ErrorKind::Unavailable => (code(503), "Unhealthy"),
+        ErrorKind::ModelNotFound => (code(404), "Validation"),
+        k if (400..500).contains(&k.mapping().0) => {
+            if msg.starts_with(BAD_BODY) {
+                (code(422), "Validation")
+            } else if is_empty_input(&msg) {
+                (code(400), "Empty")
+            } else {
+                (code(413), "Validation")
+            }
+        }
+        _ => (code(424), "Backend"),
+    }
+}
+
+/// The messages of the empty-input refusals below.
+fn is_empty_input(msg: &str) -> bool {
+    [
+        "no input texts",
+        "holds no texts",
+        "is an empty string",
+        "`texts` is empty",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
+}
+
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
-    serde_json::from_slice(body).map_err(|e| Error::invalid_input(format!("bad request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| Error::invalid_input(format!("{BAD_BODY}: {e}")))
 }
 
 /// One string or a list of them.
@@ -808,5 +845,15 @@ mod tests {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         let r = error(Api::Tei, Error::ResourceLimit("queue full".into()));
         assert_eq!(r.status().as_u16(), 429);
+        // TEI's table: empty 400, too long 413, unreadable body 422, engine 424.
+        assert_eq!(error(Api::Tei, e).status().as_u16(), 400);
+        let long =
+            Error::invalid_input("input 0 has 40 tokens, more than this model's limit of 16");
+        assert_eq!(error(Api::Tei, long.clone()).status().as_u16(), 413);
+        assert_eq!(error(Api::OpenAi, long).status().as_u16(), 400);
+        let body = parse::<Vec<String>>(&Bytes::from_static(b"{")).unwrap_err();
+        assert_eq!(error(Api::Tei, body).status().as_u16(), 422);
+        let engine = Error::InferenceFailed("engine failed".into());
+        assert_eq!(error(Api::Tei, engine).status().as_u16(), 424);
     }
 }
