@@ -10,7 +10,7 @@ use pomme_quant::{
     CalibrationMethod, Dataset, QuantizeOptions, QuantizeOutcome, Scheme, ValidateOptions,
 };
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Every engine that produced figures stays within `max_drop`; engines named
 /// in `may_fail` may refuse the file (contrib ops), the others must run it.
@@ -166,16 +166,31 @@ fn int4_nbits_on_digits_mlp() {
     assert_eq!(c["MatMulNBits"], 3, "{c:?}");
 }
 
-#[test]
-fn minilm_dynamic_int8_meets_the_cosine_gate() {
-    let Some(dir) = models("minilm_dynamic_int8_meets_the_cosine_gate") else {
-        return;
-    };
+/// MiniLM with its 3 reference sentences as an `.npz` in `tmp`, and ONNX
+/// Runtime alone (a speed file is gated on the engine it is made for, as
+/// `--target speed` does); `None` after a SKIP line when any is missing.
+struct MiniLm {
+    float: PathBuf,
+    data: PathBuf,
+    tmp: tempfile::TempDir,
+    ort: Vec<Box<dyn pomme_core::Backend>>,
+}
+
+fn minilm(test: &str) -> Option<MiniLm> {
+    let dir = models(test)?;
     let float = dir.join("minilm_l6.onnx");
     let refdir = dir.join("reference/minilm_l6");
     if !float.is_file() || !refdir.is_dir() {
-        eprintln!("SKIP minilm_dynamic_int8_meets_the_cosine_gate: minilm_l6 not found");
-        return;
+        eprintln!("SKIP {test}: minilm_l6 not found");
+        return None;
+    }
+    let ort: Vec<_> = backends()
+        .into_iter()
+        .filter(|b| b.name() == "ort")
+        .collect();
+    if ort.is_empty() {
+        eprintln!("SKIP {test}: ONNX Runtime absent");
+        return None;
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("minilm.npz");
@@ -186,20 +201,30 @@ fn minilm_dynamic_int8_meets_the_cosine_gate() {
             ("attention_mask", &refdir.join("input.attention_mask.npy")),
         ],
     );
+    Some(MiniLm {
+        float,
+        data,
+        tmp,
+        ort,
+    })
+}
+
+#[test]
+fn minilm_dynamic_int8_meets_the_cosine_gate() {
+    let Some(MiniLm {
+        float,
+        data,
+        tmp,
+        ort: b,
+    }) = minilm("minilm_dynamic_int8_meets_the_cosine_gate")
+    else {
+        return;
+    };
     let out = tmp.path().join("minilm.dyn.onnx");
     let mut opts = QuantizeOptions::new(Scheme::Int8Dynamic { per_channel: true });
     opts.validate = Some(data.clone());
     opts.min_cosine = Some(0.99);
     opts.auto_exclude = true;
-    // A speed file is gated on the engine it is made for (as `--target speed`).
-    let b: Vec<_> = backends()
-        .into_iter()
-        .filter(|b| b.name() == "ort")
-        .collect();
-    if b.is_empty() {
-        eprintln!("SKIP minilm_dynamic_int8_meets_the_cosine_gate: ONNX Runtime absent");
-        return;
-    }
     let o =
         pomme_quant::quantize_file(&float, &out, &opts, &refs(&b), &pomme_quant::silent).unwrap();
     eprintln!("{}\n{}", o.summary, o.validation.as_ref().unwrap());
@@ -244,33 +269,15 @@ fn write_npz(out: &Path, arrays: &[(&str, &Path)]) {
 /// to float than the plain one, and within the 0.99 cosine gate.
 #[test]
 fn minilm_smoothquant_keeps_every_matmul_int8_within_the_gate() {
-    let name = "minilm_smoothquant_keeps_every_matmul_int8_within_the_gate";
-    let Some(dir) = models(name) else {
+    let Some(MiniLm {
+        float,
+        data,
+        tmp,
+        ort: b,
+    }) = minilm("minilm_smoothquant_keeps_every_matmul_int8_within_the_gate")
+    else {
         return;
     };
-    let float = dir.join("minilm_l6.onnx");
-    let refdir = dir.join("reference/minilm_l6");
-    if !float.is_file() || !refdir.is_dir() {
-        eprintln!("SKIP {name}: minilm_l6 not found");
-        return;
-    }
-    let b: Vec<_> = backends()
-        .into_iter()
-        .filter(|b| b.name() == "ort")
-        .collect();
-    if b.is_empty() {
-        eprintln!("SKIP {name}: ONNX Runtime absent");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("minilm.npz");
-    write_npz(
-        &data,
-        &[
-            ("input_ids", &refdir.join("input.input_ids.npy")),
-            ("attention_mask", &refdir.join("input.attention_mask.npy")),
-        ],
-    );
     let worst = |smooth: Option<f32>| {
         let out = tmp.path().join(format!("minilm.{smooth:?}.onnx"));
         let mut opts = QuantizeOptions::new(Scheme::Int8Dynamic { per_channel: true });
