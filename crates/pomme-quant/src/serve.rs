@@ -109,6 +109,9 @@ pub struct Served {
     pub cached: bool,
     /// What it was validated on, in words.
     pub data: String,
+    /// Admitted by cosine alone (an embedding model without labels): its
+    /// top-1 figure means nothing and is left out of the summary.
+    pub by_cosine: bool,
 }
 
 impl Served {
@@ -121,6 +124,7 @@ impl Served {
             .filter_map(|b| b.budget_figure().map(|f| (f, b)))
             .max_by(|a, b| a.0.total_cmp(&b.0));
         let figure = match worst {
+            _ if self.by_cosine => "gated by cosine".to_string(),
             Some((f, b)) if b.accuracy_drop.is_some() => {
                 format!("accuracy drop {f:.2} points on {}", b.backend)
             }
@@ -129,12 +133,8 @@ impl Served {
         };
         let cosine = self
             .report
-            .backends
-            .iter()
-            .flat_map(|b| b.outputs.iter())
-            .map(|o| o.cosine_min)
-            .min_by(f64::total_cmp)
-            .map(|c| format!(", worst cosine {c:.5}"))
+            .worst_cosine()
+            .map(|(c, _)| format!(", worst cosine of '{}' {c:.5}", self.report.compared_output))
             .unwrap_or_default();
         format!(
             "{figure}{cosine}, size {:.3}x, validated on {}",
@@ -186,8 +186,8 @@ pub fn prepare_served(
     options.labels = q.labels.clone();
     // An embedding model (gated by cosine) has no classes: the top-1 of its
     // vector is noise, so the accuracy budget applies only with labels.
-    options.max_accuracy_drop =
-        (q.min_cosine.is_none() || q.labels.is_some()).then_some(q.max_accuracy_drop);
+    let by_cosine = q.min_cosine.is_some() && q.labels.is_none();
+    options.max_accuracy_drop = (!by_cosine).then_some(q.max_accuracy_drop);
     options.min_cosine = q.min_cosine;
     options.smooth = match q.smooth {
         Smooth::Default if q.scheme.is_none() && q.target == Target::Speed => {
@@ -224,6 +224,7 @@ pub fn prepare_served(
             report,
             cached: true,
             data: data_words,
+            by_cosine,
         });
     }
 
@@ -256,6 +257,7 @@ pub fn prepare_served(
         report,
         cached: false,
         data: data_words,
+        by_cosine,
     })
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{backends, models, refs};
+use common::{backends, models, refs, write_npz_i64};
 use pomme_core::Precision;
 use pomme_quant::{ServeQuantization, prepare_served};
 
@@ -113,4 +113,81 @@ fn synthetic_warmup_admits_minilm_int8() {
     let s = prepare_served(&dir.join("minilm_l6.onnx"), &q, &refs(&b)).unwrap();
     assert!(s.data.contains("synthetic"), "{}", s.data);
     assert!(s.report.size_ratio < 0.35, "{}", s.summary());
+}
+
+/// An embedding model served with `target = "speed"` and `min_cosine` is
+/// gated by cosine alone: the argmax of an embedding is no class, and
+/// applying the top-1 budget to it had kept most MiniLM layers float.
+#[test]
+fn served_embedding_model_is_gated_by_cosine_not_top1() {
+    let name = "served_embedding_model_is_gated_by_cosine_not_top1";
+    let Some(dir) = models(name) else {
+        return;
+    };
+    if !dir.join("minilm_l6.onnx").is_file() || !dir.join("reference/minilm_l6").is_dir() {
+        eprintln!("SKIP {name}: minilm_l6.onnx or its reference absent");
+        return;
+    }
+    let b: Vec<Box<dyn pomme_core::Backend>> = backends()
+        .into_iter()
+        .filter(|b| b.name() == "ort")
+        .collect();
+    if b.is_empty() {
+        eprintln!("SKIP {name}: ONNX Runtime absent");
+        return;
+    }
+    // Real sentences (synthetic token ids make a poor cosine gate): the 3
+    // reference ones and each with one word left out, 40-odd rows, enough
+    // for the argmax of some embedding to move under int8.
+    let refdir = dir.join("reference/minilm_l6");
+    let ids = pomme_quant::Dataset::read_npy_file(&refdir.join("input.input_ids.npy")).unwrap();
+    let mask =
+        pomme_quant::Dataset::read_npy_file(&refdir.join("input.attention_mask.npy")).unwrap();
+    let width = ids.shape()[1];
+    let (ids, mask): (Vec<i64>, Vec<i64>) = (ids.to_vec().unwrap(), mask.to_vec().unwrap());
+    let mut rows: Vec<Vec<i64>> = Vec::new();
+    for r in 0..ids.len() / width {
+        let len = mask[r * width..(r + 1) * width].iter().sum::<i64>() as usize;
+        let row = &ids[r * width..r * width + len];
+        rows.push(row.to_vec());
+        // Leave out one token between [CLS] and [SEP].
+        for k in 1..len - 1 {
+            rows.push([&row[..k], &row[k + 1..]].concat());
+        }
+    }
+    let (mut all_ids, mut all_mask) = (Vec::new(), Vec::new());
+    for row in &rows {
+        all_ids.extend(
+            row.iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, width - row.len())),
+        );
+        all_mask.extend((0..width).map(|i| i64::from(i < row.len())));
+    }
+    let shape = vec![rows.len() as u64, width as u64];
+    let cache = tempfile::tempdir().unwrap();
+    let data = cache.path().join("sentences.npz");
+    write_npz_i64(
+        &data,
+        &[
+            ("input_ids", shape.clone(), all_ids),
+            ("attention_mask", shape, all_mask),
+        ],
+    );
+    let mut q = ServeQuantization::new(Precision::Int8, cache.path().join("cache"));
+    q.target = pomme_quant::Target::Speed;
+    q.min_cosine = Some(0.99);
+    q.validation = Some(data);
+    let s = prepare_served(&dir.join("minilm_l6.onnx"), &q, &refs(&b)).unwrap();
+    let summary = s.summary();
+    assert!(s.by_cosine, "{summary}");
+    assert!(summary.contains("gated by cosine"), "{summary}");
+    assert!(!summary.contains("disagreement"), "{summary}");
+    // int8-dynamic on (nearly) every layer: a quarter of the float size.
+    assert!(s.report.size_ratio < 0.3, "{summary}");
+    assert!(
+        s.path.to_string_lossy().contains("int8-dynamic"),
+        "{}",
+        s.path.display()
+    );
 }

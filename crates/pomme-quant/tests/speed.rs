@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{backends, models, quantize_digits, refs};
+use common::{backends, models, quantize_digits, refs, write_npz};
 use pomme_quant::onnx::{self, pb};
 use pomme_quant::{
     CalibrationMethod, Dataset, QuantizeOptions, QuantizeOutcome, Scheme, ValidateOptions,
@@ -242,26 +242,6 @@ fn minilm_dynamic_int8_meets_the_cosine_gate() {
     let r =
         pomme_quant::validate(&float, &out, &d, &opts, &refs(&b), &pomme_quant::silent).unwrap();
     assert!(r.check_cosine(0.99).is_ok(), "{r}");
-}
-
-/// An `.npz` of int64 `.npy` files, under the given array names.
-fn write_npz(out: &Path, arrays: &[(&str, &Path)]) {
-    use npyz::WriterBuilder;
-    let mut w = npyz::npz::NpzWriter::create(out).unwrap();
-    for (name, npy) in arrays {
-        let t = Dataset::read_npy_file(npy).unwrap();
-        let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
-        let v: Vec<i64> = t.to_vec().unwrap();
-        let mut a = w
-            .array::<i64>(name, Default::default())
-            .unwrap()
-            .default_dtype()
-            .shape(&shape)
-            .begin_nd()
-            .unwrap();
-        a.extend(v).unwrap();
-        a.finish().unwrap();
-    }
 }
 
 /// SmoothQuant moves MiniLM's outlier activation channels into the weights:

@@ -73,3 +73,33 @@ pub fn quantize_digits(
 pub fn scheme_int8(per_channel: bool) -> Scheme {
     Scheme::Int8 { per_channel }
 }
+
+/// An `.npz` of int64 `.npy` files, under the given array names.
+pub fn write_npz(out: &Path, arrays: &[(&str, &Path)]) {
+    let arrays: Vec<(&str, Vec<u64>, Vec<i64>)> = arrays
+        .iter()
+        .map(|(name, npy)| {
+            let t = pomme_quant::Dataset::read_npy_file(npy).unwrap();
+            let shape = t.shape().iter().map(|&d| d as u64).collect();
+            (*name, shape, t.to_vec().unwrap())
+        })
+        .collect();
+    write_npz_i64(out, &arrays);
+}
+
+/// An `.npz` of int64 arrays `(name, shape, values)`.
+pub fn write_npz_i64(out: &Path, arrays: &[(&str, Vec<u64>, Vec<i64>)]) {
+    use npyz::WriterBuilder;
+    let mut w = npyz::npz::NpzWriter::create(out).unwrap();
+    for (name, shape, v) in arrays {
+        let mut a = w
+            .array::<i64>(name, Default::default())
+            .unwrap()
+            .default_dtype()
+            .shape(shape)
+            .begin_nd()
+            .unwrap();
+        a.extend(v.iter().copied()).unwrap();
+        a.finish().unwrap();
+    }
+}
