@@ -90,13 +90,16 @@ pub fn run(args: QuantizeArgs, settings: &Settings) -> Result<ExitCode> {
         .collect();
     let mut refs = refs;
     let scheme_word = args.scheme.as_deref().unwrap_or("int8");
-    let scheme = match &args.target {
+    let target: Option<Target> = args
+        .target
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: pomme_core::Error| usage(e.message()))?;
+    let scheme = match target {
         None => Scheme::from_cli(scheme_word, args.per_channel, args.block_size, method)
             .map_err(|e| usage(e.message()))?,
-        Some(t) => {
-            let target: Target = t
-                .parse()
-                .map_err(|e: pomme_core::Error| usage(e.message()))?;
+        Some(target) => {
             let precision = match scheme_word {
                 "int8" => Precision::Int8,
                 "int4" => Precision::Int4,
@@ -164,26 +167,21 @@ pub fn run(args: QuantizeArgs, settings: &Settings) -> Result<ExitCode> {
     options.max_accuracy_drop = args.max_accuracy_drop;
     options.auto_exclude = args.auto_exclude;
     options.min_cosine = args.min_cosine;
-    match args.smooth.as_deref() {
-        // The speed target smooths where that was measured to pay.
-        None if args.target.as_deref() == Some("speed") => {
-            options.smooth = pomme_quant::smooth::default_for(&options.scheme);
-        }
-        None => {}
-        Some("off") => options.smooth = None,
-        Some(a) => {
-            let alpha: f32 = a
-                .parse()
+    let smooth = match args.smooth.as_deref() {
+        None => pomme_quant::Smooth::Default,
+        Some("off") => pomme_quant::Smooth::Off,
+        Some(a) => pomme_quant::Smooth::Alpha(
+            a.parse()
                 .ok()
                 .filter(|a: &f32| *a > 0.0 && *a <= 1.0)
                 .ok_or_else(|| {
                     usage(format!(
                         "--smooth takes a strength in (0, 1] or 'off', not '{a}'"
                     ))
-                })?;
-            options.smooth = Some(alpha);
-        }
-    }
+                })?,
+        ),
+    };
+    options.smooth = smooth.resolve(target, &options.scheme);
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg:32} [{bar:30}] {pos}/{len}").expect("valid template"),

@@ -43,7 +43,8 @@ pub use progress::{ProgressEvent, Stage, silent};
 pub use rewrite::{ActivationParams, KeptFloat, Layer, QuantizedWeight};
 pub use scheme::{CalibrationMethod, Engine, Profile, QuantizeOptions, Scheme, Target};
 pub use sensitivity::LayerSensitivity;
-pub use serve::{ServeQuantization, Served, Smooth, prepare_served};
+pub use serve::{ServeQuantization, Served, prepare_served};
+pub use smooth::Smooth;
 pub use validate::{BackendReport, OutputMetrics, ValidateOptions, ValidationReport, validate};
 
 use onnx::pb;

@@ -61,7 +61,7 @@ pub struct ServeQuantization {
     /// top-1 of an embedding means nothing).
     pub min_cosine: Option<f64>,
     /// SmoothQuant before the integer-kernel INT8 schemes.
-    pub smooth: Smooth,
+    pub smooth: crate::smooth::Smooth,
     /// Rows of synthetic warm-up data when no data file is named.
     pub warmup_samples: usize,
     /// Where quantized models and their reports are cached.
@@ -80,22 +80,11 @@ impl ServeQuantization {
             labels: None,
             max_accuracy_drop: DEFAULT_MAX_ACCURACY_DROP,
             min_cosine: None,
-            smooth: Smooth::Default,
+            smooth: crate::smooth::Smooth::Default,
             warmup_samples: DEFAULT_WARMUP_SAMPLES,
             cache_dir: cache_dir.into(),
         }
     }
-}
-
-/// Whether to apply SmoothQuant ([`crate::smooth`]) when serving.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Smooth {
-    /// What the target does: `speed` smooths `int8-dynamic`
-    /// ([`crate::smooth::default_for`]), otherwise off.
-    Default,
-    Off,
-    /// This strength α in (0, 1].
-    Alpha(f32),
 }
 
 /// A quantized model ready to serve.
@@ -189,13 +178,9 @@ pub fn prepare_served(
     let by_cosine = q.min_cosine.is_some() && q.labels.is_none();
     options.max_accuracy_drop = (!by_cosine).then_some(q.max_accuracy_drop);
     options.min_cosine = q.min_cosine;
-    options.smooth = match q.smooth {
-        Smooth::Default if q.scheme.is_none() && q.target == Target::Speed => {
-            crate::smooth::default_for(&options.scheme)
-        }
-        Smooth::Default | Smooth::Off => None,
-        Smooth::Alpha(a) => Some(a),
-    };
+    // An explicit scheme is not picked by the target.
+    let target = q.scheme.is_none().then_some(q.target);
+    options.smooth = q.smooth.resolve(target, &options.scheme);
     options.auto_exclude = true;
     // Latency is not what admission decides on; one timed pass keeps loads short.
     options.latency_repeats = 1;

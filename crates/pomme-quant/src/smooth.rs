@@ -12,7 +12,7 @@
 //! consumer (in MiniLM the activations also feed residual adds, so it cannot
 //! be folded into the LayerNormalization before them). The result is a float
 //! model equal to the input up to rounding; the quantizer then rewrites it.
-//! Opt-in (`QuantizeOptions::smooth`, `pomme quantize --smooth`).
+//! `--target speed` applies it to `int8-dynamic` by default ([`Smooth`]).
 
 use crate::onnx::{self, Names, pb};
 use std::collections::HashMap;
@@ -22,12 +22,31 @@ use std::collections::HashMap;
 /// layer int8 within 0.99 cosine where 0.5 (the paper's default) did not.
 pub const DEFAULT_ALPHA: f32 = 0.8;
 
-/// What the speed target uses when the user says nothing: `int8-dynamic`
-/// (transformer-style MatMul models) is smoothed at [`DEFAULT_ALPHA`]
-/// (MiniLM: every layer int8 within 0.99 cosine, and faster, BENCHMARKS.md
-/// "Quantization"); static QDQ is not (not measured to help).
-pub fn default_for(scheme: &crate::Scheme) -> Option<f32> {
-    matches!(scheme, crate::Scheme::Int8Dynamic { .. }).then_some(DEFAULT_ALPHA)
+/// What a user asked for SmoothQuant (CLI `--smooth`, served `smooth`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Smooth {
+    /// What the target does: `speed` smooths `int8-dynamic` at
+    /// [`DEFAULT_ALPHA`] (MiniLM: every layer int8 within 0.99 cosine, and
+    /// faster, BENCHMARKS.md "pomme's own int8-dynamic with SmoothQuant");
+    /// static QDQ is not smoothed by default (not measured to help).
+    Default,
+    Off,
+    /// This strength α in (0, 1].
+    Alpha(f32),
+}
+
+impl Smooth {
+    /// The strength for [`crate::QuantizeOptions::smooth`], given the target
+    /// (`None` without one) and the scheme it picked.
+    pub fn resolve(self, target: Option<crate::Target>, scheme: &crate::Scheme) -> Option<f32> {
+        match self {
+            Smooth::Default => (target == Some(crate::Target::Speed)
+                && matches!(scheme, crate::Scheme::Int8Dynamic { .. }))
+            .then_some(DEFAULT_ALPHA),
+            Smooth::Off => None,
+            Smooth::Alpha(a) => Some(a),
+        }
+    }
 }
 
 /// Sites whose channel maxima are this flat (largest over median) are left

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{backends, models, refs, write_npz_i64};
+use common::{backends, models, ort_only, refs, write_npz_i64};
 use pomme_core::Precision;
 use pomme_quant::{ServeQuantization, prepare_served};
 
@@ -98,14 +98,9 @@ fn synthetic_warmup_admits_minilm_int8() {
     }
     // ONNX Runtime only: tract runs MiniLM through per-shape plans and is
     // validated by the float/quantized comparison in tests/minilm.rs.
-    let b: Vec<Box<dyn pomme_core::Backend>> = backends()
-        .into_iter()
-        .filter(|b| b.name() == "ort")
-        .collect();
-    if b.is_empty() {
-        eprintln!("SKIP synthetic_warmup_admits_minilm_int8: ONNX Runtime absent");
+    let Some(b) = ort_only("synthetic_warmup_admits_minilm_int8") else {
         return;
-    }
+    };
     let cache = tempfile::tempdir().unwrap();
     let mut q = ServeQuantization::new(Precision::Int8, cache.path());
     q.warmup_samples = 8;
@@ -128,14 +123,9 @@ fn served_embedding_model_is_gated_by_cosine_not_top1() {
         eprintln!("SKIP {name}: minilm_l6.onnx or its reference absent");
         return;
     }
-    let b: Vec<Box<dyn pomme_core::Backend>> = backends()
-        .into_iter()
-        .filter(|b| b.name() == "ort")
-        .collect();
-    if b.is_empty() {
-        eprintln!("SKIP {name}: ONNX Runtime absent");
+    let Some(b) = ort_only(name) else {
         return;
-    }
+    };
     // Real sentences (synthetic token ids make a poor cosine gate): the 3
     // reference ones and each with one word left out, 40-odd rows, enough
     // for the argmax of some embedding to move under int8.

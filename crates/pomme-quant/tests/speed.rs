@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{backends, models, quantize_digits, refs, write_npz};
+use common::{backends, models, ort_only, quantize_digits, refs, write_npz};
 use pomme_quant::onnx::{self, pb};
 use pomme_quant::{
     CalibrationMethod, Dataset, QuantizeOptions, QuantizeOutcome, Scheme, ValidateOptions,
@@ -184,14 +184,7 @@ fn minilm(test: &str) -> Option<MiniLm> {
         eprintln!("SKIP {test}: minilm_l6 not found");
         return None;
     }
-    let ort: Vec<_> = backends()
-        .into_iter()
-        .filter(|b| b.name() == "ort")
-        .collect();
-    if ort.is_empty() {
-        eprintln!("SKIP {test}: ONNX Runtime absent");
-        return None;
-    }
+    let ort = ort_only(test)?;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("minilm.npz");
     write_npz(

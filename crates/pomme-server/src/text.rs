@@ -53,29 +53,37 @@ fn status(e: &Error) -> StatusCode {
     StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// OpenAI: `{"error": {"message", "type", "param", "code"}}`; TEI:
-/// `{"error", "error_type"}`. The status comes from pomme's one table.
+/// OpenAI: `{"error": {"message", "type", "param", "code"}}` with pomme's
+/// one status table; TEI: `{"error", "error_type"}` with TEI's statuses.
 fn error(api: Api, e: Error) -> Response {
-    let st = status(&e);
     let msg = e.client_message();
-    let body = match api {
-        Api::OpenAi => json!({"error": {
-            "message": msg,
-            "type": if st.is_client_error() { "invalid_request_error" } else { "server_error" },
-            "param": Value::Null,
-            "code": Value::Null,
-        }}),
-        Api::Tei => {
-            let (code, kind) = tei_status(&e);
-            let body = json!({"error": msg, "error_type": kind});
-            return (code, axum::Json(body)).into_response();
+    match api {
+        Api::OpenAi => {
+            let st = status(&e);
+            let body = json!({"error": {
+                "message": msg,
+                "type": if st.is_client_error() { "invalid_request_error" } else { "server_error" },
+                "param": Value::Null,
+                "code": Value::Null,
+            }});
+            (st, axum::Json(body)).into_response()
         }
-    };
-    (st, axum::Json(body)).into_response()
+        Api::Tei => {
+            let (st, kind) = tei_status(&e);
+            (st, axum::Json(json!({"error": msg, "error_type": kind}))).into_response()
+        }
+    }
 }
 
-/// Start of the message of a body that does not deserialize.
+/// Start of the message of a body that does not deserialize ([`parse`]).
 const BAD_BODY: &str = "bad request body";
+/// Start of the message of a request with nothing to embed ([`empty_input`]).
+const EMPTY: &str = "empty input";
+
+/// The refusal of a request with no text, or an empty one.
+fn empty_input(what: impl std::fmt::Display) -> Error {
+    Error::invalid_input(format!("{EMPTY}: {what}"))
+}
 
 /// TEI's own status table (its clients read it): validation errors (input
 /// too long, too many inputs, wrong task) 413, empty input 400, a body that
@@ -92,7 +100,7 @@ fn tei_status(e: &Error) -> (StatusCode, &'static str) {
         k if (400..500).contains(&k.mapping().0) => {
             if msg.starts_with(BAD_BODY) {
                 (code(422), "Validation")
-            } else if is_empty_input(&msg) {
+            } else if msg.starts_with(EMPTY) {
                 (code(400), "Empty")
             } else {
                 (code(413), "Validation")
@@ -100,18 +108,6 @@ fn tei_status(e: &Error) -> (StatusCode, &'static str) {
         }
         _ => (code(424), "Backend"),
     }
-}
-
-/// The messages of the empty-input refusals below.
-fn is_empty_input(msg: &str) -> bool {
-    [
-        "no input texts",
-        "holds no texts",
-        "is an empty string",
-        "`texts` is empty",
-    ]
-    .iter()
-    .any(|m| msg.contains(m))
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
@@ -180,7 +176,7 @@ async fn run(
     outputs: &[&str],
 ) -> Result<Vec<Tensor>> {
     if texts.is_empty() {
-        return Err(Error::invalid_input("no input texts"));
+        return Err(empty_input("no texts"));
     }
     let chunk = s
         .runtime
@@ -392,12 +388,10 @@ async fn openai_embed(s: &Shared, body: &Bytes) -> Result<Value> {
             .collect::<Result<_>>()?,
     };
     if texts.is_empty() {
-        return Err(Error::invalid_input("input holds no texts"));
+        return Err(empty_input("`input` holds no texts"));
     }
     if let Some(i) = texts.iter().position(String::is_empty) {
-        return Err(Error::invalid_input(format!(
-            "input {i} is an empty string"
-        )));
+        return Err(empty_input(format!("input {i} is an empty string")));
     }
     let (vectors, tokens) = embed(s, &name, &a, texts, true, req.dimensions).await?;
     use base64::Engine as _;
@@ -700,7 +694,7 @@ async fn tei_rerank(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         let req: TeiRerank = parse(&body)?;
         let (name, a) = resolve_for(&s, req.model.as_deref(), Task::Rerank, "/rerank")?;
         if req.texts.is_empty() {
-            return Err(Error::invalid_input("`texts` is empty"));
+            return Err(empty_input("`texts` holds no texts"));
         }
         // The pair's limit is the model's; TEI's `truncate: false` refuses.
         if req.truncate == Some(false) || a.config().truncation == Truncation::Error {
@@ -840,7 +834,7 @@ mod tests {
 
     #[test]
     fn error_bodies_follow_each_api() {
-        let e = Error::invalid_input("input 0 is an empty string");
+        let e = empty_input("input 0 is an empty string");
         let r = error(Api::OpenAi, e.clone());
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         let r = error(Api::Tei, Error::ResourceLimit("queue full".into()));

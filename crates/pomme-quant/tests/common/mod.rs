@@ -42,6 +42,20 @@ pub fn backends() -> Vec<Box<dyn Backend>> {
     v
 }
 
+/// ONNX Runtime alone (speed files are gated on the engine they are made
+/// for); `None` after a SKIP line for `test` when it is absent.
+pub fn ort_only(test: &str) -> Option<Vec<Box<dyn Backend>>> {
+    let ort: Vec<_> = backends()
+        .into_iter()
+        .filter(|b| b.name() == "ort")
+        .collect();
+    if ort.is_empty() {
+        eprintln!("SKIP {test}: ONNX Runtime absent");
+        return None;
+    }
+    Some(ort)
+}
+
 pub fn refs(b: &[Box<dyn Backend>]) -> Vec<&dyn Backend> {
     b.iter().map(|b| b.as_ref()).collect()
 }
