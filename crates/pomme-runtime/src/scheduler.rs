@@ -194,62 +194,93 @@ impl ModelQueue {
         let mut st = self.state.lock();
         let mut spun = false;
         loop {
-            let now = Instant::now();
-            if purge_fronts(&mut st, now) {
-                self.publish_len(st.len);
-            }
-            if st.len == 0 {
-                if st.closed {
-                    return None;
+            match self.poll_locked(&mut st, Instant::now()) {
+                NextBatch::Ready(batch) => return Some(batch),
+                NextBatch::Closed => return None,
+                NextBatch::WaitUntil(wake) => {
+                    self.cond.wait_until(&mut st, wake);
                 }
-                // Spin once per idle period, then re-check under the lock (a push
-                // between the spin's end and the re-lock must not be missed).
-                if !spun && !self.policy.idle_spin.is_zero() {
-                    spun = true;
-                    let seen = self.pushes.load(Ordering::Acquire);
-                    MutexGuard::unlocked(&mut st, || self.spin_for_push(seen));
-                    continue;
+                NextBatch::Idle => {
+                    // Spin once per idle period, then re-check under the lock (a
+                    // push between the spin's end and the re-lock must not be missed).
+                    if !spun && !self.policy.idle_spin.is_zero() {
+                        spun = true;
+                        let seen = self.pushes.load(Ordering::Acquire);
+                        MutexGuard::unlocked(&mut st, || self.spin_for_push(seen));
+                        continue;
+                    }
+                    self.cond.wait(&mut st);
+                    spun = false;
                 }
-                self.cond.wait(&mut st);
-                spun = false;
-                continue;
             }
-            // Nothing can join a sequence request: it goes without waiting.
-            let head_alone = st
-                .levels
-                .iter()
-                .find_map(|q| q.front())
-                .is_some_and(|p| p.sequence.is_some());
-            if self.policy.max_batch <= 1 || head_alone {
-                let one = pop_first(&mut st);
-                self.publish_len(st.len);
-                return Some(vec![one]);
-            }
-            let (head_enqueued, rows) = {
-                let head = st.levels.iter().find_map(|q| q.front()).expect("len > 0");
-                let rows: usize = st
-                    .levels
-                    .iter()
-                    .flatten()
-                    .filter(|p| p.compatible(head) && !p.is_cancelled())
-                    .map(|p| p.rows)
-                    .sum();
-                (head.enqueued, rows)
-            };
-            let waited_enough = now.duration_since(head_enqueued) >= self.policy.max_delay;
-            if rows >= self.policy.max_batch
-                || self.policy.preferred.contains(&rows)
-                || waited_enough
-                || st.closed
-            {
-                let batch = take_batch(&mut st, self.policy.max_batch, now);
-                self.publish_len(st.len);
-                return Some(batch);
-            }
-            let wake = head_enqueued + self.policy.max_delay;
-            self.cond.wait_until(&mut st, wake);
         }
     }
+
+    /// The batching decision at `now`, without blocking: a batch if one is
+    /// due, else when to ask again. [`ModelQueue::next_batch`] is this plus
+    /// waiting; with the clock a parameter, tests drive the queue delay on a
+    /// paused clock instead of sleeping.
+    pub fn poll_batch(&self, now: Instant) -> NextBatch {
+        self.poll_locked(&mut self.state.lock(), now)
+    }
+
+    fn poll_locked(&self, st: &mut State, now: Instant) -> NextBatch {
+        if purge_fronts(st, now) {
+            self.publish_len(st.len);
+        }
+        if st.len == 0 {
+            return if st.closed {
+                NextBatch::Closed
+            } else {
+                NextBatch::Idle
+            };
+        }
+        // Nothing can join a sequence request: it goes without waiting.
+        let head_alone = st
+            .levels
+            .iter()
+            .find_map(|q| q.front())
+            .is_some_and(|p| p.sequence.is_some());
+        if self.policy.max_batch <= 1 || head_alone {
+            let one = pop_first(st);
+            self.publish_len(st.len);
+            return NextBatch::Ready(vec![one]);
+        }
+        let (head_enqueued, rows) = {
+            let head = st.levels.iter().find_map(|q| q.front()).expect("len > 0");
+            let rows: usize = st
+                .levels
+                .iter()
+                .flatten()
+                .filter(|p| p.compatible(head) && !p.is_cancelled())
+                .map(|p| p.rows)
+                .sum();
+            (head.enqueued, rows)
+        };
+        let waited_enough = now.saturating_duration_since(head_enqueued) >= self.policy.max_delay;
+        if rows >= self.policy.max_batch
+            || self.policy.preferred.contains(&rows)
+            || waited_enough
+            || st.closed
+        {
+            let batch = take_batch(st, self.policy.max_batch, now);
+            self.publish_len(st.len);
+            return NextBatch::Ready(batch);
+        }
+        NextBatch::WaitUntil(head_enqueued + self.policy.max_delay)
+    }
+}
+
+/// What [`ModelQueue::poll_batch`] finds.
+pub enum NextBatch {
+    /// A batch to run now.
+    Ready(Vec<Pending>),
+    /// Requests wait for more to join; the oldest one's delay ends then.
+    WaitUntil(Instant),
+    /// Nothing waits.
+    Idle,
+    /// Closed and drained.
+    Closed,
 }
 
 impl ModelQueue {
@@ -503,6 +534,113 @@ mod tests {
         let batch = q.next_batch().unwrap();
         assert_eq!(batch.len(), 1);
         assert!(t.elapsed() >= Duration::from_millis(15));
+    }
+
+    /// The paused tokio clock as a `std` instant: the queue takes its `now`
+    /// from the caller, so the delay is driven by `advance`, not by sleeping.
+    fn paused_now() -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn rows_of(n: NextBatch) -> Option<Vec<usize>> {
+        match n {
+            NextBatch::Ready(b) => Some(b.iter().map(|p| p.rows).collect()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_delay_runs_from_the_oldest_request_to_the_microsecond() {
+        let q = ModelQueue::new(BatchPolicy {
+            max_delay: Duration::from_micros(500),
+            ..policy(8, 0)
+        });
+        let mut keep = vec![];
+        let mut push = |rows: usize| {
+            let (mut p, rx) = pending(rows, 3);
+            p.enqueued = paused_now();
+            keep.push(rx);
+            q.push(p, 1).unwrap();
+        };
+        assert!(matches!(q.poll_batch(paused_now()), NextBatch::Idle));
+        let t0 = paused_now();
+        push(1);
+        push(2);
+        tokio::time::advance(Duration::from_micros(200)).await;
+        push(1); // joins the wait; the deadline stays the oldest's
+        match q.poll_batch(paused_now()) {
+            NextBatch::WaitUntil(t) => assert_eq!(t, t0 + Duration::from_micros(500)),
+            _ => panic!("a partial batch must wait for the delay"),
+        }
+        tokio::time::advance(Duration::from_micros(299)).await;
+        assert!(matches!(
+            q.poll_batch(paused_now()),
+            NextBatch::WaitUntil(_)
+        ));
+        tokio::time::advance(Duration::from_micros(1)).await;
+        assert_eq!(rows_of(q.poll_batch(paused_now())), Some(vec![1, 2, 1]));
+        assert!(q.is_empty());
+        // The next request's delay counts from its own arrival.
+        let t1 = paused_now();
+        push(1);
+        tokio::time::advance(Duration::from_micros(499)).await;
+        match q.poll_batch(paused_now()) {
+            NextBatch::WaitUntil(t) => assert_eq!(t, t1 + Duration::from_micros(500)),
+            _ => panic!("499 µs is not the delay"),
+        }
+        tokio::time::advance(Duration::from_micros(1)).await;
+        assert_eq!(rows_of(q.poll_batch(paused_now())), Some(vec![1]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_or_preferred_batches_do_not_wait_for_the_delay() {
+        let q = ModelQueue::new(BatchPolicy {
+            max_delay: Duration::from_secs(3600),
+            preferred: vec![4],
+            ..policy(6, 0)
+        });
+        let mut keep = vec![];
+        for rows in [2, 1] {
+            let (mut p, rx) = pending(rows, 3);
+            p.enqueued = paused_now();
+            keep.push(rx);
+            q.push(p, 1).unwrap();
+        }
+        // 3 rows: neither full (6) nor preferred (4): waits the hour.
+        assert!(matches!(
+            q.poll_batch(paused_now()),
+            NextBatch::WaitUntil(_)
+        ));
+        let (mut p, rx) = pending(1, 3);
+        p.enqueued = paused_now();
+        keep.push(rx);
+        q.push(p, 1).unwrap();
+        // 4 rows = preferred: formed with no time passed.
+        assert_eq!(rows_of(q.poll_batch(paused_now())), Some(vec![2, 1, 1]));
+        for rows in [5, 3] {
+            let (mut p, rx) = pending(rows, 3);
+            p.enqueued = paused_now();
+            keep.push(rx);
+            q.push(p, 1).unwrap();
+        }
+        // 8 rows waiting ≥ max 6: a batch of what fits goes at once; the 3
+        // left are neither full nor preferred, so they wait.
+        assert_eq!(rows_of(q.poll_batch(paused_now())), Some(vec![5]));
+        assert!(matches!(
+            q.poll_batch(paused_now()),
+            NextBatch::WaitUntil(_)
+        ));
+        // A deadline passing in the queue answers Timeout, on the paused clock too.
+        let (mut p, mut rx) = pending(1, 3);
+        p.enqueued = paused_now();
+        p.deadline = Some(paused_now() + Duration::from_millis(5));
+        q.push(p, 2).unwrap();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let _ = q.poll_batch(paused_now());
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::Timeout(_)))));
+        q.close();
+        assert_eq!(rows_of(q.poll_batch(paused_now())), Some(vec![3]));
+        assert!(matches!(q.poll_batch(paused_now()), NextBatch::Closed));
     }
 
     #[test]
