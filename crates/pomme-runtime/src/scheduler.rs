@@ -220,6 +220,7 @@ impl ModelQueue {
     /// due, else when to ask again. [`ModelQueue::next_batch`] is this plus
     /// waiting; with the clock a parameter, tests drive the queue delay on a
     /// paused clock instead of sleeping.
+    #[cfg(test)]
     pub fn poll_batch(&self, now: Instant) -> NextBatch {
         self.poll_locked(&mut self.state.lock(), now)
     }
