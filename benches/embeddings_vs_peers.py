@@ -424,10 +424,15 @@ def make_pomme(args, work: Path) -> Server:
     overrides = {"workers": str(args.pomme_workers), "threads": str(max(1, args.threads // args.pomme_workers))}
     if args.pomme_backend:
         overrides["backends"] = f'["{args.pomme_backend}"]'
+    if args.device != "cpu":
+        overrides["device"] = f'"{args.device}"'
     for kv in args.pomme_set:
         k, _, v = kv.partition("=")
         overrides[k.strip()] = v.strip()
     cfg = toml_override((src / "config.toml").read_text(), overrides)
+    if args.pomme_extra:
+        cfg += "[extra]\n" + "".join(f'{k.strip()} = "{v.strip()}"\n'
+                                     for k, _, v in (kv.partition("=") for kv in args.pomme_extra))
     (dst / "config.toml").write_text(cfg)
     http, grpc, metrics = free_port(), free_port(), free_port()
     env = dict(os.environ)
@@ -546,10 +551,12 @@ def make_infinity(args, work: Path) -> Server:
     model_id = "." if args.infinity_engine == "optimum" else str(model_dir)
     cwd = model_dir if args.infinity_engine == "optimum" else work
     cmd = [sys.executable, "-c", INFINITY_LAUNCHER, "v2", "--model-id", model_id,
-           "--served-model-name", MODEL, "--engine", args.infinity_engine, "--device", "cpu",
+           "--served-model-name", MODEL, "--engine", args.infinity_engine, "--device", args.device,
            "--batch-size", str(args.infinity_batch_size), "--pooling-method", "mean",
            "--no-vector-disk-cache", "--onnx-do-not-prefer-quantized",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    if args.infinity_dtype:
+        cmd += ["--dtype", args.infinity_dtype]
     return Server("infinity", cmd, env, cwd, work / "infinity.log",
                   f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{port}/embeddings")
 
@@ -895,6 +902,13 @@ def parse_args():
     p.add_argument("--pomme-backend", default="ort", help='sets backends = ["X"] ("" keeps the export\'s list)')
     p.add_argument("--pomme-set", action="append", default=[], metavar="KEY=TOML",
                    help="another top-level config.toml key for pomme's model (repeatable)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: pomme with device = \"cuda\" (ONNX Runtime's CUDA EP), infinity --device cuda, "
+                        "the sentence-transformers floor on the GPU (the reference stays on the CPU)")
+    p.add_argument("--pomme-extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="adds an [extra] table to pomme's config.toml (e.g. shape_sessions=1)")
+    p.add_argument("--infinity-dtype", default=None,
+                   help="infinity --dtype (default: infinity's own, which is float16 on CUDA)")
     p.add_argument("--infinity-engine", choices=["optimum", "torch"], default="optimum")
     p.add_argument("--infinity-onnx", choices=["export", "pomme"], default="export",
                    help="optimum engine's ONNX: optimum's export of the ST model, or pomme's model.onnx")
@@ -931,6 +945,11 @@ def main() -> int:
 
     machine = {"nproc": nproc(), "cpu_model": cpu_model(), "loadavg_at_start": list(os.getloadavg()),
                "platform": platform.platform(), "threads": args.threads}
+    if args.device == "cuda":
+        import torch
+
+        machine["gpu"] = torch.cuda.get_device_name(0)
+        log(f"gpu: {machine['gpu']}, torch {torch.__version__}")
     log(f"machine: {machine['nproc']} cores ({machine['cpu_model']}), load {machine['loadavg_at_start']}, "
         f"threads per engine {args.threads}")
     result = {"args": {k: v for k, v in vars(args).items()}, "machine": machine, "versions": versions(),
@@ -966,6 +985,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     st = SentenceTransformer(str(st_dir), device="cpu")
     ref = st.encode(check_texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+    if args.device != "cpu":  # the floor runs where the servers do; the reference stays exact
+        st = SentenceTransformer(str(st_dir), device=args.device)
     result["versions"]["pomme"] = None
 
     servers = []
@@ -984,6 +1005,9 @@ def main() -> int:
         for m in floors:
             if m not in ("sorted", "arrival", "ort"):
                 raise BenchError(f"--floor: unknown mode {m!r} (sorted, arrival, ort)")
+        if "ort" in floors and args.device != "cpu":
+            log("the onnxruntime in-process floor runs on the CPU only: left out with --device cuda")
+            floors.remove("ort")
         if "ort" in floors and not (Path(args.pomme_model) / "1" / "model.onnx").exists():
             log(f"no {args.pomme_model}/1/model.onnx: the onnxruntime in-process run is left out")
             floors.remove("ort")
