@@ -273,7 +273,9 @@ impl Backend for OrtBackend {
             optimization: GraphOptimizationLevel::All,
             spinning: opts.spin,
             profile: opts.profile,
-            shape_sessions: opts.shape_sessions,
+            shape_sessions: opts
+                .shape_sessions
+                .unwrap_or_else(|| default_shape_sessions(plan.device, &path)),
         };
         let model = OrtModel::load(rt, &path, file_bytes, cfg, plan.device, mode)?
             .with_precision(options.precision);
@@ -284,5 +286,86 @@ impl Backend for OrtBackend {
             "ort model loaded"
         );
         Ok(Arc::new(model))
+    }
+}
+/// ORT sessions per worker when `shape_sessions` is unset: 8 on CUDA for a
+/// graph with a grouped convolution (the EP re-prepares those at every shape
+/// change; [`crate::shapes`]), else 1. A file that does not decode here gets
+/// 8 on CUDA, the old default (ORT itself reports what is wrong with it).
+pub fn default_shape_sessions(device: DeviceKind, path: &std::path::Path) -> usize {
+    if device != DeviceKind::Cuda {
+        return 1;
+    }
+    match pomme_quant::onnx::load_model(path) {
+        Ok((m, _)) => {
+            if m.graph.as_ref().is_some_and(has_grouped_conv) {
+                8
+            } else {
+                1
+            }
+        }
+        Err(_) => 8,
+    }
+}
+
+/// Whether a graph (or a subgraph of its control flow) holds a `Conv` with
+/// `group` > 1.
+fn has_grouped_conv(g: &pomme_quant::onnx::pb::GraphProto) -> bool {
+    g.node.iter().any(|n| {
+        (n.op_type == "Conv" && pomme_quant::onnx::get_attr_int(n, "group", 1) > 1)
+            || n.attribute.iter().any(|a| {
+                a.g.as_ref().is_some_and(has_grouped_conv) || a.graphs.iter().any(has_grouped_conv)
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pomme_quant::onnx::{attr_int, node, pb};
+
+    fn graph(nodes: Vec<pb::NodeProto>) -> pb::GraphProto {
+        pb::GraphProto {
+            node: nodes,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn per_shape_sessions_only_for_grouped_convolutions_on_cuda() {
+        let plain = node("Conv", "c", &["x", "w"], &["y"], vec![attr_int("group", 1)]);
+        let depthwise = node(
+            "Conv",
+            "d",
+            &["x", "w"],
+            &["y"],
+            vec![attr_int("group", 32)],
+        );
+        let matmul = node("MatMul", "m", &["x", "w"], &["y"], vec![]);
+        assert!(!has_grouped_conv(&graph(vec![plain.clone(), matmul])));
+        assert!(has_grouped_conv(&graph(vec![
+            plain.clone(),
+            depthwise.clone()
+        ])));
+        // Inside an If branch too.
+        let branch = pb::AttributeProto {
+            name: "then_branch".into(),
+            g: Some(graph(vec![depthwise])),
+            ..Default::default()
+        };
+        assert!(has_grouped_conv(&graph(vec![node(
+            "If",
+            "i",
+            &["c"],
+            &["y"],
+            vec![branch]
+        )])));
+        // The CPU never needs them; a file that does not decode keeps the old CUDA default.
+        let missing = std::path::Path::new("/nonexistent/model.onnx");
+        assert_eq!(default_shape_sessions(DeviceKind::Cpu, missing), 1);
+        assert_eq!(default_shape_sessions(DeviceKind::Cuda, missing), 8);
+        // A transformer (the BERT-style text fixture) shares one session.
+        let text = pomme_test_support::fixtures::repo_models().join("text/tiny_embed.onnx");
+        assert_eq!(default_shape_sessions(DeviceKind::Cuda, &text), 1);
     }
 }

@@ -32,11 +32,14 @@ pub struct OrtOptions {
     /// `sessions`: `per_worker` (default) or `shared`.
     pub sessions: SessionMode,
     /// `shape_sessions`: 1–64 ORT sessions per worker, one per distinct input
-    /// shape; default 8 with `device = cuda`, 1 otherwise. The CUDA EP prepares
-    /// its depthwise convolutions again whenever the input shape changes, so
-    /// under dynamic batching each batch size needs its own session (pair it
-    /// with the server's `pad_to_preferred` so the sizes stay few).
-    pub shape_sessions: usize,
+    /// shape. Unset: 8 with `device = cuda` for a graph with grouped
+    /// (depthwise) convolutions, else 1 ([`crate::default_shape_sessions`]).
+    /// The CUDA EP prepares depthwise convolutions again whenever the input
+    /// shape changes, so under dynamic batching each batch size needs its own
+    /// session (pair it with the server's `pad_to_preferred` so the sizes
+    /// stay few); other graphs gain nothing from it, and a text model's many
+    /// `[rows, bucket]` shapes would keep building sessions.
+    pub shape_sessions: Option<usize>,
     /// `spin`: `false` (default) or `true`. ONNX Runtime lets idle pool threads
     /// spin waiting for work; pomme turns that off so a model's threads leave
     /// the CPUs to the server's I/O threads and other models (a lone session
@@ -146,17 +149,17 @@ impl OrtOptions {
             }
         };
         let shape_sessions = match x.get("shape_sessions") {
-            None if device == DeviceKind::Cuda => 8,
-            None => 1,
-            Some(s) => s
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=64).contains(n))
-                .ok_or_else(|| {
-                    Error::invalid_input(format!(
-                        "shape_sessions '{s}' is not a count from 1 to 64"
-                    ))
-                })?,
+            None => None,
+            Some(s) => Some(
+                s.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| {
+                        Error::invalid_input(format!(
+                            "shape_sessions '{s}' is not a count from 1 to 64"
+                        ))
+                    })?,
+            ),
         };
         let profile = match x.get("profile") {
             None => None,
@@ -276,7 +279,7 @@ mod tests {
         OrtOptions::from_load_options(o).map(|o| o.spin)
     }
 
-    fn shape_sessions(o: &LoadOptions) -> Result<usize> {
+    fn shape_sessions(o: &LoadOptions) -> Result<Option<usize>> {
         OrtOptions::from_load_options(o).map(|o| o.shape_sessions)
     }
 
@@ -398,11 +401,11 @@ mod tests {
     #[test]
     fn shape_sessions_default_by_device_and_parse() {
         let mut o = LoadOptions::default();
-        assert_eq!(shape_sessions(&o).unwrap(), 1);
+        assert_eq!(shape_sessions(&o).unwrap(), None);
         o.device = DeviceKind::Cuda;
-        assert_eq!(shape_sessions(&o).unwrap(), 8);
+        assert_eq!(shape_sessions(&o).unwrap(), None);
         o.extra.insert("shape_sessions".into(), "3".into());
-        assert_eq!(shape_sessions(&o).unwrap(), 3);
+        assert_eq!(shape_sessions(&o).unwrap(), Some(3));
         for bad in ["0", "65", "many"] {
             o.extra.insert("shape_sessions".into(), bad.into());
             let e = shape_sessions(&o).unwrap_err();

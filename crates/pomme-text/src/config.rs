@@ -73,6 +73,12 @@ pub struct TextConfig {
     /// Padded tokens (rows × bucket) in one engine run at most.
     #[serde(default = "default_batch_tokens")]
     pub max_batch_tokens: usize,
+    /// What one engine run costs beyond its padded tokens, in tokens: the
+    /// planner splits a batch by length only where the padding saved is
+    /// worth more. Default: [`crate::plan::run_overhead_tokens`] of the
+    /// encoder's device (small on a CPU, where padding costs compute; large
+    /// on a GPU, where a run's launches and copies cost more than padding).
+    pub run_overhead_tokens: Option<usize>,
     /// Tokenizer file, relative to the model directory. Default:
     /// `tokenizer.json`, else `vocab.txt` (BERT WordPiece).
     pub tokenizer: Option<String>,
@@ -107,6 +113,7 @@ impl Default for TextConfig {
             truncation: Truncation::Right,
             seq_buckets: Vec::new(),
             max_batch_tokens: default_batch_tokens(),
+            run_overhead_tokens: None,
             tokenizer: None,
             lowercase: true,
             labels: None,
@@ -185,6 +192,7 @@ normalize = false
 truncation = "left"
 seq_buckets = [64, 16, 32]
 max_batch_tokens = 4096
+run_overhead_tokens = 512
 dimensions = [128]"#,
         )
         .unwrap();
@@ -192,6 +200,7 @@ dimensions = [128]"#,
         assert_eq!(c.max_length(), 64);
         assert_eq!(c.pooling, Pooling::Cls);
         assert_eq!(c.truncation, Truncation::Left);
+        assert_eq!(c.run_overhead_tokens, Some(512));
     }
 
     #[test]

@@ -123,6 +123,9 @@ struct Io {
     /// Inner output index of the pooled vector or logits (`[rows, k]`).
     pooled: Option<usize>,
     buckets: Vec<usize>,
+    /// What a run costs beyond its padded tokens (`[text] run_overhead_tokens`,
+    /// else the encoder device's default).
+    run_overhead: usize,
     /// The encoder's enumerated `[batch, seq]` shapes (Core ML).
     allowed: Option<AllowedShapes>,
     max_len: usize,
@@ -371,6 +374,9 @@ impl TextModel {
             hidden,
             pooled,
             buckets,
+            run_overhead: cfg
+                .run_overhead_tokens
+                .unwrap_or_else(|| plan::run_overhead_tokens(inner.device())),
             allowed,
             max_len,
         };
@@ -608,6 +614,7 @@ impl Session for TextSession {
             &lens,
             &self.io.buckets,
             self.cfg.max_batch_tokens,
+            self.io.run_overhead,
             self.io.allowed.as_ref(),
         )?;
         let longest = lens.iter().copied().max().unwrap_or(0);

@@ -8,7 +8,7 @@
 //! of padded tokens per engine run. Sorting by length first keeps padding
 //! low: short texts do not ride along at a long text's bucket.
 
-use pomme_core::{AllowedShapes, Error, Result};
+use pomme_core::{AllowedShapes, DeviceKind, Error, Result};
 
 /// One engine run: which texts (indices into the batch), padded to which
 /// sequence length, with how many rows in all (padding rows included, when
@@ -43,16 +43,32 @@ pub fn enumerated_seq_lengths(allowed: &AllowedShapes) -> Vec<usize> {
     v
 }
 
-/// What one engine run costs beyond its padded tokens, in tokens: it keeps
-/// the planner from splitting a batch into many tiny runs.
+/// What one engine run costs beyond its padded tokens, in tokens, on a
+/// CPU: it keeps the planner from splitting a batch into many tiny runs.
+/// A CPU's cost is about proportional to the padded tokens, so padding is
+/// worth avoiding even at the price of another run.
 pub const RUN_OVERHEAD_TOKENS: usize = 32;
+
+/// The same on an accelerator (GPU, Neural Engine): a run's fixed cost
+/// (kernel launches, copies, the host-side pooling) is worth more than any
+/// padding a batch within the default token budget carries, so a batch goes
+/// in one run unless the budget splits it (measured on ONNX Runtime's CUDA
+/// EP; BENCHMARKS.md, "Text embeddings on the GPU").
+pub const ACCELERATOR_RUN_OVERHEAD_TOKENS: usize = 16_384;
+
+/// The default run overhead for an encoder on `device`.
+pub fn run_overhead_tokens(device: DeviceKind) -> usize {
+    match device {
+        DeviceKind::Cpu => RUN_OVERHEAD_TOKENS,
+        _ => ACCELERATOR_RUN_OVERHEAD_TOKENS,
+    }
+}
 
 /// Splits a batch of texts with token counts `lengths` into engine runs.
 ///
 /// Texts are sorted by length and cut into consecutive groups that minimise
-/// the padded tokens computed (plus [`RUN_OVERHEAD_TOKENS`] per run): a
-/// short text never rides at a long text's bucket when a run of its own is
-/// cheaper. Every text lands in exactly one group; a group's
+/// the padded tokens computed plus `overhead` per run: a short text never
+/// rides at a long text's bucket when a run of its own is cheaper. Every text lands in exactly one group; a group's
 /// `padded_rows × seq` stays within `max_tokens` (a single text always
 /// fits: the configuration guarantees `max_tokens ≥ max_length`); with
 /// `allowed`, every group's `[padded_rows, seq]` is a shape the model takes.
@@ -60,6 +76,7 @@ pub fn plan(
     lengths: &[usize],
     buckets: &[usize],
     max_tokens: usize,
+    overhead: usize,
     allowed: Option<&AllowedShapes>,
 ) -> Result<Vec<Group>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
@@ -79,7 +96,7 @@ pub fn plan(
             if best[i].0 == usize::MAX {
                 continue;
             }
-            let cost = best[i].0 + rows * seq + RUN_OVERHEAD_TOKENS;
+            let cost = best[i].0.saturating_add(rows * seq + overhead);
             // Ties go to the longer group (fewer runs).
             if cost <= best[j].0 {
                 best[j] = (cost, i);
@@ -157,7 +174,7 @@ mod tests {
     fn short_texts_do_not_ride_at_a_long_texts_bucket() {
         let buckets = [16, 32, 64, 128];
         // Two short, one long: two runs cost 2×16 + 128 (+ overheads) < 3×128.
-        let g = plan(&[10, 120, 12], &buckets, 4096, None).unwrap();
+        let g = plan(&[10, 120, 12], &buckets, 4096, RUN_OVERHEAD_TOKENS, None).unwrap();
         assert_eq!(
             g,
             vec![
@@ -174,7 +191,7 @@ mod tests {
             ]
         );
         // Close lengths share a run rather than pay a run's overhead.
-        let g = plan(&[10, 20, 12], &buckets, 4096, None).unwrap();
+        let g = plan(&[10, 20, 12], &buckets, 4096, RUN_OVERHEAD_TOKENS, None).unwrap();
         assert_eq!(
             g,
             vec![Group {
@@ -184,7 +201,7 @@ mod tests {
             }]
         );
         // The budget splits runs of one bucket.
-        let g = plan(&[100; 5], &buckets, 256, None).unwrap();
+        let g = plan(&[100; 5], &buckets, 256, RUN_OVERHEAD_TOKENS, None).unwrap();
         assert_eq!(
             g.iter().map(|g| g.rows.len()).collect::<Vec<_>>(),
             vec![1, 2, 2]
@@ -192,8 +209,26 @@ mod tests {
     }
 
     #[test]
+    fn on_an_accelerator_a_batch_goes_in_one_run_unless_the_budget_splits_it() {
+        let buckets = [16, 32, 64, 128, 256];
+        let over = run_overhead_tokens(DeviceKind::Cuda);
+        assert_eq!(run_overhead_tokens(DeviceKind::Cpu), RUN_OVERHEAD_TOKENS);
+        let lengths = [10, 120, 12, 40, 200, 9, 33, 64];
+        // The CPU splits this batch by length; a GPU pads it to one bucket.
+        let cpu = plan(&lengths, &buckets, 16_384, RUN_OVERHEAD_TOKENS, None).unwrap();
+        assert!(cpu.len() > 1, "{cpu:?}");
+        let gpu = plan(&lengths, &buckets, 16_384, over, None).unwrap();
+        assert_eq!(gpu.len(), 1);
+        assert_eq!((gpu[0].seq, gpu[0].rows.len()), (256, 8));
+        // The token budget still splits: 8 × 256 > 1024.
+        let gpu = plan(&lengths, &buckets, 1024, over, None).unwrap();
+        assert!(gpu.iter().all(|g| g.padded_rows * g.seq <= 1024), "{gpu:?}");
+        assert!(gpu.len() > 1);
+    }
+
+    #[test]
     fn without_buckets_a_group_is_padded_to_its_longest_text() {
-        let g = plan(&[3, 7, 5], &[], 100, None).unwrap();
+        let g = plan(&[3, 7, 5], &[], 100, RUN_OVERHEAD_TOKENS, None).unwrap();
         assert_eq!(
             g,
             vec![Group {
@@ -210,13 +245,20 @@ mod tests {
         let allowed =
             AllowedShapes::OneOf(vec![vec![1, 16], vec![4, 16], vec![1, 64], vec![4, 64]]);
         assert_eq!(enumerated_seq_lengths(&allowed), vec![16, 64]);
-        let g = plan(&[5, 5, 5, 5, 5, 5], &[16, 64], 1024, Some(&allowed)).unwrap();
+        let g = plan(
+            &[5, 5, 5, 5, 5, 5],
+            &[16, 64],
+            1024,
+            RUN_OVERHEAD_TOKENS,
+            Some(&allowed),
+        )
+        .unwrap();
         let sizes: Vec<(usize, usize)> = g.iter().map(|g| (g.rows.len(), g.padded_rows)).collect();
         assert_eq!(sizes, vec![(4, 4), (1, 1), (1, 1)]);
         let only4 = AllowedShapes::OneOf(vec![vec![4, 16]]);
-        let g = plan(&[5, 6], &[16], 1024, Some(&only4)).unwrap();
+        let g = plan(&[5, 6], &[16], 1024, RUN_OVERHEAD_TOKENS, Some(&only4)).unwrap();
         assert_eq!((g[0].rows.len(), g[0].padded_rows), (2, 4));
-        let e = plan(&[20], &[32], 1024, Some(&only4)).unwrap_err();
+        let e = plan(&[20], &[32], 1024, RUN_OVERHEAD_TOKENS, Some(&only4)).unwrap_err();
         assert!(
             e.message().contains("sequence length 32"),
             "{}",
@@ -229,9 +271,10 @@ mod tests {
         fn every_text_once_within_budget(
             lengths in proptest::collection::vec(1usize..=256, 0..80),
             max_tokens in 256usize..5000,
+            overhead in prop_oneof![Just(RUN_OVERHEAD_TOKENS), Just(ACCELERATOR_RUN_OVERHEAD_TOKENS), 0usize..4096],
         ) {
             let buckets = [16, 32, 64, 128, 256];
-            let groups = plan(&lengths, &buckets, max_tokens, None).unwrap();
+            let groups = plan(&lengths, &buckets, max_tokens, overhead, None).unwrap();
             let mut seen: Vec<usize> = groups.iter().flat_map(|g| g.rows.clone()).collect();
             seen.sort_unstable();
             prop_assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
