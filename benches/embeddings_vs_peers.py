@@ -430,6 +430,11 @@ def make_pomme(args, work: Path) -> Server:
         k, _, v = kv.partition("=")
         overrides[k.strip()] = v.strip()
     cfg = toml_override((src / "config.toml").read_text(), overrides)
+    if args.pomme_text:  # the export's config ends with its [text] table
+        tables = [l.split("#")[0].strip() for l in cfg.splitlines() if l.strip().startswith("[")]
+        if tables[-1:] != ["[text]"]:
+            raise BenchError("--pomme-text: the model's config.toml does not end with its [text] table")
+        cfg += "".join(f"{k.strip()} = {v.strip()}\n" for k, _, v in (kv.partition("=") for kv in args.pomme_text))
     if args.pomme_extra:
         cfg += "[extra]\n" + "".join(f'{k.strip()} = "{v.strip()}"\n'
                                      for k, _, v in (kv.partition("=") for kv in args.pomme_extra))
@@ -905,6 +910,8 @@ def parse_args():
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: pomme with device = \"cuda\" (ONNX Runtime's CUDA EP), infinity --device cuda, "
                         "the sentence-transformers floor on the GPU (the reference stays on the CPU)")
+    p.add_argument("--pomme-text", action="append", default=[], metavar="KEY=TOML",
+                   help="adds a key to the [text] table of pomme's config.toml (e.g. run_overhead_tokens=32)")
     p.add_argument("--pomme-extra", action="append", default=[], metavar="KEY=VALUE",
                    help="adds an [extra] table to pomme's config.toml (e.g. shape_sessions=1)")
     p.add_argument("--infinity-dtype", default=None,

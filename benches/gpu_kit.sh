@@ -25,7 +25,7 @@ PYWHEELS=(infinity_emb==0.0.78 sentence-transformers==3.4.1 transformers==4.57.6
   huggingface_hub==0.36.2 fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic_core==2.50.5
   typing-inspection==0.4.5 annotated-types==0.8.0 annotated-doc==0.0.7 uvicorn==0.32.1 orjson==3.13.0
   posthog==7.91.1 backoff==2.2.1 distro==1.9.0 prometheus-fastapi-instrumentator==8.1.0 typer==0.12.5
-  click==8.1.8 rich==13.9.4 httptools==0.9.0)
+  click==8.1.8 rich==13.9.4 httptools==0.9.0 opentelemetry-api==1.45.2 importlib_metadata==10.2.0)
 
 pack() {
   mkdir -p "$WORK/stage/pywhl" "$WORK/dl" "$OUT"

@@ -268,9 +268,10 @@ impl LoadedModel for OrtModel {
     }
 
     fn prefers_few_shapes(&self) -> bool {
-        // The CUDA EP prepares kernels per shape (see `shapes`); the CPU EP
-        // does not.
-        self.device == DeviceKind::Cuda
+        // The CUDA EP prepares grouped convolutions per shape, so such a graph
+        // runs with a session per shape (see `shapes`); other graphs and the
+        // CPU EP take any shape at little cost.
+        self.device == DeviceKind::Cuda && self.cfg.shape_sessions > 1
     }
 
     fn session(&self) -> Result<Box<dyn Session>> {
