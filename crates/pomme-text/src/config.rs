@@ -76,8 +76,8 @@ pub struct TextConfig {
     /// What one engine run costs beyond its padded tokens, in tokens: the
     /// planner splits a batch by length only where the padding saved is
     /// worth more. Default: [`crate::plan::run_overhead_tokens`] of the
-    /// encoder's device (small on a CPU, where padding costs compute; large
-    /// on a GPU, where a run's launches and copies cost more than padding).
+    /// encoder's device (32 on a CPU, where padding costs compute; 1024 on
+    /// a GPU, where a run's launches and copies cost more).
     pub run_overhead_tokens: Option<usize>,
     /// Tokenizer file, relative to the model directory. Default:
     /// `tokenizer.json`, else `vocab.txt` (BERT WordPiece).
