@@ -76,6 +76,13 @@ order of pomme / infinity / floor is reversed every round (--rounds, default 2) 
 shows medians across rounds. Per cell the JSON also keeps the load average at its start and
 the CPU used by the server process (from /proc) and by this client process, in cores.
 
+On a GPU (`--device cuda`; `benches/gpu_embeddings.sh` sets it up on the lent machine): pomme serves
+with `device = "cuda"` (ONNX Runtime's CUDA EP), infinity with `--engine torch --device cuda` (add
+`--infinity-dtype float32` to compare fp32 with fp32: infinity's CUDA default is float16), and the
+sentence-transformers floors run on the GPU; the correctness reference stays on the CPU and the
+onnxruntime floor is left out. `--pomme-text KEY=TOML` adds keys to pomme's `[text]` table,
+`--pomme-extra KEY=VALUE` an `[extra]` table (backend options).
+
 Correctness (once per server, first start): 20 texts spread over the length range, each sent
 alone and then all 20 in one request, against sentence-transformers' normalized embeddings:
 max cosine distance (pomme should be <= 1e-5) and max |element difference| are printed. Cosine
