@@ -413,6 +413,11 @@ def toml_override(text: str, overrides: dict[str, str]) -> str:
     return "\n".join(head + lines[first_table:]) + "\n"
 
 
+def key_values(items: list[str]) -> list[tuple[str, str]]:
+    """KEY=VALUE arguments as (key, value) pairs, stripped."""
+    return [(k.strip(), v.strip()) for k, _, v in (kv.partition("=") for kv in items)]
+
+
 def make_pomme(args, work: Path) -> Server:
     src = Path(args.pomme_model)
     for need in ("1/model.onnx", "config.toml", "tokenizer.json"):
@@ -433,18 +438,15 @@ def make_pomme(args, work: Path) -> Server:
         overrides["backends"] = f'["{args.pomme_backend}"]'
     if args.device != "cpu":
         overrides["device"] = f'"{args.device}"'
-    for kv in args.pomme_set:
-        k, _, v = kv.partition("=")
-        overrides[k.strip()] = v.strip()
+    overrides.update(key_values(args.pomme_set))
     cfg = toml_override((src / "config.toml").read_text(), overrides)
     if args.pomme_text:  # the export's config ends with its [text] table
         tables = [l.split("#")[0].strip() for l in cfg.splitlines() if l.strip().startswith("[")]
         if tables[-1:] != ["[text]"]:
             raise BenchError("--pomme-text: the model's config.toml does not end with its [text] table")
-        cfg += "".join(f"{k.strip()} = {v.strip()}\n" for k, _, v in (kv.partition("=") for kv in args.pomme_text))
+        cfg += "".join(f"{k} = {v}\n" for k, v in key_values(args.pomme_text))
     if args.pomme_extra:
-        cfg += "[extra]\n" + "".join(f'{k.strip()} = "{v.strip()}"\n'
-                                     for k, _, v in (kv.partition("=") for kv in args.pomme_extra))
+        cfg += "[extra]\n" + "".join(f'{k} = "{v}"\n' for k, v in key_values(args.pomme_extra))
     (dst / "config.toml").write_text(cfg)
     http, grpc, metrics = free_port(), free_port(), free_port()
     env = dict(os.environ)

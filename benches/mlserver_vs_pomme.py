@@ -37,6 +37,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchenv import pomme_env  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mobilenet"
 
@@ -148,13 +151,9 @@ def main() -> int:
     if not Path(args.model_file).is_file():
         print(f"error: model not found: {args.model_file}", file=sys.stderr)
         return 2
-    env = dict(os.environ)
-    if "ORT_DYLIB_PATH" not in env:
-        libs = sorted(glob.glob(str(ROOT / ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*")))
-        if not libs:
-            print("error: set ORT_DYLIB_PATH or create ./.venv with onnxruntime", file=sys.stderr)
-            return 2
-        env["ORT_DYLIB_PATH"] = libs[0]
+    env = pomme_env()
+    if env is None:
+        return 2
     work = Path(args.out or tempfile.mkdtemp(prefix="pomme-vs-mlserver-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     log(f"work dir {work}")

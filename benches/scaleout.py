@@ -25,7 +25,6 @@ load generator, nginx, Prometheus and the replicas: scaling is bounded by its co
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import shutil
@@ -39,6 +38,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchenv import pomme_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mobilenet"
@@ -289,13 +291,9 @@ def main() -> int:
     if not Path(args.model_file).is_file():
         print(f"error: model not found: {args.model_file}", file=sys.stderr)
         return 2
-    env = dict(os.environ)
-    if "ORT_DYLIB_PATH" not in env:
-        libs = sorted(glob.glob(str(ROOT / ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*")))
-        if not libs:
-            print("error: ONNX Runtime not found: set ORT_DYLIB_PATH or create ./.venv with onnxruntime", file=sys.stderr)
-            return 2
-        env["ORT_DYLIB_PATH"] = libs[0]
+    env = pomme_env()
+    if env is None:
+        return 2
     env.setdefault("POMME_LOG", "warn")
 
     work = Path(args.out or tempfile.mkdtemp(prefix="pomme-scaleout-")).resolve()

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchenv import pomme_env  # noqa: E402
 from quant_vs_ort import WordPiece, run_batched, sentences, session  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,13 +92,9 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=28700)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    env = dict(os.environ)
-    if "ORT_DYLIB_PATH" not in env:
-        libs = sorted(glob.glob(str(ROOT / ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*")))
-        if not libs:
-            print("error: set ORT_DYLIB_PATH or create ./.venv with onnxruntime", file=sys.stderr)
-            return 2
-        env["ORT_DYLIB_PATH"] = libs[0]
+    env = pomme_env()
+    if env is None:
+        return 2
     work = Path(args.out or tempfile.mkdtemp(prefix="pomme-served-quant-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     repo = work / "repo"
