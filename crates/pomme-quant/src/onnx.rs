@@ -267,6 +267,16 @@ pub fn node(
     }
 }
 
+/// Each initializer's index in `graph.initializer`, by name.
+pub fn initializer_positions(graph: &pb::GraphProto) -> std::collections::HashMap<String, usize> {
+    graph
+        .initializer
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.clone(), i))
+        .collect()
+}
+
 /// A graph output / value info of element type `elem_type` with unknown shape.
 pub fn value_info(name: &str, elem_type: i32) -> pb::ValueInfoProto {
     pb::ValueInfoProto {

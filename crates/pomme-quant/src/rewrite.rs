@@ -432,12 +432,7 @@ pub(crate) fn apply(
     }
     let graph = model.graph.as_mut().expect("checked by find_layers");
     let mut names = Names::of(graph);
-    let init_pos: HashMap<String, usize> = graph
-        .initializer
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.clone(), i))
-        .collect();
+    let init_pos = onnx::initializer_positions(graph);
     let mut new_inits: Vec<pb::TensorProto> = Vec::new();
     let mut prefix_nodes: Vec<pb::NodeProto> = Vec::new();
     // Integer-kernel schemes replace the consuming node itself.

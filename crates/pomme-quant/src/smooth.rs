@@ -168,12 +168,7 @@ pub fn apply(
 ) -> crate::Result<Vec<String>> {
     let graph = model.graph.as_mut().expect("sites came from this graph");
     let mut names = Names::of(graph);
-    let pos: HashMap<String, usize> = graph
-        .initializer
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.clone(), i))
-        .collect();
+    let pos = onnx::initializer_positions(graph);
     // (first consumer, Mul node): inserted once the indices stop mattering.
     let mut muls: Vec<(usize, pb::NodeProto)> = Vec::new();
     let mut new_inits = Vec::new();
